@@ -1,0 +1,469 @@
+#include "emu/emulator.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <sstream>
+
+#include "common/error.h"
+#include "common/fp16.h"
+
+namespace hyperdex::emu {
+namespace {
+
+using isa::Instruction;
+using isa::Opcode;
+
+// fp16 rounding points of the spec: a value becomes fp16 and is read back.
+inline float round16(float v) { return half_to_float(float_to_half(v)); }
+
+float activate(ActKind act, float x) {
+  switch (act) {
+    case ActKind::None: return x;
+    case ActKind::Relu: return x > 0.0f ? x : 0.0f;
+    case ActKind::Gelu: return 0.5f * x * (1.0f + std::erf(x * 0.70710678118654752f));
+    case ActKind::GeluTanh: {
+      const float k = 0.7978845608028654f;  // sqrt(2/pi)
+      return 0.5f * x * (1.0f + std::tanh(k * (x + 0.044715f * x * x * x)));
+    }
+    case ActKind::Silu: return x / (1.0f + std::exp(-x));
+  }
+  return x;
+}
+
+Emulator::Buffer alloc_zeroed(uint64_t bytes) {
+  uint64_t rounded = (std::max<uint64_t>(bytes, 1) + 63) / 64 * 64;
+  void* p = std::aligned_alloc(64, rounded);
+  if (!p) throw DeviceError("emulator: cannot allocate " + std::to_string(bytes) + " bytes");
+  std::memset(p, 0, rounded);
+  return Emulator::Buffer(static_cast<uint8_t*>(p));
+}
+
+size_t env_threads() {
+  if (const char* v = std::getenv("HYPERDEX_NUM_THREADS")) {
+    long n = std::strtol(v, nullptr, 10);
+    if (n > 0) return size_t(n);
+  }
+  return 0;
+}
+
+// First row whose logits a LogitRows instruction writes, and how many.
+inline std::pair<uint32_t, uint32_t> logit_rows(const Instruction& in, const RunArgs& run) {
+  if ((in.flags & isa::kFlagLogitRows) && !run.logits_all) return {run.n_tokens - 1, 1};
+  return {0, run.n_tokens};
+}
+
+}  // namespace
+
+Emulator::Emulator(const DevicePreset& preset, size_t num_threads)
+    : preset_(preset), kern_(best_kernels()), pool_(num_threads ? num_threads : env_threads()) {
+  preset_.validate();
+}
+
+Emulator::~Emulator() = default;
+
+std::string Emulator::describe() const {
+  std::ostringstream s;
+  s << "emulator of '" << preset_.name << "' (" << preset_.hbm_channels << " HBM pseudo-channels, "
+    << kern_.name << " kernels, " << pool_.size() << " threads)";
+  return s.str();
+}
+
+void Emulator::allocate(const DeviceLayout& layout) {
+  if (layout.channel_bytes.size() != preset_.hbm_channels)
+    throw DeviceError("layout has " + std::to_string(layout.channel_bytes.size()) +
+                      " channels, the device has " + std::to_string(preset_.hbm_channels));
+  for (uint64_t b : layout.channel_bytes)
+    if (b > preset_.hbm_channel_bytes)
+      throw CapacityError("a pseudo-channel of " + std::to_string(b) + " bytes exceeds the " +
+                          preset_.name + "'s " + std::to_string(preset_.hbm_channel_bytes));
+  if (layout.io_base + layout.io_bytes > layout.channel_bytes[0])
+    throw DeviceError("the I/O region lies outside pseudo-channel 0");
+  hbm_.clear();
+  channel_ptrs_.clear();
+  for (uint64_t b : layout.channel_bytes) {
+    hbm_.push_back(alloc_zeroed(b));
+    channel_ptrs_.push_back(hbm_.back().get());
+  }
+  layout_ = layout;
+  programs_ = {};
+}
+
+void Emulator::write(uint32_t channel, uint64_t offset, const void* src, size_t bytes) {
+  if (channel >= hbm_.size() || offset + bytes > layout_.channel_bytes[channel])
+    throw DeviceError("write outside pseudo-channel " + std::to_string(channel));
+  std::memcpy(hbm_[channel].get() + offset, src, bytes);
+}
+
+void Emulator::read(uint32_t channel, uint64_t offset, void* dst, size_t bytes) {
+  if (channel >= hbm_.size() || offset + bytes > layout_.channel_bytes[channel])
+    throw DeviceError("read outside pseudo-channel " + std::to_string(channel));
+  std::memcpy(dst, hbm_[channel].get() + offset, bytes);
+}
+
+// Every operand and region must stay inside what was allocated, for the
+// largest run the program allows, so a corrupt program fails here and not
+// with a wild memory access.
+void Emulator::validate(const isa::Program& p) const {
+  const uint64_t io_bytes = layout_.io_bytes;
+  auto fail = [&](size_t i, const std::string& why) {
+    throw FormatError("instruction " + std::to_string(i) + " (" + isa::opcode_name(p.code[i].op) +
+                      ") " + why + "; the program does not match this memory layout, recompile");
+  };
+  auto check_operand = [&](size_t i, const isa::Operand& o, uint64_t width, uint64_t elem,
+                           uint32_t rows) {
+    uint64_t stride = std::max<uint64_t>(o.stride, width);
+    uint64_t end = o.offset + ((rows ? rows - 1 : 0) * stride + width) * elem;
+    uint64_t limit = o.space == isa::Space::Io ? io_bytes : p.lmem_bytes;
+    if (o.stride < width && rows > 1) fail(i, "has an operand whose stride is below its width");
+    if (end > limit) fail(i, "reads or writes past its memory");
+  };
+  auto check_region = [&](size_t i, const isa::HbmRegion& r, uint64_t row_need) {
+    if (r.rows == 0) fail(i, "names an empty HBM region");
+    if (row_need > r.row_bytes) fail(i, "reads rows longer than its HBM region's rows");
+    const uint32_t C = preset_.hbm_channels;
+    for (uint32_t c = 0; c < C && c < r.rows; ++c) {
+      const uint64_t rows_here = (uint64_t(r.rows) - c + C - 1) / C;
+      if (r.base + rows_here * r.row_bytes > layout_.channel_bytes[c])
+        fail(i, "names an HBM region past the allocation");
+    }
+  };
+  if (p.lmem_bytes > preset_.lmem_bytes)
+    throw CapacityError("the program needs " + std::to_string(p.lmem_bytes) +
+                        " bytes of on-chip memory, the " + preset_.name + " has " +
+                        std::to_string(preset_.lmem_bytes));
+  const uint32_t T = p.max_tokens;
+  for (size_t i = 0; i < p.code.size(); ++i) {
+    const Instruction& in = p.code[i];
+    switch (in.op) {
+      case Opcode::Embed:
+        check_operand(i, in.dst, in.n, 2, T);
+        if (isa::EmbedSource(in.sub) == isa::EmbedSource::Tokens) check_operand(i, in.a, 1, 4, T);
+        check_region(i, in.w0, uint64_t(in.n) * 2);
+        break;
+      case Opcode::Norm:
+        check_operand(i, in.dst, in.n, 2, T);
+        check_operand(i, in.a, in.n, 2, T);
+        check_region(i, in.w0, 64);
+        if (in.flags & isa::kFlagHasBias) check_region(i, in.w1, 64);
+        if (uint64_t(in.w0.rows) * 32 < in.n) fail(i, "has a gamma shorter than n");
+        break;
+      case Opcode::MatMul:
+        check_operand(i, in.dst, in.n, (in.flags & isa::kFlagOutF32) ? 4 : 2, T);
+        check_operand(i, in.a, in.k, 2, T);
+        if (in.flags & isa::kFlagHasResidual) check_operand(i, in.b, in.n, 2, T);
+        check_region(i, in.w0, uint64_t(in.k) * 2);
+        if (in.w0.rows < in.n) fail(i, "has fewer weight rows than outputs");
+        if (in.flags & isa::kFlagHasBias) {
+          check_region(i, in.w1, 64);
+          if (uint64_t(in.w1.rows) * 32 < in.n) fail(i, "has a bias shorter than n");
+        }
+        break;
+      case Opcode::Rope:
+        check_operand(i, in.dst, uint64_t(in.n) * in.k, 2, T);
+        if (in.i0 > in.k || in.i0 % 2) fail(i, "has rot_dim odd or above head_dim");
+        check_region(i, in.w0, uint64_t(in.i0) * 4);
+        break;
+      case Opcode::KvStore:
+        check_operand(i, in.a, in.n, 2, T);
+        check_operand(i, in.b, in.n, 2, T);
+        check_region(i, in.w0, uint64_t(in.n) * 2);
+        check_region(i, in.w1, uint64_t(in.n) * 2);
+        break;
+      case Opcode::Attention:
+        if (in.i0 == 0 || in.n % in.i0) fail(i, "has heads not a multiple of kv_heads");
+        check_operand(i, in.dst, uint64_t(in.n) * in.k, 2, T);
+        check_operand(i, in.a, uint64_t(in.n) * in.k, 2, T);
+        check_region(i, in.w0, uint64_t(in.i0) * in.k * 2);
+        check_region(i, in.w1, uint64_t(in.i0) * in.k * 2);
+        break;
+      case Opcode::Add:
+      case Opcode::Mul:
+        check_operand(i, in.b, in.n, 2, T);
+        [[fallthrough]];
+      case Opcode::Act:
+        check_operand(i, in.dst, in.n, 2, T);
+        check_operand(i, in.a, in.n, 2, T);
+        break;
+      case Opcode::Bias:
+        check_operand(i, in.dst, in.n, 2, T);
+        check_operand(i, in.a, in.n, 2, T);
+        check_region(i, in.w1, 64);
+        break;
+      case Opcode::Argmax:
+        check_operand(i, in.dst, 1, 4, 1);
+        check_operand(i, in.a, in.n, 4, T);
+        break;
+    }
+  }
+}
+
+void Emulator::load_program(ProgramSlot slot, const isa::Program& program) {
+  if (hbm_.empty()) throw DeviceError("load_program before allocate");
+  validate(program);
+  programs_[size_t(slot)] = std::make_unique<isa::Program>(program);
+  if (program.lmem_bytes > lmem_bytes_) {
+    lmem_ = alloc_zeroed(program.lmem_bytes);
+    lmem_bytes_ = program.lmem_bytes;
+  }
+}
+
+void Emulator::start(ProgramSlot slot, const RunArgs& run) {
+  const auto& prog = programs_[size_t(slot)];
+  if (!prog) throw DeviceError("no program loaded in that slot");
+  if (run.n_tokens == 0 || run.n_tokens > prog->max_tokens)
+    throw DeviceError("a run carries 1.." + std::to_string(prog->max_tokens) + " token rows, not " +
+                      std::to_string(run.n_tokens));
+  for (const Instruction& in : prog->code) {
+    if (interrupted()) throw Interrupted("interrupted");
+    // A prefill chunk that is not the last needs no logits (docs/isa.md).
+    if (!run.want_logits && (in.flags & isa::kFlagLogitRows)) continue;
+    execute(in, run);
+  }
+}
+
+uint8_t* Emulator::addr(const isa::Operand& o) {
+  if (o.space == isa::Space::Io) return hbm_[0].get() + layout_.io_base + o.offset;
+  return lmem_.get() + o.offset;
+}
+
+void Emulator::gather_vector(const isa::HbmRegion& r, uint32_t n, float* out) {
+  StripedRows rows = striped(r);
+  for (uint32_t i = 0; i < n; i += 32) {
+    uint32_t take = std::min<uint32_t>(32, n - i);
+    kern_.half_to_float_n(reinterpret_cast<const uint16_t*>(rows.row(i / 32)), out + i, take);
+  }
+}
+
+void Emulator::execute(const Instruction& in, const RunArgs& run) {
+  switch (in.op) {
+    case Opcode::Embed: return exec_embed(in, run);
+    case Opcode::Norm: return exec_norm(in, run);
+    case Opcode::MatMul: return exec_matmul(in, run);
+    case Opcode::Rope: return exec_rope(in, run);
+    case Opcode::KvStore: return exec_kv_store(in, run);
+    case Opcode::Attention: return exec_attention(in, run);
+    case Opcode::Add:
+    case Opcode::Mul:
+    case Opcode::Act:
+    case Opcode::Bias: return exec_elementwise(in, run);
+    case Opcode::Argmax: return exec_argmax(in, run);
+  }
+}
+
+void Emulator::exec_embed(const Instruction& in, const RunArgs& run) {
+  StripedRows table = striped(in.w0);
+  const bool tokens = isa::EmbedSource(in.sub) == isa::EmbedSource::Tokens;
+  const int32_t* ids = tokens ? reinterpret_cast<const int32_t*>(addr(in.a)) : nullptr;
+  for (uint32_t t = 0; t < run.n_tokens; ++t) {
+    int64_t row = tokens ? int64_t(ids[size_t(t) * std::max<uint32_t>(in.a.stride, 1)])
+                         : int64_t(run.start_pos) + t + in.i0;
+    if (row < 0 || row >= int64_t(in.w0.rows))
+      throw DeviceError(std::string(tokens ? "token id " : "position ") + std::to_string(row) +
+                        " is outside the embedding table's " + std::to_string(in.w0.rows) + " rows");
+    const uint16_t* src = reinterpret_cast<const uint16_t*>(table.row(uint64_t(row)));
+    uint16_t* dst = row16(in.dst, t);
+    const bool accumulate = in.flags & isa::kFlagAccumulate;
+    if (!accumulate && in.f0 == 1.0f) {
+      std::memcpy(dst, src, size_t(in.n) * 2);
+      continue;
+    }
+    for (uint32_t j = 0; j < in.n; ++j) {
+      float v = half_to_float(src[j]);
+      if (in.f0 != 1.0f) v = round16(v * in.f0);
+      if (accumulate) v = v + half_to_float(dst[j]);
+      dst[j] = float_to_half(v);
+    }
+  }
+}
+
+void Emulator::exec_norm(const Instruction& in, const RunArgs& run) {
+  const uint32_t n = in.n;
+  std::vector<float> gamma(n), beta;
+  gather_vector(in.w0, n, gamma.data());
+  if (in.flags & isa::kFlagHasBias) {
+    beta.resize(n);
+    gather_vector(in.w1, n, beta.data());
+  }
+  if (ones_.size() < n) ones_.assign(n, 1.0f);
+  const bool rms = NormKind(in.sub) == NormKind::RmsNorm;
+  pool_.parallel_for(0, run.n_tokens, 1, [&](size_t lo, size_t hi) {
+    std::vector<float> x(n), y(n);
+    for (size_t t = lo; t < hi; ++t) {
+      kern_.half_to_float_n(row16(in.a, uint32_t(t)), x.data(), n);
+      if (rms) {
+        float ms = kern_.dot_f32(x.data(), x.data(), n) / float(n);
+        float rstd = 1.0f / std::sqrt(ms + in.f0);
+        for (uint32_t j = 0; j < n; ++j) y[j] = (x[j] * rstd) * gamma[j];
+      } else {
+        float mean = kern_.dot_f32(x.data(), ones_.data(), n) / float(n);
+        for (uint32_t j = 0; j < n; ++j) x[j] -= mean;
+        float var = kern_.dot_f32(x.data(), x.data(), n) / float(n);
+        float rstd = 1.0f / std::sqrt(var + in.f0);
+        for (uint32_t j = 0; j < n; ++j) {
+          y[j] = (x[j] * rstd) * gamma[j];
+          if (!beta.empty()) y[j] += beta[j];
+        }
+      }
+      kern_.float_to_half_n(y.data(), row16(in.dst, uint32_t(t)), n);
+    }
+  });
+}
+
+void Emulator::exec_matmul(const Instruction& in, const RunArgs& run) {
+  const auto [first, count] = logit_rows(in, run);
+  const uint32_t n = in.n, k = in.k;
+  const size_t xs = (size_t(k) + 15) / 16 * 16;
+  scratch_x_.resize(size_t(count) * xs);
+  scratch_y_.resize(size_t(count) * n);
+  for (uint32_t t = 0; t < count; ++t)
+    kern_.half_to_float_n(row16(in.a, first + t), scratch_x_.data() + t * xs, k);
+  matmul_f16(kern_, striped(in.w0), n, k, scratch_x_.data(), xs, count, scratch_y_.data(), n, pool_);
+
+  std::vector<float> bias;
+  if (in.flags & isa::kFlagHasBias) {
+    bias.resize(n);
+    gather_vector(in.w1, n, bias.data());
+  }
+  const ActKind act = ActKind(in.sub);
+  if (in.flags & isa::kFlagOutF32) {
+    // The LM head: fp32 out, nothing rounded (docs/isa.md).
+    for (uint32_t t = 0; t < count; ++t) {
+      float* dst = reinterpret_cast<float*>(addr(in.dst)) + size_t(t) * in.dst.stride;
+      const float* y = scratch_y_.data() + size_t(t) * n;
+      for (uint32_t j = 0; j < n; ++j) {
+        float v = y[j];
+        if (!bias.empty()) v += bias[j];
+        dst[j] = activate(act, v);
+      }
+    }
+    return;
+  }
+  // Epilogue, one fp16 rounding after each stage, so the fused instruction
+  // equals the unfused MATMUL, BIAS, ACT, ADD sequence bit for bit.
+  const bool residual = in.flags & isa::kFlagHasResidual;
+  pool_.parallel_for(0, size_t(count) * n, 4096, [&](size_t lo, size_t hi) {
+    for (size_t i = lo; i < hi; ++i) {
+      const uint32_t t = uint32_t(i / n), j = uint32_t(i % n);
+      float v = round16(scratch_y_[i]);
+      if (!bias.empty()) v = round16(v + bias[j]);
+      if (act != ActKind::None) v = round16(activate(act, v));
+      if (residual) v = v + half_to_float(row16(in.b, first + t)[j]);
+      row16(in.dst, first + t)[j] = float_to_half(v);
+    }
+  });
+}
+
+void Emulator::exec_rope(const Instruction& in, const RunArgs& run) {
+  StripedRows table = striped(in.w0);
+  const uint32_t half = in.i0 / 2;
+  const bool neox = RopeStyle(in.sub) == RopeStyle::Neox;
+  for (uint32_t t = 0; t < run.n_tokens; ++t) {
+    const uint64_t pos = uint64_t(run.start_pos) + t;
+    if (pos >= in.w0.rows)
+      throw DeviceError("position " + std::to_string(pos) + " is past the rotary table's " +
+                        std::to_string(in.w0.rows) + " rows (max_length)");
+    const float* cs = reinterpret_cast<const float*>(table.row(pos));
+    uint16_t* row = row16(in.dst, t);
+    for (uint32_t h = 0; h < in.n; ++h) {
+      uint16_t* x = row + size_t(h) * in.k;
+      for (uint32_t i = 0; i < half; ++i) {
+        const size_t i1 = neox ? i : 2 * i, i2 = neox ? i + half : 2 * i + 1;
+        const float c = cs[2 * i], s = cs[2 * i + 1];
+        const float x1 = half_to_float(x[i1]), x2 = half_to_float(x[i2]);
+        x[i1] = float_to_half(x1 * c - x2 * s);
+        x[i2] = float_to_half(x2 * c + x1 * s);
+      }
+    }
+  }
+}
+
+void Emulator::exec_kv_store(const Instruction& in, const RunArgs& run) {
+  StripedRows kc = striped(in.w0), vc = striped(in.w1);
+  for (uint32_t t = 0; t < run.n_tokens; ++t) {
+    const uint64_t pos = uint64_t(run.start_pos) + t;
+    if (pos >= in.w0.rows)
+      throw DeviceError("position " + std::to_string(pos) + " is past the KV cache's " +
+                        std::to_string(in.w0.rows) + " rows (max_length)");
+    std::memcpy(kc.row(pos), row16(in.a, t), size_t(in.n) * 2);
+    std::memcpy(vc.row(pos), row16(in.b, t), size_t(in.n) * 2);
+  }
+}
+
+void Emulator::exec_attention(const Instruction& in, const RunArgs& run) {
+  StripedRows kc = striped(in.w0), vc = striped(in.w1);
+  const uint32_t heads = in.n, hd = in.k, group = in.n / in.i0;
+  const float scale = in.f0, softcap = in.f1;
+  pool_.parallel_for(0, size_t(run.n_tokens) * heads, 1, [&](size_t lo, size_t hi) {
+    std::vector<float> q(hd), acc(hd), scores;
+    for (size_t task = lo; task < hi; ++task) {
+      const uint32_t t = uint32_t(task / heads), h = uint32_t(task % heads);
+      const uint64_t pos = uint64_t(run.start_pos) + t;
+      if (pos >= in.w0.rows) throw DeviceError("attention past the KV cache (max_length)");
+      const uint64_t first = in.i1 && pos + 1 > in.i1 ? pos + 1 - in.i1 : 0;
+      const size_t kv_off = size_t(h / group) * hd;
+      kern_.half_to_float_n(row16(in.a, t) + size_t(h) * hd, q.data(), hd);
+      scores.resize(size_t(pos - first + 1));
+      float best = -std::numeric_limits<float>::infinity();
+      for (uint64_t j = first; j <= pos; ++j) {
+        const uint16_t* key = reinterpret_cast<const uint16_t*>(kc.row(j)) + kv_off;
+        float s = kern_.dot_f16(key, q.data(), hd) * scale;
+        if (softcap > 0.0f) s = softcap * std::tanh(s / softcap);
+        scores[j - first] = s;
+        best = std::max(best, s);
+      }
+      float sum = 0.0f;
+      for (float& s : scores) {
+        s = std::exp(s - best);
+        sum += s;
+      }
+      std::fill(acc.begin(), acc.end(), 0.0f);
+      for (uint64_t j = first; j <= pos; ++j) {
+        const uint16_t* val = reinterpret_cast<const uint16_t*>(vc.row(j)) + kv_off;
+        kern_.axpy_f16(scores[j - first] / sum, val, acc.data(), hd);
+      }
+      kern_.float_to_half_n(acc.data(), row16(in.dst, t) + size_t(h) * hd, hd);
+    }
+  });
+}
+
+void Emulator::exec_elementwise(const Instruction& in, const RunArgs& run) {
+  std::vector<float> bias;
+  if (in.op == Opcode::Bias) {
+    bias.resize(in.n);
+    gather_vector(in.w1, in.n, bias.data());
+  }
+  const ActKind act = ActKind(in.sub);
+  pool_.parallel_for(0, size_t(run.n_tokens) * in.n, 4096, [&](size_t lo, size_t hi) {
+    for (size_t i = lo; i < hi; ++i) {
+      const uint32_t t = uint32_t(i / in.n), j = uint32_t(i % in.n);
+      const float a = half_to_float(row16(in.a, t)[j]);
+      float v = 0.0f;
+      switch (in.op) {
+        case Opcode::Add: v = a + half_to_float(row16(in.b, t)[j]); break;
+        case Opcode::Mul: v = a * half_to_float(row16(in.b, t)[j]); break;
+        case Opcode::Act: v = activate(act, a); break;
+        case Opcode::Bias: v = a + bias[j]; break;
+        default: break;
+      }
+      row16(in.dst, t)[j] = float_to_half(v);
+    }
+  });
+}
+
+void Emulator::exec_argmax(const Instruction& in, const RunArgs& run) {
+  const auto [first, count] = logit_rows(in, run);
+  (void)first;
+  const float* row = reinterpret_cast<const float*>(addr(in.a)) + size_t(count - 1) * in.a.stride;
+  int32_t best = 0;
+  float best_v = -std::numeric_limits<float>::infinity();
+  for (uint32_t j = 0; j < in.n; ++j)
+    if (row[j] > best_v) {  // NaN never wins; ties keep the first index
+      best_v = row[j];
+      best = int32_t(j);
+    }
+  *reinterpret_cast<int32_t*>(addr(in.dst)) = best;
+}
+
+}  // namespace hyperdex::emu

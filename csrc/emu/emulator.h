@@ -1,0 +1,76 @@
+// The LPU emulator: a Device that executes the instruction stream on emulated
+// HBM and on-chip memory with the numerics docs/isa.md specifies (fp16
+// activations and weights, fp32 accumulation in MAC-tree order), using SIMD
+// kernels and a thread pool of its own.
+#pragma once
+#include <array>
+#include <cstdlib>
+#include <memory>
+
+#include "common/thread_pool.h"
+#include "device/device.h"
+#include "emu/kernels.h"
+#include "spec/model_spec.h"
+
+namespace hyperdex::emu {
+
+class Emulator final : public Device {
+ public:
+  // num_threads == 0: all hardware threads (or HYPERDEX_NUM_THREADS).
+  explicit Emulator(const DevicePreset& preset, size_t num_threads = 0);
+  ~Emulator() override;
+
+  std::string describe() const override;
+  uint32_t num_channels() const override { return preset_.hbm_channels; }
+  void allocate(const DeviceLayout& layout) override;
+  void write(uint32_t channel, uint64_t offset, const void* src, size_t bytes) override;
+  void read(uint32_t channel, uint64_t offset, void* dst, size_t bytes) override;
+  void load_program(ProgramSlot slot, const isa::Program& program) override;
+  // Runs the whole program before returning (the emulator is synchronous).
+  void start(ProgramSlot slot, const RunArgs& args) override;
+  void wait() override {}
+
+  const Kernels& kernels() const { return kern_; }
+  size_t num_threads() const { return pool_.size(); }
+
+  // 64-byte aligned memory from std::aligned_alloc.
+  struct Aligned {
+    void operator()(uint8_t* p) const { std::free(p); }
+  };
+  using Buffer = std::unique_ptr<uint8_t, Aligned>;
+
+ private:
+  void execute(const isa::Instruction& in, const RunArgs& run);
+  void exec_embed(const isa::Instruction& in, const RunArgs& run);
+  void exec_norm(const isa::Instruction& in, const RunArgs& run);
+  void exec_matmul(const isa::Instruction& in, const RunArgs& run);
+  void exec_rope(const isa::Instruction& in, const RunArgs& run);
+  void exec_kv_store(const isa::Instruction& in, const RunArgs& run);
+  void exec_attention(const isa::Instruction& in, const RunArgs& run);
+  void exec_elementwise(const isa::Instruction& in, const RunArgs& run);
+  void exec_argmax(const isa::Instruction& in, const RunArgs& run);
+  void validate(const isa::Program& program) const;
+
+  uint8_t* addr(const isa::Operand& o);
+  uint16_t* row16(const isa::Operand& o, uint32_t t) {
+    return reinterpret_cast<uint16_t*>(addr(o)) + size_t(t) * o.stride;
+  }
+  StripedRows striped(const isa::HbmRegion& r) {
+    return StripedRows{channel_ptrs_.data(), preset_.hbm_channels, r.base, r.row_bytes};
+  }
+  // A striped fp16 vector (norm gamma, bias) widened to fp32.
+  void gather_vector(const isa::HbmRegion& r, uint32_t n, float* out);
+
+  DevicePreset preset_;
+  const Kernels& kern_;
+  ThreadPool pool_;
+  DeviceLayout layout_;
+  std::vector<Buffer> hbm_;
+  std::vector<uint8_t*> channel_ptrs_;
+  Buffer lmem_;
+  uint64_t lmem_bytes_ = 0;
+  std::array<std::unique_ptr<isa::Program>, 2> programs_;
+  std::vector<float> scratch_x_, scratch_y_, ones_;
+};
+
+}  // namespace hyperdex::emu

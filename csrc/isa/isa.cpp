@@ -1,0 +1,296 @@
+#include "isa/isa.h"
+
+#include <cstring>
+#include <sstream>
+
+#include "common/crc32.h"
+#include "common/error.h"
+#include "common/file_io.h"
+#include "spec/model_spec.h"
+
+namespace hyperdex::isa {
+namespace {
+
+// Little-endian field access. The encoding is defined byte by byte so the
+// files are the same on every host.
+template <typename T>
+void put(uint8_t* p, T v) {
+  static_assert(std::is_integral<T>::value, "integers only");
+  for (size_t i = 0; i < sizeof(T); ++i) p[i] = uint8_t(uint64_t(v) >> (8 * i));
+}
+template <typename T>
+T get(const uint8_t* p) {
+  uint64_t v = 0;
+  for (size_t i = 0; i < sizeof(T); ++i) v |= uint64_t(p[i]) << (8 * i);
+  return T(v);
+}
+void put_f32(uint8_t* p, float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  put<uint32_t>(p, u);
+}
+float get_f32(const uint8_t* p) {
+  uint32_t u = get<uint32_t>(p);
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+constexpr uint32_t kIoBit = 0x80000000u;
+
+void put_operand(uint8_t* p, const Operand& o) {
+  if (o.offset & kIoBit) throw SpecError("operand offset exceeds 2^31 bytes");
+  put<uint32_t>(p, o.offset | (o.space == Space::Io ? kIoBit : 0u));
+  put<uint32_t>(p + 4, o.stride);
+}
+Operand get_operand(const uint8_t* p) {
+  Operand o;
+  uint32_t addr = get<uint32_t>(p);
+  o.space = (addr & kIoBit) ? Space::Io : Space::Lmem;
+  o.offset = addr & ~kIoBit;
+  o.stride = get<uint32_t>(p + 4);
+  return o;
+}
+void put_region(uint8_t* p, const HbmRegion& r) {
+  put<uint64_t>(p, r.base);
+  put<uint32_t>(p + 8, r.row_bytes);
+  put<uint32_t>(p + 12, r.rows);
+}
+HbmRegion get_region(const uint8_t* p) {
+  return HbmRegion{get<uint64_t>(p), get<uint32_t>(p + 8), get<uint32_t>(p + 12)};
+}
+
+bool known_opcode(uint8_t op) { return op >= 1 && op <= 11; }
+
+const char* act_name(uint8_t a) {
+  switch (ActKind(a)) {
+    case ActKind::None: return "none";
+    case ActKind::Relu: return "relu";
+    case ActKind::Gelu: return "gelu";
+    case ActKind::GeluTanh: return "gelu_tanh";
+    case ActKind::Silu: return "silu";
+  }
+  return "?";
+}
+
+}  // namespace
+
+const char* opcode_name(Opcode op) {
+  switch (op) {
+    case Opcode::Embed: return "EMBED";
+    case Opcode::Norm: return "NORM";
+    case Opcode::MatMul: return "MATMUL";
+    case Opcode::Rope: return "ROPE";
+    case Opcode::KvStore: return "KVSTORE";
+    case Opcode::Attention: return "ATTN";
+    case Opcode::Add: return "ADD";
+    case Opcode::Mul: return "MUL";
+    case Opcode::Act: return "ACT";
+    case Opcode::Bias: return "BIAS";
+    case Opcode::Argmax: return "ARGMAX";
+  }
+  return "?";
+}
+
+// Layout: docs/isa.md "Binary encoding".
+void encode(const Instruction& in, uint8_t out[kInstructionBytes]) {
+  std::memset(out, 0, kInstructionBytes);
+  out[0] = uint8_t(in.op);
+  out[1] = in.flags;
+  out[2] = in.sub;
+  put<uint32_t>(out + 4, in.n);
+  put<uint32_t>(out + 8, in.k);
+  put<uint32_t>(out + 12, in.i0);
+  put<uint32_t>(out + 16, in.i1);
+  put_f32(out + 20, in.f0);
+  put_f32(out + 24, in.f1);
+  put_operand(out + 32, in.dst);
+  put_operand(out + 40, in.a);
+  put_operand(out + 48, in.b);
+  put_region(out + 64, in.w0);
+  put_region(out + 80, in.w1);
+}
+
+Instruction decode(const uint8_t in[kInstructionBytes]) {
+  if (!known_opcode(in[0]))
+    throw FormatError("unknown opcode " + std::to_string(in[0]) + " (this hyperdex reads ISA v" +
+                      std::to_string(kIsaVersion) + "; recompile the model)");
+  for (size_t i : {3, 28, 29, 30, 31, 56, 57, 58, 59, 60, 61, 62, 63})
+    if (in[i] != 0) throw FormatError("reserved instruction byte " + std::to_string(i) + " is not zero");
+  Instruction o;
+  o.op = Opcode(in[0]);
+  o.flags = in[1];
+  o.sub = in[2];
+  o.n = get<uint32_t>(in + 4);
+  o.k = get<uint32_t>(in + 8);
+  o.i0 = get<uint32_t>(in + 12);
+  o.i1 = get<uint32_t>(in + 16);
+  o.f0 = get_f32(in + 20);
+  o.f1 = get_f32(in + 24);
+  o.dst = get_operand(in + 32);
+  o.a = get_operand(in + 40);
+  o.b = get_operand(in + 48);
+  o.w0 = get_region(in + 64);
+  o.w1 = get_region(in + 80);
+  return o;
+}
+
+// Header: docs/isa.md "Program files".
+std::vector<uint8_t> serialize(const Program& p) {
+  std::vector<uint8_t> out(kProgramHeaderBytes + p.code.size() * kInstructionBytes, 0);
+  uint8_t* body = out.data() + kProgramHeaderBytes;
+  for (size_t i = 0; i < p.code.size(); ++i) encode(p.code[i], body + i * kInstructionBytes);
+  uint8_t* h = out.data();
+  std::memcpy(h, kProgramMagic, 8);
+  put<uint32_t>(h + 8, kProgramFormatVersion);
+  put<uint32_t>(h + 12, kIsaVersion);
+  put<uint32_t>(h + 16, uint32_t(p.kind));
+  put<uint32_t>(h + 20, p.max_tokens);
+  put<uint64_t>(h + 24, p.lmem_bytes);
+  put<uint32_t>(h + 32, uint32_t(p.code.size()));
+  put<uint32_t>(h + 36, crc32(body, p.code.size() * kInstructionBytes));
+  put<uint32_t>(h + 40, p.plan_fingerprint);
+  put<uint32_t>(h + 60, crc32(h, 60));
+  return out;
+}
+
+Program deserialize(const uint8_t* data, size_t size, const std::string& what) {
+  const std::string fix = "; recompile the model (AutoCompiler().compile(...)) to regenerate it";
+  if (size < kProgramHeaderBytes || std::memcmp(data, kProgramMagic, 8) != 0)
+    throw FormatError(what + " is not a hyperdex program (bad magic or too short)" + fix);
+  uint32_t fmt = get<uint32_t>(data + 8), isa_v = get<uint32_t>(data + 12);
+  if (fmt != kProgramFormatVersion || isa_v != kIsaVersion)
+    throw FormatError(what + " has program format v" + std::to_string(fmt) + " / ISA v" +
+                      std::to_string(isa_v) + ", this hyperdex reads format v" +
+                      std::to_string(kProgramFormatVersion) + " / ISA v" +
+                      std::to_string(kIsaVersion) + fix);
+  if (get<uint32_t>(data + 60) != crc32(data, 60))
+    throw FormatError(what + " has a corrupt header (checksum mismatch)" + fix);
+  Program p;
+  uint32_t kind = get<uint32_t>(data + 16);
+  if (kind > 1) throw FormatError(what + " has an unknown program kind " + std::to_string(kind));
+  p.kind = ProgramKind(kind);
+  p.max_tokens = get<uint32_t>(data + 20);
+  p.lmem_bytes = get<uint64_t>(data + 24);
+  uint32_t count = get<uint32_t>(data + 32);
+  p.plan_fingerprint = get<uint32_t>(data + 40);
+  size_t need = kProgramHeaderBytes + size_t(count) * kInstructionBytes;
+  if (size != need)
+    throw FormatError(what + " is " + std::to_string(size) + " bytes but its header needs " +
+                      std::to_string(need) + " (truncated or padded)" + fix);
+  const uint8_t* body = data + kProgramHeaderBytes;
+  if (get<uint32_t>(data + 36) != crc32(body, size_t(count) * kInstructionBytes))
+    throw FormatError(what + " is corrupt (instruction checksum mismatch)" + fix);
+  p.code.reserve(count);
+  for (uint32_t i = 0; i < count; ++i) p.code.push_back(decode(body + size_t(i) * kInstructionBytes));
+  return p;
+}
+
+void save_program(const Program& program, const std::string& path) {
+  auto bytes = serialize(program);
+  write_file_atomic(path, bytes.data(), bytes.size());
+}
+
+Program load_program(const std::string& path) {
+  auto bytes = read_file(path);
+  return deserialize(bytes.data(), bytes.size(), path);
+}
+
+namespace {
+
+std::string fmt_operand(const Operand& o) {
+  std::ostringstream s;
+  s << (o.space == Space::Io ? "io[" : "lm[") << "0x" << std::hex << o.offset << std::dec << "]";
+  if (o.stride) s << "/" << o.stride;
+  return s.str();
+}
+
+std::string fmt_region(const HbmRegion& r, const RegionNamer* namer) {
+  std::ostringstream s;
+  std::string name = namer ? namer->name_of(r.base) : "";
+  s << "hbm[" << (name.empty() ? "" : name + " @") << "0x" << std::hex << r.base << std::dec
+    << " " << r.rows << "x" << r.row_bytes << "B]";
+  return s.str();
+}
+
+}  // namespace
+
+std::string disassemble(const Instruction& in, const RegionNamer* namer) {
+  std::ostringstream s;
+  s << opcode_name(in.op);
+  auto flag = [&](uint8_t f, const char* name) {
+    if (in.flags & f) s << " +" << name;
+  };
+  switch (in.op) {
+    case Opcode::Embed:
+      s << (EmbedSource(in.sub) == EmbedSource::Positions ? " positions" : " tokens") << " dst="
+        << fmt_operand(in.dst);
+      if (EmbedSource(in.sub) == EmbedSource::Tokens) s << " ids=" << fmt_operand(in.a);
+      s << " table=" << fmt_region(in.w0, namer) << " width=" << in.n;
+      if (in.i0) s << " pos_offset=" << in.i0;
+      if (in.f0 != 1.0f) s << " scale=" << in.f0;
+      flag(kFlagAccumulate, "accumulate");
+      break;
+    case Opcode::Norm:
+      s << (NormKind(in.sub) == NormKind::RmsNorm ? " rms" : " layer") << " dst="
+        << fmt_operand(in.dst) << " a=" << fmt_operand(in.a) << " gamma=" << fmt_region(in.w0, namer);
+      if (in.flags & kFlagHasBias) s << " beta=" << fmt_region(in.w1, namer);
+      s << " n=" << in.n << " eps=" << in.f0;
+      break;
+    case Opcode::MatMul:
+      s << " dst=" << fmt_operand(in.dst) << " a=" << fmt_operand(in.a)
+        << " w=" << fmt_region(in.w0, namer) << " n=" << in.n << " k=" << in.k;
+      if (in.flags & kFlagHasBias) s << " bias=" << fmt_region(in.w1, namer);
+      if (in.sub) s << " act=" << act_name(in.sub);
+      if (in.flags & kFlagHasResidual) s << " residual=" << fmt_operand(in.b);
+      flag(kFlagOutF32, "f32");
+      flag(kFlagLogitRows, "logit_rows");
+      break;
+    case Opcode::Rope:
+      s << (RopeStyle(in.sub) == RopeStyle::Gptj ? " gptj" : " neox") << " x=" << fmt_operand(in.dst)
+        << " heads=" << in.n << " head_dim=" << in.k << " rot=" << in.i0
+        << " table=" << fmt_region(in.w0, namer);
+      break;
+    case Opcode::KvStore:
+      s << " k=" << fmt_operand(in.a) << " v=" << fmt_operand(in.b) << " kcache="
+        << fmt_region(in.w0, namer) << " vcache=" << fmt_region(in.w1, namer) << " width=" << in.n;
+      break;
+    case Opcode::Attention:
+      s << " dst=" << fmt_operand(in.dst) << " q=" << fmt_operand(in.a) << " heads=" << in.n
+        << " kv_heads=" << in.i0 << " head_dim=" << in.k << " scale=" << in.f0
+        << " kcache=" << fmt_region(in.w0, namer) << " vcache=" << fmt_region(in.w1, namer);
+      if (in.i1) s << " window=" << in.i1;
+      break;
+    case Opcode::Add:
+    case Opcode::Mul:
+      s << " dst=" << fmt_operand(in.dst) << " a=" << fmt_operand(in.a) << " b=" << fmt_operand(in.b)
+        << " n=" << in.n;
+      break;
+    case Opcode::Act:
+      s << " " << act_name(in.sub) << " dst=" << fmt_operand(in.dst) << " a=" << fmt_operand(in.a)
+        << " n=" << in.n;
+      break;
+    case Opcode::Bias:
+      s << " dst=" << fmt_operand(in.dst) << " a=" << fmt_operand(in.a)
+        << " bias=" << fmt_region(in.w1, namer) << " n=" << in.n;
+      break;
+    case Opcode::Argmax:
+      s << " dst=" << fmt_operand(in.dst) << " logits=" << fmt_operand(in.a) << " n=" << in.n;
+      break;
+  }
+  return s.str();
+}
+
+std::string disassemble(const Program& p, const RegionNamer* namer) {
+  std::ostringstream s;
+  s << "; " << (p.kind == ProgramKind::Prefill ? "prefill" : "decode") << " program, ISA v"
+    << kIsaVersion << ", " << p.code.size() << " instructions, up to " << p.max_tokens
+    << " token rows per run, " << p.lmem_bytes << " bytes of on-chip memory\n";
+  for (size_t i = 0; i < p.code.size(); ++i) {
+    s.width(5);
+    s << i << "  " << disassemble(p.code[i], namer) << "\n";
+  }
+  return s.str();
+}
+
+}  // namespace hyperdex::isa

@@ -1,0 +1,111 @@
+// The LPU instruction set, v1 (docs/isa.md is the specification; keep them in step).
+//
+// One instruction is one whole layer operation (a matrix stream, a norm, an
+// attention step), so a decode program is a few hundred instructions. Every
+// instruction processes the token rows of the current run (RunArgs::n_tokens
+// rows, at absolute positions start_pos, start_pos + 1, ...).
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace hyperdex::isa {
+
+constexpr uint32_t kIsaVersion = 1;
+constexpr uint32_t kProgramFormatVersion = 1;
+constexpr char kProgramMagic[8] = {'H', 'D', 'X', 'P', 'R', 'O', 'G', '\0'};
+constexpr size_t kInstructionBytes = 96;
+constexpr size_t kProgramHeaderBytes = 64;
+
+enum class Opcode : uint8_t {
+  Embed = 1,      // dst[t] (+)= scale * table[row(t)]
+  Norm = 2,       // dst[t] = norm(a[t]) * gamma (+ beta)
+  MatMul = 3,     // dst[t] = epilogue(a[t] . W^T)
+  Rope = 4,       // rotate heads of dst[t] in place
+  KvStore = 5,    // K/V cache rows start_pos.. = a[t], b[t]
+  Attention = 6,  // dst[t] = softmax(q k^T * scale) v over the cache, causal
+  Add = 7,        // dst = a + b
+  Mul = 8,        // dst = a * b
+  Act = 9,        // dst = act(a)
+  Bias = 10,      // dst[t] = a[t] + bias
+  Argmax = 11,    // dst (int32) = first index of max over a (fp32 logits row)
+};
+
+// Instruction flags (a bit set; meaning per opcode in docs/isa.md).
+enum Flag : uint8_t {
+  kFlagAccumulate = 1 << 0,   // Embed: add into dst instead of overwriting
+  kFlagHasBias = 1 << 1,      // MatMul/Norm: w1 holds a bias (beta)
+  kFlagHasResidual = 1 << 2,  // MatMul: add operand b after the activation
+  kFlagOutF32 = 1 << 3,       // MatMul: dst is fp32 and nothing is rounded to fp16
+  kFlagLogitRows = 1 << 4,    // MatMul: only the last token row, unless RunArgs::logits_all
+};
+
+enum class Space : uint8_t { Lmem = 0, Io = 1 };
+
+// An activation operand: rows of fp16 (or fp32/int32 where the opcode says so)
+// at `offset` bytes into on-chip memory (Lmem) or the host-visible I/O region (Io),
+// token row t starting at offset + t * stride elements.
+struct Operand {
+  Space space = Space::Lmem;
+  uint32_t offset = 0;  // bytes, < 2^31
+  uint32_t stride = 0;  // elements between token rows
+};
+
+// A striped HBM region: row r in pseudo-channel r % C at byte base + (r / C) * row_bytes.
+struct HbmRegion {
+  uint64_t base = 0;
+  uint32_t row_bytes = 0;
+  uint32_t rows = 0;
+  bool empty() const { return rows == 0; }
+};
+
+struct Instruction {
+  Opcode op = Opcode::Add;
+  uint8_t flags = 0;
+  uint8_t sub = 0;  // ActKind, NormKind, RopeStyle or Embed source, per opcode
+  uint32_t n = 0;   // primary width (output features, heads, elements)
+  uint32_t k = 0;   // secondary width (input features, head_dim)
+  uint32_t i0 = 0;  // opcode-specific integers (kv heads, rope dims, position offset)
+  uint32_t i1 = 0;
+  float f0 = 0.0f;  // opcode-specific reals (eps, scale)
+  float f1 = 0.0f;
+  Operand dst, a, b;
+  HbmRegion w0, w1;
+};
+
+enum class ProgramKind : uint32_t { Prefill = 0, Decode = 1 };
+
+struct Program {
+  ProgramKind kind = ProgramKind::Prefill;
+  uint32_t max_tokens = 1;     // token rows one run may carry
+  uint64_t lmem_bytes = 0;     // on-chip memory the program uses
+  uint32_t plan_fingerprint = 0;  // the memory plan the addresses refer to
+  std::vector<Instruction> code;
+};
+
+// Embed sources (Instruction::sub for Opcode::Embed).
+enum class EmbedSource : uint8_t { Tokens = 0, Positions = 1 };
+
+const char* opcode_name(Opcode op);
+
+// Binary encoding (little-endian, 96 bytes per instruction, docs/isa.md).
+void encode(const Instruction& inst, uint8_t out[kInstructionBytes]);
+// Throws FormatError on an unknown opcode or non-zero reserved bytes.
+Instruction decode(const uint8_t in[kInstructionBytes]);
+
+std::vector<uint8_t> serialize(const Program& program);
+// Checks magic, versions, size and checksum; throws FormatError saying what is wrong.
+Program deserialize(const uint8_t* data, size_t size, const std::string& what = "program");
+void save_program(const Program& program, const std::string& path);  // atomic (tmp + rename)
+Program load_program(const std::string& path);
+
+// Readable listing, one line per instruction. `region_name` maps an HBM base
+// offset to a name (may be empty).
+struct RegionNamer {
+  virtual ~RegionNamer() = default;
+  virtual std::string name_of(uint64_t base) const = 0;
+};
+std::string disassemble(const Program& program, const RegionNamer* namer = nullptr);
+std::string disassemble(const Instruction& inst, const RegionNamer* namer = nullptr);
+
+}  // namespace hyperdex::isa

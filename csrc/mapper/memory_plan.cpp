@@ -1,0 +1,209 @@
+#include "mapper/memory_plan.h"
+
+#include <cmath>
+#include <sstream>
+
+#include "common/crc32.h"
+#include "common/error.h"
+
+namespace hyperdex {
+namespace {
+
+uint64_t align_up(uint64_t v, uint64_t a) { return (v + a - 1) / a * a; }
+
+class Planner {
+ public:
+  Planner(const ModelSpec& spec, MemoryPlan& plan) : spec_(spec), plan_(plan) {}
+
+  void matrix(const std::string& name, std::vector<std::string> sources, uint32_t rows,
+              uint32_t cols) {
+    add(name, RegionKind::Matrix, uint32_t(align_up(uint64_t(cols) * 2, kRowAlignBytes)), rows,
+        cols, std::move(sources));
+  }
+  void vector(const std::string& name, std::vector<std::string> sources, uint32_t len) {
+    add(name, RegionKind::Vector, kVectorRowElems * 2, (len + kVectorRowElems - 1) / kVectorRowElems,
+        len, std::move(sources));
+  }
+  void norm(const std::string& name) {
+    vector(name + ".weight", {name + ".weight"}, spec_.hidden_size);
+    if (spec_.norm == NormKind::LayerNorm && spec_.norm_bias)
+      vector(name + ".bias", {name + ".bias"}, spec_.hidden_size);
+  }
+  void linear(const std::string& name, uint32_t out, uint32_t in, bool bias) {
+    matrix(name, {name + ".weight"}, out, in);
+    if (bias) vector(name + ".bias", {name + ".bias"}, out);
+  }
+  void rope_table(uint32_t positions) {
+    add("rope_table", RegionKind::RopeTable,
+        uint32_t(align_up(uint64_t(spec_.rope_dim / 2) * 8, kRowAlignBytes)), positions,
+        spec_.rope_dim / 2, {});
+  }
+  void kv_cache(const std::string& name, uint32_t positions) {
+    uint32_t width = spec_.num_kv_heads * spec_.head_dim;
+    add(name, RegionKind::KvCache, uint32_t(align_up(uint64_t(width) * 2, kRowAlignBytes)),
+        positions, width, {});
+  }
+  uint64_t cursor() const { return cursor_; }
+  void align_cursor() { cursor_ = align_up(cursor_, kSegmentAlign); }
+
+ private:
+  void add(const std::string& name, RegionKind kind, uint32_t row_bytes, uint32_t rows, uint32_t cols,
+           std::vector<std::string> sources) {
+    Region r;
+    r.name = name;
+    r.kind = kind;
+    r.base = cursor_;
+    r.row_bytes = row_bytes;
+    r.rows = rows;
+    r.cols = cols;
+    r.sources = std::move(sources);
+    cursor_ = align_up(cursor_ + r.bytes_per_channel(plan_.num_channels), kRowAlignBytes);
+    plan_.regions.push_back(std::move(r));
+  }
+
+  const ModelSpec& spec_;
+  MemoryPlan& plan_;
+  uint64_t cursor_ = 0;
+};
+
+std::string gib(uint64_t bytes) {
+  std::ostringstream s;
+  s.precision(3);
+  s << double(bytes) / double(1ull << 30) << " GiB";
+  return s.str();
+}
+
+}  // namespace
+
+const Region* MemoryPlan::find_or_null(const std::string& name) const {
+  for (const auto& r : regions)
+    if (r.name == name) return &r;
+  return nullptr;
+}
+
+const Region& MemoryPlan::find(const std::string& name) const {
+  if (const Region* r = find_or_null(name)) return *r;
+  throw SpecError("memory plan has no region '" + name + "'");
+}
+
+uint64_t MemoryPlan::total_bytes() const {
+  uint64_t t = 0;
+  for (uint64_t b : channel_bytes) t += b;
+  return t;
+}
+
+uint32_t MemoryPlan::fingerprint() const {
+  std::ostringstream s;
+  s << kPlanFormatVersion << ' ' << num_channels << ' ' << max_length << ' ' << max_tokens << ' '
+    << vocab_size << ' ' << weights_bytes << ' ' << kv_base << ' ' << kv_bytes << ' ' << io.base
+    << ' ' << io.ids_offset << ' ' << io.argmax_offset << ' ' << io.logits_offset << ' ' << io.bytes;
+  for (const auto& r : regions)
+    s << '|' << r.name << ' ' << int(r.kind) << ' ' << r.base << ' ' << r.row_bytes << ' ' << r.rows
+      << ' ' << r.cols;
+  std::string text = s.str();
+  return crc32(text.data(), text.size());
+}
+
+MemoryNeeds memory_needs(const MemoryPlan& plan) {
+  MemoryNeeds n;
+  n.weights = plan.weights_bytes * plan.num_channels;
+  n.kv_cache = plan.kv_bytes * plan.num_channels;
+  n.io = plan.io.bytes;
+  return n;
+}
+
+MemoryPlan plan_memory(const ModelSpec& spec, const DevicePreset& preset, uint32_t max_length,
+                       uint32_t max_tokens) {
+  spec.validate();
+  preset.validate();
+  if (max_length == 0) throw SpecError("max_length must be > 0");
+  if (max_tokens == 0 || max_tokens > max_length)
+    throw SpecError("max_tokens must be in [1, max_length]");
+  if (spec.positions == PositionKind::Learned &&
+      uint64_t(max_length) + spec.learned_pos_offset > spec.learned_pos_rows)
+    throw SpecError("max_length " + std::to_string(max_length) + " exceeds the model's " +
+                    std::to_string(spec.learned_pos_rows - spec.learned_pos_offset) +
+                    " learned positions; compile with max_length <= " +
+                    std::to_string(spec.learned_pos_rows - spec.learned_pos_offset));
+
+  MemoryPlan plan;
+  plan.num_channels = preset.hbm_channels;
+  plan.channel_capacity = preset.hbm_channel_bytes;
+  plan.max_length = max_length;
+  plan.max_tokens = max_tokens;
+  plan.vocab_size = spec.vocab_size;
+
+  const uint32_t H = spec.hidden_size, hd = spec.head_dim;
+  const uint32_t q_rows = spec.num_heads * hd, kv_rows = spec.num_kv_heads * hd;
+  Planner p(spec, plan);
+
+  // Weights, in the order the programs stream them.
+  p.matrix("tok_embd", {"tok_embd.weight"}, spec.vocab_size, spec.token_embed_dim());
+  if (spec.positions == PositionKind::Learned)
+    p.matrix("pos_embd", {"pos_embd.weight"}, spec.learned_pos_rows, H);
+  if (spec.has_projection()) p.linear("proj_in", H, spec.embed_dim, false);
+  if (spec.positions == PositionKind::Rope) p.rope_table(max_length);
+  for (uint32_t l = 0; l < spec.num_layers; ++l) {
+    const std::string b = "blk." + std::to_string(l) + ".";
+    if (spec.pre_norm) p.norm(b + "attn_norm");
+    p.matrix(b + "attn_qkv", {b + "attn_q.weight", b + "attn_k.weight", b + "attn_v.weight"},
+             q_rows + 2 * kv_rows, H);
+    if (spec.qkv_bias)
+      p.vector(b + "attn_qkv.bias", {b + "attn_q.bias", b + "attn_k.bias", b + "attn_v.bias"},
+               q_rows + 2 * kv_rows);
+    p.linear(b + "attn_output", H, q_rows, spec.attn_out_bias);
+    if (!spec.pre_norm) p.norm(b + "attn_norm");
+    if (spec.pre_norm) p.norm(b + "ffn_norm");
+    if (spec.gated_mlp) p.linear(b + "ffn_gate", spec.intermediate_size, H, spec.mlp_bias);
+    p.linear(b + "ffn_up", spec.intermediate_size, H, spec.mlp_bias);
+    p.linear(b + "ffn_down", H, spec.intermediate_size, spec.mlp_bias);
+    if (!spec.pre_norm) p.norm(b + "ffn_norm");
+  }
+  if (spec.final_norm) p.norm("output_norm");
+  if (spec.has_projection()) p.linear("proj_out", spec.embed_dim, H, false);
+  if (!spec.tie_word_embeddings) p.matrix("output", {"output.weight"}, spec.vocab_size, spec.token_embed_dim());
+  if (spec.lm_head_bias) p.vector("output.bias", {"output.bias"}, spec.vocab_size);
+  p.align_cursor();
+  plan.weights_bytes = p.cursor();
+
+  // KV cache, written by the programs at run time.
+  plan.kv_base = p.cursor();
+  for (uint32_t l = 0; l < spec.num_layers; ++l) {
+    p.kv_cache("blk." + std::to_string(l) + ".k_cache", max_length);
+    p.kv_cache("blk." + std::to_string(l) + ".v_cache", max_length);
+  }
+  p.align_cursor();
+  plan.kv_bytes = p.cursor() - plan.kv_base;
+
+  // Host I/O in channel 0.
+  plan.io.base = p.cursor();
+  plan.io.ids_offset = 0;
+  plan.io.argmax_offset = uint32_t(align_up(uint64_t(max_tokens) * 4, kRowAlignBytes));
+  plan.io.logits_offset = plan.io.argmax_offset + kRowAlignBytes;
+  uint64_t io_bytes = plan.io.logits_offset + uint64_t(max_tokens) * spec.vocab_size * 4;
+  if (io_bytes > 0x7fffffffull)
+    throw CapacityError("the I/O buffer for " + std::to_string(max_tokens) + " rows of " +
+                        std::to_string(spec.vocab_size) + " logits exceeds 2 GiB");
+  plan.io.bytes = uint32_t(align_up(io_bytes, kSegmentAlign));
+
+  plan.channel_bytes.assign(plan.num_channels, plan.io.base);
+  plan.channel_bytes[0] += plan.io.bytes;
+
+  if (plan.channel_bytes[0] > preset.hbm_channel_bytes) {
+    MemoryNeeds n = memory_needs(plan);
+    uint64_t per_channel_need = plan.channel_bytes[0];
+    uint32_t devices = 1;
+    while (devices < 1024 && per_channel_need / devices > preset.hbm_channel_bytes) devices *= 2;
+    throw CapacityError(
+        "the model does not fit one " + preset.name + " (" + gib(preset.hbm_bytes()) +
+        " of HBM in " + std::to_string(preset.hbm_channels) + " pseudo-channels of " +
+        gib(preset.hbm_channel_bytes) + "): it needs " + gib(n.total()) + " (weights " +
+        gib(n.weights) + ", KV cache for max_length=" + std::to_string(max_length) + " " +
+        gib(n.kv_cache) + ", I/O " + gib(n.io) + "), i.e. " + gib(per_channel_need) +
+        " per pseudo-channel. Use about " + std::to_string(devices) +
+        " devices (num_device), a smaller max_length, or quantization.");
+  }
+  return plan;
+}
+
+}  // namespace hyperdex

@@ -1,0 +1,52 @@
+#include "spec/model_spec.h"
+
+#include <cmath>
+
+#include "common/error.h"
+
+namespace hyperdex {
+namespace {
+
+void require(bool ok, const std::string& what) {
+  if (!ok) throw SpecError("invalid model spec: " + what);
+}
+
+}  // namespace
+
+float ModelSpec::effective_attn_scale() const {
+  return attn_scale != 0.0f ? attn_scale : 1.0f / std::sqrt(float(head_dim));
+}
+
+void ModelSpec::validate() const {
+  require(vocab_size > 0, "vocab_size must be > 0");
+  require(hidden_size > 0, "hidden_size must be > 0");
+  require(num_layers > 0, "num_layers must be > 0");
+  require(num_heads > 0 && head_dim > 0, "num_heads and head_dim must be > 0");
+  require(num_kv_heads > 0 && num_heads % num_kv_heads == 0,
+          "num_heads (" + std::to_string(num_heads) + ") must be a multiple of num_kv_heads (" +
+              std::to_string(num_kv_heads) + ")");
+  require(intermediate_size > 0, "intermediate_size must be > 0");
+  require(norm_eps > 0.0f, "norm_eps must be > 0");
+  if (positions == PositionKind::Learned)
+    require(learned_pos_rows > 0, "learned positions need learned_pos_rows > 0");
+  if (positions == PositionKind::Rope) {
+    require(rope_dim > 0 && rope_dim <= head_dim && rope_dim % 2 == 0,
+            "rope_dim must be even and in (0, head_dim]");
+    require(rope_inv_freq.size() == rope_dim / 2,
+            "rope_inv_freq must have rope_dim/2 = " + std::to_string(rope_dim / 2) + " entries");
+  }
+}
+
+void DevicePreset::validate() const {
+  auto req = [&](bool ok, const std::string& what) {
+    if (!ok) throw SpecError("invalid device preset '" + name + "': " + what);
+  };
+  req(hbm_channels > 0, "hbm_channels must be > 0");
+  req(hbm_channel_bytes > 0, "hbm_channel_bytes must be > 0");
+  req(hbm_bandwidth_gbps > 0, "hbm_bandwidth_gbps must be > 0");
+  req(clock_mhz > 0, "clock_mhz must be > 0");
+  req(lmem_bytes > 0, "lmem_bytes must be > 0");
+  req(mac_trees > 0 && mac_lanes > 0 && vector_lanes > 0, "engine sizes must be > 0");
+}
+
+}  // namespace hyperdex

@@ -1,0 +1,80 @@
+// What the compiler's back end needs to know about a model: the shape of every
+// layer and the few traits that differ between architectures. The Python side
+// fills it from hyperdex_config.json (which the architecture table produced);
+// nothing in the core knows an architecture by name.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace hyperdex {
+
+enum class NormKind : uint8_t { LayerNorm = 0, RmsNorm = 1 };
+// Activations the vector/matrix engines implement (docs/isa.md).
+enum class ActKind : uint8_t { None = 0, Relu = 1, Gelu = 2, GeluTanh = 3, Silu = 4 };
+enum class PositionKind : uint8_t { None = 0, Learned = 1, Rope = 2 };
+// Neox: rotate halves (x[i], x[i + rot/2]); Gptj: rotate adjacent pairs (x[2i], x[2i+1]).
+enum class RopeStyle : uint8_t { Neox = 0, Gptj = 1 };
+
+struct ModelSpec {
+  std::string architecture;  // informational (the HF name)
+  uint32_t vocab_size = 0;
+  uint32_t hidden_size = 0;
+  uint32_t num_layers = 0;
+  uint32_t num_heads = 0;
+  uint32_t num_kv_heads = 0;
+  uint32_t head_dim = 0;
+  uint32_t intermediate_size = 0;
+
+  NormKind norm = NormKind::LayerNorm;
+  float norm_eps = 1e-5f;
+  bool norm_bias = true;     // LayerNorm has a beta
+  bool pre_norm = true;      // false: OPT-350m style post-norm residual blocks
+  bool final_norm = true;    // a norm before the LM head
+
+  ActKind act = ActKind::GeluTanh;
+  bool gated_mlp = false;    // act(gate(x)) * up(x), then down
+
+  bool qkv_bias = false;
+  bool attn_out_bias = false;
+  bool mlp_bias = false;
+  bool lm_head_bias = false;
+
+  PositionKind positions = PositionKind::Learned;
+  uint32_t learned_pos_rows = 0;   // rows of the learned position table
+  uint32_t learned_pos_offset = 0; // OPT adds 2 to positions
+  RopeStyle rope_style = RopeStyle::Neox;
+  uint32_t rope_dim = 0;           // rotated dims per head (<= head_dim)
+  std::vector<float> rope_inv_freq;  // rope_dim / 2 entries (scaling already applied)
+  float rope_attention_factor = 1.0f;  // multiplies cos and sin (YaRN-style scaling)
+
+  float attn_scale = 0.0f;         // 0: 1/sqrt(head_dim)
+  uint32_t sliding_window = 0;     // 0: full causal attention
+  float embed_scale = 1.0f;        // multiplies token embeddings (Gemma)
+  bool tie_word_embeddings = false;
+  uint32_t embed_dim = 0;          // OPT word_embed_proj_dim; 0 or == hidden: no projection
+
+  bool has_projection() const { return embed_dim != 0 && embed_dim != hidden_size; }
+  uint32_t token_embed_dim() const { return has_projection() ? embed_dim : hidden_size; }
+  float effective_attn_scale() const;
+  // Throws SpecError naming the first inconsistent field.
+  void validate() const;
+};
+
+// A device design point (the data of a preset file, hyperdex/presets/*.json).
+struct DevicePreset {
+  std::string name;
+  uint32_t hbm_channels = 32;
+  uint64_t hbm_channel_bytes = 512ull << 20;  // capacity of one pseudo-channel
+  double hbm_bandwidth_gbps = 460.0;          // all channels together, GB/s
+  double clock_mhz = 220.0;
+  uint64_t lmem_bytes = 32ull << 20;          // on-chip activation memory
+  uint32_t mac_trees = 32;                    // matrix engine: trees x lanes
+  uint32_t mac_lanes = 16;
+  uint32_t vector_lanes = 16;
+
+  uint64_t hbm_bytes() const { return uint64_t(hbm_channels) * hbm_channel_bytes; }
+  void validate() const;
+};
+
+}  // namespace hyperdex

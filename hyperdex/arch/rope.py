@@ -1,0 +1,71 @@
+"""Rotary position embedding parameters, computed as transformers computes them.
+
+The device holds a table of cos/sin per position (docs/formats.md); the compiler needs the
+inverse frequencies (after any context-extension scaling) and the factor that multiplies cos
+and sin. The arithmetic mirrors transformers' ``modeling_rope_utils`` in float32.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from ..errors import ConfigError
+
+SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
+
+
+def rope_parameters(config: dict[str, Any]) -> dict[str, Any]:
+    """The RoPE parameters of a HF config.json, in either transformers 4 (``rope_theta`` and
+    ``rope_scaling``) or transformers 5 (``rope_parameters``) form."""
+    params: dict[str, Any] = {}
+    if isinstance(config.get("rope_parameters"), dict):
+        params.update(config["rope_parameters"])
+    if isinstance(config.get("rope_scaling"), dict):
+        params.update(config["rope_scaling"])
+    if "rope_theta" not in params:
+        params["rope_theta"] = float(config.get("rope_theta", 10000.0))
+    rope_type = params.get("rope_type", params.get("type", "default")) or "default"
+    params["rope_type"] = rope_type
+    return params
+
+
+def inverse_frequencies(
+    params: dict[str, Any], rotary_dim: int, max_position_embeddings: int
+) -> tuple[np.ndarray, float]:
+    """``(inv_freq[rotary_dim // 2] as float32, attention_factor)`` for a rope parameter dict."""
+    rope_type = params["rope_type"]
+    if rope_type not in SUPPORTED_ROPE_TYPES:
+        raise ConfigError(
+            f"RoPE scaling type {rope_type!r} is not supported yet (supported: "
+            f"{', '.join(SUPPORTED_ROPE_TYPES)}); use a checkpoint without it or open an issue"
+        )
+    base = np.float32(params["rope_theta"])
+    exponents = np.arange(0, rotary_dim, 2, dtype=np.int64).astype(np.float32) / np.float32(
+        rotary_dim
+    )
+    inv_freq = (np.float32(1.0) / (base**exponents)).astype(np.float32)
+    if rope_type == "linear":
+        inv_freq = (inv_freq / np.float32(params["factor"])).astype(np.float32)
+    elif rope_type == "llama3":
+        inv_freq = _llama3(inv_freq, params, max_position_embeddings)
+    return inv_freq, 1.0
+
+
+def _llama3(inv_freq: np.ndarray, p: dict[str, Any], max_positions: int) -> np.ndarray:
+    factor = float(p["factor"])
+    low_freq_factor = float(p["low_freq_factor"])
+    high_freq_factor = float(p["high_freq_factor"])
+    old_context_len = float(p.get("original_max_position_embeddings", max_positions))
+    low_freq_wavelen = old_context_len / low_freq_factor
+    high_freq_wavelen = old_context_len / high_freq_factor
+    f32 = np.float32
+    wavelen = (f32(2 * math.pi) / inv_freq).astype(np.float32)
+    scaled = np.where(wavelen > low_freq_wavelen, inv_freq / f32(factor), inv_freq).astype(f32)
+    smooth = ((f32(old_context_len) / wavelen - f32(low_freq_factor)) /
+              f32(high_freq_factor - low_freq_factor)).astype(f32)
+    smoothed = ((f32(1) - smooth) * scaled / f32(factor) + smooth * scaled).astype(f32)
+    medium = ~(wavelen < high_freq_wavelen) & ~(wavelen > low_freq_wavelen)
+    return np.where(medium, smoothed, scaled).astype(f32)

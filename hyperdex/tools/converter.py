@@ -1,0 +1,278 @@
+"""Phase 2 (convert): a Hugging Face checkpoint folder -> ``hyperdex_config.json`` +
+``hyperdex_model.bin`` (docs/formats.md).
+
+Every tensor's name, shape and dtype is checked against what the config implies before any
+data is read; data is then checked for NaN/Inf and for values fp16 cannot hold, renamed to the
+canonical scheme (hyperdex/arch/registry.py) and written as float16, one tensor at a time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Optional, Union
+
+import numpy as np
+
+from .. import __version__
+from ..arch.registry import (
+    CONV1D_SPLIT,
+    TRANSPOSE,
+    VECTOR_SPLIT,
+    Architecture,
+    expected_tensors,
+    model_traits,
+    rule_applies,
+)
+from ..errors import CheckpointError, ConfigError
+from ..formats import HFCheckpoint, ModelFile, write_model_file
+from .progress import progress_bar
+
+HYPERDEX_CONFIG_NAME = "hyperdex_config.json"
+HYPERDEX_MODEL_NAME = "hyperdex_model.bin"
+CONFIG_FORMAT_VERSION = 1
+FP16_MAX = 65504.0
+FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
+
+PathLike = Union[str, Path]
+
+
+@dataclass(frozen=True)
+class _Planned:
+    """One HF tensor, the canonical tensors it becomes and how."""
+
+    hf_name: str
+    canonical: tuple[str, ...]
+    transform: str
+
+
+def read_hf_config(folder: Path) -> dict[str, Any]:
+    path = folder / "config.json"
+    if not path.is_file():
+        raise CheckpointError(
+            f"{folder} has no config.json; point at a Hugging Face model folder (config.json "
+            "plus safetensors or pytorch_model.bin weights)"
+        )
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path} is not valid JSON ({e}); re-download the model") from e
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path} does not hold a JSON object")
+    return config
+
+
+def _hf_shape(transform: str, canonical: list[tuple[int, ...]]) -> tuple[int, ...]:
+    """The HF tensor shape that yields these canonical shapes under `transform`."""
+    if transform == TRANSPOSE:
+        return tuple(reversed(canonical[0]))
+    if transform == CONV1D_SPLIT:  # Conv1D [in, out_q + out_k + out_v]
+        return (canonical[0][1], sum(s[0] for s in canonical))
+    if transform == VECTOR_SPLIT:
+        return (sum(s[0] for s in canonical),)
+    return canonical[0]
+
+
+def _apply(transform: str, array: np.ndarray, canonical: list[tuple[int, ...]]) -> list[np.ndarray]:
+    if transform == TRANSPOSE:
+        return [np.ascontiguousarray(array.T)]
+    if transform in (CONV1D_SPLIT, VECTOR_SPLIT):
+        cuts = np.cumsum([s[0] for s in canonical])[:-1]
+        axis = 1 if transform == CONV1D_SPLIT else 0
+        parts = np.split(array, cuts, axis=axis)
+        return [np.ascontiguousarray(p.T if transform == CONV1D_SPLIT else p) for p in parts]
+    return [array]
+
+
+class AutoModelConverter:
+    """Validates a Hugging Face checkpoint folder and converts it to hyperdex's format.
+
+    >>> conv = AutoModelConverter.from_pretrained("/path/to/hf/folder")  # validates
+    >>> conv.save_pretrained("/path/to/out")  # writes hyperdex_config.json + hyperdex_model.bin
+    """
+
+    def __init__(self, folder: PathLike, quantization: Optional[str] = None) -> None:
+        if quantization is not None:
+            raise ConfigError(
+                f"quantization={quantization!r} is not available in this version of hyperdex; "
+                "convert in fp16 (quantization=None)"
+            )
+        self.folder = Path(folder)
+        if not self.folder.is_dir():
+            raise CheckpointError(f"{self.folder} is not a folder")
+        self.hf_config = read_hf_config(self.folder)
+        self.hf_architecture, self.arch, self.model = model_traits(self.hf_config)
+        self.shapes = expected_tensors(self.arch, self.model)
+        self._plan = self._check_tensors()
+
+    @classmethod
+    def from_pretrained(cls, folder: PathLike, quantization: Optional[str] = None) -> "AutoModelConverter":
+        return cls(folder, quantization=quantization)
+
+    # -- validation ------------------------------------------------------------------------
+
+    def _rules(self) -> Iterator[_Planned]:
+        arch: Architecture = self.arch
+        for rule in arch.tensors:
+            if not rule_applies(rule, self.model):
+                continue
+            layers = range(self.model["num_layers"]) if "{i}" in rule.hf else [None]
+            for i in layers:
+                fmt = (lambda s: s.replace("{i}", str(i))) if i is not None else (lambda s: s)
+                yield _Planned(fmt(rule.hf), tuple(fmt(c) for c in rule.canonical), rule.transform)
+
+    def _check_tensors(self) -> list[_Planned]:
+        with HFCheckpoint.open(self.folder) as ckpt:
+            present = set(ckpt.names())
+            plan = list(self._rules())
+            # Some checkpoints (old GPT-2 exports) drop the "transformer." prefix.
+            rename = self._prefix_fix(plan, present)
+            missing, problems = [], []
+            for p in plan:
+                name = rename.get(p.hf_name, p.hf_name)
+                if name not in present:
+                    missing.append(p.hf_name)
+                    continue
+                want = _hf_shape(p.transform, [self.shapes[c] for c in p.canonical])
+                got = tuple(ckpt.shape(name))
+                if got != want:
+                    problems.append(
+                        f"{name} has shape {list(got)}, config.json implies {list(want)}"
+                    )
+                dtype = ckpt.dtype(name)
+                if dtype not in FLOAT_DTYPES:
+                    problems.append(f"{name} has dtype {dtype}, expected a float dtype")
+            used = {rename.get(p.hf_name, p.hf_name) for p in plan}
+            ignored = [re.compile(pattern) for pattern in self.arch.ignored]
+            unexpected = sorted(
+                n for n in present - used if not any(r.fullmatch(n) for r in ignored)
+            )
+        if missing:
+            raise CheckpointError(
+                f"{self.folder} lacks {len(missing)} tensor(s) that a {self.hf_architecture} with "
+                f"this config.json must have, e.g. {', '.join(missing[:5])}; the checkpoint is "
+                "incomplete or belongs to another config"
+            )
+        if problems:
+            raise CheckpointError(
+                f"{self.folder} disagrees with its config.json: " + "; ".join(problems[:5])
+                + ("" if len(problems) <= 5 else f"; and {len(problems) - 5} more")
+            )
+        if unexpected:
+            raise CheckpointError(
+                f"{self.folder} has {len(unexpected)} tensor(s) a {self.hf_architecture} with this "
+                f"config.json does not use, e.g. {', '.join(unexpected[:5])}; is config.json the "
+                "one that belongs to these weights?"
+            )
+        self._rename = rename
+        return plan
+
+    @staticmethod
+    def _prefix_fix(plan: list[_Planned], present: set[str]) -> dict[str, str]:
+        rename = {}
+        for p in plan:
+            if p.hf_name not in present:
+                for prefix in ("transformer.", "model."):
+                    if p.hf_name.startswith(prefix) and p.hf_name[len(prefix):] in present:
+                        rename[p.hf_name] = p.hf_name[len(prefix):]
+        return rename
+
+    # -- conversion ------------------------------------------------------------------------
+
+    def _tensors(self, ckpt: HFCheckpoint, bar: Any) -> Iterator[tuple[str, np.ndarray]]:
+        for p in self._plan:
+            name = self._rename.get(p.hf_name, p.hf_name)
+            data = ckpt.load(name)
+            finite = np.isfinite(data)
+            if not finite.all():
+                bad = int(data.size - np.count_nonzero(finite))
+                raise CheckpointError(
+                    f"tensor {name} holds {bad} NaN/Inf value(s); the checkpoint is corrupt or "
+                    "was saved after a diverged training step"
+                )
+            peak = float(np.abs(data).max()) if data.size else 0.0
+            if peak > FP16_MAX:
+                raise CheckpointError(
+                    f"tensor {name} has values up to {peak:.4g}, beyond fp16's {FP16_MAX}; this "
+                    "model cannot run with fp16 weights"
+                )
+            for canonical, part in zip(
+                p.canonical, _apply(p.transform, data, [self.shapes[c] for c in p.canonical])
+            ):
+                yield canonical, part.astype(np.float16)
+            bar.update(1)
+
+    def config_dict(self) -> dict[str, Any]:
+        """The content of hyperdex_config.json."""
+        gen = {}
+        gen_path = self.folder / "generation_config.json"
+        if gen_path.is_file():
+            try:
+                gen = json.loads(gen_path.read_text(encoding="utf-8"))
+            except json.JSONDecodeError:
+                gen = {}
+        tokens = {
+            k: gen.get(k, self.hf_config.get(k))
+            for k in ("bos_token_id", "eos_token_id", "pad_token_id")
+        }
+        config_bytes = (self.folder / "config.json").read_bytes()
+        return {
+            "format": "hyperdex-config",
+            "format_version": CONFIG_FORMAT_VERSION,
+            "hyperdex_version": __version__,
+            "architecture": self.hf_architecture,
+            "family": self.arch.family,
+            "dtype": "float16",
+            "quantization": None,
+            "model": self.model,
+            "tokens": tokens,
+            "source": {
+                "config_sha256": hashlib.sha256(config_bytes).hexdigest(),
+                "model_type": self.hf_config.get("model_type"),
+            },
+        }
+
+    def save_pretrained(self, out_dir: PathLike, progress: bool = True) -> Path:
+        """Writes ``hyperdex_config.json`` and ``hyperdex_model.bin`` into ``out_dir``
+        (each atomically); returns ``out_dir``."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        config = self.config_dict()
+        with HFCheckpoint.open(self.folder) as ckpt, progress_bar(
+            total=len(self._plan), desc="convert", unit="tensor", enabled=progress
+        ) as bar:
+            write_model_file(out / HYPERDEX_MODEL_NAME, self._tensors(ckpt, bar), {"config": config})
+        _write_json_atomic(out / HYPERDEX_CONFIG_NAME, config)
+        return out
+
+
+def _write_json_atomic(path: Path, data: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+def load_converted(folder: PathLike, verify: bool = True) -> tuple[dict[str, Any], ModelFile]:
+    """Opens a converted checkpoint: (hyperdex_config.json content, the model file)."""
+    folder = Path(folder)
+    cfg_path = folder / HYPERDEX_CONFIG_NAME
+    if not cfg_path.is_file():
+        raise CheckpointError(f"{folder} has no {HYPERDEX_CONFIG_NAME}; run the conversion first")
+    config = json.loads(cfg_path.read_text(encoding="utf-8"))
+    check_config_version(config, cfg_path)
+    return config, ModelFile.open(folder / HYPERDEX_MODEL_NAME, verify=verify)
+
+
+def check_config_version(config: dict[str, Any], path: Path) -> None:
+    from ..errors import FormatError
+
+    version = config.get("format_version")
+    if config.get("format") != "hyperdex-config" or version != CONFIG_FORMAT_VERSION:
+        raise FormatError(
+            f"{path} is format version {version!r}; this hyperdex ({__version__}) reads version "
+            f"{CONFIG_FORMAT_VERSION}. Recompile the model with this version "
+            "(AutoCompiler().compile(..., fast_compile=False))"
+        )

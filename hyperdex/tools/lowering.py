@@ -1,0 +1,105 @@
+"""Bridges the Python descriptions (hyperdex_config.json, preset JSON) and the C++ core's
+structs, and writes the memory plan as ``config/memory_map.json``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .. import _core
+
+_NORMS = {"layernorm": _core.NormKind.LayerNorm, "rmsnorm": _core.NormKind.RmsNorm}
+_ACTS = {
+    "none": _core.ActKind.None_,
+    "relu": _core.ActKind.Relu,
+    "gelu": _core.ActKind.Gelu,
+    "gelu_tanh": _core.ActKind.GeluTanh,
+    "silu": _core.ActKind.Silu,
+}
+_POSITIONS = {"learned": _core.PositionKind.Learned, "rope": _core.PositionKind.Rope,
+              "none": _core.PositionKind.None_}
+_ROPE_STYLES = {"neox": _core.RopeStyle.Neox, "gptj": _core.RopeStyle.Gptj}
+
+MEMORY_MAP_FORMAT = "hyperdex-memory-map"
+
+
+def model_spec(config: dict[str, Any]) -> _core.ModelSpec:
+    """The core's ModelSpec from hyperdex_config.json's content."""
+    m = config["model"]
+    s = _core.ModelSpec()
+    s.architecture = config["architecture"]
+    for key in ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads",
+                "head_dim", "intermediate_size", "learned_pos_rows", "learned_pos_offset",
+                "sliding_window", "embed_dim"):
+        setattr(s, key, int(m[key]))
+    for key in ("norm_bias", "pre_norm", "final_norm", "gated_mlp", "qkv_bias", "attn_out_bias",
+                "mlp_bias", "lm_head_bias", "tie_word_embeddings"):
+        setattr(s, key, bool(m[key]))
+    s.norm = _NORMS[m["norm"]]
+    s.norm_eps = float(m["norm_eps"])
+    s.act = _ACTS[m["act"]]
+    s.positions = _POSITIONS[m["positions"]]
+    s.attn_scale = float(m["attn_scale"] or 0.0)
+    s.embed_scale = float(m["embed_scale"])
+    if m["positions"] == "rope":
+        s.rope_style = _ROPE_STYLES[m["rope_style"]]
+        s.rope_dim = int(m["rope_dim"])
+        s.rope_inv_freq = [float(x) for x in m["rope_inv_freq"]]
+        s.rope_attention_factor = float(m["rope_attention_factor"])
+    s.validate()
+    return s
+
+
+def device_preset(preset: dict[str, Any]) -> _core.DevicePreset:
+    p = _core.DevicePreset()
+    p.name = preset["name"]
+    p.hbm_channels = int(preset["hbm_channels"])
+    p.hbm_channel_bytes = int(preset["hbm_channel_bytes"])
+    p.hbm_bandwidth_gbps = float(preset["hbm_bandwidth_gbps"])
+    p.clock_mhz = float(preset["clock_mhz"])
+    p.lmem_bytes = int(preset["lmem_bytes"])
+    p.mac_trees = int(preset["mac_trees"])
+    p.mac_lanes = int(preset["mac_lanes"])
+    p.vector_lanes = int(preset["vector_lanes"])
+    p.validate()
+    return p
+
+
+def memory_map_dict(plan: _core.MemoryPlan, preset: dict[str, Any], num_device: int,
+                    param_files: list[dict[str, Any]]) -> dict[str, Any]:
+    """The readable memory map of one device (docs/formats.md, ``config/memory_map.json``)."""
+    return {
+        "format": MEMORY_MAP_FORMAT,
+        "format_version": _core.PLAN_FORMAT_VERSION,
+        "isa_version": _core.ISA_VERSION,
+        "fingerprint": plan.fingerprint(),
+        "device_preset": preset,
+        "num_device": num_device,
+        "device": 0,
+        "num_channels": plan.num_channels,
+        "channel_capacity": plan.channel_capacity,
+        "max_length": plan.max_length,
+        "max_tokens": plan.max_tokens,
+        "vocab_size": plan.vocab_size,
+        "segments": {
+            "weights": {"offset": 0, "bytes_per_channel": plan.weights_bytes},
+            "kv_cache": {"offset": plan.kv_base, "bytes_per_channel": plan.kv_bytes},
+            "io": {"channel": 0, "offset": plan.io.base, "bytes": plan.io.bytes,
+                   "ids_offset": plan.io.ids_offset, "argmax_offset": plan.io.argmax_offset,
+                   "logits_offset": plan.io.logits_offset},
+        },
+        "channel_bytes": list(plan.channel_bytes),
+        "regions": [
+            {
+                "name": r.name,
+                "kind": r.kind.name,
+                "offset": r.base,
+                "row_bytes": r.row_bytes,
+                "rows": r.rows,
+                "cols": r.cols,
+                "bytes_per_channel": r.bytes_per_channel(plan.num_channels),
+                "sources": list(r.sources),
+            }
+            for r in plan.regions
+        ],
+        "param_files": param_files,
+    }
