@@ -1,0 +1,80 @@
+"""AutoConfig: the configuration of a compiled model, as transformers users know it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional, Union
+
+from .loading import read_json, resolve_compiled
+
+PathLike = Union[str, Path]
+
+
+class LPUConfig:
+    """The HF model config (attributes such as ``vocab_size``, ``hidden_size``) plus the
+    runtime parameters of the compile: ``num_device``, ``max_length``, ``type_device``,
+    ``quantization``, ``architecture``."""
+
+    def __init__(self, folder: Path, hf_config: dict[str, Any], compile_info: dict[str, Any],
+                 hyperdex_config: dict[str, Any]) -> None:
+        self._folder = folder
+        self._hf = hf_config
+        self.num_device: int = int(compile_info["num_device"])
+        self.max_length: int = int(compile_info["max_length"])
+        self.type_device: str = compile_info["type_device"]
+        self.quantization: Optional[str] = compile_info.get("quantization")
+        self.architecture: str = hyperdex_config["architecture"]
+        self.hyperdex_version: str = compile_info.get("hyperdex_version", "")
+        self.model: dict[str, Any] = hyperdex_config["model"]
+
+    @classmethod
+    def from_pretrained(cls, model_id: PathLike, prefix: Optional[PathLike] = None) -> "LPUConfig":
+        folder = resolve_compiled(model_id, prefix)
+        return cls(
+            folder,
+            read_json(folder / "ckpt" / "config.json", "HF config"),
+            read_json(folder / "compile.json", "compile record"),
+            read_json(folder / "ckpt" / "hyperdex_config.json", "converted config"),
+        )
+
+    @property
+    def compiled_folder(self) -> Path:
+        return self._folder
+
+    @property
+    def architectures(self) -> list[str]:
+        return [self.architecture]
+
+    def __getattr__(self, name: str) -> Any:
+        # Only called for attributes not set above: fall back to the HF config's fields.
+        hf = self.__dict__.get("_hf", {})
+        if name in hf:
+            return hf[name]
+        raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **self._hf,
+            "num_device": self.num_device,
+            "max_length": self.max_length,
+            "type_device": self.type_device,
+            "quantization": self.quantization,
+        }
+
+    def __repr__(self) -> str:
+        return (
+            f"LPUConfig({self.architecture}, num_device={self.num_device}, "
+            f"max_length={self.max_length}, type_device={self.type_device!r}, "
+            f"quantization={self.quantization!r}, folder={str(self._folder)!r})"
+        )
+
+
+class AutoConfig:
+    """``AutoConfig.from_pretrained(path_or_model_id, prefix=None)`` -> :class:`LPUConfig`."""
+
+    def __init__(self) -> None:
+        raise TypeError("use AutoConfig.from_pretrained(...)")
+
+    @staticmethod
+    def from_pretrained(model_id: PathLike, prefix: Optional[PathLike] = None) -> LPUConfig:
+        return LPUConfig.from_pretrained(model_id, prefix)

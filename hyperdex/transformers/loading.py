@@ -1,0 +1,136 @@
+"""Finding and checking a compiled model folder, and opening a device session on it."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any, Optional, Union
+
+from .. import __version__
+from ..errors import ConfigError, DeviceError, FormatError
+from ..paths import compiled_dir
+
+log = logging.getLogger("hyperdex")
+
+PathLike = Union[str, Path]
+BACKENDS = ("emu", "xrt")
+
+
+def resolve_compiled(model_id: PathLike, prefix: Optional[PathLike] = None) -> Path:
+    """The compiled folder for a path (the folder compile() returned) or for the model id and
+    prefix given to compile()."""
+    path = Path(model_id).expanduser()
+    if (path / "config" / "memory_map.json").is_file() or (path / "compile.json").is_file():
+        folder = path
+    else:
+        folder = compiled_dir(model_id, prefix)
+    if not (folder / "compile.json").is_file():
+        hint = (
+            f"compile it first: AutoCompiler().compile(model_id={str(model_id)!r}"
+            + (f", prefix={str(prefix)!r}" if prefix is not None else "")
+            + ")"
+        )
+        if folder.is_dir():
+            raise FormatError(
+                f"{folder} is not a finished compile (compile.json is missing: the compile was "
+                f"interrupted or failed); {hint}"
+            )
+        raise FormatError(f"no compiled model at {folder}; {hint}")
+    return folder
+
+
+def read_json(path: Path, what: str) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as e:
+        raise FormatError(f"{path} is missing; recompile the model") from e
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise FormatError(f"{path} ({what}) is corrupt: {e}; recompile the model") from e
+    if not isinstance(data, dict):
+        raise FormatError(f"{path} ({what}) is corrupt; recompile the model")
+    return data
+
+
+def read_memory_map(folder: Path) -> dict[str, Any]:
+    from .. import _core
+
+    path = folder / "config" / "memory_map.json"
+    mm = read_json(path, "memory map")
+    if mm.get("format") != "hyperdex-memory-map" or mm.get("format_version") != _core.PLAN_FORMAT_VERSION \
+            or mm.get("isa_version") != _core.ISA_VERSION:
+        raise FormatError(
+            f"{path} is memory-map format {mm.get('format_version')!r} / ISA "
+            f"{mm.get('isa_version')!r}; this hyperdex ({__version__}) reads format "
+            f"{_core.PLAN_FORMAT_VERSION} / ISA {_core.ISA_VERSION}. Recompile the model "
+            "(AutoCompiler().compile(..., fast_compile=False))"
+        )
+    return mm
+
+
+def check_device_map(device_map: Any, compiled_devices: int) -> int:
+    """Validates ``device_map`` ({"lpu": N}) against the compile; returns N."""
+    if device_map is None or device_map == "auto":
+        return compiled_devices
+    if not isinstance(device_map, dict):
+        raise ConfigError(f"device_map must be a dict like {{'lpu': 1}}, got {device_map!r}")
+    unknown = sorted(set(device_map) - {"lpu", "gpu"})
+    if unknown:
+        raise ConfigError(f"device_map has unknown key(s) {unknown}; use {{'lpu': N}}")
+    if device_map.get("gpu"):
+        raise ConfigError(
+            "hybrid mode (device_map with 'gpu') is not available in this version of hyperdex; "
+            "use device_map={'lpu': N}"
+        )
+    n = device_map.get("lpu", compiled_devices)
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ConfigError(f"device_map['lpu'] must be a positive integer, got {n!r}")
+    if n != compiled_devices:
+        raise ConfigError(
+            f"the model was compiled for {compiled_devices} LPU device(s) but device_map asks "
+            f"for {n}; load it with device_map={{'lpu': {compiled_devices}}} or recompile with "
+            f"num_device={n}"
+        )
+    return n
+
+
+def open_session(folder: Path, memory_map: dict[str, Any], backend: Optional[str],
+                 num_threads: int = 0) -> tuple[Any, str]:
+    """A device session with the compiled model loaded; returns (session, backend name)."""
+    from .. import _core
+    from ..tools.lowering import device_preset
+
+    if backend is None:
+        backend = "emu"
+        log.info("hyperdex: no LPU board backend in this build; running on the emulator")
+    if backend not in BACKENDS:
+        raise ConfigError(f"backend must be one of {BACKENDS} or None, got {backend!r}")
+    if backend == "xrt":
+        raise DeviceError(
+            "this build of hyperdex has no XRT board backend yet; use backend='emu' (the "
+            "emulator runs the same programs with the board's numerics)"
+        )
+    if isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 0:
+        raise ConfigError(f"num_threads must be an integer >= 0, got {num_threads!r}")
+
+    io = memory_map["segments"]["io"]
+    config = _core.SessionConfig()
+    layout = _core.DeviceLayout()
+    layout.channel_bytes = [int(b) for b in memory_map["channel_bytes"]]
+    layout.io_base = int(io["offset"])
+    layout.io_bytes = int(io["bytes"])
+    config.layout = layout
+    config.set_io(int(io["offset"]), int(io["ids_offset"]), int(io["argmax_offset"]),
+                  int(io["logits_offset"]), int(io["bytes"]))
+    config.vocab_size = int(memory_map["vocab_size"])
+    config.max_length = int(memory_map["max_length"])
+    config.plan_fingerprint = int(memory_map["fingerprint"])
+    config.weights_bytes = int(memory_map["segments"]["weights"]["bytes_per_channel"])
+    config.params = [
+        _core.ParamFile(str(folder / p["file"]), int(p["bytes"]), int(p["crc32"]))
+        for p in memory_map["param_files"]
+    ]
+    config.prefill_path = str(folder / "inst" / "prefill.bin")
+    config.decode_path = str(folder / "inst" / "decode.bin")
+    preset = device_preset(memory_map["device_preset"])
+    return _core.Session.emulator(preset, config, num_threads), backend

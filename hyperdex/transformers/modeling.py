@@ -1,0 +1,232 @@
+"""AutoModelForCausalLM: a compiled model on an LPU device (a board, or the emulator), with
+the ``transformers`` calling conventions: ``model(input_ids).logits`` and ``generate()``."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Optional, Union
+
+import numpy as np
+
+from .configuration import LPUConfig
+from .generation import GenerationConfig, GenerationSession
+from .loading import check_device_map, open_session, read_json, read_memory_map, resolve_compiled
+from .tensor_io import IdsKind, from_numpy_ids, to_numpy_ids
+
+log = logging.getLogger("hyperdex")
+PathLike = Union[str, Path]
+
+
+@dataclass
+class CausalLMOutput:
+    """What ``model(input_ids)`` returns; ``logits`` is [batch, seq, vocab] (fp32), of the
+    input's kind (torch tensor, numpy array or nested lists)."""
+
+    logits: Any
+
+    def __getitem__(self, key: Union[str, int]) -> Any:
+        if key in ("logits", 0):
+            return self.logits
+        raise KeyError(key)
+
+
+def _logits_out(logits: np.ndarray, kind: IdsKind) -> Any:
+    if kind.ndim == 1:
+        logits = logits[0]
+    if kind.kind == "torch":
+        import torch
+
+        t = torch.from_numpy(logits)
+        return t.to(kind.device) if kind.device is not None else t
+    if kind.kind == "list":
+        return logits.tolist()
+    return logits
+
+
+def _check_attention_mask(mask: Any, shape: tuple[int, ...]) -> None:
+    if mask is None:
+        return
+    array = np.asarray(mask.cpu() if hasattr(mask, "cpu") else mask)
+    if array.ndim == 1:
+        array = array[None]
+    if array.shape != shape:
+        raise ValueError(f"attention_mask has shape {array.shape}, input_ids has {shape}")
+    if not np.all(array == 1):
+        raise ValueError(
+            "attention_mask with padding (zeros) is not supported: the LPU runs one sequence "
+            "at a time, so pass each sequence unpadded (or a batch of equal-length rows)"
+        )
+
+
+class LPUModelForCausalLM:
+    """A compiled causal LM loaded onto a device. Create with
+    ``AutoModelForCausalLM.from_pretrained``."""
+
+    def __init__(self, folder: Path, session: Any, backend: str, config: LPUConfig) -> None:
+        self.folder = folder
+        self.config = config
+        self.backend = backend
+        self._session = session
+        self._lock = threading.Lock()  # one sequence at a time on a device
+        self._tokenizer: Any = None
+        self.generation_config = GenerationConfig.from_model_dir(folder / "ckpt")
+
+    # -- properties --------------------------------------------------------------------------
+
+    @property
+    def device(self) -> str:
+        """Where the model runs, in words."""
+        return self._session.device
+
+    @property
+    def max_length(self) -> int:
+        """Tokens a sequence may hold (prompt + generated), fixed at compile time."""
+        return self._session.max_length
+
+    @property
+    def vocab_size(self) -> int:
+        return self._session.vocab_size
+
+    def __repr__(self) -> str:
+        return (f"LPUModelForCausalLM({self.config.architecture}, backend={self.backend!r}, "
+                f"device={self.device!r}, folder={str(self.folder)!r})")
+
+    # -- forward -----------------------------------------------------------------------------
+
+    def __call__(self, input_ids: Any, attention_mask: Any = None, **kwargs: Any) -> CausalLMOutput:
+        """Logits for every position of every sequence: [batch, seq, vocab] fp32."""
+        unsupported = sorted(k for k, v in kwargs.items() if v not in (None, False))
+        if unsupported:
+            raise TypeError(f"unsupported argument(s) to the forward call: {', '.join(unsupported)}")
+        ids, kind = to_numpy_ids(input_ids, "input_ids", vocab_size=self.vocab_size)
+        _check_attention_mask(attention_mask, ids.shape)
+        self._check_room(ids.shape[1], 0)
+        out = np.empty((ids.shape[0], ids.shape[1], self.vocab_size), dtype=np.float32)
+        with self._lock:
+            for b, row in enumerate(ids):
+                self._session.reset()
+                _, out[b] = self._session.prefill(row.astype(np.int32), True)
+        return CausalLMOutput(_logits_out(out, kind))
+
+    forward = __call__
+
+    # -- generation --------------------------------------------------------------------------
+
+    def generate(self, input_ids: Any = None, generation_config: Optional[GenerationConfig] = None,
+                 streamer: Any = None, attention_mask: Any = None, **kwargs: Any) -> Any:
+        """Prompt + new token ids, like transformers: [batch, prompt + new] of the input's kind.
+
+        Greedy by default (plain argmax); ``do_sample=True`` with ``temperature``, ``top_k``,
+        ``top_p``; ``repetition_penalty``; ``max_new_tokens`` or ``max_length``; ``eos_token_id``
+        and ``stop`` (ids or strings); ``seed`` makes sampling reproducible. Rows of a batch run
+        one after another (the device runs one sequence at a time); shorter results are padded
+        with ``pad_token_id`` (else the first eos id).
+        """
+        if input_ids is None:
+            raise TypeError("generate() needs input_ids (token ids of the prompt)")
+        ids, kind = to_numpy_ids(input_ids, "input_ids", vocab_size=self.vocab_size)
+        _check_attention_mask(attention_mask, ids.shape)
+        config = self._config_for(generation_config, kwargs)
+        if streamer is not None and ids.shape[0] != 1:
+            raise ValueError("a streamer streams one sequence; pass a batch of 1")
+        rows = [np.array(list(self._generate_row(row, config, streamer)), dtype=np.int64)
+                for row in ids]
+        outputs = [np.concatenate([row, new]) for row, new in zip(ids, rows)]
+        width = max(len(o) for o in outputs)
+        pad = config.pad_token_id
+        if pad is None:
+            pad = config.eos_token_ids[0] if config.eos_token_ids else 0
+        result = np.full((len(outputs), width), pad, dtype=np.int64)
+        for i, o in enumerate(outputs):
+            result[i, : len(o)] = o
+        return from_numpy_ids(result, kind)
+
+    def generate_yield(self, input_ids: Any, generation_config: Optional[GenerationConfig] = None,
+                       streamer: Any = None, **kwargs: Any) -> Iterator[int]:
+        """Yields each new token id as soon as the device produces it (batch 1)."""
+        ids, _ = to_numpy_ids(input_ids, "input_ids", vocab_size=self.vocab_size)
+        if ids.shape[0] != 1:
+            raise ValueError("generate_yield() takes one sequence (batch 1)")
+        config = self._config_for(generation_config, kwargs)
+        yield from self._generate_row(ids[0], config, streamer)
+
+    def _config_for(self, generation_config: Optional[GenerationConfig],
+                    kwargs: dict[str, Any]) -> GenerationConfig:
+        base = generation_config if generation_config is not None else self.generation_config
+        if not isinstance(base, GenerationConfig):
+            raise TypeError("generation_config must be a hyperdex GenerationConfig")
+        return base.copy(**kwargs)
+
+    def _check_room(self, prompt_length: int, new_tokens: int) -> None:
+        if prompt_length + new_tokens > self.max_length:
+            raise ValueError(
+                f"the prompt ({prompt_length} tokens) plus {new_tokens} new tokens exceed the "
+                f"max_length of {self.max_length} this model was compiled for; shorten the "
+                "prompt, lower max_new_tokens, or recompile with a larger max_length"
+            )
+
+    def _generate_row(self, prompt: np.ndarray, config: GenerationConfig,
+                      streamer: Any) -> Iterator[int]:
+        tokenizer = self._tokenizer_for(config)
+        self._check_room(len(prompt), 0)
+        session = GenerationSession(config, prompt, tokenizer=tokenizer, streamer=streamer,
+                                    max_position_embeddings=self.max_length)
+        try:
+            self._check_room(len(prompt), session.max_new_tokens)
+            if session.done:
+                return
+            with self._lock:
+                self._session.reset()
+                _, logits = self._session.prefill(prompt.astype(np.int32), False)
+                logits = logits[0]
+                while True:
+                    token = session.step(logits)
+                    yield token
+                    if session.done:
+                        break
+                    _, logits = self._session.decode(int(token), True)
+        finally:
+            session.close()
+
+    def _tokenizer_for(self, config: GenerationConfig) -> Any:
+        if not config.stop_strings:
+            return None
+        if self._tokenizer is None:
+            from .tokenization import AutoTokenizer
+
+            self._tokenizer = AutoTokenizer.from_pretrained(self.folder)
+        return self._tokenizer
+
+
+class AutoModelForCausalLM:
+    """``AutoModelForCausalLM.from_pretrained(path_or_model_id, device_map={"lpu": 1})``."""
+
+    def __init__(self) -> None:
+        raise TypeError("use AutoModelForCausalLM.from_pretrained(...)")
+
+    @staticmethod
+    def from_pretrained(model_id: PathLike, device_map: Any = None,
+                        prefix: Optional[PathLike] = None, backend: Optional[str] = None,
+                        num_threads: int = 0, **kwargs: Any) -> LPUModelForCausalLM:
+        """Loads a compiled model: the folder ``compile()`` returned, or the same ``model_id``
+        and ``prefix`` given to it.
+
+        ``device_map={"lpu": N}`` must match the compile's device count. ``backend`` is
+        ``"emu"`` (the C++ emulator) or ``"xrt"`` (a board); None takes the emulator here and
+        says so. ``num_threads`` sets the emulator's threads (0: all cores).
+        """
+        ignored = {"torch_dtype", "dtype", "trust_remote_code", "low_cpu_mem_usage"}
+        unknown = sorted(set(kwargs) - ignored)
+        if unknown:
+            raise TypeError(f"from_pretrained() got unexpected argument(s): {', '.join(unknown)}")
+        folder = resolve_compiled(model_id, prefix)
+        compile_info = read_json(folder / "compile.json", "compile record")
+        check_device_map(device_map, int(compile_info["num_device"]))
+        memory_map = read_memory_map(folder)
+        config = LPUConfig.from_pretrained(folder)
+        session, backend = open_session(folder, memory_map, backend, num_threads)
+        log.info("hyperdex: loaded %s on %s", folder, session.device)
+        return LPUModelForCausalLM(folder, session, backend, config)
