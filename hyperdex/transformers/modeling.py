@@ -61,6 +61,18 @@ def _check_attention_mask(mask: Any, shape: tuple[int, ...]) -> None:
         )
 
 
+@dataclass
+class GenerateOutput:
+    """``generate(..., return_dict_in_generate=True)``: like transformers'
+    GenerateDecoderOnlyOutput. ``logits`` (with ``output_logits=True``) and ``scores`` (with
+    ``output_scores=True``, after repetition penalty, temperature, top-k/top-p) hold one
+    [batch, vocab] fp32 entry per generated token."""
+
+    sequences: Any
+    scores: Optional[tuple[Any, ...]] = None
+    logits: Optional[tuple[Any, ...]] = None
+
+
 class LPUModelForCausalLM:
     """A compiled causal LM loaded onto a device. Create with
     ``AutoModelForCausalLM.from_pretrained``."""
@@ -127,13 +139,25 @@ class LPUModelForCausalLM:
         """
         if input_ids is None:
             raise TypeError("generate() needs input_ids (token ids of the prompt)")
+        flags = {}
+        for name in ("return_dict_in_generate", "output_logits", "output_scores"):
+            flags[name] = kwargs.pop(name, False)
+            if not isinstance(flags[name], bool):
+                raise TypeError(f"{name} must be True or False, got {flags[name]!r}")
         ids, kind = to_numpy_ids(input_ids, "input_ids", vocab_size=self.vocab_size)
         _check_attention_mask(attention_mask, ids.shape)
         config = self._config_for(generation_config, kwargs)
         if streamer is not None and ids.shape[0] != 1:
             raise ValueError("a streamer streams one sequence; pass a batch of 1")
-        rows = [np.array(list(self._generate_row(row, config, streamer)), dtype=np.int64)
-                for row in ids]
+        record = flags["output_logits"] or flags["output_scores"]
+        traces: list[list[tuple[np.ndarray, np.ndarray]]] = []
+        rows = []
+        for row in ids:
+            trace: list[tuple[np.ndarray, np.ndarray]] = []
+            rows.append(np.array(list(self._generate_row(row, config, streamer,
+                                                         trace if record else None)),
+                                 dtype=np.int64))
+            traces.append(trace)
         outputs = [np.concatenate([row, new]) for row, new in zip(ids, rows)]
         width = max(len(o) for o in outputs)
         pad = config.pad_token_id
@@ -142,7 +166,27 @@ class LPUModelForCausalLM:
         result = np.full((len(outputs), width), pad, dtype=np.int64)
         for i, o in enumerate(outputs):
             result[i, : len(o)] = o
-        return from_numpy_ids(result, kind)
+        sequences = from_numpy_ids(result, kind)
+        if not flags["return_dict_in_generate"]:
+            return sequences
+        steps = max(len(t) for t in traces) if record else 0
+
+        def stacked(which: int) -> tuple[Any, ...]:
+            out = []
+            for s in range(steps):
+                step = np.full((len(traces), self.vocab_size), -np.inf, dtype=np.float32)
+                for b, t in enumerate(traces):
+                    if s < len(t):
+                        step[b] = t[s][which]
+                out.append(_logits_out(step[:, None, :], IdsKind(kind.kind, 2, kind.device))[:, 0]
+                           if kind.kind != "list" else step.tolist())
+            return tuple(out)
+
+        return GenerateOutput(
+            sequences=sequences,
+            scores=stacked(1) if flags["output_scores"] else None,
+            logits=stacked(0) if flags["output_logits"] else None,
+        )
 
     def generate_yield(self, input_ids: Any, generation_config: Optional[GenerationConfig] = None,
                        streamer: Any = None, **kwargs: Any) -> Iterator[int]:
@@ -168,8 +212,8 @@ class LPUModelForCausalLM:
                 "prompt, lower max_new_tokens, or recompile with a larger max_length"
             )
 
-    def _generate_row(self, prompt: np.ndarray, config: GenerationConfig,
-                      streamer: Any) -> Iterator[int]:
+    def _generate_row(self, prompt: np.ndarray, config: GenerationConfig, streamer: Any,
+                      trace: Optional[list[tuple[np.ndarray, np.ndarray]]] = None) -> Iterator[int]:
         tokenizer = self._tokenizer_for(config)
         self._check_room(len(prompt), 0)
         session = GenerationSession(config, prompt, tokenizer=tokenizer, streamer=streamer,
@@ -184,6 +228,8 @@ class LPUModelForCausalLM:
                 logits = logits[0]
                 while True:
                     token = session.step(logits)
+                    if trace is not None:
+                        trace.append((logits.copy(), session.last_scores))  # noqa: set by GenerationSession.step
                     yield token
                     if session.done:
                         break
