@@ -223,6 +223,11 @@ void Emulator::start(ProgramSlot slot, const RunArgs& run) {
   }
 }
 
+void Emulator::read_lmem(uint64_t offset, void* dst, size_t bytes) const {
+  if (offset + bytes > lmem_bytes_) throw DeviceError("read outside on-chip memory");
+  std::memcpy(dst, lmem_.get() + offset, bytes);
+}
+
 uint8_t* Emulator::addr(const isa::Operand& o) {
   if (o.space == isa::Space::Io) return hbm_[0].get() + layout_.io_base + o.offset;
   return lmem_.get() + o.offset;

@@ -30,6 +30,10 @@ class Emulator final : public Device {
   void start(ProgramSlot slot, const RunArgs& args) override;
   void wait() override {}
 
+  // On-chip memory as the last run left it (for debugging and tests; a board
+  // cannot read it back).
+  void read_lmem(uint64_t offset, void* dst, size_t bytes) const;
+
   const Kernels& kernels() const { return kern_; }
   size_t num_threads() const { return pool_.size(); }
 

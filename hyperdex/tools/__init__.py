@@ -1,8 +1,22 @@
-"""hyperdex.tools: the compiler (AutoCompiler, AutoModelConverter, hdex-compile)."""
+"""hyperdex.tools: the compiler (AutoCompiler, AutoModelConverter, hdex-compile).
+
+The names load lazily, so ``hyperdex.tools.real_weights`` and other helpers import without
+the C++ core."""
 
 from __future__ import annotations
 
-from .compiler import AutoCompiler
-from .converter import AutoModelConverter
+from typing import Any
 
 __all__ = ["AutoCompiler", "AutoModelConverter"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "AutoCompiler":
+        from .compiler import AutoCompiler
+
+        return AutoCompiler
+    if name == "AutoModelConverter":
+        from .converter import AutoModelConverter
+
+        return AutoModelConverter
+    raise AttributeError(f"module 'hyperdex.tools' has no attribute {name!r}")

@@ -1,0 +1,146 @@
+// The instruction encoding and program files: round trips and every rejection.
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <random>
+
+#include "common/error.h"
+#include "isa/isa.h"
+
+using namespace hyperdex;
+using namespace hyperdex::isa;
+
+namespace {
+
+Instruction random_instruction(std::mt19937& rng) {
+  std::uniform_int_distribution<uint32_t> u32;
+  Instruction in;
+  in.op = Opcode(1 + rng() % 11);
+  in.flags = uint8_t(rng());
+  in.sub = uint8_t(rng() % 5);
+  in.n = u32(rng);
+  in.k = u32(rng);
+  in.i0 = u32(rng);
+  in.i1 = u32(rng);
+  in.f0 = float(u32(rng)) / 7.0f;
+  in.f1 = -1.5f;
+  in.dst = Operand{Space::Io, u32(rng) & 0x7fffffffu, u32(rng)};
+  in.a = Operand{Space::Lmem, u32(rng) & 0x7fffffffu, u32(rng)};
+  in.b = Operand{Space::Lmem, 64, 3};
+  in.w0 = HbmRegion{uint64_t(u32(rng)) << 20, u32(rng), u32(rng)};
+  in.w1 = HbmRegion{12345678901ull, 64, 7};
+  return in;
+}
+
+bool same(const Instruction& x, const Instruction& y) {
+  uint8_t a[kInstructionBytes], b[kInstructionBytes];
+  encode(x, a);
+  encode(y, b);
+  return std::memcmp(a, b, kInstructionBytes) == 0 && x.op == y.op && x.n == y.n &&
+         x.w0.base == y.w0.base && x.dst.space == y.dst.space && x.dst.offset == y.dst.offset &&
+         x.f0 == y.f0;
+}
+
+Program sample_program() {
+  std::mt19937 rng(7);
+  Program p;
+  p.kind = ProgramKind::Decode;
+  p.max_tokens = 1;
+  p.lmem_bytes = 4096;
+  p.plan_fingerprint = 0xdeadbeef;
+  for (int i = 0; i < 50; ++i) p.code.push_back(random_instruction(rng));
+  return p;
+}
+
+}  // namespace
+
+TEST(Isa, EncodeDecodeRoundTrip) {
+  std::mt19937 rng(1);
+  for (int i = 0; i < 1000; ++i) {
+    Instruction in = random_instruction(rng);
+    uint8_t buf[kInstructionBytes];
+    encode(in, buf);
+    EXPECT_TRUE(same(in, decode(buf)));
+  }
+}
+
+TEST(Isa, EncodingIsLittleEndianAtDocumentedOffsets) {
+  Instruction in;
+  in.op = Opcode::MatMul;
+  in.flags = kFlagHasBias;
+  in.sub = 3;
+  in.n = 0x01020304;
+  in.w0.base = 0x1122334455667788ull;
+  in.dst = Operand{Space::Io, 0x10, 5};
+  uint8_t b[kInstructionBytes];
+  encode(in, b);
+  EXPECT_EQ(b[0], 3);
+  EXPECT_EQ(b[1], kFlagHasBias);
+  EXPECT_EQ(b[2], 3);
+  EXPECT_EQ(b[4], 0x04);
+  EXPECT_EQ(b[7], 0x01);
+  EXPECT_EQ(b[32], 0x10);
+  EXPECT_EQ(b[35], 0x80);  // the I/O space bit
+  EXPECT_EQ(b[36], 5);
+  EXPECT_EQ(b[64], 0x88);
+  EXPECT_EQ(b[71], 0x11);
+}
+
+TEST(Isa, RejectsUnknownOpcodeAndReservedBytes) {
+  uint8_t b[kInstructionBytes] = {};
+  b[0] = 99;
+  EXPECT_THROW(decode(b), FormatError);
+  b[0] = uint8_t(Opcode::Add);
+  b[57] = 1;
+  EXPECT_THROW(decode(b), FormatError);
+}
+
+TEST(Isa, ProgramRoundTrip) {
+  Program p = sample_program();
+  auto bytes = serialize(p);
+  ASSERT_EQ(bytes.size(), kProgramHeaderBytes + p.code.size() * kInstructionBytes);
+  Program q = deserialize(bytes.data(), bytes.size());
+  EXPECT_EQ(q.kind, p.kind);
+  EXPECT_EQ(q.max_tokens, p.max_tokens);
+  EXPECT_EQ(q.lmem_bytes, p.lmem_bytes);
+  EXPECT_EQ(q.plan_fingerprint, p.plan_fingerprint);
+  ASSERT_EQ(q.code.size(), p.code.size());
+  for (size_t i = 0; i < p.code.size(); ++i) EXPECT_TRUE(same(p.code[i], q.code[i]));
+}
+
+TEST(Isa, ProgramRejectsCorruption) {
+  auto bytes = serialize(sample_program());
+  auto expect_error = [](std::vector<uint8_t> b, const char* needle) {
+    try {
+      deserialize(b.data(), b.size(), "test.bin");
+      FAIL() << "accepted a bad program (" << needle << ")";
+    } catch (const FormatError& e) {
+      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find("recompile"), std::string::npos) << e.what();
+    }
+  };
+  auto flipped_body = bytes;
+  flipped_body[kProgramHeaderBytes + 100] ^= 0x40;
+  expect_error(flipped_body, "checksum");
+  auto flipped_header = bytes;
+  flipped_header[21] ^= 1;  // max_tokens
+  expect_error(flipped_header, "header");
+  auto other_version = bytes;
+  other_version[8] = 2;
+  expect_error(other_version, "format v2");
+  auto truncated = bytes;
+  truncated.resize(truncated.size() - 5);
+  expect_error(truncated, "truncated");
+  auto not_a_program = bytes;
+  not_a_program[0] = 'X';
+  expect_error(not_a_program, "not a hyperdex program");
+}
+
+TEST(Isa, DisassemblyNamesEveryInstruction) {
+  Program p = sample_program();
+  std::string text = disassemble(p);
+  size_t lines = 0;
+  for (char c : text) lines += c == '\n';
+  EXPECT_EQ(lines, p.code.size() + 1);  // a header line, then one per instruction
+  EXPECT_NE(text.find("decode program"), std::string::npos);
+}

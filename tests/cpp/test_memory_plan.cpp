@@ -1,0 +1,137 @@
+// The HBM plan: striping, alignment, no overlap, stream order, capacity errors.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+
+#include "common/error.h"
+#include "instgen/instgen.h"
+#include "mapper/memory_plan.h"
+#include "test_util.h"
+
+using namespace hyperdex;
+using namespace hyperdex::testing;
+
+namespace {
+
+void expect_well_formed(const MemoryPlan& plan) {
+  uint64_t prev_end = 0;
+  for (const Region& r : plan.regions) {
+    EXPECT_EQ(r.base % kRowAlignBytes, 0u) << r.name;
+    EXPECT_EQ(r.row_bytes % kRowAlignBytes, 0u) << r.name;
+    EXPECT_GE(r.base, prev_end) << r.name << " overlaps the region before it";
+    prev_end = r.base + r.bytes_per_channel(plan.num_channels);
+    if (r.kind == RegionKind::KvCache) {
+      EXPECT_GE(r.base, plan.kv_base);
+      EXPECT_LE(prev_end, plan.kv_base + plan.kv_bytes);
+    } else {
+      EXPECT_LE(prev_end, plan.weights_bytes) << r.name;
+    }
+  }
+  EXPECT_LE(plan.kv_base + plan.kv_bytes, plan.io.base);
+  EXPECT_EQ(plan.channel_bytes[0], plan.io.base + plan.io.bytes);
+  for (uint32_t c = 1; c < plan.num_channels; ++c) EXPECT_EQ(plan.channel_bytes[c], plan.io.base);
+}
+
+}  // namespace
+
+TEST(MemoryPlan, LlamaLayoutIsAlignedOrderedAndDisjoint) {
+  MemoryPlan plan = plan_memory(tiny_llama(), small_preset(), 128, 16);
+  expect_well_formed(plan);
+  // Fused Q/K/V rows: q heads, then k, then v.
+  const Region& qkv = plan.find("blk.0.attn_qkv");
+  EXPECT_EQ(qkv.rows, 4u * 16 + 2u * 2 * 16);
+  EXPECT_EQ(qkv.sources.size(), 3u);
+  EXPECT_EQ(qkv.row_bytes, 128u);
+  // Tied embeddings: no separate LM head.
+  EXPECT_EQ(plan.find_or_null("output"), nullptr);
+  // The KV cache holds max_length rows of kv_heads * head_dim.
+  EXPECT_EQ(plan.find("blk.1.v_cache").rows, 128u);
+  EXPECT_EQ(plan.find("blk.1.v_cache").cols, 32u);
+  EXPECT_EQ(plan.find("rope_table").rows, 128u);
+}
+
+TEST(MemoryPlan, StripingBalancesChannels) {
+  MemoryPlan plan = plan_memory(tiny_gpt2(), small_preset(32), 64, 8);
+  expect_well_formed(plan);
+  const Region& emb = plan.find("tok_embd");  // 257 rows over 32 channels: 9 rows in the first
+  EXPECT_EQ(emb.bytes_per_channel(32), 9u * emb.row_bytes);
+  // Vectors are cut in 32-element rows: a 48-wide norm is 2 rows.
+  EXPECT_EQ(plan.find("blk.0.attn_norm.weight").rows, 2u);
+  EXPECT_EQ(plan.find("blk.0.attn_norm.weight").row_bytes, 64u);
+}
+
+TEST(MemoryPlan, WeightStreamFollowsLayerOrder) {
+  MemoryPlan plan = plan_memory(tiny_gpt2(), small_preset(), 64, 8);
+  std::vector<std::string> names;
+  for (const auto& r : plan.regions) names.push_back(r.name);
+  auto at = [&](const std::string& n) { return std::find(names.begin(), names.end(), n) - names.begin(); };
+  EXPECT_LT(at("tok_embd"), at("pos_embd"));
+  EXPECT_LT(at("pos_embd"), at("blk.0.attn_norm.weight"));
+  EXPECT_LT(at("blk.0.attn_qkv"), at("blk.0.attn_output"));
+  EXPECT_LT(at("blk.0.ffn_down.bias"), at("blk.1.attn_norm.weight"));
+  EXPECT_LT(at("blk.2.ffn_down"), at("output_norm.weight"));
+}
+
+TEST(MemoryPlan, FingerprintChangesWithLayout) {
+  auto a = plan_memory(tiny_llama(), small_preset(), 128, 16).fingerprint();
+  EXPECT_EQ(a, plan_memory(tiny_llama(), small_preset(), 128, 16).fingerprint());
+  EXPECT_NE(a, plan_memory(tiny_llama(), small_preset(), 256, 16).fingerprint());
+  EXPECT_NE(a, plan_memory(tiny_llama(), small_preset(8), 128, 16).fingerprint());
+}
+
+TEST(MemoryPlan, TooBigGivesNumbersAndADeviceCount) {
+  ModelSpec big = tiny_llama();
+  big.hidden_size = 8192;
+  big.head_dim = 2048;
+  big.intermediate_size = 28672;
+  big.num_layers = 80;
+  try {
+    plan_memory(big, small_preset(32, 512ull << 20), 4096, 16);
+    FAIL() << "a model larger than the device was accepted";
+  } catch (const CapacityError& e) {
+    std::string m = e.what();
+    EXPECT_NE(m.find("GiB"), std::string::npos) << m;
+    EXPECT_NE(m.find("max_length=4096"), std::string::npos) << m;
+    EXPECT_NE(m.find("devices"), std::string::npos) << m;
+  }
+}
+
+TEST(MemoryPlan, RejectsBadOptions) {
+  EXPECT_THROW(plan_memory(tiny_llama(), small_preset(), 0, 1), SpecError);
+  EXPECT_THROW(plan_memory(tiny_llama(), small_preset(), 64, 128), SpecError);
+  EXPECT_THROW(plan_memory(tiny_gpt2(), small_preset(), 65, 8), SpecError);  // > 64 positions
+  ModelSpec bad = tiny_llama();
+  bad.num_kv_heads = 3;
+  EXPECT_THROW(plan_memory(bad, small_preset(), 64, 8), SpecError);
+}
+
+TEST(Instgen, ChunkFitsOnChipMemory) {
+  ModelSpec s = tiny_llama();
+  DevicePreset p = small_preset();
+  EXPECT_EQ(choose_max_tokens(s, p, 2048), 128u);
+  EXPECT_EQ(choose_max_tokens(s, p, 40), 32u);
+  p.lmem_bytes = lmem_bytes_per_token(s) * 5;
+  EXPECT_EQ(choose_max_tokens(s, p, 2048), 4u);
+  p.lmem_bytes = lmem_bytes_per_token(s) - 1;
+  EXPECT_THROW(choose_max_tokens(s, p, 2048), CapacityError);
+}
+
+TEST(Instgen, DecodeStreamsWeightsInPlanOrder) {
+  for (const ModelSpec& s : {tiny_llama(), tiny_gpt2()}) {
+    MemoryPlan plan = plan_memory(s, small_preset(), 64, 8);
+    isa::Program p = generate_program(s, plan, isa::ProgramKind::Decode, 1);
+    uint64_t last = 0;
+    size_t matmuls = 0;
+    for (const auto& in : p.code) {
+      if (in.op != isa::Opcode::MatMul && in.op != isa::Opcode::Norm) continue;
+      matmuls += in.op == isa::Opcode::MatMul;
+      if (in.flags & isa::kFlagLogitRows) continue;  // a tied head re-reads the embedding
+      EXPECT_GE(in.w0.base, last) << "weights streamed out of order: " << isa::disassemble(in);
+      last = in.w0.base;
+    }
+    const size_t per_layer = s.gated_mlp ? 5 : 4;  // qkv, out, (gate), up, down
+    EXPECT_EQ(matmuls, s.num_layers * per_layer + 1);
+    EXPECT_EQ(p.code.back().op, isa::Opcode::Argmax);
+    EXPECT_EQ(p.plan_fingerprint, plan.fingerprint());
+  }
+}
