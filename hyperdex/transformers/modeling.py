@@ -139,6 +139,9 @@ class LPUModelForCausalLM:
         """
         if input_ids is None:
             raise TypeError("generate() needs input_ids (token ids of the prompt)")
+        tokenizer = kwargs.pop("tokenizer", None)  # transformers takes one for stop strings
+        if tokenizer is not None:
+            self._tokenizer = tokenizer
         flags = {}
         for name in ("return_dict_in_generate", "output_logits", "output_scores"):
             flags[name] = kwargs.pop(name, False)
@@ -229,7 +232,7 @@ class LPUModelForCausalLM:
                 while True:
                     token = session.step(logits)
                     if trace is not None:
-                        trace.append((logits.copy(), session.last_scores))  # noqa: set by GenerationSession.step
+                        trace.append((logits.copy(), session.last_scores))
                     yield token
                     if session.done:
                         break
