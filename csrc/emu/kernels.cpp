@@ -1,0 +1,359 @@
+// Numeric kernels: the scalar level (the reference every SIMD level must match
+// bit for bit), run-time level selection, and the matmul_f16 driver.
+//
+// Bit-exactness: the scalar code below contains no a*b+c expression, only
+// explicit std::fma and plain additions, so -ffp-contract (GCC defaults to
+// "fast") cannot fuse anything and the results do not depend on the compiler.
+#include "emu/kernels.h"
+
+#include <algorithm>
+#include <cctype>
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "common/fp16.h"
+
+#if defined(__x86_64__) || defined(__i386__)
+#define HYPERDEX_X86 1
+#include <cpuid.h>
+#endif
+
+namespace hyperdex::emu {
+namespace detail {
+
+#ifdef HYPERDEX_X86
+// Defined in kernels_avx2.cpp and kernels_avx512.cpp:
+//   *_dot_f16_rows: out[i] = dot_f16(rows[i], x, k) for i < nrows.
+//   *_tile_f32: out[r * ntok + t] = dot_f32(wb + r * wrow, x + t * x_stride, k)
+//     for r < nrows, t < ntok; wb is 64-byte aligned, wrow a multiple of 16 and
+//     each widened row zero-padded from k up to a multiple of 16.
+const Kernels& avx2_kernels();
+void avx2_dot_f16_rows(const uint16_t* const* rows, size_t nrows, size_t k, const float* x,
+                       float* out);
+void avx2_tile_f32(const float* wb, size_t wrow, size_t nrows, const float* x, size_t x_stride,
+                   size_t ntok, size_t k, float* out);
+const Kernels& avx512_kernels();
+void avx512_dot_f16_rows(const uint16_t* const* rows, size_t nrows, size_t k, const float* x,
+                         float* out);
+void avx512_tile_f32(const float* wb, size_t wrow, size_t nrows, const float* x, size_t x_stride,
+                     size_t ntok, size_t k, float* out);
+#endif
+
+}  // namespace detail
+
+namespace {
+
+constexpr size_t kLanes = 16;
+
+// The pairwise tree of kernels.h over the 16 lane sums.
+float reduce_tree(const float (&acc)[kLanes]) {
+  float s8[8], s4[4], s2[2];
+  for (int j = 0; j < 8; ++j) s8[j] = acc[j] + acc[j + 8];
+  for (int j = 0; j < 4; ++j) s4[j] = s8[j] + s8[j + 4];
+  for (int j = 0; j < 2; ++j) s2[j] = s4[j] + s4[j + 2];
+  return s2[0] + s2[1];
+}
+
+// One MAC-tree dot; load(i) gives operand a's element i as a float. Elements
+// past n are zeros: fma(0, 0, acc) == acc + 0, which matters only in that it
+// turns an accumulated -0 into +0, exactly as the SIMD levels' zero-filled
+// tail loads do.
+template <class LoadA>
+float mac_tree(LoadA load_a, const float* b, size_t n) {
+  float acc[kLanes] = {};
+  size_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    for (size_t j = 0; j < kLanes; ++j) acc[j] = std::fma(load_a(i + j), b[i + j], acc[j]);
+  }
+  if (i < n) {
+    const size_t rem = n - i;
+    for (size_t j = 0; j < kLanes; ++j) {
+      acc[j] = j < rem ? std::fma(load_a(i + j), b[i + j], acc[j]) : acc[j] + 0.0f;
+    }
+  }
+  return reduce_tree(acc);
+}
+
+void scalar_half_to_float_n(const uint16_t* src, float* dst, size_t n) {
+  for (size_t i = 0; i < n; ++i) dst[i] = half_to_float(src[i]);
+}
+
+void scalar_float_to_half_n(const float* src, uint16_t* dst, size_t n) {
+  for (size_t i = 0; i < n; ++i) dst[i] = float_to_half(src[i]);
+}
+
+float scalar_dot_f32(const float* a, const float* b, size_t n) {
+  return mac_tree([a](size_t i) { return a[i]; }, b, n);
+}
+
+float scalar_dot_f16(const uint16_t* w, const float* x, size_t n) {
+  return mac_tree([w](size_t i) { return half_to_float(w[i]); }, x, n);
+}
+
+void scalar_axpy_f16(float a, const uint16_t* v, float* acc, size_t n) {
+  for (size_t i = 0; i < n; ++i) acc[i] = std::fma(a, half_to_float(v[i]), acc[i]);
+}
+
+constexpr Kernels kScalar{"scalar",       scalar_half_to_float_n, scalar_float_to_half_n,
+                          scalar_dot_f32, scalar_dot_f16,         scalar_axpy_f16};
+
+// HYPERDEX_KERNELS caps the level; unset or empty means no cap.
+KernelLevel level_cap() {
+  const char* v = std::getenv("HYPERDEX_KERNELS");
+  if (v == nullptr || *v == '\0') return KernelLevel::Avx512;
+  std::string s(v);
+  for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  if (s == "scalar") return KernelLevel::Scalar;
+  if (s == "avx2") return KernelLevel::Avx2;
+  if (s == "avx512") return KernelLevel::Avx512;
+  throw std::runtime_error("HYPERDEX_KERNELS must be scalar, avx2 or avx512, not '" + s + "'");
+}
+
+const Kernels& pick_best() {
+  const KernelLevel cap = level_cap();
+  for (KernelLevel l : {KernelLevel::Avx512, KernelLevel::Avx2}) {
+    if (static_cast<int>(l) <= static_cast<int>(cap) && cpu_supports(l)) return kernels_for(l);
+  }
+  return kScalar;
+}
+
+// ---- matmul_f16 driver ---------------------------------------------------------
+
+// 64-byte aligned per-thread scratch of at least `floats` floats, for widened
+// weight rows. Per thread, so pool threads never share it; it only grows.
+float* row_scratch(size_t floats) {
+  thread_local std::vector<float> buf;
+  const size_t need = floats + 64 / sizeof(float);
+  if (buf.size() < need) buf.resize(need);
+  const auto p = reinterpret_cast<uintptr_t>(buf.data());
+  return reinterpret_cast<float*>((p + 63) & ~static_cast<uintptr_t>(63));
+}
+
+// A level's matmul building blocks (see detail:: above for their contracts).
+// The driver below is the same for every level; only these differ.
+struct MatmulMicro {
+  size_t dot_rows;  // rows per dot_f16_rows call at n == 1 (independent streams)
+  void (*dot_f16_rows)(const Kernels&, const uint16_t* const* rows, size_t nrows, size_t k,
+                       const float* x, float* out);
+  size_t tile_rows, tile_toks;  // register tile at n > 1
+  void (*tile_f32)(const Kernels&, const float* wb, size_t wrow, size_t nrows, const float* x,
+                   size_t x_stride, size_t ntok, size_t k, float* out);
+};
+
+constexpr size_t kMaxDotRows = 8;
+constexpr size_t kMaxTileRows = 4, kMaxTileToks = 6;
+
+// Through a Kernels table's entry points: the scalar level, or a table this
+// file does not know.
+constexpr MatmulMicro kGenericMicro{
+    4,
+    [](const Kernels& kern, const uint16_t* const* rows, size_t nrows, size_t k, const float* x,
+       float* out) {
+      for (size_t i = 0; i < nrows; ++i) out[i] = kern.dot_f16(rows[i], x, k);
+    },
+    1, 1,
+    [](const Kernels& kern, const float* wb, size_t wrow, size_t nrows, const float* x,
+       size_t x_stride, size_t ntok, size_t k, float* out) {
+      for (size_t r = 0; r < nrows; ++r) {
+        for (size_t t = 0; t < ntok; ++t) {
+          out[r * ntok + t] = kern.dot_f32(wb + r * wrow, x + t * x_stride, k);
+        }
+      }
+    }};
+
+#ifdef HYPERDEX_X86
+constexpr MatmulMicro kAvx2Micro{
+    4,
+    [](const Kernels&, const uint16_t* const* rows, size_t nrows, size_t k, const float* x,
+       float* out) { detail::avx2_dot_f16_rows(rows, nrows, k, x, out); },
+    3, 4,
+    [](const Kernels&, const float* wb, size_t wrow, size_t nrows, const float* x,
+       size_t x_stride, size_t ntok, size_t k, float* out) {
+      detail::avx2_tile_f32(wb, wrow, nrows, x, x_stride, ntok, k, out);
+    }};
+constexpr MatmulMicro kAvx512Micro{
+    8,
+    [](const Kernels&, const uint16_t* const* rows, size_t nrows, size_t k, const float* x,
+       float* out) { detail::avx512_dot_f16_rows(rows, nrows, k, x, out); },
+    4, 6,
+    [](const Kernels&, const float* wb, size_t wrow, size_t nrows, const float* x,
+       size_t x_stride, size_t ntok, size_t k, float* out) {
+      detail::avx512_tile_f32(wb, wrow, nrows, x, x_stride, ntok, k, out);
+    }};
+#endif
+
+const MatmulMicro& micro_for([[maybe_unused]] const Kernels& kern) {
+#ifdef HYPERDEX_X86
+  // Recognise the SIMD levels by their entry points.
+  if (kern.dot_f16 == detail::avx512_kernels().dot_f16) return kAvx512Micro;
+  if (kern.dot_f16 == detail::avx2_kernels().dot_f16) return kAvx2Micro;
+#endif
+  return kGenericMicro;
+}
+
+// The rows of a striped region in memory order: channel by channel, and by
+// offset within a channel. A run of consecutive positions is then one
+// sequential stream through memory, which the hardware prefetchers follow far
+// better than rows hopping from channel to channel.
+class MemoryOrder {
+ public:
+  struct Cursor {
+    size_t channel, offset;
+  };
+
+  MemoryOrder(const StripedRows& w, size_t m)
+      : w_(w), channels_(w.num_channels), q_(m / channels_), big_(m % channels_) {}
+
+  Cursor at(size_t pos) const {  // the first big_ channels hold q_ + 1 rows
+    const size_t in_big = big_ * (q_ + 1);
+    if (pos < in_big) return {pos / (q_ + 1), pos % (q_ + 1)};
+    return {big_ + (pos - in_big) / q_, (pos - in_big) % q_};
+  }
+  void next(Cursor& c) const {
+    if (++c.offset == q_ + (c.channel < big_ ? 1 : 0)) {
+      ++c.channel;
+      c.offset = 0;
+    }
+  }
+  size_t row(const Cursor& c) const { return c.offset * channels_ + c.channel; }
+  const uint16_t* ptr(const Cursor& c) const {
+    const uint8_t* p = w_.channels[c.channel] + w_.base + c.offset * w_.row_bytes;
+    return reinterpret_cast<const uint16_t*>(p);
+  }
+
+ private:
+  const StripedRows& w_;
+  size_t channels_, q_, big_;
+};
+
+// n == 1, positions [p0, p1): split into `streams` equal runs walked side by
+// side, so that each dot_f16_rows call covers independent rows (hiding the fma
+// latency) while each run stays a sequential stream.
+void decode_positions(const MatmulMicro& micro, const Kernels& kern, const MemoryOrder& order,
+                      size_t p0, size_t p1, size_t k, const float* x, float* y) {
+  const size_t streams = std::min(micro.dot_rows, kMaxDotRows);
+  const size_t len = (p1 - p0) / streams, extra = (p1 - p0) % streams;
+  MemoryOrder::Cursor cur[kMaxDotRows];
+  for (size_t j = 0; j < streams; ++j) {
+    if (len > 0 || j < extra) cur[j] = order.at(p0 + j * len + std::min(j, extra));
+  }
+  const uint16_t* ptrs[kMaxDotRows];
+  size_t rows[kMaxDotRows];
+  float out[kMaxDotRows];
+  // len full steps, then one more for the `extra` runs that are one longer.
+  for (size_t step = 0; step <= len; ++step) {
+    const size_t nrows = step < len ? streams : extra;
+    if (nrows == 0) break;
+    for (size_t j = 0; j < nrows; ++j) {
+      ptrs[j] = order.ptr(cur[j]);
+      rows[j] = order.row(cur[j]);
+      order.next(cur[j]);
+    }
+    micro.dot_f16_rows(kern, ptrs, nrows, k, x, out);
+    for (size_t j = 0; j < nrows; ++j) y[rows[j]] = out[j];
+  }
+}
+
+// n > 1, positions [p0, p1): widen a few rows once, then run them against
+// every token in register tiles.
+void prefill_positions(const MatmulMicro& micro, const Kernels& kern, const MemoryOrder& order,
+                       size_t p0, size_t p1, size_t k, const float* x, size_t x_stride, size_t n,
+                       float* y, size_t y_stride) {
+  const size_t tr = std::min(micro.tile_rows, kMaxTileRows);
+  const size_t tt = std::min(micro.tile_toks, kMaxTileToks);
+  const size_t wrow = (k + kLanes - 1) / kLanes * kLanes;
+  float* wb = row_scratch(tr * wrow);
+  size_t rows[kMaxTileRows];
+  float out[kMaxTileRows * kMaxTileToks];
+  MemoryOrder::Cursor cur = order.at(p0);
+  for (size_t p = p0; p < p1; p += tr) {
+    const size_t nrows = std::min(tr, p1 - p);
+    for (size_t i = 0; i < nrows; ++i) {
+      float* dst = wb + i * wrow;
+      kern.half_to_float_n(order.ptr(cur), dst, k);
+      std::fill(dst + k, dst + wrow, 0.0f);
+      rows[i] = order.row(cur);
+      order.next(cur);
+    }
+    for (size_t t = 0; t < n; t += tt) {
+      const size_t ntok = std::min(tt, n - t);
+      micro.tile_f32(kern, wb, wrow, nrows, x + t * x_stride, x_stride, ntok, k, out);
+      for (size_t i = 0; i < nrows; ++i)
+        for (size_t j = 0; j < ntok; ++j) y[(t + j) * y_stride + rows[i]] = out[i * ntok + j];
+    }
+  }
+}
+
+}  // namespace
+
+bool cpu_supports(KernelLevel level) {
+  switch (level) {
+    case KernelLevel::Scalar:
+      return true;
+#ifdef HYPERDEX_X86
+    case KernelLevel::Avx2: {
+      __builtin_cpu_init();  // may run before main (static initialisers)
+      // F16C straight from cpuid: Clang before 18 has no "f16c" for
+      // __builtin_cpu_supports (it would silently answer 0).
+      unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+      const bool f16c = __get_cpuid(1, &eax, &ebx, &ecx, &edx) && (ecx & bit_F16C) != 0;
+      return f16c && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    }
+    case KernelLevel::Avx512:
+      return cpu_supports(KernelLevel::Avx2) && __builtin_cpu_supports("avx512f");
+#endif
+    default:
+      return false;
+  }
+}
+
+const Kernels& kernels_for(KernelLevel level) {
+  if (!cpu_supports(level)) {
+    throw std::runtime_error(std::string("this CPU does not support the ") +
+                             (level == KernelLevel::Avx2 ? "avx2" : "avx512") + " kernels");
+  }
+  switch (level) {
+#ifdef HYPERDEX_X86
+    case KernelLevel::Avx2:
+      return detail::avx2_kernels();
+    case KernelLevel::Avx512:
+      return detail::avx512_kernels();
+#endif
+    default:
+      return kScalar;
+  }
+}
+
+const Kernels& best_kernels() {
+  // Chosen once: the CPU does not change, and reading the environment on
+  // every instruction would be wasted work.
+  static const Kernels& best = pick_best();
+  return best;
+}
+
+void matmul_f16(const Kernels& kern, const StripedRows& w, size_t m, size_t k, const float* x,
+                size_t x_stride, size_t n, float* y, size_t y_stride, ThreadPool& pool) {
+  if (m == 0 || n == 0) return;
+  const MatmulMicro& micro = micro_for(kern);
+  const MemoryOrder order(w, m);
+  // Task size: about 64 KiB of weights at n == 1 (memory bound), fewer rows as
+  // n grows (compute bound); one fma is counted like a quarter of a byte.
+  const size_t row_cost = 2 * k + k * n / 4;
+  const size_t grain = std::max<size_t>(1, (size_t{64} << 10) / std::max<size_t>(row_cost, 1));
+  // The pool splits positions in memory order, so each task streams whole
+  // stretches of a few channels.
+  pool.parallel_for(0, m, grain, [&](size_t p0, size_t p1) {
+    if (n == 1) {
+      decode_positions(micro, kern, order, p0, p1, k, x, y);
+    } else {
+      prefill_positions(micro, kern, order, p0, p1, k, x, x_stride, n, y, y_stride);
+    }
+  });
+}
+
+}  // namespace hyperdex::emu
