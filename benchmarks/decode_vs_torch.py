@@ -47,8 +47,9 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     folder = smollm2_hf_folder()
-    path = AutoCompiler().compile(model_id=str(folder), max_length=1024, fast_compile=True,
-                                  progress=False)
+    path = AutoCompiler().compile(
+        model_id=str(folder), max_length=1024, fast_compile=True, progress=False
+    )
     ours = AutoModelForCausalLM.from_pretrained(path, num_threads=args.threads)
     rng = np.random.default_rng(0)
     prompt = rng.integers(100, 40000, size=(1, args.prompt_tokens), dtype=np.int64)
@@ -71,25 +72,35 @@ def main() -> None:
         ref = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).eval()
         tp = torch.from_numpy(prompt)
 
-        def ref_prefill():
+        def ref_prefill(ref=ref, tp=tp):
             with torch.no_grad():
                 ref(tp)
 
-        def ref_generate():
+        def ref_generate(ref=ref, tp=tp):
             with torch.no_grad():
                 return ref.generate(tp, max_new_tokens=new, min_new_tokens=new, do_sample=False)
 
         t_p = timed(ref_prefill)
         t_g = timed(ref_generate, repeat=2)
         same = ref_generate()[0, : ours_tokens.shape[1]].numpy().tolist() == ours_tokens[0].tolist()
-        rows.append((f"PyTorch {str(dtype).split('.')[-1]} (greedy tokens "
-                     f"{'equal' if same else 'differ'})", t_p, (t_g - t_p) / new))
+        rows.append(
+            (
+                f"PyTorch {str(dtype).split('.')[-1]} (greedy tokens "
+                f"{'equal' if same else 'differ'})",
+                t_p,
+                (t_g - t_p) / new,
+            )
+        )
 
     base_d = rows[0][2]
-    print(f"SmolLM2-135M, prompt {args.prompt_tokens} tokens, {new} new tokens, "
-          f"{args.threads} threads, {ours.device}")
-    print(f"{'engine':45} {'prefill ms':>11} {'decode ms/tok':>14} {'tok/s':>8} "
-          f"{'decode vs hyperdex':>19}")
+    print(
+        f"SmolLM2-135M, prompt {args.prompt_tokens} tokens, {new} new tokens, "
+        f"{args.threads} threads, {ours.device}"
+    )
+    print(
+        f"{'engine':45} {'prefill ms':>11} {'decode ms/tok':>14} {'tok/s':>8} "
+        f"{'decode vs hyperdex':>19}"
+    )
     for name, p, d in rows:
         print(f"{name:45} {p * 1e3:11.1f} {d * 1e3:14.2f} {1 / d:8.1f} {d / base_d:18.2f}x")
     print("(decode vs hyperdex > 1: the peer is slower per token than the emulator)")

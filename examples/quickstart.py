@@ -40,12 +40,21 @@ def tiny_random_gpt2() -> Path:
     folder = Path(tempfile.mkdtemp(prefix="hyperdex-tiny-")) / "tiny-gpt2"
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel()
-    tok.train_from_iterator(["The capital of France is Paris."] * 10,
-                            trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"]))
+    tok.train_from_iterator(
+        ["The capital of France is Paris."] * 10,
+        trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"]),
+    )
     fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>")
     fast.save_pretrained(folder)
-    config = transformers.GPT2Config(n_embd=64, n_layer=2, n_head=4, vocab_size=len(fast),
-                                     n_positions=256, bos_token_id=0, eos_token_id=0)
+    config = transformers.GPT2Config(
+        n_embd=64,
+        n_layer=2,
+        n_head=4,
+        vocab_size=len(fast),
+        n_positions=256,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
     transformers.GPT2LMHeadModel(config).save_pretrained(folder)
     return folder
 
@@ -58,25 +67,33 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="[hyperdex] %(message)s")
 
     source = real_model() or tiny_random_gpt2()
-    path = AutoCompiler().compile(model_id=str(source), num_device=1, max_length=512,
-                                  fast_compile=True)
+    path = AutoCompiler().compile(
+        model_id=str(source), num_device=1, max_length=512, fast_compile=True
+    )
     tok = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, device_map={"lpu": 1})
     print(f"[quickstart] running on: {model.device}")
 
     if tok.chat_template:
-        text = tok.apply_chat_template([{"role": "user", "content": args.prompt}],
-                                       tokenize=False, add_generation_prompt=True)
+        text = tok.apply_chat_template(
+            [{"role": "user", "content": args.prompt}], tokenize=False, add_generation_prompt=True
+        )
     else:
         text = args.prompt
     ids = tok(text, return_tensors="np").input_ids
     start = time.perf_counter()
-    out = model.generate(ids, max_new_tokens=args.max_new_tokens, do_sample=False,
-                         streamer=TextStreamer(tok, skip_prompt=True))
+    out = model.generate(
+        ids,
+        max_new_tokens=args.max_new_tokens,
+        do_sample=False,
+        streamer=TextStreamer(tok, skip_prompt=True),
+    )
     elapsed = time.perf_counter() - start
     new = out.shape[1] - ids.shape[1]
-    print(f"[quickstart] {new} tokens in {elapsed:.2f} s on the emulator "
-          f"({new / elapsed:.1f} tokens/s, prompt {ids.shape[1]} tokens)")
+    print(
+        f"[quickstart] {new} tokens in {elapsed:.2f} s on the emulator "
+        f"({new / elapsed:.1f} tokens/s, prompt {ids.shape[1]} tokens)"
+    )
 
 
 if __name__ == "__main__":

@@ -38,8 +38,12 @@ def models(tmp_path_factory):
         folder = smollm2_hf_folder()
     except Exception as e:  # the package is installed by scripts/setup.sh
         pytest.skip(f"real weights unavailable: {e}")
-    path = AutoCompiler().compile(model_id=str(folder), max_length=512,
-                                  prefix=tmp_path_factory.mktemp("compiled"), progress=False)
+    path = AutoCompiler().compile(
+        model_id=str(folder),
+        max_length=512,
+        prefix=tmp_path_factory.mktemp("compiled"),
+        progress=False,
+    )
     ours = AutoModelForCausalLM.from_pretrained(path, device_map={"lpu": 1})
     ref = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     return AutoTokenizer.from_pretrained(path), ours, ref
@@ -72,14 +76,17 @@ def test_greedy_continuation_matches_pytorch(models):
     with torch.no_grad():
         want = ref.generate(ids, max_new_tokens=24, do_sample=False)
     assert got.tolist() == want.tolist()
-    assert "Paris" in tok.decode(got[0, ids.shape[1]:])
+    assert "Paris" in tok.decode(got[0, ids.shape[1] :])
 
 
 def test_chat_answer_is_sensible(models):
     tok, ours, _ = models
-    text = tok.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
-                                   tokenize=False, add_generation_prompt=True)
+    text = tok.apply_chat_template(
+        [{"role": "user", "content": "What is the capital of France?"}],
+        tokenize=False,
+        add_generation_prompt=True,
+    )
     ids = tok(text, return_tensors="np").input_ids
     out = ours.generate(ids, max_new_tokens=16, do_sample=False)
     assert isinstance(out, np.ndarray)
-    assert "Paris" in tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+    assert "Paris" in tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True)

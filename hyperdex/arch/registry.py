@@ -120,7 +120,9 @@ _GPT2 = Architecture(
             ("blk.{i}.attn_q.bias", "blk.{i}.attn_k.bias", "blk.{i}.attn_v.bias"),
             VECTOR_SPLIT,
         ),
-        TensorRule("transformer.h.{i}.attn.c_proj.weight", ("blk.{i}.attn_output.weight",), TRANSPOSE),
+        TensorRule(
+            "transformer.h.{i}.attn.c_proj.weight", ("blk.{i}.attn_output.weight",), TRANSPOSE
+        ),
         TensorRule("transformer.h.{i}.attn.c_proj.bias", ("blk.{i}.attn_output.bias",)),
         TensorRule("transformer.h.{i}.ln_2.weight", ("blk.{i}.ffn_norm.weight",)),
         TensorRule("transformer.h.{i}.ln_2.bias", ("blk.{i}.ffn_norm.bias",)),
@@ -171,20 +173,48 @@ _OPT = Architecture(
         TensorRule("model.decoder.layers.{i}.self_attn.q_proj.weight", ("blk.{i}.attn_q.weight",)),
         TensorRule("model.decoder.layers.{i}.self_attn.k_proj.weight", ("blk.{i}.attn_k.weight",)),
         TensorRule("model.decoder.layers.{i}.self_attn.v_proj.weight", ("blk.{i}.attn_v.weight",)),
-        TensorRule("model.decoder.layers.{i}.self_attn.q_proj.bias", ("blk.{i}.attn_q.bias",), when="qkv_bias"),
-        TensorRule("model.decoder.layers.{i}.self_attn.k_proj.bias", ("blk.{i}.attn_k.bias",), when="qkv_bias"),
-        TensorRule("model.decoder.layers.{i}.self_attn.v_proj.bias", ("blk.{i}.attn_v.bias",), when="qkv_bias"),
-        TensorRule("model.decoder.layers.{i}.self_attn.out_proj.weight", ("blk.{i}.attn_output.weight",)),
-        TensorRule("model.decoder.layers.{i}.self_attn.out_proj.bias", ("blk.{i}.attn_output.bias",), when="attn_out_bias"),
-        TensorRule("model.decoder.layers.{i}.self_attn_layer_norm.weight", ("blk.{i}.attn_norm.weight",)),
-        TensorRule("model.decoder.layers.{i}.self_attn_layer_norm.bias", ("blk.{i}.attn_norm.bias",)),
+        TensorRule(
+            "model.decoder.layers.{i}.self_attn.q_proj.bias",
+            ("blk.{i}.attn_q.bias",),
+            when="qkv_bias",
+        ),
+        TensorRule(
+            "model.decoder.layers.{i}.self_attn.k_proj.bias",
+            ("blk.{i}.attn_k.bias",),
+            when="qkv_bias",
+        ),
+        TensorRule(
+            "model.decoder.layers.{i}.self_attn.v_proj.bias",
+            ("blk.{i}.attn_v.bias",),
+            when="qkv_bias",
+        ),
+        TensorRule(
+            "model.decoder.layers.{i}.self_attn.out_proj.weight", ("blk.{i}.attn_output.weight",)
+        ),
+        TensorRule(
+            "model.decoder.layers.{i}.self_attn.out_proj.bias",
+            ("blk.{i}.attn_output.bias",),
+            when="attn_out_bias",
+        ),
+        TensorRule(
+            "model.decoder.layers.{i}.self_attn_layer_norm.weight", ("blk.{i}.attn_norm.weight",)
+        ),
+        TensorRule(
+            "model.decoder.layers.{i}.self_attn_layer_norm.bias", ("blk.{i}.attn_norm.bias",)
+        ),
         TensorRule("model.decoder.layers.{i}.fc1.weight", ("blk.{i}.ffn_up.weight",)),
         TensorRule("model.decoder.layers.{i}.fc1.bias", ("blk.{i}.ffn_up.bias",), when="mlp_bias"),
         TensorRule("model.decoder.layers.{i}.fc2.weight", ("blk.{i}.ffn_down.weight",)),
-        TensorRule("model.decoder.layers.{i}.fc2.bias", ("blk.{i}.ffn_down.bias",), when="mlp_bias"),
-        TensorRule("model.decoder.layers.{i}.final_layer_norm.weight", ("blk.{i}.ffn_norm.weight",)),
+        TensorRule(
+            "model.decoder.layers.{i}.fc2.bias", ("blk.{i}.ffn_down.bias",), when="mlp_bias"
+        ),
+        TensorRule(
+            "model.decoder.layers.{i}.final_layer_norm.weight", ("blk.{i}.ffn_norm.weight",)
+        ),
         TensorRule("model.decoder.layers.{i}.final_layer_norm.bias", ("blk.{i}.ffn_norm.bias",)),
-        TensorRule("model.decoder.final_layer_norm.weight", ("output_norm.weight",), when="final_norm"),
+        TensorRule(
+            "model.decoder.final_layer_norm.weight", ("output_norm.weight",), when="final_norm"
+        ),
         TensorRule("model.decoder.final_layer_norm.bias", ("output_norm.bias",), when="final_norm"),
         TensorRule("lm_head.weight", ("output.weight",), when="untied"),
     ),
@@ -204,8 +234,12 @@ _OPT = Architecture(
 )
 
 
-def _llama_like(family: str, hf_names: tuple[str, ...], traits: Callable[[Config], dict[str, Any]],
-                unsupported: tuple[tuple[str, Callable[[Any], bool], str], ...] = ()) -> Architecture:
+def _llama_like(
+    family: str,
+    hf_names: tuple[str, ...],
+    traits: Callable[[Config], dict[str, Any]],
+    unsupported: tuple[tuple[str, Callable[[Any], bool], str], ...] = (),
+) -> Architecture:
     """Llama and its descendants share names; they differ only in traits."""
     p = "model.layers.{i}."
     return Architecture(
@@ -234,7 +268,9 @@ def _llama_like(family: str, hf_names: tuple[str, ...], traits: Callable[[Config
             TensorRule(p + "self_attn.k_proj.bias", ("blk.{i}.attn_k.bias",), when="qkv_bias"),
             TensorRule(p + "self_attn.v_proj.bias", ("blk.{i}.attn_v.bias",), when="qkv_bias"),
             TensorRule(p + "self_attn.o_proj.weight", ("blk.{i}.attn_output.weight",)),
-            TensorRule(p + "self_attn.o_proj.bias", ("blk.{i}.attn_output.bias",), when="attn_out_bias"),
+            TensorRule(
+                p + "self_attn.o_proj.bias", ("blk.{i}.attn_output.bias",), when="attn_out_bias"
+            ),
             TensorRule(p + "post_attention_layernorm.weight", ("blk.{i}.ffn_norm.weight",)),
             TensorRule(p + "mlp.gate_proj.weight", ("blk.{i}.ffn_gate.weight",)),
             TensorRule(p + "mlp.up_proj.weight", ("blk.{i}.ffn_up.weight",)),
@@ -267,8 +303,11 @@ _QWEN2 = _llama_like(
     ("Qwen2ForCausalLM",),
     lambda c: {"qkv_bias": True, "attn_out_bias": False, "mlp_bias": False},
     unsupported=(
-        ("use_sliding_window", bool,
-         "per-layer sliding-window attention (use_sliding_window=true)"),
+        (
+            "use_sliding_window",
+            bool,
+            "per-layer sliding-window attention (use_sliding_window=true)",
+        ),
     ),
 )
 
@@ -337,7 +376,8 @@ def model_traits(config: Config) -> tuple[str, Architecture, dict[str, Any]]:
     act_name = _first(config, *arch.activation, default=arch.default_activation)
     if act_name not in ACTIVATIONS:
         raise ConfigError(
-            f"activation {act_name!r} is not supported (supported: {', '.join(sorted(ACTIVATIONS))})"
+            f"activation {act_name!r} is not supported "
+            f"(supported: {', '.join(sorted(ACTIVATIONS))})"
         )
     intermediate = _first(config, *arch.intermediate_size)
     if intermediate is None:

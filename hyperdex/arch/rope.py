@@ -64,8 +64,10 @@ def _llama3(inv_freq: np.ndarray, p: dict[str, Any], max_positions: int) -> np.n
     f32 = np.float32
     wavelen = (f32(2 * math.pi) / inv_freq).astype(np.float32)
     scaled = np.where(wavelen > low_freq_wavelen, inv_freq / f32(factor), inv_freq).astype(f32)
-    smooth = ((f32(old_context_len) / wavelen - f32(low_freq_factor)) /
-              f32(high_freq_factor - low_freq_factor)).astype(f32)
+    smooth = (
+        (f32(old_context_len) / wavelen - f32(low_freq_factor))
+        / f32(high_freq_factor - low_freq_factor)
+    ).astype(f32)
     smoothed = ((f32(1) - smooth) * scaled / f32(factor) + smooth * scaled).astype(f32)
     medium = ~(wavelen < high_freq_wavelen) & ~(wavelen > low_freq_wavelen)
     return np.where(medium, smoothed, scaled).astype(f32)

@@ -51,8 +51,10 @@ def load_preset(name_or_path: Union[str, Path]) -> dict[str, Any]:
         if key not in data:
             raise ConfigError(f"device preset {path} lacks the field {key!r}")
         value = data[key]
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) if kind is float else (
-            isinstance(value, kind) and not isinstance(value, bool)
+        ok = (
+            isinstance(value, (int, float)) and not isinstance(value, bool)
+            if kind is float
+            else (isinstance(value, kind) and not isinstance(value, bool))
         )
         if not ok or (kind is not str and value <= 0):
             raise ConfigError(f"device preset {path}: {key} must be a positive {kind.__name__}")

@@ -20,8 +20,7 @@ from ..errors import HyperdexError
 BANNER = (
     "*" * 70 + "\n"
     f"** hyperdex compiler {__version__}\n"
-    "** Hugging Face checkpoints to LPU programs (Apache-2.0)\n"
-    + "*" * 70
+    "** Hugging Face checkpoints to LPU programs (Apache-2.0)\n" + "*" * 70
 )
 
 
@@ -48,21 +47,26 @@ def _device_count(text: str) -> int:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="hdex-compile", description=__doc__.splitlines()[0],
-                                     epilog="Exit codes: 0 ok, 1 rejected, 2 usage, 130 interrupted")
+    parser = argparse.ArgumentParser(
+        prog="hdex-compile",
+        description=__doc__.splitlines()[0],
+        epilog="Exit codes: 0 ok, 1 rejected, 2 usage, 130 interrupted",
+    )
     parser.add_argument("--prefix", help="where compiled models go (default ~/.cache/hyperdex/hub)")
     parser.add_argument("--model", help="Hugging Face id (org/name) or a local HF folder")
     parser.add_argument("--num-device", type=int, help="number of LPU devices (a power of two)")
     parser.add_argument("--max-length", type=int, help="longest sequence (prompt + output)")
     parser.add_argument("--type-device", default="u55c", help="device preset (u55c, vcu128, asic)")
     parser.add_argument("--fast-compile", action="store_true", help="redo only what is stale")
-    parser.add_argument("--low-memory-usage", action="store_true",
-                        help="delete the HF weights after conversion")
+    parser.add_argument(
+        "--low-memory-usage", action="store_true", help="delete the HF weights after conversion"
+    )
     parser.add_argument("--token", help="Hugging Face token for private models")
     parser.add_argument("--quiet", action="store_true", help="only errors")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.ERROR if args.quiet else logging.INFO,
-                        format="[Info\t] %(message)s")
+    logging.basicConfig(
+        level=logging.ERROR if args.quiet else logging.INFO, format="[Info\t] %(message)s"
+    )
     interactive = sys.stdin.isatty()
     if not args.quiet:
         print(BANNER)
@@ -78,9 +82,14 @@ def main(argv: Optional[list[str]] = None) -> int:
         from .compiler import AutoCompiler
 
         path = AutoCompiler().compile(
-            model_id=args.model, num_device=args.num_device, max_length=args.max_length,
-            low_memory_usage=args.low_memory_usage, fast_compile=args.fast_compile,
-            token=args.token, type_device=args.type_device, prefix=args.prefix,
+            model_id=args.model,
+            num_device=args.num_device,
+            max_length=args.max_length,
+            low_memory_usage=args.low_memory_usage,
+            fast_compile=args.fast_compile,
+            token=args.token,
+            type_device=args.type_device,
+            prefix=args.prefix,
             progress=not args.quiet,
         )
     except KeyboardInterrupt:

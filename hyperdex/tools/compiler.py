@@ -161,10 +161,17 @@ class AutoCompiler:
         # Phase 2: convert.
         t = time.perf_counter()
         converted = [ckpt / HYPERDEX_CONFIG_NAME, ckpt / HYPERDEX_MODEL_NAME]
-        convert_key = _hash("convert", __version__, source_config, quantization,
-                            sorted((p.name, p.stat().st_size) for p in ckpt.iterdir()
-                                   if p.suffix in (".safetensors", ".bin")
-                                   and p.name != HYPERDEX_MODEL_NAME))
+        convert_key = _hash(
+            "convert",
+            __version__,
+            source_config,
+            quantization,
+            sorted(
+                (p.name, p.stat().st_size)
+                for p in ckpt.iterdir()
+                if p.suffix in (".safetensors", ".bin") and p.name != HYPERDEX_MODEL_NAME
+            ),
+        )
         stamp_dir = out / "ckpt"
         if fast_compile and _stamp_matches(stamp_dir, convert_key, converted):
             log.info("Phase 2: converted checkpoint is up to date (fast_compile)")
@@ -184,8 +191,15 @@ class AutoCompiler:
         spec = model_spec(config)
         plan = _core.plan_memory(spec, core_preset, max_length, max_tokens)
         param_dir, config_dir = out / "param", out / "config"
-        map_key = _hash("map", __version__, config, model_file.info("tok_embd.weight").crc32,
-                        preset, max_length, num_device)
+        map_key = _hash(
+            "map",
+            __version__,
+            config,
+            model_file.info("tok_embd.weight").crc32,
+            preset,
+            max_length,
+            num_device,
+        )
         memory_map = config_dir / MEMORY_MAP_NAME
         if fast_compile and _stamp_matches(config_dir, map_key, [memory_map]):
             log.info("Phase 3: parameters are up to date (fast_compile)")
@@ -197,8 +211,9 @@ class AutoCompiler:
                 d.mkdir(parents=True)
             tensors = {name: model_file[name] for name in model_file.names}
             with progress_bar(plan.num_channels, "map", "channel", enabled=progress) as bar:
-                files = _core.write_params(spec, plan, tensors, str(param_dir),
-                                           lambda _c: bar.update(1))
+                files = _core.write_params(
+                    spec, plan, tensors, str(param_dir), lambda _c: bar.update(1)
+                )
             del tensors
             param_files = [
                 {"file": f"param/{Path(f.path).name}", "bytes": f.bytes, "crc32": f.crc32}
@@ -228,19 +243,22 @@ class AutoCompiler:
             _write_stamp(inst_dir, inst_key)
         timings["instgen"] = time.perf_counter() - t
 
-        _write_json(out / COMPILE_INFO_NAME, {
-            "format": "hyperdex-compile",
-            "format_version": 1,
-            "hyperdex_version": __version__,
-            "model_id": str(model_id),
-            "architecture": hf_name,
-            "num_device": num_device,
-            "max_length": max_length,
-            "type_device": preset["name"],
-            "quantization": quantization,
-            "low_memory_usage": low_memory_usage,
-            "timings_s": {k: round(v, 3) for k, v in timings.items()},
-        })
+        _write_json(
+            out / COMPILE_INFO_NAME,
+            {
+                "format": "hyperdex-compile",
+                "format_version": 1,
+                "hyperdex_version": __version__,
+                "model_id": str(model_id),
+                "architecture": hf_name,
+                "num_device": num_device,
+                "max_length": max_length,
+                "type_device": preset["name"],
+                "quantization": quantization,
+                "low_memory_usage": low_memory_usage,
+                "timings_s": {k: round(v, 3) for k, v in timings.items()},
+            },
+        )
         log.info("Compiled %s into %s", model_id, out)
         return str(out)
 

@@ -109,7 +109,9 @@ class AutoModelConverter:
         self._plan = self._check_tensors()
 
     @classmethod
-    def from_pretrained(cls, folder: PathLike, quantization: Optional[str] = None) -> "AutoModelConverter":
+    def from_pretrained(
+        cls, folder: PathLike, quantization: Optional[str] = None
+    ) -> AutoModelConverter:
         return cls(folder, quantization=quantization)
 
     # -- validation ------------------------------------------------------------------------
@@ -119,10 +121,10 @@ class AutoModelConverter:
         for rule in arch.tensors:
             if not rule_applies(rule, self.model):
                 continue
-            layers = range(self.model["num_layers"]) if "{i}" in rule.hf else [None]
+            layers = range(self.model["num_layers"]) if "{i}" in rule.hf else [""]
             for i in layers:
-                fmt = (lambda s: s.replace("{i}", str(i))) if i is not None else (lambda s: s)
-                yield _Planned(fmt(rule.hf), tuple(fmt(c) for c in rule.canonical), rule.transform)
+                names = [n.replace("{i}", str(i)) for n in (rule.hf, *rule.canonical)]
+                yield _Planned(names[0], tuple(names[1:]), rule.transform)
 
     def _check_tensors(self) -> list[_Planned]:
         with HFCheckpoint.open(self.folder) as ckpt:
@@ -158,7 +160,8 @@ class AutoModelConverter:
             )
         if problems:
             raise CheckpointError(
-                f"{self.folder} disagrees with its config.json: " + "; ".join(problems[:5])
+                f"{self.folder} disagrees with its config.json: "
+                + "; ".join(problems[:5])
                 + ("" if len(problems) <= 5 else f"; and {len(problems) - 5} more")
             )
         if unexpected:
@@ -176,8 +179,8 @@ class AutoModelConverter:
         for p in plan:
             if p.hf_name not in present:
                 for prefix in ("transformer.", "model."):
-                    if p.hf_name.startswith(prefix) and p.hf_name[len(prefix):] in present:
-                        rename[p.hf_name] = p.hf_name[len(prefix):]
+                    if p.hf_name.startswith(prefix) and p.hf_name[len(prefix) :] in present:
+                        rename[p.hf_name] = p.hf_name[len(prefix) :]
         return rename
 
     # -- conversion ------------------------------------------------------------------------
@@ -241,10 +244,15 @@ class AutoModelConverter:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         config = self.config_dict()
-        with HFCheckpoint.open(self.folder) as ckpt, progress_bar(
-            total=len(self._plan), desc="convert", unit="tensor", enabled=progress
-        ) as bar:
-            write_model_file(out / HYPERDEX_MODEL_NAME, self._tensors(ckpt, bar), {"config": config})
+        with (
+            HFCheckpoint.open(self.folder) as ckpt,
+            progress_bar(
+                total=len(self._plan), desc="convert", unit="tensor", enabled=progress
+            ) as bar,
+        ):
+            write_model_file(
+                out / HYPERDEX_MODEL_NAME, self._tensors(ckpt, bar), {"config": config}
+            )
         _write_json_atomic(out / HYPERDEX_CONFIG_NAME, config)
         return out
 

@@ -50,10 +50,14 @@ def download(model_id: str, dst: Path, token: Optional[str] = None) -> list[str]
     try:
         from huggingface_hub import snapshot_download
     except ImportError as e:  # pragma: no cover - transformers depends on it
-        raise CheckpointError("downloading needs huggingface_hub: pip install huggingface_hub") from e
+        raise CheckpointError(
+            "downloading needs huggingface_hub: pip install huggingface_hub"
+        ) from e
     patterns = [f"*{s}" for s in _WANTED_SUFFIXES]
     try:
-        snapshot_download(repo_id=model_id, local_dir=str(dst), token=token, allow_patterns=patterns)
+        snapshot_download(
+            repo_id=model_id, local_dir=str(dst), token=token, allow_patterns=patterns
+        )
     except Exception as e:  # network, auth, missing repo: all end the same way for the user
         raise CheckpointError(
             f"cannot download {model_id!r} from the Hugging Face Hub ({type(e).__name__}: {e}). "

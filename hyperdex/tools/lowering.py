@@ -15,8 +15,11 @@ _ACTS = {
     "gelu_tanh": _core.ActKind.GeluTanh,
     "silu": _core.ActKind.Silu,
 }
-_POSITIONS = {"learned": _core.PositionKind.Learned, "rope": _core.PositionKind.Rope,
-              "none": _core.PositionKind.None_}
+_POSITIONS = {
+    "learned": _core.PositionKind.Learned,
+    "rope": _core.PositionKind.Rope,
+    "none": _core.PositionKind.None_,
+}
 _ROPE_STYLES = {"neox": _core.RopeStyle.Neox, "gptj": _core.RopeStyle.Gptj}
 
 MEMORY_MAP_FORMAT = "hyperdex-memory-map"
@@ -27,12 +30,31 @@ def model_spec(config: dict[str, Any]) -> _core.ModelSpec:
     m = config["model"]
     s = _core.ModelSpec()
     s.architecture = config["architecture"]
-    for key in ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads",
-                "head_dim", "intermediate_size", "learned_pos_rows", "learned_pos_offset",
-                "sliding_window", "embed_dim"):
+    for key in (
+        "vocab_size",
+        "hidden_size",
+        "num_layers",
+        "num_heads",
+        "num_kv_heads",
+        "head_dim",
+        "intermediate_size",
+        "learned_pos_rows",
+        "learned_pos_offset",
+        "sliding_window",
+        "embed_dim",
+    ):
         setattr(s, key, int(m[key]))
-    for key in ("norm_bias", "pre_norm", "final_norm", "gated_mlp", "qkv_bias", "attn_out_bias",
-                "mlp_bias", "lm_head_bias", "tie_word_embeddings"):
+    for key in (
+        "norm_bias",
+        "pre_norm",
+        "final_norm",
+        "gated_mlp",
+        "qkv_bias",
+        "attn_out_bias",
+        "mlp_bias",
+        "lm_head_bias",
+        "tie_word_embeddings",
+    ):
         setattr(s, key, bool(m[key]))
     s.norm = _NORMS[m["norm"]]
     s.norm_eps = float(m["norm_eps"])
@@ -64,8 +86,12 @@ def device_preset(preset: dict[str, Any]) -> _core.DevicePreset:
     return p
 
 
-def memory_map_dict(plan: _core.MemoryPlan, preset: dict[str, Any], num_device: int,
-                    param_files: list[dict[str, Any]]) -> dict[str, Any]:
+def memory_map_dict(
+    plan: _core.MemoryPlan,
+    preset: dict[str, Any],
+    num_device: int,
+    param_files: list[dict[str, Any]],
+) -> dict[str, Any]:
     """The readable memory map of one device (docs/formats.md, ``config/memory_map.json``)."""
     return {
         "format": MEMORY_MAP_FORMAT,
@@ -83,9 +109,14 @@ def memory_map_dict(plan: _core.MemoryPlan, preset: dict[str, Any], num_device: 
         "segments": {
             "weights": {"offset": 0, "bytes_per_channel": plan.weights_bytes},
             "kv_cache": {"offset": plan.kv_base, "bytes_per_channel": plan.kv_bytes},
-            "io": {"channel": 0, "offset": plan.io.base, "bytes": plan.io.bytes,
-                   "ids_offset": plan.io.ids_offset, "argmax_offset": plan.io.argmax_offset,
-                   "logits_offset": plan.io.logits_offset},
+            "io": {
+                "channel": 0,
+                "offset": plan.io.base,
+                "bytes": plan.io.bytes,
+                "ids_offset": plan.io.ids_offset,
+                "argmax_offset": plan.io.argmax_offset,
+                "logits_offset": plan.io.logits_offset,
+            },
         },
         "channel_bytes": list(plan.channel_bytes),
         "regions": [

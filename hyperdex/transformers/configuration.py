@@ -15,8 +15,13 @@ class LPUConfig:
     runtime parameters of the compile: ``num_device``, ``max_length``, ``type_device``,
     ``quantization``, ``architecture``."""
 
-    def __init__(self, folder: Path, hf_config: dict[str, Any], compile_info: dict[str, Any],
-                 hyperdex_config: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        hf_config: dict[str, Any],
+        compile_info: dict[str, Any],
+        hyperdex_config: dict[str, Any],
+    ) -> None:
         self._folder = folder
         self._hf = hf_config
         self.num_device: int = int(compile_info["num_device"])
@@ -28,7 +33,7 @@ class LPUConfig:
         self.model: dict[str, Any] = hyperdex_config["model"]
 
     @classmethod
-    def from_pretrained(cls, model_id: PathLike, prefix: Optional[PathLike] = None) -> "LPUConfig":
+    def from_pretrained(cls, model_id: PathLike, prefix: Optional[PathLike] = None) -> LPUConfig:
         folder = resolve_compiled(model_id, prefix)
         return cls(
             folder,

@@ -57,8 +57,11 @@ def read_memory_map(folder: Path) -> dict[str, Any]:
 
     path = folder / "config" / "memory_map.json"
     mm = read_json(path, "memory map")
-    if mm.get("format") != "hyperdex-memory-map" or mm.get("format_version") != _core.PLAN_FORMAT_VERSION \
-            or mm.get("isa_version") != _core.ISA_VERSION:
+    if (
+        mm.get("format") != "hyperdex-memory-map"
+        or mm.get("format_version") != _core.PLAN_FORMAT_VERSION
+        or mm.get("isa_version") != _core.ISA_VERSION
+    ):
         raise FormatError(
             f"{path} is memory-map format {mm.get('format_version')!r} / ISA "
             f"{mm.get('isa_version')!r}; this hyperdex ({__version__}) reads format "
@@ -94,8 +97,9 @@ def check_device_map(device_map: Any, compiled_devices: int) -> int:
     return n
 
 
-def open_session(folder: Path, memory_map: dict[str, Any], backend: Optional[str],
-                 num_threads: int = 0) -> tuple[Any, str]:
+def open_session(
+    folder: Path, memory_map: dict[str, Any], backend: Optional[str], num_threads: int = 0
+) -> tuple[Any, str]:
     """A device session with the compiled model loaded; returns (session, backend name)."""
     from .. import _core
     from ..tools.lowering import device_preset
@@ -120,8 +124,13 @@ def open_session(folder: Path, memory_map: dict[str, Any], backend: Optional[str
     layout.io_base = int(io["offset"])
     layout.io_bytes = int(io["bytes"])
     config.layout = layout
-    config.set_io(int(io["offset"]), int(io["ids_offset"]), int(io["argmax_offset"]),
-                  int(io["logits_offset"]), int(io["bytes"]))
+    config.set_io(
+        int(io["offset"]),
+        int(io["ids_offset"]),
+        int(io["argmax_offset"]),
+        int(io["logits_offset"]),
+        int(io["bytes"]),
+    )
     config.vocab_size = int(memory_map["vocab_size"])
     config.max_length = int(memory_map["max_length"])
     config.plan_fingerprint = int(memory_map["fingerprint"])

@@ -103,8 +103,10 @@ class LPUModelForCausalLM:
         return self._session.vocab_size
 
     def __repr__(self) -> str:
-        return (f"LPUModelForCausalLM({self.config.architecture}, backend={self.backend!r}, "
-                f"device={self.device!r}, folder={str(self.folder)!r})")
+        return (
+            f"LPUModelForCausalLM({self.config.architecture}, backend={self.backend!r}, "
+            f"device={self.device!r}, folder={str(self.folder)!r})"
+        )
 
     # -- forward -----------------------------------------------------------------------------
 
@@ -112,7 +114,9 @@ class LPUModelForCausalLM:
         """Logits for every position of every sequence: [batch, seq, vocab] fp32."""
         unsupported = sorted(k for k, v in kwargs.items() if v not in (None, False))
         if unsupported:
-            raise TypeError(f"unsupported argument(s) to the forward call: {', '.join(unsupported)}")
+            raise TypeError(
+                f"unsupported argument(s) to the forward call: {', '.join(unsupported)}"
+            )
         ids, kind = to_numpy_ids(input_ids, "input_ids", vocab_size=self.vocab_size)
         _check_attention_mask(attention_mask, ids.shape)
         self._check_room(ids.shape[1], 0)
@@ -127,8 +131,14 @@ class LPUModelForCausalLM:
 
     # -- generation --------------------------------------------------------------------------
 
-    def generate(self, input_ids: Any = None, generation_config: Optional[GenerationConfig] = None,
-                 streamer: Any = None, attention_mask: Any = None, **kwargs: Any) -> Any:
+    def generate(
+        self,
+        input_ids: Any = None,
+        generation_config: Optional[GenerationConfig] = None,
+        streamer: Any = None,
+        attention_mask: Any = None,
+        **kwargs: Any,
+    ) -> Any:
         """Prompt + new token ids, like transformers: [batch, prompt + new] of the input's kind.
 
         Greedy by default (plain argmax); ``do_sample=True`` with ``temperature``, ``top_k``,
@@ -157,9 +167,12 @@ class LPUModelForCausalLM:
         rows = []
         for row in ids:
             trace: list[tuple[np.ndarray, np.ndarray]] = []
-            rows.append(np.array(list(self._generate_row(row, config, streamer,
-                                                         trace if record else None)),
-                                 dtype=np.int64))
+            rows.append(
+                np.array(
+                    list(self._generate_row(row, config, streamer, trace if record else None)),
+                    dtype=np.int64,
+                )
+            )
             traces.append(trace)
         outputs = [np.concatenate([row, new]) for row, new in zip(ids, rows)]
         width = max(len(o) for o in outputs)
@@ -181,8 +194,11 @@ class LPUModelForCausalLM:
                 for b, t in enumerate(traces):
                     if s < len(t):
                         step[b] = t[s][which]
-                out.append(_logits_out(step[:, None, :], IdsKind(kind.kind, 2, kind.device))[:, 0]
-                           if kind.kind != "list" else step.tolist())
+                out.append(
+                    _logits_out(step[:, None, :], IdsKind(kind.kind, 2, kind.device))[:, 0]
+                    if kind.kind != "list"
+                    else step.tolist()
+                )
             return tuple(out)
 
         return GenerateOutput(
@@ -191,8 +207,13 @@ class LPUModelForCausalLM:
             logits=stacked(0) if flags["output_logits"] else None,
         )
 
-    def generate_yield(self, input_ids: Any, generation_config: Optional[GenerationConfig] = None,
-                       streamer: Any = None, **kwargs: Any) -> Iterator[int]:
+    def generate_yield(
+        self,
+        input_ids: Any,
+        generation_config: Optional[GenerationConfig] = None,
+        streamer: Any = None,
+        **kwargs: Any,
+    ) -> Iterator[int]:
         """Yields each new token id as soon as the device produces it (batch 1)."""
         ids, _ = to_numpy_ids(input_ids, "input_ids", vocab_size=self.vocab_size)
         if ids.shape[0] != 1:
@@ -200,8 +221,9 @@ class LPUModelForCausalLM:
         config = self._config_for(generation_config, kwargs)
         yield from self._generate_row(ids[0], config, streamer)
 
-    def _config_for(self, generation_config: Optional[GenerationConfig],
-                    kwargs: dict[str, Any]) -> GenerationConfig:
+    def _config_for(
+        self, generation_config: Optional[GenerationConfig], kwargs: dict[str, Any]
+    ) -> GenerationConfig:
         base = generation_config if generation_config is not None else self.generation_config
         if not isinstance(base, GenerationConfig):
             raise TypeError("generation_config must be a hyperdex GenerationConfig")
@@ -215,12 +237,22 @@ class LPUModelForCausalLM:
                 "prompt, lower max_new_tokens, or recompile with a larger max_length"
             )
 
-    def _generate_row(self, prompt: np.ndarray, config: GenerationConfig, streamer: Any,
-                      trace: Optional[list[tuple[np.ndarray, np.ndarray]]] = None) -> Iterator[int]:
+    def _generate_row(
+        self,
+        prompt: np.ndarray,
+        config: GenerationConfig,
+        streamer: Any,
+        trace: Optional[list[tuple[np.ndarray, np.ndarray]]] = None,
+    ) -> Iterator[int]:
         tokenizer = self._tokenizer_for(config)
         self._check_room(len(prompt), 0)
-        session = GenerationSession(config, prompt, tokenizer=tokenizer, streamer=streamer,
-                                    max_position_embeddings=self.max_length)
+        session = GenerationSession(
+            config,
+            prompt,
+            tokenizer=tokenizer,
+            streamer=streamer,
+            max_position_embeddings=self.max_length,
+        )
         try:
             self._check_room(len(prompt), session.max_new_tokens)
             if session.done:
@@ -257,9 +289,14 @@ class AutoModelForCausalLM:
         raise TypeError("use AutoModelForCausalLM.from_pretrained(...)")
 
     @staticmethod
-    def from_pretrained(model_id: PathLike, device_map: Any = None,
-                        prefix: Optional[PathLike] = None, backend: Optional[str] = None,
-                        num_threads: int = 0, **kwargs: Any) -> LPUModelForCausalLM:
+    def from_pretrained(
+        model_id: PathLike,
+        device_map: Any = None,
+        prefix: Optional[PathLike] = None,
+        backend: Optional[str] = None,
+        num_threads: int = 0,
+        **kwargs: Any,
+    ) -> LPUModelForCausalLM:
         """Loads a compiled model: the folder ``compile()`` returned, or the same ``model_id``
         and ``prefix`` given to it.
 

@@ -21,7 +21,9 @@ class AutoTokenizer:
         raise TypeError("use AutoTokenizer.from_pretrained(...)")
 
     @staticmethod
-    def from_pretrained(model_id: PathLike, prefix: Optional[PathLike] = None, **kwargs: Any) -> Any:
+    def from_pretrained(
+        model_id: PathLike, prefix: Optional[PathLike] = None, **kwargs: Any
+    ) -> Any:
         import transformers
 
         path = Path(model_id).expanduser()
