@@ -84,6 +84,7 @@ class LPUModelForCausalLM:
         self._session = session
         self._lock = threading.Lock()  # one sequence at a time on a device
         self._tokenizer: Any = None
+        self._owner: object = None  # the generation that holds the device's sequence
         self.generation_config = GenerationConfig.from_model_dir(folder / "ckpt")
 
     # -- properties --------------------------------------------------------------------------
@@ -122,6 +123,7 @@ class LPUModelForCausalLM:
         self._check_room(ids.shape[1], 0)
         out = np.empty((ids.shape[0], ids.shape[1], self.vocab_size), dtype=np.float32)
         with self._lock:
+            self._owner = None
             for b, row in enumerate(ids):
                 self._session.reset()
                 _, out[b] = self._session.prefill(row.astype(np.int32), True)
@@ -257,17 +259,29 @@ class LPUModelForCausalLM:
             self._check_room(len(prompt), session.max_new_tokens)
             if session.done:
                 return
+            # The device holds one sequence. A generator may be suspended between tokens while
+            # other calls use the device, so the lock is taken per device call and a
+            # generation notices when another call has taken the sequence over.
+            owner = object()
             with self._lock:
+                self._owner = owner
                 self._session.reset()
                 _, logits = self._session.prefill(prompt.astype(np.int32), False)
-                logits = logits[0]
-                while True:
-                    token = session.step(logits)
-                    if trace is not None:
-                        trace.append((logits.copy(), session.last_scores))
-                    yield token
-                    if session.done:
-                        break
+            logits = logits[0]
+            while True:
+                token = session.step(logits)
+                if trace is not None:
+                    trace.append((logits.copy(), session.last_scores))
+                yield token
+                if session.done:
+                    break
+                with self._lock:
+                    if self._owner is not owner:
+                        raise RuntimeError(
+                            "another call used the device while this generation was paused; "
+                            "the device holds one sequence at a time, so start the generation "
+                            "again"
+                        )
                     _, logits = self._session.decode(int(token), True)
         finally:
             session.close()
