@@ -1,10 +1,8 @@
 """``hdex-compile``: compile a Hugging Face model for LPU devices from the command line.
 
-Interactive on a terminal (prompts for what the flags did not give), scripted otherwise:
-every prompt has a flag, and without a terminal a missing value is an error naming it.
-
-Exit codes: 0 compiled; 1 the model or options were rejected (the message says why);
-2 bad command line; 130 interrupted (Ctrl-C).
+On a terminal it asks for what the flags did not give (model id, number of devices,
+quantization) and re-asks on invalid answers. Without a terminal it never prompts: a missing
+value is an error naming its flag, or, with ``--yes``, takes its default.
 """
 
 from __future__ import annotations
@@ -12,76 +10,182 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 from .. import __version__
 from ..errors import HyperdexError
+from ..paths import compiled_dir, default_prefix
 
-BANNER = (
-    "*" * 70 + "\n"
-    f"** hyperdex compiler {__version__}\n"
-    "** Hugging Face checkpoints to LPU programs (Apache-2.0)\n" + "*" * 70
-)
+EXIT_CODES = """exit codes:
+  0    compiled
+  1    the model or the options were rejected (the message says what and why)
+  2    bad command line (a missing or malformed flag)
+  130  interrupted (Ctrl-C); files already written are complete, a rerun with
+       --fast-compile redoes only what is missing or stale"""
+
+QUANTIZATIONS = ("none",)  # fp16; GPTQ schemes arrive with the quantizer
+
+DEFAULTS = {"num_device": 1, "quantization": "none"}
 
 
-def _ask(prompt: str, parse: Callable[[str], object]) -> object:
+def banner() -> str:
+    line = "*" * 70
+    return (
+        f"{line}\n** hyperdex compiler {__version__}\n"
+        f"** Hugging Face checkpoints to LPU programs (Apache-2.0)\n{line}"
+    )
+
+
+def _ask(prompt: str, parse: Callable[[str], Any]) -> Any:
+    """Asks until `parse` accepts the answer (ValueError: say why, ask again)."""
     while True:
         answer = input(f"[Option\t] {prompt}: ").strip()
         try:
             return parse(answer)
         except ValueError as e:
-            print(f"[Error\t] {e}; try again")
+            print(f"[Error\t] {e}; please try again")
 
 
-def _model_id(text: str) -> str:
+def parse_model(text: str) -> str:
     if not text:
-        raise ValueError("a model id or folder is required")
+        raise ValueError("a Hugging Face model id (org/name) or a local folder is required")
+    try:
+        compiled_dir(text, None)
+    except HyperdexError as e:
+        raise ValueError(str(e)) from None
     return text
 
 
-def _device_count(text: str) -> int:
-    n = int(text)
+def parse_num_device(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a number") from None
     if n < 1 or n & (n - 1):
         raise ValueError("the number of devices must be a power of two (1, 2, 4, 8)")
+    if n != 1:
+        raise ValueError("this version of hyperdex maps onto 1 device; enter 1")
     return n
 
 
-def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(
+def parse_quantization(text: str) -> str:
+    text = (text or "none").lower()
+    if text not in QUANTIZATIONS:
+        raise ValueError(f"unknown quantization {text!r}; choose from {', '.join(QUANTIZATIONS)}")
+    return text
+
+
+def parse_yes_no(text: str) -> bool:
+    answer = text.lower()
+    if answer in ("", "y", "yes"):
+        return True
+    if answer in ("n", "no"):
+        return False
+    raise ValueError("answer y or n")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
         prog="hdex-compile",
-        description=__doc__.splitlines()[0],
-        epilog="Exit codes: 0 ok, 1 rejected, 2 usage, 130 interrupted",
+        description="Compile a Hugging Face causal LM for LPU devices (and the emulator).",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--prefix", help="where compiled models go (default ~/.cache/hyperdex/hub)")
-    parser.add_argument("--model", help="Hugging Face id (org/name) or a local HF folder")
-    parser.add_argument("--num-device", type=int, help="number of LPU devices (a power of two)")
-    parser.add_argument("--max-length", type=int, help="longest sequence (prompt + output)")
-    parser.add_argument("--type-device", default="u55c", help="device preset (u55c, vcu128, asic)")
-    parser.add_argument("--fast-compile", action="store_true", help="redo only what is stale")
-    parser.add_argument(
-        "--low-memory-usage", action="store_true", help="delete the HF weights after conversion"
+    p.add_argument("--prefix", help=f"where compiled models go (default {default_prefix()})")
+    p.add_argument("--model", help="Hugging Face id (org/name) or a local HF model folder")
+    p.add_argument("--num-device", type=int, help="number of LPU devices, a power of two")
+    p.add_argument(
+        "--max-length",
+        type=int,
+        help="longest sequence, prompt + output (default: min(model limit, 2048))",
     )
-    parser.add_argument("--token", help="Hugging Face token for private models")
-    parser.add_argument("--quiet", action="store_true", help="only errors")
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.ERROR if args.quiet else logging.INFO, format="[Info\t] %(message)s"
+    p.add_argument("--quantization", help=f"weight format: {', '.join(QUANTIZATIONS)}")
+    p.add_argument(
+        "--type-device",
+        default="u55c",
+        help="device preset name (u55c, vcu128, asic) or a preset JSON file",
     )
-    interactive = sys.stdin.isatty()
-    if not args.quiet:
-        print(BANNER)
-    try:
-        if args.model is None:
-            if not interactive:
-                parser.error("--model is required when stdin is not a terminal")
-            args.model = _ask("Please enter the Hugging Face model id or a local folder", _model_id)
-        if args.num_device is None:
-            args.num_device = (
-                _ask("Please enter the number of LPU devices", _device_count) if interactive else 1
+    p.add_argument(
+        "--fast-compile",
+        action="store_true",
+        help="redo only phases whose inputs changed (content hashes)",
+    )
+    p.add_argument(
+        "--low-memory-usage",
+        action="store_true",
+        help="delete the HF weight files after conversion",
+    )
+    p.add_argument("--token", help="Hugging Face token for private models (or set HF_TOKEN)")
+    p.add_argument(
+        "-y",
+        "--yes",
+        action="store_true",
+        help="do not ask: take defaults for missing values and do not confirm",
+    )
+    verbosity = p.add_mutually_exclusive_group()
+    verbosity.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    verbosity.add_argument("-q", "--quiet", action="store_true", help="errors only, no bars")
+    p.add_argument("--version", action="version", version=f"hdex-compile {__version__}")
+    return p
+
+
+def _fill_missing(
+    args: argparse.Namespace, parser: argparse.ArgumentParser, interactive: bool
+) -> None:
+    asks = (
+        (
+            "model",
+            "--model",
+            "Please enter the HuggingFace model id (or a local folder)",
+            parse_model,
+        ),
+        ("num_device", "--num-device", "Please enter the number of LPU devices", parse_num_device),
+        (
+            "quantization",
+            "--quantization",
+            f"Please enter the quantization ({'/'.join(QUANTIZATIONS)}, default none)",
+            parse_quantization,
+        ),
+    )
+    for attr, flag, prompt, parse in asks:
+        value = getattr(args, attr)
+        if value is not None:
+            try:
+                setattr(args, attr, parse(str(value)))
+            except ValueError as e:
+                parser.error(f"{flag}: {e}")
+            continue
+        if args.yes and attr in DEFAULTS:
+            setattr(args, attr, DEFAULTS[attr])
+        elif interactive:
+            setattr(args, attr, _ask(prompt, parse))
+        else:
+            parser.error(
+                f"{flag} is required when stdin is not a terminal (or pass --yes to "
+                "take the defaults)"
             )
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    level = logging.DEBUG if args.verbose else logging.ERROR if args.quiet else logging.INFO
+    logging.basicConfig(level=level, format="[Info\t] %(message)s", stream=sys.stdout, force=True)
+    interactive = sys.stdin.isatty() and not args.yes
+    if not args.quiet:
+        print(banner())
+    try:
+        _fill_missing(args, parser, interactive)
+        target = compiled_dir(args.model, args.prefix)
+        if interactive:
+            prompt = f"Compile {args.model} for {args.num_device} device(s) into {target}? [Y/n]"
+            if not _ask(prompt, parse_yes_no):
+                print("[Info\t] Nothing compiled")
+                return 0
         from .compiler import AutoCompiler
 
-        path = AutoCompiler().compile(
+        compiler = AutoCompiler()
+        path = compiler.compile(
             model_id=args.model,
             num_device=args.num_device,
             max_length=args.max_length,
@@ -90,15 +194,23 @@ def main(argv: Optional[list[str]] = None) -> int:
             token=args.token,
             type_device=args.type_device,
             prefix=args.prefix,
+            quantization=None if args.quantization == "none" else args.quantization,
             progress=not args.quiet,
         )
     except KeyboardInterrupt:
-        print("\n[Error\t] interrupted", file=sys.stderr)
+        print("\n[Error\t] interrupted; rerun with --fast-compile to finish", file=sys.stderr)
         return 130
     except HyperdexError as e:
         print(f"[Error\t] {e}", file=sys.stderr)
         return 1
-    print(f"[Info\t] Compiled model at {path}")
+    if not args.quiet:
+        total = sum(compiler.last_timings.values())
+        times = ", ".join(f"{k} {v:.2f} s" for k, v in compiler.last_timings.items())
+        print(f"[Info\t] Timings: {times} (total {total:.2f} s)")
+        print(f"[Info\t] Compiled model at {path}")
+        print("[Info\t] Exit SDK program")
+    else:
+        print(path)
     return 0
 
 

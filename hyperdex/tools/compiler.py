@@ -36,7 +36,7 @@ from .converter import (
     load_converted,
     read_hf_config,
 )
-from .fetch import copy_local, download
+from .fetch import copy_local, download, download_config
 from .lowering import device_preset, memory_map_dict, model_spec
 from .progress import progress_bar
 
@@ -92,6 +92,42 @@ def _check_num_device(num_device: Any) -> int:
     return num_device
 
 
+# What each phase does and where it writes (seed 000's announcements).
+PHASES = {
+    "check": (
+        "Phase-0 : Check the model against the device",
+        "Architecture, device count, options and HBM capacity are checked before any work.",
+    ),
+    "fetch": (
+        "Phase-1 : Download model from HuggingFace Hub",
+        "The HF files are downloaded (or copied from a local folder) into {ckpt}.",
+    ),
+    "convert": (
+        "Phase-2 : Convert the checkpoint format to HyperDex style",
+        "Every tensor is validated against config.json and written as "
+        "hyperdex_config.json + hyperdex_model.bin into {ckpt}.",
+    ),
+    "map": (
+        "Phase-3 : Generate Optimized Model Mapping",
+        "Parameters are laid out per HBM pseudo-channel in streaming order into {param}; "
+        "the memory map goes to {config}.",
+    ),
+    "instgen": (
+        "Phase-4 : Generate Optimized Model Instruction",
+        "Prefill and decode programs for the LPU are generated into {inst}.",
+    ),
+}
+
+
+def _file_digest(path: Path) -> str:
+    """A content hash (not a timestamp): fast_compile reruns a phase when bytes change."""
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 class AutoCompiler:
     """Compiles Hugging Face causal LMs for LPU devices (and the emulator).
 
@@ -100,6 +136,7 @@ class AutoCompiler:
 
     def __init__(self, prefix: Optional[PathLike] = None) -> None:
         self.prefix = prefix
+        self.last_timings: dict[str, float] = {}
 
     def compile(
         self,
@@ -114,12 +151,23 @@ class AutoCompiler:
         quantization: Optional[str] = None,
         progress: bool = True,
     ) -> str:
-        """Runs phases 0-4 and returns the compiled model's folder."""
+        """Runs phases 0-4 and returns the compiled model's folder. Per-phase wall times are
+        left in ``self.last_timings`` (and compile.json)."""
         timings: dict[str, float] = {}
+        self.last_timings = timings
+        model_id = str(model_id) if isinstance(model_id, Path) else model_id
         out = compiled_dir(model_id, prefix if prefix is not None else self.prefix)
-        t0 = time.perf_counter()
+        where = {k: out / k for k in ("ckpt", "param", "config", "inst")}
+        ckpt = where["ckpt"]
+
+        def announce(phase: str) -> float:
+            title, text = PHASES[phase]
+            log.info("** %s **", title)
+            log.info(text.format(**where))
+            return time.perf_counter()
 
         # Phase 0: check everything that can be checked before any work.
+        t = announce("check")
         num_device = _check_num_device(num_device)
         if quantization is not None:
             raise ConfigError(
@@ -131,80 +179,72 @@ class AutoCompiler:
                 raise ConfigError(f"{name} must be True or False, got {value!r}")
         preset = load_preset(type_device)
         local = is_local_model(model_id)
-        ckpt = out / "ckpt"
         if local:
             source_config = read_hf_config(Path(model_id).expanduser())
         else:
-            log.info("Phase 1: download %s into %s", model_id, ckpt)
-            download(str(model_id), ckpt, token=token)
-            source_config = read_hf_config(ckpt)
+            source_config = download_config(str(model_id), token=token)
         hf_name, _, model = model_traits(source_config)
         max_length = self._check_max_length(max_length, model)
         spec = model_spec({"architecture": hf_name, "model": model})
         core_preset = device_preset(preset)
         max_tokens = _core.choose_max_tokens(spec, core_preset, max_length)
         _core.plan_memory(spec, core_preset, max_length, max_tokens)  # raises CapacityError
-        timings["check"] = time.perf_counter() - t0
-        log.info("Phase 0: %s fits one %s (max_length=%d)", hf_name, preset["name"], max_length)
+        log.info("%s fits one %s with max_length=%d", hf_name, preset["name"], max_length)
+        timings["check"] = time.perf_counter() - t
 
         out.mkdir(parents=True, exist_ok=True)
         (out / COMPILE_INFO_NAME).unlink(missing_ok=True)  # not finished until rewritten
 
         # Phase 1: fetch.
-        t = time.perf_counter()
+        t = announce("fetch")
         if local:
             src = Path(model_id).expanduser()
-            log.info("Phase 1: copy %s into %s", src, ckpt)
+            log.info("Copy %s into %s", src, ckpt)
             copy_local(src, ckpt)
+        else:
+            log.info("Download %s into %s", model_id, ckpt)
+            download(str(model_id), ckpt, token=token)
+        weight_files = sorted(
+            p
+            for p in ckpt.iterdir()
+            if p.suffix in (".safetensors", ".bin") and p.name != HYPERDEX_MODEL_NAME
+        )
         timings["fetch"] = time.perf_counter() - t
 
         # Phase 2: convert.
-        t = time.perf_counter()
+        t = announce("convert")
         converted = [ckpt / HYPERDEX_CONFIG_NAME, ckpt / HYPERDEX_MODEL_NAME]
         convert_key = _hash(
             "convert",
             __version__,
             source_config,
             quantization,
-            sorted(
-                (p.name, p.stat().st_size)
-                for p in ckpt.iterdir()
-                if p.suffix in (".safetensors", ".bin") and p.name != HYPERDEX_MODEL_NAME
-            ),
+            [(p.name, _file_digest(p)) for p in weight_files],
         )
-        stamp_dir = out / "ckpt"
-        if fast_compile and _stamp_matches(stamp_dir, convert_key, converted):
-            log.info("Phase 2: converted checkpoint is up to date (fast_compile)")
+        if fast_compile and _stamp_matches(ckpt, convert_key, converted):
+            log.info("The converted checkpoint is up to date (fast_compile)")
         else:
-            log.info("Phase 2: convert %s to hyperdex format", ckpt)
             AutoModelConverter(ckpt).save_pretrained(ckpt, progress=progress)
-            _write_stamp(stamp_dir, convert_key)
+            _write_stamp(ckpt, convert_key)
         if low_memory_usage:
-            for p in ckpt.iterdir():
-                if p.suffix in (".safetensors", ".bin") and p.name != HYPERDEX_MODEL_NAME:
-                    p.unlink()
+            for p in weight_files:
+                p.unlink()
+            log.info("Removed the HF weights from %s (low_memory_usage)", ckpt)
         timings["convert"] = time.perf_counter() - t
 
         # Phase 3: map.
-        t = time.perf_counter()
+        t = announce("map")
         config, model_file = load_converted(ckpt, verify=not fast_compile)
         spec = model_spec(config)
         plan = _core.plan_memory(spec, core_preset, max_length, max_tokens)
-        param_dir, config_dir = out / "param", out / "config"
-        map_key = _hash(
-            "map",
-            __version__,
-            config,
-            model_file.info("tok_embd.weight").crc32,
-            preset,
-            max_length,
-            num_device,
-        )
+        param_dir, config_dir = where["param"], where["config"]
+        tensor_crcs = [(n, model_file.info(n).crc32) for n in model_file.names]
+        map_key = _hash("map", __version__, config, tensor_crcs, preset, max_length, num_device)
         memory_map = config_dir / MEMORY_MAP_NAME
-        if fast_compile and _stamp_matches(config_dir, map_key, [memory_map]):
-            log.info("Phase 3: parameters are up to date (fast_compile)")
+        param_files = [param_dir / _core.param_file_name(c) for c in range(plan.num_channels)]
+        if fast_compile and _stamp_matches(config_dir, map_key, [memory_map, *param_files]):
+            log.info("The parameter mapping is up to date (fast_compile)")
         else:
-            log.info("Phase 3: map parameters onto %d HBM pseudo-channels", plan.num_channels)
             for d in (param_dir, config_dir):
                 if d.exists():
                     shutil.rmtree(d)
@@ -215,31 +255,33 @@ class AutoCompiler:
                     spec, plan, tensors, str(param_dir), lambda _c: bar.update(1)
                 )
             del tensors
-            param_files = [
+            records = [
                 {"file": f"param/{Path(f.path).name}", "bytes": f.bytes, "crc32": f.crc32}
                 for f in files
             ]
-            _write_json(memory_map, memory_map_dict(plan, preset, num_device, param_files))
+            _write_json(memory_map, memory_map_dict(plan, preset, num_device, records))
             _write_stamp(config_dir, map_key)
         model_file.close()
         timings["map"] = time.perf_counter() - t
 
         # Phase 4: instgen.
-        t = time.perf_counter()
-        inst_dir = out / "inst"
+        t = announce("instgen")
+        inst_dir = where["inst"]
         inst_key = _hash("instgen", __version__, json.loads(memory_map.read_text()), config)
         programs = [inst_dir / "prefill.bin", inst_dir / "decode.bin"]
         if fast_compile and _stamp_matches(inst_dir, inst_key, programs):
-            log.info("Phase 4: programs are up to date (fast_compile)")
+            log.info("The programs are up to date (fast_compile)")
         else:
-            log.info("Phase 4: generate LPU instructions")
             inst_dir.mkdir(exist_ok=True)
             names = {r.base: r.name for r in plan.regions}
-            for program, path in zip(_core.generate_programs(spec, plan), programs):
-                program.save(str(path))
-                listing = path.with_suffix(".lst")
-                listing.with_name(listing.name + ".tmp").write_text(program.disassemble(names))
-                listing.with_name(listing.name + ".tmp").replace(listing)
+            with progress_bar(len(programs), "instgen", "program", enabled=progress) as bar:
+                for program, path in zip(_core.generate_programs(spec, plan), programs):
+                    program.save(str(path))
+                    listing = path.with_suffix(".lst")
+                    tmp = listing.with_name(listing.name + ".tmp")
+                    tmp.write_text(program.disassemble(names))
+                    tmp.replace(listing)
+                    bar.update(1)
             _write_stamp(inst_dir, inst_key)
         timings["instgen"] = time.perf_counter() - t
 

@@ -3,10 +3,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from ..errors import CheckpointError
 
@@ -40,27 +41,55 @@ def copy_local(src: Path, dst: Path) -> list[str]:
     return names
 
 
-def download(model_id: str, dst: Path, token: Optional[str] = None) -> list[str]:
-    """Downloads a Hub model into `dst` (huggingface_hub); offline, a clear error."""
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+def _hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("0", "", "false", "no")
+
+
+def _hub(model_id: str) -> Any:
+    if _hub_offline():
         raise CheckpointError(
             f"cannot download {model_id!r}: HF_HUB_OFFLINE is set. Download the model elsewhere "
             "and pass its local folder as model_id (a folder with config.json and weights)"
         )
     try:
-        from huggingface_hub import snapshot_download
+        import huggingface_hub
     except ImportError as e:  # pragma: no cover - transformers depends on it
         raise CheckpointError(
             "downloading needs huggingface_hub: pip install huggingface_hub"
         ) from e
+    return huggingface_hub
+
+
+def _download_error(model_id: str, e: Exception) -> CheckpointError:
+    return CheckpointError(
+        f"cannot download {model_id!r} from the Hugging Face Hub ({type(e).__name__}: {e}). "
+        "Check the id, your network and your token (token=... or HF_TOKEN for private "
+        "models), or pass a local folder as model_id"
+    )
+
+
+def download_config(model_id: str, token: Optional[str] = None) -> dict[str, Any]:
+    """Only config.json of a Hub model, for the checks before any large download."""
+    hub = _hub(model_id)
+    try:
+        path = hub.hf_hub_download(repo_id=model_id, filename="config.json", token=token)
+    except Exception as e:  # network, auth, missing repo: all end the same way for the user
+        raise _download_error(model_id, e) from e
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"the config.json of {model_id!r} is not valid JSON: {e}") from e
+
+
+def download(model_id: str, dst: Path, token: Optional[str] = None) -> list[str]:
+    """Downloads a Hub model into `dst` (huggingface_hub, with its progress bars); offline, a
+    clear error pointing at the local-folder route."""
+    hub = _hub(model_id)
     patterns = [f"*{s}" for s in _WANTED_SUFFIXES]
     try:
-        snapshot_download(
+        hub.snapshot_download(
             repo_id=model_id, local_dir=str(dst), token=token, allow_patterns=patterns
         )
-    except Exception as e:  # network, auth, missing repo: all end the same way for the user
-        raise CheckpointError(
-            f"cannot download {model_id!r} from the Hugging Face Hub ({type(e).__name__}: {e}). "
-            "Check the id and your network/token, or pass a local folder as model_id"
-        ) from e
+    except Exception as e:
+        raise _download_error(model_id, e) from e
     return sorted(p.name for p in dst.iterdir() if p.is_file() and _wanted(p.name))
