@@ -20,7 +20,7 @@ cpp-test:
 	.venv/bin/ctest --test-dir $(BUILD) --output-on-failure
 
 py-test:
-	HF_HUB_OFFLINE=1 HYPERDEX_PROGRESS=0 $(PY) -m pytest tests
+	PATH=$(CURDIR)/.venv/bin:$$PATH HF_HUB_OFFLINE=1 HYPERDEX_PROGRESS=0 $(PY) -m pytest tests
 
 lint:
 	.venv/bin/ruff check hyperdex tests examples benchmarks
