@@ -26,7 +26,8 @@ from typing import Any, Optional, Union
 
 from .. import __version__, _core
 from ..arch.registry import model_traits
-from ..errors import ConfigError
+from ..errors import ConfigError, FormatError
+from ..formats import ModelFile
 from ..paths import compiled_dir, is_local_model
 from ..presets import load_preset
 from .converter import (
@@ -64,6 +65,16 @@ def _stamp_matches(folder: Path, key: str, outputs: list[Path]) -> bool:
         return json.loads(stamp.read_text())["inputs"] == key
     except (json.JSONDecodeError, KeyError):
         return False
+
+
+def _intact(model_file: Path) -> bool:
+    """Whether a converted model file passes every checksum (a corrupt one is stale)."""
+    try:
+        ModelFile.open(model_file, verify=True).close()
+    except FormatError as e:
+        log.info("The converted checkpoint is damaged (%s); converting again", e)
+        return False
+    return True
 
 
 def _write_stamp(folder: Path, key: str) -> None:
@@ -221,7 +232,7 @@ class AutoCompiler:
             quantization,
             [(p.name, _file_digest(p)) for p in weight_files],
         )
-        if fast_compile and _stamp_matches(ckpt, convert_key, converted):
+        if fast_compile and _stamp_matches(ckpt, convert_key, converted) and _intact(converted[1]):
             log.info("The converted checkpoint is up to date (fast_compile)")
         else:
             AutoModelConverter(ckpt).save_pretrained(ckpt, progress=progress)
@@ -234,7 +245,8 @@ class AutoCompiler:
 
         # Phase 3: map.
         t = announce("map")
-        config, model_file = load_converted(ckpt, verify=not fast_compile)
+        # Verified above (fast_compile) or just written: no second checksum pass.
+        config, model_file = load_converted(ckpt, verify=False)
         spec = model_spec(config)
         plan = _core.plan_memory(spec, core_preset, max_length, max_tokens)
         param_dir, config_dir = where["param"], where["config"]

@@ -31,8 +31,9 @@ def copy_local(src: Path, dst: Path) -> list[str]:
     for name in names:
         target = dst / name
         tmp = dst / (name + ".partial")
-        if tmp.exists():
-            tmp.unlink()
+        tmp.unlink(missing_ok=True)
+        if target.exists() and os.path.samefile(src / name, target):
+            continue  # already linked (rename between two links of one file is a no-op)
         try:
             os.link(src / name, tmp)
         except OSError:

@@ -34,12 +34,17 @@ class LPUConfig:
 
     @classmethod
     def from_pretrained(cls, model_id: PathLike, prefix: Optional[PathLike] = None) -> LPUConfig:
+        from ..tools.converter import check_config_version
+
         folder = resolve_compiled(model_id, prefix)
+        converted_path = folder / "ckpt" / "hyperdex_config.json"
+        converted = read_json(converted_path, "converted config")
+        check_config_version(converted, converted_path)
         return cls(
             folder,
             read_json(folder / "ckpt" / "config.json", "HF config"),
             read_json(folder / "compile.json", "compile record"),
-            read_json(folder / "ckpt" / "hyperdex_config.json", "converted config"),
+            converted,
         )
 
     @property

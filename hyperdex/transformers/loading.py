@@ -26,11 +26,14 @@ def resolve_compiled(model_id: PathLike, prefix: Optional[PathLike] = None) -> P
     else:
         folder = compiled_dir(model_id, prefix)
     if not (folder / "compile.json").is_file():
-        hint = (
-            f"compile it first: AutoCompiler().compile(model_id={str(model_id)!r}"
-            + (f", prefix={str(prefix)!r}" if prefix is not None else "")
-            + ")"
-        )
+        if folder == path:  # given a compiled folder: we cannot know the source's name
+            hint = "compile the source model again (AutoCompiler().compile(model_id=...))"
+        else:
+            hint = (
+                f"compile it first: AutoCompiler().compile(model_id={str(model_id)!r}"
+                + (f", prefix={str(prefix)!r}" if prefix is not None else "")
+                + ")"
+            )
         if folder.is_dir():
             raise FormatError(
                 f"{folder} is not a finished compile (compile.json is missing: the compile was "

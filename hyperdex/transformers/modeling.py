@@ -233,10 +233,13 @@ class LPUModelForCausalLM:
 
     def _check_room(self, prompt_length: int, new_tokens: int) -> None:
         if prompt_length + new_tokens > self.max_length:
+            what = f"the prompt ({prompt_length} tokens) exceeds"
+            if new_tokens:
+                what = f"the prompt ({prompt_length} tokens) plus {new_tokens} new tokens exceed"
             raise ValueError(
-                f"the prompt ({prompt_length} tokens) plus {new_tokens} new tokens exceed the "
-                f"max_length of {self.max_length} this model was compiled for; shorten the "
-                "prompt, lower max_new_tokens, or recompile with a larger max_length"
+                f"{what} the max_length of {self.max_length} this model was compiled "
+                "for; shorten the prompt, lower max_new_tokens, or recompile with a larger "
+                "max_length"
             )
 
     def _generate_row(
