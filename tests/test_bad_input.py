@@ -81,8 +81,9 @@ def _with_weights(hf_folder: Path, tmp_path: Path, tensors: Dict[str, np.ndarray
 def _compile(folder: Path, tmp_path: Path, **kw: Any) -> str:
     kw.setdefault("max_length", MAX_LENGTH)
     kw.setdefault("num_device", 1)
-    return AutoCompiler().compile(model_id=str(folder), prefix=str(tmp_path / "out"),
-                                  progress=False, **kw)
+    return AutoCompiler().compile(
+        model_id=str(folder), prefix=str(tmp_path / "out"), progress=False, **kw
+    )
 
 
 def _load(path: Any, **kw: Any) -> Any:
@@ -227,8 +228,9 @@ def test_hub_id_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
 
 def test_model_id_neither_folder_nor_hub_id(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="neither an existing local folder"):
-        AutoCompiler().compile(model_id=str(tmp_path / "no" / "such" / "folder"),
-                               prefix=str(tmp_path), progress=False)
+        AutoCompiler().compile(
+            model_id=str(tmp_path / "no" / "such" / "folder"), prefix=str(tmp_path), progress=False
+        )
 
 
 # -- broken compiled folders --------------------------------------------------------------------
@@ -298,7 +300,8 @@ def test_fast_compile_with_corrupt_model_bin(compiled: Path, hf_folder: Path) ->
     ref = H.load_hf_model(hf_folder)(ids).logits.detach().numpy()
     assert H.within(ours, ref, 2e-2, 1e-2), (
         f"fast_compile mapped a corrupt hyperdex_model.bin: logits off by "
-        f"{H.max_abs_diff(ours, ref):.3g}")
+        f"{H.max_abs_diff(ours, ref):.3g}"
+    )
 
 
 def test_memory_map_of_another_format_version(compiled: Path) -> None:
@@ -388,8 +391,9 @@ def test_compile_json_missing_hint_names_the_source_model(compiled: Path) -> Non
     assert f"model_id={str(compiled)!r}" not in str(e.value)
 
 
-def test_interrupted_compile(hf_folder: Path, tmp_path: Path,
-                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_interrupted_compile(
+    hf_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A compile stopped in its last phase (Ctrl-C) leaves a folder that does not load, and
     the error says so; the next compile finishes it."""
     from hyperdex.tools import compiler
@@ -481,12 +485,22 @@ def test_model_too_big_for_the_device(tmp_path: Path) -> None:
     fail on it), yet the error is CapacityError, with the numbers and a device count."""
     folder = tmp_path / "huge-llama"
     folder.mkdir()
-    (folder / "config.json").write_text(json.dumps({
-        "architectures": ["LlamaForCausalLM"], "model_type": "llama",
-        "hidden_size": 16384, "intermediate_size": 53248, "num_hidden_layers": 200,
-        "num_attention_heads": 128, "num_key_value_heads": 8, "vocab_size": 128256,
-        "max_position_embeddings": 8192, "rms_norm_eps": 1e-5,
-    }))
+    (folder / "config.json").write_text(
+        json.dumps(
+            {
+                "architectures": ["LlamaForCausalLM"],
+                "model_type": "llama",
+                "hidden_size": 16384,
+                "intermediate_size": 53248,
+                "num_hidden_layers": 200,
+                "num_attention_heads": 128,
+                "num_key_value_heads": 8,
+                "vocab_size": 128256,
+                "max_position_embeddings": 8192,
+                "rms_norm_eps": 1e-5,
+            }
+        )
+    )
     (folder / "model.safetensors").write_bytes(b"")
     with pytest.raises(CapacityError) as e:
         _compile(folder, tmp_path, max_length=64)
@@ -548,8 +562,12 @@ def test_prompt_longer_than_max_length(lm: Any) -> None:
         (dict(top_k=2.5), TypeError, r"top_k must be an int"),
         (dict(max_new_tokens="5"), TypeError, r"max_new_tokens must be None or an int"),
         (dict(max_new_tokens=-1), ValueError, r"max_new_tokens must be None or an int >= 0"),
-        (dict(max_new_token=5), TypeError, r"unknown generation option 'max_new_token'; "
-                                           r"did you mean 'max_new_tokens'\?"),
+        (
+            dict(max_new_token=5),
+            TypeError,
+            r"unknown generation option 'max_new_token'; "
+            r"did you mean 'max_new_tokens'\?",
+        ),
         (dict(temprature=0.7), TypeError, r"did you mean 'temperature'"),
         (dict(repetition_penalty=0), ValueError, r"repetition_penalty must be a finite float"),
         (dict(do_sample="yes"), TypeError, r"do_sample must be True or False"),
@@ -587,8 +605,14 @@ def test_negative_ids(lm: Any) -> None:
 
 @pytest.mark.parametrize(
     "ids",
-    [torch.tensor([[1.0, 2.0]]), np.array([[1.0, 2.0]]), [[1.0, 2.0]], [1, 2.5],
-     torch.tensor([[True, False]]), ["1", "2"]],
+    [
+        torch.tensor([[1.0, 2.0]]),
+        np.array([[1.0, 2.0]]),
+        [[1.0, 2.0]],
+        [1, 2.5],
+        torch.tensor([[True, False]]),
+        ["1", "2"],
+    ],
     ids=["torch-float", "numpy-float", "list-float", "list-mixed", "torch-bool", "strings"],
 )
 def test_non_integer_ids(lm: Any, ids: Any) -> None:
@@ -599,8 +623,13 @@ def test_non_integer_ids(lm: Any, ids: Any) -> None:
 
 @pytest.mark.parametrize(
     ("ids", "pattern"),
-    [([], "empty"), (np.zeros((1, 0), np.int64), "empty"), ([[1, 2], [3]], "ragged"),
-     (np.zeros((1, 2, 3), np.int64), "1-D .* or 2-D"), (np.int64(5), "must be a torch tensor|1-D")],
+    [
+        ([], "empty"),
+        (np.zeros((1, 0), np.int64), "empty"),
+        ([[1, 2], [3]], "ragged"),
+        (np.zeros((1, 2, 3), np.int64), "1-D .* or 2-D"),
+        (np.int64(5), "must be a torch tensor|1-D"),
+    ],
 )
 def test_bad_ids_shape(lm: Any, ids: Any, pattern: str) -> None:
     with pytest.raises((ValueError, TypeError), match=pattern):

@@ -279,3 +279,60 @@ def test_base_streamer_is_abstract() -> None:
         BaseStreamer().put([1])
     with pytest.raises(NotImplementedError):
         BaseStreamer().end()
+
+
+# -- golden strings, one token per UTF-8 byte ----------------------------------------------------
+
+
+class ByteTokenizer:
+    """One token per UTF-8 byte (ids 0-255), decoded as byte-level BPE tokenizers do: an
+    incomplete multi-byte character decodes to U+FFFD until its last byte arrives."""
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
+        return bytes(i for i in ids if i < 256).decode("utf-8", errors="replace")
+
+
+# what transformers' TextStreamer emits for each text (checked against it below)
+GOLDEN = {
+    "english": ("Hello world, streaming works.", ["Hello ", "world, ", "streaming ", "works."]),
+    "newlines": ("line one\nline two\n\nend", ["line ", "one\n", "line ", "two\n", "\n", "end"]),
+    # each ideograph is final at once; 。 is punctuation, not an ideograph: it waits
+    "cjk": ("我们在测试。中文", ["我", "们", "在", "测", "试", "。中", "文"]),
+    # Hangul is written with spaces: it flushes word by word like English
+    "hangul": ("안녕하세요 세계 잘", ["안녕하세요 ", "세계 ", "잘"]),
+    "emoji": ("go 🚀🎉 done", ["go ", "🚀🎉 ", "done"]),
+    # é (2 bytes) and 🦀 (4 bytes) arrive byte by byte: never a U+FFFD in the output
+    "split": ("é中🦀x", ["é中", "🦀x"]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(GOLDEN))
+def test_golden_chunks(name: str) -> None:
+    text, chunks = GOLDEN[name]
+    ids = list(text.encode())
+    ours = TextStreamer(ByteTokenizer(), skip_prompt=True, use_print=False)
+    _feed(ours, [0], ids, wrap=lambda x: x)
+    assert ours.chunks == chunks
+    assert ours.text == text and "\ufffd" not in "".join(ours.chunks)
+    ref = transformers.TextStreamer(ByteTokenizer(), skip_prompt=True)
+    assert _stdout_of(lambda: _feed(ours, [0], ids)) == ""
+    printing = TextStreamer(ByteTokenizer(), skip_prompt=True)
+    assert _stdout_of(lambda: _feed(printing, [0], ids)) == _stdout_of(lambda: _feed(ref, [0], ids))
+    iterator = TextIteratorStreamer(ByteTokenizer(), skip_prompt=True, timeout=5.0)
+    _feed(iterator, [0], ids)
+    assert [c for c in iterator if c] == chunks
+
+
+def test_golden_sse_events() -> None:
+    text, chunks = GOLDEN["newlines"]
+    ours = TextStreamer(ByteTokenizer(), skip_prompt=True, use_print=False, use_sse=True)
+    _feed(ours, [0], list(text.encode()))
+    assert ours.chunks == [
+        "data: line \n\n",
+        "data: one\ndata: \n\n",
+        "data: line \n\n",
+        "data: two\ndata: \n\n",
+        "data: \ndata: \n\n",
+        "data: end\n\n",
+    ]
+    assert _sse_client_decode("".join(ours.chunks)) == text

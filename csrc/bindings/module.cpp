@@ -6,11 +6,14 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <cmath>
 #include <map>
 
 #include "common/crc32.h"
 #include "common/error.h"
 #include "common/fp16.h"
+#include "cost/cost_model.h"
+#include "cost/profiler.h"
 #include "emu/emulator.h"
 #include "emu/kernels.h"
 #include "instgen/instgen.h"
@@ -19,6 +22,11 @@
 #include "mapper/param_writer.h"
 #include "runtime/session.h"
 #include "spec/model_spec.h"
+#include "spec/passes.h"
+#include "xrt/board.h"
+#include "xrt/sim_board.h"
+#include "xrt/xclbin.h"
+#include "xrt/xrt_backend.h"
 
 namespace py = pybind11;
 using namespace hyperdex;
@@ -72,6 +80,12 @@ struct TensorTable {
     return it->second;
   }
 };
+
+std::chrono::milliseconds run_timeout(double seconds) {
+  if (!(seconds >= 0)) throw py::value_error("timeout must be a number of seconds >= 0");
+  // Rounded up, so a small positive timeout never becomes 0 (no limit).
+  return std::chrono::milliseconds(int64_t(std::ceil(seconds * 1000.0)));
+}
 
 std::function<bool()> python_interrupt_check() {
   return [] {
@@ -168,6 +182,16 @@ PYBIND11_MODULE(_core, m) {
       .def_readwrite("mac_trees", &DevicePreset::mac_trees)
       .def_readwrite("mac_lanes", &DevicePreset::mac_lanes)
       .def_readwrite("vector_lanes", &DevicePreset::vector_lanes)
+      .def_readwrite("hbm_efficiency", &DevicePreset::hbm_efficiency)
+      .def_readwrite("hbm_latency_ns", &DevicePreset::hbm_latency_ns)
+      .def_readwrite("weight_buffer_bytes", &DevicePreset::weight_buffer_bytes)
+      .def_readwrite("issue_cycles", &DevicePreset::issue_cycles)
+      .def_readwrite("chain_cycles", &DevicePreset::chain_cycles)
+      .def_readwrite("mac_pipeline_cycles", &DevicePreset::mac_pipeline_cycles)
+      .def_readwrite("vector_pipeline_cycles", &DevicePreset::vector_pipeline_cycles)
+      .def_readwrite("ring_bandwidth_gbps", &DevicePreset::ring_bandwidth_gbps)
+      .def_readwrite("ring_latency_ns", &DevicePreset::ring_latency_ns)
+      .def_readwrite("run_overhead_us", &DevicePreset::run_overhead_us)
       .def("validate", &DevicePreset::validate);
 
   py::enum_<RegionKind>(m, "RegionKind")
@@ -205,8 +229,17 @@ PYBIND11_MODULE(_core, m) {
       .def("fingerprint", &MemoryPlan::fingerprint)
       .def("total_bytes", &MemoryPlan::total_bytes);
 
+  py::class_<PassOptions>(m, "PassOptions")
+      .def(py::init<>())
+      .def_readwrite("fuse_epilogue", &PassOptions::fuse_epilogue)
+      .def_readwrite("fuse_qkv", &PassOptions::fuse_qkv)
+      .def_readwrite("fuse_gate_up", &PassOptions::fuse_gate_up)
+      .def_readwrite("reorder", &PassOptions::reorder)
+      .def_readwrite("fuse_argmax", &PassOptions::fuse_argmax)
+      .def_readwrite("chunk_ring", &PassOptions::chunk_ring)
+      .def("__eq__", &PassOptions::operator==);
   m.def("plan_memory", &plan_memory, py::arg("spec"), py::arg("preset"), py::arg("max_length"),
-        py::arg("max_tokens"));
+        py::arg("max_tokens"), py::arg("passes") = PassOptions{});
   m.def("choose_max_tokens", &choose_max_tokens, py::arg("spec"), py::arg("preset"),
         py::arg("max_length"), py::arg("limit") = 128);
   m.def("lmem_bytes_per_token", &lmem_bytes_per_token);
@@ -266,10 +299,16 @@ PYBIND11_MODULE(_core, m) {
     std::string s = data;
     return isa::deserialize(reinterpret_cast<const uint8_t*>(s.data()), s.size(), "program bytes");
   });
-  m.def("generate_programs", [](const ModelSpec& spec, const MemoryPlan& plan) {
-    Programs p = generate_programs(spec, plan);
-    return py::make_tuple(p.prefill, p.decode);
-  });
+  m.def(
+      "generate_programs",
+      [](const ModelSpec& spec, const MemoryPlan& plan, const PassOptions& passes,
+         uint32_t devices) {
+        Programs p = generate_programs(spec, plan, passes, devices);
+        return py::make_tuple(p.prefill, p.decode);
+      },
+      py::arg("spec"), py::arg("plan"), py::arg("passes") = PassOptions{}, py::arg("devices") = 1);
+  m.def("shard_spec", &shard_spec, py::arg("spec"), py::arg("devices"),
+        "One device's share of the model on a ring of `devices` (tensor parallelism).");
 
   py::class_<DeviceLayout>(m, "DeviceLayout")
       .def(py::init<>())
@@ -289,19 +328,54 @@ PYBIND11_MODULE(_core, m) {
       .def("set_io", [](SessionConfig& c, uint64_t base, uint32_t ids, uint32_t argmax,
                         uint32_t logits, uint32_t bytes) {
         c.io = IoLayout{base, ids, argmax, logits, bytes};
-      });
+      })
+      .def("add_kv_region", [](SessionConfig& c, uint64_t base, uint32_t row_bytes, uint32_t rows,
+                               uint32_t cols) { c.kv_regions.push_back(KvRegion{base, row_bytes, rows, cols}); },
+           py::arg("base"), py::arg("row_bytes"), py::arg("rows"), py::arg("cols"));
 
   py::class_<Session>(m, "Session")
       .def_static(
           "emulator",
-          [](const DevicePreset& preset, SessionConfig config, size_t num_threads) {
+          [](const DevicePreset& preset, SessionConfig config, size_t num_threads, double timeout_s) {
             auto dev = std::make_unique<emu::Emulator>(preset, num_threads);
+            dev->set_interrupt_check(python_interrupt_check());
+            dev->set_run_timeout(run_timeout(timeout_s));
+            py::gil_scoped_release release;
+            return std::make_unique<Session>(std::move(dev), std::move(config));
+          },
+          py::arg("preset"), py::arg("config"), py::arg("num_threads") = 0, py::arg("timeout_s") = 0.0,
+          "Loads a compiled model onto a new emulated device (timeout_s 0: runs are not timed).")
+      .def_static(
+          "xrt",
+          [](const DevicePreset& preset, SessionConfig config, const std::string& xclbin,
+             const std::string& kernel, uint32_t device_index, double timeout_s) {
+            const auto timeout = run_timeout(timeout_s);
+            py::gil_scoped_release release;
+            // A missing or wrong xclbin is reported even where no board is present.
+            board::check_board_options(preset, board::BoardOptions{xclbin, kernel});
+            auto dev = std::make_unique<board::BoardDevice>(preset, board::open_xrt_board(device_index),
+                                                            board::BoardOptions{xclbin, kernel});
+            dev->set_run_timeout(timeout);
+            dev->set_interrupt_check(python_interrupt_check());  // takes the GIL only when called
+            return std::make_unique<Session>(std::move(dev), std::move(config));
+          },
+          py::arg("preset"), py::arg("config"), py::arg("xclbin"), py::arg("kernel") = "lpu",
+          py::arg("device_index") = 0, py::arg("timeout_s") = 60.0,
+          "Loads a compiled model onto board `device_index` through XRT (docs/xrt.md).")
+      .def_static(
+          "simulated_board",
+          [](const DevicePreset& preset, SessionConfig config, const std::string& xclbin,
+             const std::string& kernel, double timeout_s) {
+            auto dev = std::make_unique<board::BoardDevice>(
+                preset, std::make_unique<board::SimBoard>(preset, 1), board::BoardOptions{xclbin, kernel});
+            dev->set_run_timeout(run_timeout(timeout_s));
             dev->set_interrupt_check(python_interrupt_check());
             py::gil_scoped_release release;
             return std::make_unique<Session>(std::move(dev), std::move(config));
           },
-          py::arg("preset"), py::arg("config"), py::arg("num_threads") = 0,
-          "Loads a compiled model onto a new emulated device.")
+          py::arg("preset"), py::arg("config"), py::arg("xclbin"), py::arg("kernel") = "lpu",
+          py::arg("timeout_s") = 0.0,
+          "For tests: the XRT backend's logic over a simulated board whose kernel is the emulator.")
       .def_property_readonly("position", &Session::position)
       .def_property_readonly("max_length", &Session::max_length)
       .def_property_readonly("vocab_size", &Session::vocab_size)
@@ -348,7 +422,43 @@ PYBIND11_MODULE(_core, m) {
             return py::make_tuple(argmax, out);
           },
           py::arg("id"), py::arg("want_logits") = true,
-          "Appends one token; returns (argmax, fp32 logits [vocab] or None).");
+          "Appends one token; returns (argmax, fp32 logits [vocab] or None).")
+      .def_property_readonly("kv_shape", [](Session& s) {
+        return py::make_tuple(s.kv_region_count(), s.kv_cols());
+      }, "(KV regions, fp16 values per position): read_kv gives [regions, n, cols].")
+      .def(
+          "read_kv",
+          [](Session& s, uint32_t start, uint32_t n) {
+            py::array_t<uint16_t> out({size_t(s.kv_region_count()), size_t(n), size_t(s.kv_cols())});
+            uint16_t* dst = out.mutable_data();
+            {
+              py::gil_scoped_release release;
+              s.read_kv(start, n, dst);
+            }
+            return out.attr("view")("float16");
+          },
+          py::arg("start"), py::arg("n"),
+          "KV cache positions [start, start + n) as float16 [regions, n, cols] (a copy).")
+      .def(
+          "write_kv",
+          [](Session& s, uint32_t start, py::array data) {
+            py::array_t<uint16_t, py::array::c_style | py::array::forcecast> bits;
+            if (data.dtype().kind() != 'f' || data.itemsize() != 2)
+              throw py::type_error("write_kv takes a float16 array [regions, n, cols]");
+            bits = py::array_t<uint16_t, py::array::c_style | py::array::forcecast>(
+                data.attr("view")("uint16"));
+            if (bits.ndim() != 3 || size_t(bits.shape(0)) != s.kv_region_count() ||
+                size_t(bits.shape(2)) != s.kv_cols())
+              throw py::value_error("write_kv takes [" + std::to_string(s.kv_region_count()) + ", n, " +
+                                    std::to_string(s.kv_cols()) + "] float16 values");
+            const uint32_t n = uint32_t(bits.shape(1));
+            const uint16_t* src = bits.data();
+            py::gil_scoped_release release;
+            s.write_kv(start, n, src);
+          },
+          py::arg("start"), py::arg("data"),
+          "Writes KV positions [start, start + n) from float16 [regions, n, cols]; the sequence "
+          "then holds start + n positions.");
 
   // Small utilities the Python side and the tests share with the core.
   m.def("crc32", [](const py::buffer& b, uint32_t crc) {
@@ -356,5 +466,185 @@ PYBIND11_MODULE(_core, m) {
     return hyperdex::crc32(info.ptr, size_t(info.size * info.itemsize), crc);
   }, py::arg("data"), py::arg("crc") = 0);
   m.def("kernel_level", [] { return std::string(emu::best_kernels().name); });
+
+  // The XRT board backend (docs/xrt.md).
+  m.attr("HAS_XRT") = board::xrt_built();
+  m.attr("XRT_KERNEL_ABI_VERSION") = board::kKernelAbiVersion;
+  m.def("xrt_version", &board::xrt_version);
+  m.def("xrt_library_dir", &board::xrt_library_dir);
+  m.def("xrt_missing_message", &board::xrt_missing_message);
+  m.def("xrt_boards", [] {
+    std::vector<board::BoardInfo> boards;
+    {
+      py::gil_scoped_release release;
+      boards = board::list_xrt_boards();
+    }
+    py::list out;
+    for (const auto& b : boards) {
+      py::dict d;
+      d["index"] = b.index, d["name"] = b.name, d["bdf"] = b.bdf, d["offline"] = b.offline;
+      d["memory"] = b.memory, d["error"] = b.error;
+      out.append(d);
+    }
+    return out;
+  }, "The boards XRT enumerates: [{index, name, bdf, offline, memory (XRT's JSON), error}].");
+  m.def("write_stub_xclbin", &board::write_stub_xclbin, py::arg("path"), py::arg("preset"),
+        py::arg("kernel") = "lpu", py::arg("metadata") = std::map<std::string, std::string>{},
+        "Writes an xclbin with the LPU kernel's interface for `preset` and no bitstream.");
+  m.def("check_xclbin", [](const std::string& path, const DevicePreset& preset, const std::string& kernel) {
+    board::check_xclbin(board::read_xclbin(path), preset, kernel);
+  }, py::arg("path"), py::arg("preset"), py::arg("kernel") = "lpu");
+  m.def("xclbin_info", [](const std::string& path) {
+    const board::XclbinInfo x = board::read_xclbin(path);
+    py::list kernels;
+    for (const auto& k : x.kernels) {
+      py::list args;
+      for (const auto& a : k.args) args.append(py::make_tuple(a.name, a.global, a.bank));
+      py::dict kd;
+      kd["name"] = k.name, kd["instances"] = k.instances, kd["args"] = args;
+      kernels.append(kd);
+    }
+    py::list banks;
+    for (const auto& b : x.banks) banks.append(py::make_tuple(b.tag, b.bytes, b.used));
+    py::dict d;
+    d["uuid"] = x.uuid, d["platform"] = x.platform, d["banks"] = banks, d["kernels"] = kernels;
+    d["metadata"] = x.metadata;
+    return d;
+  }, py::arg("path"));
   m.def("rope_table_row", &rope_table_row);
+
+  // The cost model and profiler (docs/cost-model.md).
+  auto cost_mod = m.def_submodule("cost", "How long a device built to a preset takes to run a program");
+  // Engine names in the order of the busy_ns lists.
+  cost_mod.attr("ENGINE_NAMES") =
+      py::make_tuple(cost::engine_name(cost::Engine::Memory), cost::engine_name(cost::Engine::Matrix),
+                     cost::engine_name(cost::Engine::Vector), cost::engine_name(cost::Engine::Ring));
+  py::class_<cost::InstructionCost>(cost_mod, "InstructionCost")
+      .def_readonly("index", &cost::InstructionCost::index)
+      .def_property_readonly("opcode",
+                             [](const cost::InstructionCost& c) { return isa::opcode_name(c.op); })
+      .def_readonly("issue_ns", &cost::InstructionCost::issue_ns)
+      .def_readonly("start_ns", &cost::InstructionCost::start_ns)
+      .def_readonly("end_ns", &cost::InstructionCost::end_ns)
+      .def_property_readonly("duration_ns", &cost::InstructionCost::duration_ns)
+      .def_property_readonly("wait_ns", &cost::InstructionCost::wait_ns)
+      .def_readonly("hbm_bytes", &cost::InstructionCost::hbm_bytes)
+      .def_readonly("weight_bytes", &cost::InstructionCost::weight_bytes)
+      .def_readonly("macs", &cost::InstructionCost::macs)
+      .def_readonly("vector_ops", &cost::InstructionCost::vector_ops)
+      .def_readonly("ring_bytes", &cost::InstructionCost::ring_bytes)
+      .def_property_readonly("bound",
+                             [](const cost::InstructionCost& c) { return cost::bound_name(c.bound); })
+      .def_property_readonly(
+          "engines",
+          [](const cost::InstructionCost& c) {
+            py::dict d;
+            for (size_t e = 0; e < cost::kEngines; ++e)
+              if (c.engines[e].used())
+                d[cost::engine_name(cost::Engine(e))] =
+                    py::make_tuple(c.engines[e].begin_ns, c.engines[e].end_ns);
+            return d;
+          },
+          "{engine name: (begin_ns, end_ns)} for the engines it occupies");
+  py::class_<cost::RunCost>(cost_mod, "RunCost")
+      .def_readonly("time_ns", &cost::RunCost::time_ns)
+      .def_readonly("hbm_bytes", &cost::RunCost::hbm_bytes)
+      .def_readonly("weight_bytes", &cost::RunCost::weight_bytes)
+      .def_readonly("macs", &cost::RunCost::macs)
+      .def_readonly("ring_bytes", &cost::RunCost::ring_bytes)
+      .def_property_readonly("busy_ns",
+                             [](const cost::RunCost& r) {
+                               return std::vector<double>(r.busy_ns.begin(), r.busy_ns.end());
+                             })
+      .def_readonly("instructions", &cost::RunCost::instructions)
+      .def("bandwidth_gbps", &cost::RunCost::bandwidth_gbps);
+  py::class_<cost::Floors>(cost_mod, "Floors")
+      .def_readonly("weight_bytes", &cost::Floors::weight_bytes)
+      .def_readonly("macs", &cost::Floors::macs)
+      .def_readonly("bandwidth_ns", &cost::Floors::bandwidth_ns)
+      .def_readonly("compute_ns", &cost::Floors::compute_ns);
+  py::class_<cost::CostModel>(cost_mod, "CostModel")
+      .def(py::init<isa::Program, DevicePreset>(), py::arg("program"), py::arg("preset"))
+      .def(
+          "run",
+          [](const cost::CostModel& m, uint32_t start_pos, uint32_t n_tokens, bool logits_all,
+             bool want_logits) {
+            py::gil_scoped_release release;
+            return m.run(RunArgs{start_pos, n_tokens, logits_all, want_logits});
+          },
+          py::arg("start_pos") = 0, py::arg("n_tokens") = 1, py::arg("logits_all") = false,
+          py::arg("want_logits") = true)
+      .def_property_readonly("dependencies", &cost::CostModel::dependencies);
+  cost_mod.def(
+      "floors",
+      [](const isa::Program& p, const DevicePreset& preset, uint32_t start_pos, uint32_t n_tokens,
+         bool logits_all, bool want_logits) {
+        return cost::floors(p, preset, RunArgs{start_pos, n_tokens, logits_all, want_logits});
+      },
+      py::arg("program"), py::arg("preset"), py::arg("start_pos") = 0, py::arg("n_tokens") = 1,
+      py::arg("logits_all") = false, py::arg("want_logits") = true);
+  py::class_<cost::Totals>(cost_mod, "Totals")
+      .def_readonly("prefill_ns", &cost::Totals::prefill_ns)
+      .def_readonly("decode_ns", &cost::Totals::decode_ns)
+      .def_readonly("overhead_ns", &cost::Totals::overhead_ns)
+      .def_readonly("prefill_runs", &cost::Totals::prefill_runs)
+      .def_readonly("prefill_tokens", &cost::Totals::prefill_tokens)
+      .def_readonly("decode_runs", &cost::Totals::decode_runs)
+      .def_readonly("hbm_bytes", &cost::Totals::hbm_bytes)
+      .def_readonly("decode_hbm_bytes", &cost::Totals::decode_hbm_bytes)
+      .def_readonly("weight_bytes", &cost::Totals::weight_bytes)
+      .def_readonly("macs", &cost::Totals::macs)
+      .def_readonly("ring_bytes", &cost::Totals::ring_bytes)
+      .def_property_readonly("busy_ns", [](const cost::Totals& t) {
+        return std::vector<double>(t.busy_ns.begin(), t.busy_ns.end());
+      });
+  py::class_<cost::Profiler>(cost_mod, "Profiler")
+      .def(py::init<const isa::Program&, const isa::Program&, const DevicePreset&, uint32_t>(),
+           py::arg("prefill"), py::arg("decode"), py::arg("preset"), py::arg("devices") = 1)
+      .def("set_region_names", &cost::Profiler::set_region_names, py::arg("names"))
+      .def_property("keep_timeline", &cost::Profiler::keep_timeline,
+                    &cost::Profiler::set_keep_timeline)
+      .def(
+          "prefill",
+          [](cost::Profiler& p, uint32_t start_pos, uint32_t n, bool logits_all) {
+            py::gil_scoped_release release;
+            return p.prefill(start_pos, n, logits_all);
+          },
+          py::arg("start_pos"), py::arg("n"), py::arg("logits_all") = false,
+          "Prices a prompt of n tokens in prefill chunks, as the runtime runs it.")
+      .def(
+          "decode",
+          [](cost::Profiler& p, uint32_t position) {
+            py::gil_scoped_release release;
+            return p.decode(position);
+          },
+          py::arg("position"))
+      .def(
+          "decode_range",
+          [](cost::Profiler& p, uint32_t first, uint32_t count) {
+            py::gil_scoped_release release;
+            for (uint32_t i = 0; i < count; ++i) p.decode(first + i);
+          },
+          py::arg("first"), py::arg("count"),
+          "One decode run per position in [first, first + count).")
+      .def("reset", &cost::Profiler::reset)
+      .def_property_readonly("totals", &cost::Profiler::totals)
+      .def_property_readonly("prefill_chunk", &cost::Profiler::prefill_chunk)
+      .def_property_readonly("devices", &cost::Profiler::devices)
+      .def("chrome_trace",
+           [](const cost::Profiler& p) {
+             std::string s;
+             {
+               py::gil_scoped_release release;
+               s = p.chrome_trace();
+             }
+             return s;
+           })
+      .def(
+          "write_chrome_trace",
+          [](const cost::Profiler& p, const std::string& path) {
+            py::gil_scoped_release release;
+            p.write_chrome_trace(path);
+          },
+          py::arg("path"));
 }

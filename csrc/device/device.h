@@ -1,7 +1,9 @@
-// The one interface every device backend implements: the C++ emulator here, a
-// board through XRT (later). The runtime above it (runtime/session.h) is the
-// same code for all of them.
+// The one interface every device backend implements: the C++ emulator
+// (emu/emulator.h) and a board through XRT (xrt/board.h). The runtime above it
+// (runtime/session.h) is the same code for all of them; device/recording.h
+// records the calls a backend receives.
 #pragma once
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
@@ -29,6 +31,12 @@ struct RunArgs {
 
 enum class ProgramSlot : uint32_t { Prefill = 0, Decode = 1 };
 
+// Where a device sits in a ring of `size` devices (tensor parallelism); one device is 0 of 1.
+struct RingPosition {
+  uint32_t rank = 0;
+  uint32_t size = 1;
+};
+
 class Device {
  public:
   virtual ~Device() = default;
@@ -42,17 +50,34 @@ class Device {
   // and keeps it in `slot`.
   virtual void load_program(ProgramSlot slot, const isa::Program& program) = 0;
   virtual void start(ProgramSlot slot, const RunArgs& args) = 0;
+  // Returns when the run has finished. Throws DeviceError when the device reports
+  // an error status or the run outlives the run timeout (the run is aborted
+  // first), Interrupted when the interrupt check fires.
   virtual void wait() = 0;
 
-  // Polled between instructions where the backend can; returning true aborts
-  // the run with hyperdex::Interrupted (Ctrl-C from Python).
+  // The device's place in a ring; a board's kernel learns it with every run.
+  virtual void set_ring_position(RingPosition position) { ring_ = position; }
+  RingPosition ring_position() const { return ring_; }
+  // Sends `bytes` at (`channel`, `offset`) of this device to the same place on
+  // `next`, the following device in the ring. This default stages the bytes
+  // through the host (read here, write there), which is right for any pair of
+  // backends; a backend with a direct link may override it.
+  virtual void exchange(Device& next, uint32_t channel, uint64_t offset, size_t bytes);
+
+  // Polled between instructions (or while waiting) where the backend can;
+  // returning true aborts the run with hyperdex::Interrupted (Ctrl-C from Python).
   void set_interrupt_check(std::function<bool()> check) { interrupt_check_ = std::move(check); }
+  // Longest a single run may take; zero: no limit.
+  void set_run_timeout(std::chrono::milliseconds timeout) { run_timeout_ = timeout; }
+  std::chrono::milliseconds run_timeout() const { return run_timeout_; }
 
  protected:
   bool interrupted() const { return interrupt_check_ && interrupt_check_(); }
 
  private:
   std::function<bool()> interrupt_check_;
+  std::chrono::milliseconds run_timeout_{0};
+  RingPosition ring_;
 };
 
 }  // namespace hyperdex

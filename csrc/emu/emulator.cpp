@@ -54,6 +54,18 @@ inline std::pair<uint32_t, uint32_t> logit_rows(const Instruction& in, const Run
   return {0, run.n_tokens};
 }
 
+// The first index of the maximum; NaN never wins, ties keep the first index.
+int32_t argmax_row(const float* row, uint32_t n) {
+  int32_t best = 0;
+  float best_v = -std::numeric_limits<float>::infinity();
+  for (uint32_t j = 0; j < n; ++j)
+    if (row[j] > best_v) {
+      best_v = row[j];
+      best = int32_t(j);
+    }
+  return best;
+}
+
 }  // namespace
 
 Emulator::Emulator(const DevicePreset& preset, size_t num_threads)
@@ -105,8 +117,9 @@ void Emulator::read(uint32_t channel, uint64_t offset, void* dst, size_t bytes) 
 // Every operand and region must stay inside what was allocated, for the
 // largest run the program allows, so a corrupt program fails here and not
 // with a wild memory access.
-void Emulator::validate(const isa::Program& p) const {
-  const uint64_t io_bytes = layout_.io_bytes;
+void validate_program(const isa::Program& p, const DevicePreset& preset,
+                      const DeviceLayout& layout) {
+  const uint64_t io_bytes = layout.io_bytes;
   auto fail = [&](size_t i, const std::string& why) {
     throw FormatError("instruction " + std::to_string(i) + " (" + isa::opcode_name(p.code[i].op) +
                       ") " + why + "; the program does not match this memory layout, recompile");
@@ -122,17 +135,17 @@ void Emulator::validate(const isa::Program& p) const {
   auto check_region = [&](size_t i, const isa::HbmRegion& r, uint64_t row_need) {
     if (r.rows == 0) fail(i, "names an empty HBM region");
     if (row_need > r.row_bytes) fail(i, "reads rows longer than its HBM region's rows");
-    const uint32_t C = preset_.hbm_channels;
+    const uint32_t C = preset.hbm_channels;
     for (uint32_t c = 0; c < C && c < r.rows; ++c) {
       const uint64_t rows_here = (uint64_t(r.rows) - c + C - 1) / C;
-      if (r.base + rows_here * r.row_bytes > layout_.channel_bytes[c])
+      if (c >= layout.channel_bytes.size() || r.base + rows_here * r.row_bytes > layout.channel_bytes[c])
         fail(i, "names an HBM region past the allocation");
     }
   };
-  if (p.lmem_bytes > preset_.lmem_bytes)
+  if (p.lmem_bytes > preset.lmem_bytes)
     throw CapacityError("the program needs " + std::to_string(p.lmem_bytes) +
-                        " bytes of on-chip memory, the " + preset_.name + " has " +
-                        std::to_string(preset_.lmem_bytes));
+                        " bytes of on-chip memory, the " + preset.name + " has " +
+                        std::to_string(preset.lmem_bytes));
   const uint32_t T = p.max_tokens;
   for (size_t i = 0; i < p.code.size(); ++i) {
     const Instruction& in = p.code[i];
@@ -149,17 +162,46 @@ void Emulator::validate(const isa::Program& p) const {
         if (in.flags & isa::kFlagHasBias) check_region(i, in.w1, 64);
         if (uint64_t(in.w0.rows) * 32 < in.n) fail(i, "has a gamma shorter than n");
         break;
-      case Opcode::MatMul:
+      case Opcode::MatMul: {
+        // A GLU MATMUL streams gate rows then up rows: twice n weight rows and biases.
+        const uint64_t rows = uint64_t(in.n) * ((in.flags & isa::kFlagGlu) ? 2 : 1);
         check_operand(i, in.dst, in.n, (in.flags & isa::kFlagOutF32) ? 4 : 2, T);
         check_operand(i, in.a, in.k, 2, T);
         if (in.flags & isa::kFlagHasResidual) check_operand(i, in.b, in.n, 2, T);
+        if (in.flags & isa::kFlagArgmax) {
+          if (!(in.flags & isa::kFlagOutF32) || (in.flags & isa::kFlagHasResidual))
+            fail(i, "fuses an argmax without fp32 logits, or with a residual");
+          check_operand(i, in.b, 1, 4, 1);
+        }
         check_region(i, in.w0, uint64_t(in.k) * 2);
-        if (in.w0.rows < in.n) fail(i, "has fewer weight rows than outputs");
+        if (in.w0.rows < rows) fail(i, "has fewer weight rows than outputs");
+        if (in.flags & isa::kFlagHasBias) {
+          check_region(i, in.w1, 64);
+          if (uint64_t(in.w1.rows) * 32 < rows) fail(i, "has a bias shorter than n");
+        }
+        break;
+      }
+      case Opcode::Prefetch:
+        check_region(i, in.w0, 0);
+        if (!in.w1.empty()) check_region(i, in.w1, 0);
+        break;
+      case Opcode::AllReduce:
+        check_operand(i, in.dst, in.n, 2, T);
+        check_operand(i, in.a, in.n, 2, T);
+        if (in.flags & isa::kFlagHasResidual) check_operand(i, in.b, in.n, 2, T);
         if (in.flags & isa::kFlagHasBias) {
           check_region(i, in.w1, 64);
           if (uint64_t(in.w1.rows) * 32 < in.n) fail(i, "has a bias shorter than n");
         }
+        if (in.i1 == 0) fail(i, "names a ring of 0 devices");
         break;
+      case Opcode::AllGather: {
+        const uint64_t elem = (in.flags & isa::kFlagOutF32) ? 4 : 2;
+        check_operand(i, in.dst, uint64_t(in.n) * std::max<uint32_t>(in.i1, 1), elem, T);
+        check_operand(i, in.a, in.n, elem, T);
+        if (in.i1 == 0) fail(i, "names a ring of 0 devices");
+        break;
+      }
       case Opcode::Rope:
         check_operand(i, in.dst, uint64_t(in.n) * in.k, 2, T);
         if (in.i0 > in.k || in.i0 % 2) fail(i, "has rot_dim odd or above head_dim");
@@ -201,7 +243,7 @@ void Emulator::validate(const isa::Program& p) const {
 
 void Emulator::load_program(ProgramSlot slot, const isa::Program& program) {
   if (hbm_.empty()) throw DeviceError("load_program before allocate");
-  validate(program);
+  validate_program(program, preset_, layout_);
   programs_[size_t(slot)] = std::make_unique<isa::Program>(program);
   if (program.lmem_bytes > lmem_bytes_) {
     lmem_ = alloc_zeroed(program.lmem_bytes);
@@ -215,8 +257,13 @@ void Emulator::start(ProgramSlot slot, const RunArgs& run) {
   if (run.n_tokens == 0 || run.n_tokens > prog->max_tokens)
     throw DeviceError("a run carries 1.." + std::to_string(prog->max_tokens) + " token rows, not " +
                       std::to_string(run.n_tokens));
+  const auto timeout = run_timeout();
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
   for (const Instruction& in : prog->code) {
     if (interrupted()) throw Interrupted("interrupted");
+    if (timeout.count() > 0 && std::chrono::steady_clock::now() > deadline)
+      throw DeviceError("the run took longer than the run timeout of " +
+                        std::to_string(timeout.count()) + " ms and was stopped");
     // A prefill chunk that is not the last needs no logits (docs/isa.md).
     if (!run.want_logits && (in.flags & isa::kFlagLogitRows)) continue;
     execute(in, run);
@@ -254,6 +301,9 @@ void Emulator::execute(const Instruction& in, const RunArgs& run) {
     case Opcode::Act:
     case Opcode::Bias: return exec_elementwise(in, run);
     case Opcode::Argmax: return exec_argmax(in, run);
+    case Opcode::Prefetch: return;  // moves weights into the buffer early; no values change
+    case Opcode::AllReduce:
+    case Opcode::AllGather: return exec_ring(in, run);
   }
 }
 
@@ -321,15 +371,19 @@ void Emulator::exec_matmul(const Instruction& in, const RunArgs& run) {
   const uint32_t n = in.n, k = in.k;
   const size_t xs = (size_t(k) + 15) / 16 * 16;
   scratch_x_.resize(size_t(count) * xs);
-  scratch_y_.resize(size_t(count) * n);
+  const uint32_t ys = (in.flags & isa::kFlagGlu) ? 2 * n : n;
+  scratch_y_.resize(size_t(count) * ys);
   for (uint32_t t = 0; t < count; ++t)
     kern_.half_to_float_n(row16(in.a, first + t), scratch_x_.data() + t * xs, k);
-  matmul_f16(kern_, striped(in.w0), n, k, scratch_x_.data(), xs, count, scratch_y_.data(), n, pool_);
+  matmul_f16(kern_, striped(in.w0), ys, k, scratch_x_.data(), xs, count, scratch_y_.data(), ys,
+             pool_);
 
+  const bool glu = in.flags & isa::kFlagGlu;
+  const uint32_t rows = glu ? 2 * n : n;  // gate rows, then up rows
   std::vector<float> bias;
   if (in.flags & isa::kFlagHasBias) {
-    bias.resize(n);
-    gather_vector(in.w1, n, bias.data());
+    bias.resize(rows);
+    gather_vector(in.w1, rows, bias.data());
   }
   const ActKind act = ActKind(in.sub);
   if (in.flags & isa::kFlagOutF32) {
@@ -343,17 +397,29 @@ void Emulator::exec_matmul(const Instruction& in, const RunArgs& run) {
         dst[j] = activate(act, v);
       }
     }
+    // The fused argmax reads the last row as ARGMAX would (same tie and NaN rules).
+    if (in.flags & isa::kFlagArgmax)
+      *reinterpret_cast<int32_t*>(addr(in.b)) = argmax_row(
+          reinterpret_cast<const float*>(addr(in.dst)) + size_t(count - 1) * in.dst.stride, n);
     return;
   }
   // Epilogue, one fp16 rounding after each stage, so the fused instruction
   // equals the unfused MATMUL, BIAS, ACT, ADD sequence bit for bit.
   const bool residual = in.flags & isa::kFlagHasResidual;
+  // GLU: the gate takes bias and activation, the up half its bias, then one
+  // rounded product: the gate MATMUL, up MATMUL and MUL sequence bit for bit.
   pool_.parallel_for(0, size_t(count) * n, 4096, [&](size_t lo, size_t hi) {
     for (size_t i = lo; i < hi; ++i) {
       const uint32_t t = uint32_t(i / n), j = uint32_t(i % n);
-      float v = round16(scratch_y_[i]);
+      const float* y = scratch_y_.data() + size_t(t) * ys;
+      float v = round16(y[j]);
       if (!bias.empty()) v = round16(v + bias[j]);
       if (act != ActKind::None) v = round16(activate(act, v));
+      if (glu) {
+        float up = round16(y[n + j]);
+        if (!bias.empty()) up = round16(up + bias[n + j]);
+        v = round16(v * up);
+      }
       if (residual) v = v + half_to_float(row16(in.b, first + t)[j]);
       row16(in.dst, first + t)[j] = float_to_half(v);
     }
@@ -461,14 +527,36 @@ void Emulator::exec_argmax(const Instruction& in, const RunArgs& run) {
   const auto [first, count] = logit_rows(in, run);
   (void)first;
   const float* row = reinterpret_cast<const float*>(addr(in.a)) + size_t(count - 1) * in.a.stride;
-  int32_t best = 0;
-  float best_v = -std::numeric_limits<float>::infinity();
-  for (uint32_t j = 0; j < in.n; ++j)
-    if (row[j] > best_v) {  // NaN never wins; ties keep the first index
-      best_v = row[j];
-      best = int32_t(j);
+  *reinterpret_cast<int32_t*>(addr(in.dst)) = argmax_row(row, in.n);
+}
+
+// A ring of one device (the only ring this emulator has): the sum over the ring is
+// the device's own rows, the gather its own part. Larger rings are not emulated.
+void Emulator::exec_ring(const Instruction& in, const RunArgs& run) {
+  if (in.i1 != 1)
+    throw DeviceError(std::string(isa::opcode_name(in.op)) + " needs a ring of " +
+                      std::to_string(in.i1) + " devices; the emulator runs one device");
+  const auto [first, count] = logit_rows(in, run);
+  if (in.op == Opcode::AllGather) {
+    const size_t elem = (in.flags & isa::kFlagOutF32) ? 4 : 2;
+    for (uint32_t t = 0; t < count; ++t)
+      std::memmove(addr(in.dst) + size_t(t) * in.dst.stride * elem,
+                   addr(in.a) + size_t(t) * in.a.stride * elem, size_t(in.n) * elem);
+    return;
+  }
+  std::vector<float> bias;
+  if (in.flags & isa::kFlagHasBias) {
+    bias.resize(in.n);
+    gather_vector(in.w1, in.n, bias.data());
+  }
+  const bool residual = in.flags & isa::kFlagHasResidual;
+  for (uint32_t t = first; t < first + count; ++t)
+    for (uint32_t j = 0; j < in.n; ++j) {
+      float v = half_to_float(row16(in.a, t)[j]);
+      if (!bias.empty()) v = round16(v + bias[j]);
+      if (residual) v = v + half_to_float(row16(in.b, t)[j]);
+      row16(in.dst, t)[j] = float_to_half(v);
     }
-  *reinterpret_cast<int32_t*>(addr(in.dst)) = best;
 }
 
 }  // namespace hyperdex::emu

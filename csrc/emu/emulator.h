@@ -14,6 +14,12 @@
 
 namespace hyperdex::emu {
 
+// Checks that every operand and region of `program` stays inside `layout` and the
+// preset's on-chip memory, for the largest run the program allows (FormatError,
+// CapacityError). Every backend runs it before a program reaches its device.
+void validate_program(const isa::Program& program, const DevicePreset& preset,
+                      const DeviceLayout& layout);
+
 class Emulator final : public Device {
  public:
   // num_threads == 0: all hardware threads (or HYPERDEX_NUM_THREADS).
@@ -26,7 +32,8 @@ class Emulator final : public Device {
   void write(uint32_t channel, uint64_t offset, const void* src, size_t bytes) override;
   void read(uint32_t channel, uint64_t offset, void* dst, size_t bytes) override;
   void load_program(ProgramSlot slot, const isa::Program& program) override;
-  // Runs the whole program before returning (the emulator is synchronous).
+  // Runs the whole program before returning (the emulator is synchronous); the
+  // run timeout and the interrupt check are polled between instructions.
   void start(ProgramSlot slot, const RunArgs& args) override;
   void wait() override {}
 
@@ -53,7 +60,7 @@ class Emulator final : public Device {
   void exec_attention(const isa::Instruction& in, const RunArgs& run);
   void exec_elementwise(const isa::Instruction& in, const RunArgs& run);
   void exec_argmax(const isa::Instruction& in, const RunArgs& run);
-  void validate(const isa::Program& program) const;
+  void exec_ring(const isa::Instruction& in, const RunArgs& run);
 
   uint8_t* addr(const isa::Operand& o);
   uint16_t* row16(const isa::Operand& o, uint32_t t) {

@@ -15,10 +15,20 @@ using isa::Space;
 
 uint32_t round32(uint32_t n) { return (n + 31) / 32 * 32; }
 
+// An all-reduce travels in chunks of about this many bytes: big enough that the
+// per-hop latency stays small against the transfer, small enough that a prefill
+// chunk's reduction overlaps the MATMUL producing it (decode rows fit in one).
+constexpr uint64_t kRingChunkBytes = 64 * 1024;
+
+Operand shifted(Operand o, uint32_t elements) {
+  o.offset += elements * 2;
+  return o;
+}
+
 // The activation buffers of one token row, in on-chip memory.
 struct Buffers {
   uint32_t hidden, normed, qkv, attn, ffn, proj;  // widths (elements, rounded to 32)
-  Operand x, y, qkv_buf, a, f1, f2, z;
+  Operand x, y, qkv_buf, a, f1, f2, z;  // f2 = up, beside f1 in the same row (gated MLPs)
   uint64_t bytes = 0;
 
   Buffers(const ModelSpec& s, uint32_t tokens) {
@@ -33,8 +43,10 @@ struct Buffers {
     y = take(normed, tokens);
     qkv_buf = take(qkv, tokens);
     a = take(attn, tokens);
-    f1 = take(ffn, tokens);
-    f2 = s.gated_mlp ? take(ffn, tokens) : Operand{};
+    // A gated MLP's gate and up outputs share a row (gate, then up), so one MATMUL
+    // over the fused gate/up region can write both (PassOptions::fuse_gate_up).
+    f1 = take(s.gated_mlp ? 2 * ffn : ffn, tokens);
+    f2 = s.gated_mlp ? shifted(f1, s.intermediate_size) : Operand{};
     z = proj ? take(proj, tokens) : Operand{};
   }
 
@@ -47,15 +59,11 @@ struct Buffers {
   }
 };
 
-Operand shifted(Operand o, uint32_t elements) {
-  o.offset += elements * 2;
-  return o;
-}
-
 class Emitter {
  public:
-  Emitter(const ModelSpec& spec, const MemoryPlan& plan, isa::Program& prog)
-      : s_(spec), plan_(plan), prog_(prog) {}
+  Emitter(const ModelSpec& spec, const MemoryPlan& plan, const PassOptions& passes,
+          uint32_t devices, isa::Program& prog)
+      : s_(spec), plan_(plan), passes_(passes), devices_(devices), prog_(prog) {}
 
   void embed_tokens(Operand dst, Operand ids) {
     Instruction in;
@@ -95,29 +103,125 @@ class Emitter {
     in.f0 = s_.norm_eps;
     emit(in);
   }
-  // dst = act(src . W^T + bias) (+ residual); the epilogue is fused (docs/isa.md).
-  void matmul(const std::string& weight, Operand dst, Operand src, uint32_t out, uint32_t in_features,
-              ActKind act = ActKind::None, const Operand* residual = nullptr, uint8_t extra_flags = 0,
-              const std::string& bias_name = "") {
-    Instruction in;
-    in.op = Opcode::MatMul;
-    in.sub = uint8_t(act);
-    in.flags = extra_flags;
-    in.dst = dst;
+  // dst = act(src . W^T + bias) (+ residual). With PassOptions::fuse_epilogue the
+  // epilogue runs inside the MATMUL; else BIAS, ACT and ADD follow it, and a
+  // residual result goes through `scratch` first (dst is the residual itself).
+  void linear(const std::string& weight, Operand dst, Operand src, uint32_t out,
+              uint32_t in_features, ActKind act = ActKind::None, const Operand* residual = nullptr,
+              Operand scratch = {}) {
+    Instruction in = matmul(weight, out, in_features);
     in.a = src;
-    in.w0 = region(weight);
-    const std::string bias = bias_name.empty() ? weight + ".bias" : bias_name;
-    if (const Region* b = plan_.find_or_null(bias)) {
+    const Region* bias = plan_.find_or_null(weight + ".bias");
+    if (passes_.fuse_epilogue) {
+      in.dst = dst;
+      in.sub = uint8_t(act);
+      if (bias) {
+        in.flags |= isa::kFlagHasBias;
+        in.w1 = bias->ref();
+      }
+      if (residual) {
+        in.flags |= isa::kFlagHasResidual;
+        in.b = *residual;
+      }
+      emit(in);
+      return;
+    }
+    const Operand y = residual ? scratch : dst;
+    in.dst = y;
+    emit(in);
+    if (bias) bias_add(y, *bias, out);
+    if (act != ActKind::None) activation(y, act, out);
+    if (residual) binary(Opcode::Add, dst, y, *residual, out);
+  }
+  // A row-parallel projection (attention output, MLP down) whose result adds to
+  // the residual `x`. On a ring each device holds a slice of the inputs, so its
+  // MATMUL gives a partial sum; the ALLREDUCE adds the devices' partial sums, then
+  // the bias (once) and the residual, chunk by chunk (PassOptions::chunk_ring).
+  void residual_linear(const std::string& weight, Operand x, Operand src, uint32_t out,
+                       uint32_t in_features, Operand scratch) {
+    if (devices_ == 1) return linear(weight, x, src, out, in_features, ActKind::None, &x, scratch);
+    Instruction mm = matmul(weight, out, in_features);
+    mm.a = src;
+    mm.dst = scratch;
+    emit(mm);
+    Instruction ar;
+    ar.op = Opcode::AllReduce;
+    ar.dst = x;
+    ar.a = scratch;
+    ar.b = x;
+    ar.flags = isa::kFlagHasResidual;
+    if (const Region* bias = plan_.find_or_null(weight + ".bias")) {
+      ar.flags |= isa::kFlagHasBias;
+      ar.w1 = bias->ref();
+    }
+    ar.n = out;
+    ar.i1 = devices_;
+    const uint64_t bytes = uint64_t(out) * prog_.max_tokens * 2;
+    ar.i0 = passes_.chunk_ring
+                ? uint32_t(std::min<uint64_t>((bytes + kRingChunkBytes - 1) / kRingChunkBytes,
+                                              (out + 31) / 32))
+                : 1;
+    ar.i0 = std::max<uint32_t>(ar.i0, 1);
+    emit(ar);
+  }
+  // A gated MLP's gate and up projections into f1 (gate) and f2 (up, beside it),
+  // leaving act(gate) * up in f1.
+  void gated(const std::string& layer, Operand f1, Operand f2, Operand src) {
+    const uint32_t ff = s_.intermediate_size, H = s_.hidden_size;
+    if (!passes_.fuse_gate_up) {
+      linear(layer + "ffn_gate", f1, src, ff, H, s_.act);
+      linear(layer + "ffn_up", f2, src, ff, H);
+      binary(Opcode::Mul, f1, f1, f2, ff);
+      return;
+    }
+    const std::string name = layer + "ffn_gate_up";
+    const Region* bias = plan_.find_or_null(name + ".bias");
+    Instruction in = matmul(name, ff, H);
+    in.a = src;
+    in.dst = f1;
+    if (passes_.fuse_epilogue) {
+      in.flags |= isa::kFlagGlu;
+      in.sub = uint8_t(s_.act);
+      if (bias) {
+        in.flags |= isa::kFlagHasBias;
+        in.w1 = bias->ref();
+      }
+      emit(in);
+      return;
+    }
+    in.n = 2 * ff;  // both halves into f1 | f2 (one row), then the epilogue as instructions
+    emit(in);
+    if (bias) bias_add(f1, *bias, 2 * ff);
+    activation(f1, s_.act, ff);
+    binary(Opcode::Mul, f1, f1, f2, ff);
+  }
+  // The LM head: fp32 logits into `logits`; its bias stays fused even without
+  // fuse_epilogue (BIAS rounds to fp16, the head must not), and the argmax is
+  // its epilogue with fuse_argmax, else an ARGMAX instruction.
+  void head(const std::string& weight, Operand logits, Operand src, uint32_t in_features,
+            Operand argmax_dst) {
+    Instruction in = matmul(weight, s_.vocab_size, in_features);
+    in.flags |= isa::kFlagOutF32 | isa::kFlagLogitRows;
+    in.a = src;
+    in.dst = logits;
+    if (const Region* b = plan_.find_or_null("output.bias")) {
       in.flags |= isa::kFlagHasBias;
       in.w1 = b->ref();
     }
-    if (residual) {
-      in.flags |= isa::kFlagHasResidual;
-      in.b = *residual;
+    if (passes_.fuse_argmax) {
+      in.flags |= isa::kFlagArgmax;
+      in.b = argmax_dst;
+      emit(in);
+      return;
     }
-    in.n = out;
-    in.k = in_features;
     emit(in);
+    Instruction am;
+    am.op = Opcode::Argmax;
+    am.flags = isa::kFlagLogitRows;
+    am.dst = argmax_dst;
+    am.a = logits;
+    am.n = s_.vocab_size;
+    emit(am);
   }
   void rope(Operand qk, uint32_t heads) {
     Instruction in;
@@ -163,24 +267,79 @@ class Emitter {
     in.n = n;
     emit(in);
   }
-  void argmax(Operand dst, Operand logits) {
-    Instruction in;
-    in.op = Opcode::Argmax;
-    in.flags = isa::kFlagLogitRows;
-    in.dst = dst;
-    in.a = logits;
-    in.n = s_.vocab_size;
-    emit(in);
-  }
 
  private:
+  Instruction matmul(const std::string& weight, uint32_t out, uint32_t in_features) const {
+    Instruction in;
+    in.op = Opcode::MatMul;
+    in.w0 = region(weight);
+    in.n = out;
+    in.k = in_features;
+    return in;
+  }
+  void bias_add(Operand x, const Region& bias, uint32_t n) {
+    Instruction in;
+    in.op = Opcode::Bias;
+    in.dst = x;
+    in.a = x;
+    in.w1 = bias.ref();
+    in.n = n;
+    emit(in);
+  }
+  void activation(Operand x, ActKind act, uint32_t n) {
+    Instruction in;
+    in.op = Opcode::Act;
+    in.sub = uint8_t(act);
+    in.dst = x;
+    in.a = x;
+    in.n = n;
+    emit(in);
+  }
   isa::HbmRegion region(const std::string& name) const { return plan_.find(name).ref(); }
   void emit(const Instruction& in) { prog_.code.push_back(in); }
 
   const ModelSpec& s_;
   const MemoryPlan& plan_;
+  const PassOptions& passes_;
+  uint32_t devices_;
   isa::Program& prog_;
 };
+
+// Instructions that move bulk data through the HBM streams (the cost model's
+// memory engine); small parameter vectors (norm gains, biases) do not count.
+bool streams_hbm(const Instruction& in) {
+  switch (in.op) {
+    case Opcode::Embed:
+    case Opcode::MatMul:
+    case Opcode::KvStore:
+    case Opcode::Attention:
+    case Opcode::Prefetch: return true;
+    default: return false;
+  }
+}
+
+// Layer reordering: each MATMUL's weight stream moves up to just after the
+// previous HBM stream, as a PREFETCH, so it runs while the vector engine
+// finishes the work in between (a norm, the attention tail, the next layer's
+// start). Values are unchanged: a PREFETCH only fills the weight buffer.
+void hoist_weight_streams(isa::Program& prog) {
+  std::vector<Instruction> out;
+  out.reserve(prog.code.size() * 3 / 2);
+  size_t last_stream = 0;  // index in `out` after the latest HBM stream
+  for (const Instruction& in : prog.code) {
+    if (in.op == Opcode::MatMul) {
+      Instruction pf;
+      pf.op = Opcode::Prefetch;
+      pf.flags = in.flags & isa::kFlagLogitRows;  // skipped with the LM head it feeds
+      pf.w0 = in.w0;
+      if (in.flags & isa::kFlagHasBias) pf.w1 = in.w1;
+      out.insert(out.begin() + std::ptrdiff_t(last_stream), pf);
+    }
+    out.push_back(in);
+    if (streams_hbm(in)) last_stream = out.size();
+  }
+  prog.code = std::move(out);
+}
 
 }  // namespace
 
@@ -199,9 +358,25 @@ uint32_t choose_max_tokens(const ModelSpec& spec, const DevicePreset& preset, ui
   return p;
 }
 
+ModelSpec shard_spec(const ModelSpec& spec, uint32_t devices) {
+  if (devices == 0 || (devices & (devices - 1)))
+    throw SpecError("the device count must be a power of two (1, 2, 4, 8, ...), not " +
+                    std::to_string(devices));
+  ModelSpec d = spec;
+  if (devices == 1) return d;
+  auto share = [&](uint32_t n) { return (n + devices - 1) / devices; };
+  d.num_kv_heads = spec.num_kv_heads >= devices ? share(spec.num_kv_heads) : 1;
+  d.num_heads = share(spec.num_heads);
+  d.num_heads = (d.num_heads + d.num_kv_heads - 1) / d.num_kv_heads * d.num_kv_heads;
+  d.intermediate_size = share(spec.intermediate_size);
+  d.vocab_size = share(spec.vocab_size);
+  return d;
+}
+
 isa::Program generate_program(const ModelSpec& s, const MemoryPlan& plan, isa::ProgramKind kind,
-                              uint32_t max_tokens) {
+                              uint32_t max_tokens, const PassOptions& passes, uint32_t devices) {
   s.validate();
+  if (devices == 0) throw SpecError("a program runs on at least one device");
   if (max_tokens == 0 || max_tokens > plan.max_tokens)
     throw SpecError("a program may carry at most the plan's " + std::to_string(plan.max_tokens) +
                     " token rows");
@@ -211,7 +386,7 @@ isa::Program generate_program(const ModelSpec& s, const MemoryPlan& plan, isa::P
   prog.plan_fingerprint = plan.fingerprint();
   Buffers buf(s, max_tokens);
   prog.lmem_bytes = buf.bytes;
-  Emitter e(s, plan, prog);
+  Emitter e(s, plan, passes, devices, prog);
 
   const uint32_t H = s.hidden_size, hd = s.head_dim;
   const uint32_t q = s.num_heads * hd, kv = s.num_kv_heads * hd;
@@ -222,7 +397,7 @@ isa::Program generate_program(const ModelSpec& s, const MemoryPlan& plan, isa::P
   // Embeddings.
   if (s.has_projection()) {
     e.embed_tokens(buf.z, ids);
-    e.matmul("proj_in", buf.x, buf.z, H, s.embed_dim);
+    e.linear("proj_in", buf.x, buf.z, H, s.embed_dim);
   } else {
     e.embed_tokens(buf.x, ids);
   }
@@ -230,17 +405,24 @@ isa::Program generate_program(const ModelSpec& s, const MemoryPlan& plan, isa::P
 
   for (uint32_t l = 0; l < s.num_layers; ++l) {
     const std::string b = "blk." + std::to_string(l) + ".";
-    // Attention block.
+    // Attention block. The normed input (y) is dead once Q/K/V exist, so an
+    // unfused epilogue uses it as scratch for the residual branches.
     Operand attn_in = buf.x;
     if (s.pre_norm) {
       e.norm(b + "attn_norm", buf.y, buf.x);
       attn_in = buf.y;
     }
-    e.matmul(b + "attn_qkv", buf.qkv_buf, attn_in, q + 2 * kv, H);
+    if (passes.fuse_qkv) {
+      e.linear(b + "attn_qkv", buf.qkv_buf, attn_in, q + 2 * kv, H);
+    } else {
+      e.linear(b + "attn_q", buf.qkv_buf, attn_in, q, H);
+      e.linear(b + "attn_k", shifted(buf.qkv_buf, q), attn_in, kv, H);
+      e.linear(b + "attn_v", shifted(buf.qkv_buf, q + kv), attn_in, kv, H);
+    }
     if (s.positions == PositionKind::Rope) e.rope(buf.qkv_buf, s.num_heads + s.num_kv_heads);
     e.kv_store(b, shifted(buf.qkv_buf, q), shifted(buf.qkv_buf, q + kv));
     e.attention(b, buf.a, buf.qkv_buf);
-    e.matmul(b + "attn_output", buf.x, buf.a, H, q, ActKind::None, &buf.x);
+    e.residual_linear(b + "attn_output", buf.x, buf.a, H, q, buf.y);
     if (!s.pre_norm) e.norm(b + "attn_norm", buf.x, buf.x);
 
     // MLP block.
@@ -250,13 +432,11 @@ isa::Program generate_program(const ModelSpec& s, const MemoryPlan& plan, isa::P
       mlp_in = buf.y;
     }
     if (s.gated_mlp) {
-      e.matmul(b + "ffn_gate", buf.f1, mlp_in, s.intermediate_size, H, s.act);
-      e.matmul(b + "ffn_up", buf.f2, mlp_in, s.intermediate_size, H);
-      e.binary(Opcode::Mul, buf.f1, buf.f1, buf.f2, s.intermediate_size);
+      e.gated(b, buf.f1, buf.f2, mlp_in);
     } else {
-      e.matmul(b + "ffn_up", buf.f1, mlp_in, s.intermediate_size, H, s.act);
+      e.linear(b + "ffn_up", buf.f1, mlp_in, s.intermediate_size, H, s.act);
     }
-    e.matmul(b + "ffn_down", buf.x, buf.f1, H, s.intermediate_size, ActKind::None, &buf.x);
+    e.residual_linear(b + "ffn_down", buf.x, buf.f1, H, s.intermediate_size, buf.y);
     if (!s.pre_norm) e.norm(b + "ffn_norm", buf.x, buf.x);
   }
 
@@ -267,19 +447,20 @@ isa::Program generate_program(const ModelSpec& s, const MemoryPlan& plan, isa::P
     head_in = buf.y;
   }
   if (s.has_projection()) {
-    e.matmul("proj_out", buf.z, head_in, s.embed_dim, H);
+    e.linear("proj_out", buf.z, head_in, s.embed_dim, H);
     head_in = buf.z;
   }
-  const std::string head = s.tie_word_embeddings ? "tok_embd" : "output";
-  e.matmul(head, logits, head_in, s.vocab_size, s.token_embed_dim(), ActKind::None, nullptr,
-           isa::kFlagOutF32 | isa::kFlagLogitRows, "output.bias");
-  e.argmax(argmax, logits);
+  e.head(s.tie_word_embeddings ? "tok_embd" : "output", logits, head_in, s.token_embed_dim(),
+         argmax);
+  if (passes.reorder) hoist_weight_streams(prog);
   return prog;
 }
 
-Programs generate_programs(const ModelSpec& spec, const MemoryPlan& plan) {
-  return Programs{generate_program(spec, plan, isa::ProgramKind::Prefill, plan.max_tokens),
-                  generate_program(spec, plan, isa::ProgramKind::Decode, 1)};
+Programs generate_programs(const ModelSpec& spec, const MemoryPlan& plan,
+                           const PassOptions& passes, uint32_t devices) {
+  return Programs{
+      generate_program(spec, plan, isa::ProgramKind::Prefill, plan.max_tokens, passes, devices),
+      generate_program(spec, plan, isa::ProgramKind::Decode, 1, passes, devices)};
 }
 
 }  // namespace hyperdex

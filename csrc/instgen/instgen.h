@@ -1,13 +1,15 @@
 // Phase 4 (instgen): lowers a model onto the LPU instruction set. The prefill
 // program carries up to `max_tokens` token rows per run (longer prompts run it
 // chunk by chunk); the decode program carries one. Both stream every weight
-// region once per run, in plan order.
+// region once per run, in plan order. The passes (spec/passes.h) must be the
+// ones the plan was made with: they decide which regions exist.
 #pragma once
 #include <cstdint>
 
 #include "isa/isa.h"
 #include "mapper/memory_plan.h"
 #include "spec/model_spec.h"
+#include "spec/passes.h"
 
 namespace hyperdex {
 
@@ -25,8 +27,20 @@ struct Programs {
   isa::Program decode;
 };
 
-Programs generate_programs(const ModelSpec& spec, const MemoryPlan& plan);
+// Tensor parallelism over a ring of `devices`: each device holds this share of
+// the model (Megatron-style: attention by heads, KV heads replicated when fewer
+// than devices, the MLP by columns then rows, the LM head by vocabulary); sizes
+// that do not divide are rounded up (padding). One device: the spec itself.
+ModelSpec shard_spec(const ModelSpec& spec, uint32_t devices);
+
+// With devices > 1, `spec` is a shard_spec() and the plan was made for it: the
+// row-parallel projections (attention output, MLP down) end in an ALLREDUCE
+// that also adds the bias and the residual; the host reads each device's slice
+// of the logits.
+Programs generate_programs(const ModelSpec& spec, const MemoryPlan& plan,
+                           const PassOptions& passes = {}, uint32_t devices = 1);
 isa::Program generate_program(const ModelSpec& spec, const MemoryPlan& plan, isa::ProgramKind kind,
-                              uint32_t max_tokens);
+                              uint32_t max_tokens, const PassOptions& passes = {},
+                              uint32_t devices = 1);
 
 }  // namespace hyperdex

@@ -60,7 +60,7 @@ HbmRegion get_region(const uint8_t* p) {
   return HbmRegion{get<uint64_t>(p), get<uint32_t>(p + 8), get<uint32_t>(p + 12)};
 }
 
-bool known_opcode(uint8_t op) { return op >= 1 && op <= 11; }
+bool known_opcode(uint8_t op) { return op >= 1 && op <= kMaxOpcode; }
 
 const char* act_name(uint8_t a) {
   switch (ActKind(a)) {
@@ -88,6 +88,9 @@ const char* opcode_name(Opcode op) {
     case Opcode::Act: return "ACT";
     case Opcode::Bias: return "BIAS";
     case Opcode::Argmax: return "ARGMAX";
+    case Opcode::Prefetch: return "PREFETCH";
+    case Opcode::AllReduce: return "ALLREDUCE";
+    case Opcode::AllGather: return "ALLGATHER";
   }
   return "?";
 }
@@ -243,8 +246,10 @@ std::string disassemble(const Instruction& in, const RegionNamer* namer) {
       if (in.flags & kFlagHasBias) s << " bias=" << fmt_region(in.w1, namer);
       if (in.sub) s << " act=" << act_name(in.sub);
       if (in.flags & kFlagHasResidual) s << " residual=" << fmt_operand(in.b);
+      flag(kFlagGlu, "glu");
       flag(kFlagOutF32, "f32");
       flag(kFlagLogitRows, "logit_rows");
+      if (in.flags & kFlagArgmax) s << " argmax=" << fmt_operand(in.b);
       break;
     case Opcode::Rope:
       s << (RopeStyle(in.sub) == RopeStyle::Gptj ? " gptj" : " neox") << " x=" << fmt_operand(in.dst)
@@ -276,6 +281,22 @@ std::string disassemble(const Instruction& in, const RegionNamer* namer) {
       break;
     case Opcode::Argmax:
       s << " dst=" << fmt_operand(in.dst) << " logits=" << fmt_operand(in.a) << " n=" << in.n;
+      break;
+    case Opcode::Prefetch:
+      s << " w=" << fmt_region(in.w0, namer);
+      if (!in.w1.empty()) s << " bias=" << fmt_region(in.w1, namer);
+      break;
+    case Opcode::AllReduce:
+      s << " dst=" << fmt_operand(in.dst) << " a=" << fmt_operand(in.a) << " n=" << in.n
+        << " chunks=" << in.i0 << " ring=" << in.i1;
+      if (in.flags & kFlagHasBias) s << " bias=" << fmt_region(in.w1, namer);
+      if (in.flags & kFlagHasResidual) s << " residual=" << fmt_operand(in.b);
+      break;
+    case Opcode::AllGather:
+      s << " dst=" << fmt_operand(in.dst) << " a=" << fmt_operand(in.a) << " n=" << in.n
+        << " ring=" << in.i1;
+      flag(kFlagOutF32, "f32");
+      flag(kFlagLogitRows, "logit_rows");
       break;
   }
   return s.str();

@@ -1,4 +1,4 @@
-// The LPU instruction set, v1 (docs/isa.md is the specification; keep them in step).
+// The LPU instruction set, v2 (docs/isa.md is the specification; keep them in step).
 //
 // One instruction is one whole layer operation (a matrix stream, a norm, an
 // attention step), so a decode program is a few hundred instructions. Every
@@ -11,7 +11,7 @@
 
 namespace hyperdex::isa {
 
-constexpr uint32_t kIsaVersion = 1;
+constexpr uint32_t kIsaVersion = 2;
 constexpr uint32_t kProgramFormatVersion = 1;
 constexpr char kProgramMagic[8] = {'H', 'D', 'X', 'P', 'R', 'O', 'G', '\0'};
 constexpr size_t kInstructionBytes = 96;
@@ -29,7 +29,11 @@ enum class Opcode : uint8_t {
   Act = 9,        // dst = act(a)
   Bias = 10,      // dst[t] = a[t] + bias
   Argmax = 11,    // dst (int32) = first index of max over a (fp32 logits row)
+  Prefetch = 12,  // start streaming w0 (and w1) into the weight buffer; no values change
+  AllReduce = 13, // dst = epilogue(sum of a over the ring's devices), chunked
+  AllGather = 14, // dst[d * n ..] = a of ring device d
 };
+constexpr uint8_t kMaxOpcode = 14;
 
 // Instruction flags (a bit set; meaning per opcode in docs/isa.md).
 enum Flag : uint8_t {
@@ -38,6 +42,8 @@ enum Flag : uint8_t {
   kFlagHasResidual = 1 << 2,  // MatMul: add operand b after the activation
   kFlagOutF32 = 1 << 3,       // MatMul: dst is fp32 and nothing is rounded to fp16
   kFlagLogitRows = 1 << 4,    // MatMul: only the last token row, unless RunArgs::logits_all
+  kFlagGlu = 1 << 5,          // MatMul: w0 holds gate rows then up rows; dst = act(gate) * up
+  kFlagArgmax = 1 << 6,       // MatMul (OutF32): also write the last row's argmax (int32) to b
 };
 
 enum class Space : uint8_t { Lmem = 0, Io = 1 };

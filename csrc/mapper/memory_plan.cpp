@@ -113,7 +113,7 @@ MemoryNeeds memory_needs(const MemoryPlan& plan) {
 }
 
 MemoryPlan plan_memory(const ModelSpec& spec, const DevicePreset& preset, uint32_t max_length,
-                       uint32_t max_tokens) {
+                       uint32_t max_tokens, const PassOptions& passes) {
   spec.validate();
   preset.validate();
   if (max_length == 0) throw SpecError("max_length must be > 0");
@@ -146,16 +146,30 @@ MemoryPlan plan_memory(const ModelSpec& spec, const DevicePreset& preset, uint32
   for (uint32_t l = 0; l < spec.num_layers; ++l) {
     const std::string b = "blk." + std::to_string(l) + ".";
     if (spec.pre_norm) p.norm(b + "attn_norm");
-    p.matrix(b + "attn_qkv", {b + "attn_q.weight", b + "attn_k.weight", b + "attn_v.weight"},
-             q_rows + 2 * kv_rows, H);
-    if (spec.qkv_bias)
-      p.vector(b + "attn_qkv.bias", {b + "attn_q.bias", b + "attn_k.bias", b + "attn_v.bias"},
-               q_rows + 2 * kv_rows);
+    if (passes.fuse_qkv) {
+      p.matrix(b + "attn_qkv", {b + "attn_q.weight", b + "attn_k.weight", b + "attn_v.weight"},
+               q_rows + 2 * kv_rows, H);
+      if (spec.qkv_bias)
+        p.vector(b + "attn_qkv.bias", {b + "attn_q.bias", b + "attn_k.bias", b + "attn_v.bias"},
+                 q_rows + 2 * kv_rows);
+    } else {
+      p.linear(b + "attn_q", q_rows, H, spec.qkv_bias);
+      p.linear(b + "attn_k", kv_rows, H, spec.qkv_bias);
+      p.linear(b + "attn_v", kv_rows, H, spec.qkv_bias);
+    }
     p.linear(b + "attn_output", H, q_rows, spec.attn_out_bias);
     if (!spec.pre_norm) p.norm(b + "attn_norm");
     if (spec.pre_norm) p.norm(b + "ffn_norm");
-    if (spec.gated_mlp) p.linear(b + "ffn_gate", spec.intermediate_size, H, spec.mlp_bias);
-    p.linear(b + "ffn_up", spec.intermediate_size, H, spec.mlp_bias);
+    const uint32_t ff = spec.intermediate_size;
+    if (spec.gated_mlp && passes.fuse_gate_up) {
+      // Gate rows then up rows: one stream for the GLU epilogue (docs/isa.md).
+      p.matrix(b + "ffn_gate_up", {b + "ffn_gate.weight", b + "ffn_up.weight"}, 2 * ff, H);
+      if (spec.mlp_bias)
+        p.vector(b + "ffn_gate_up.bias", {b + "ffn_gate.bias", b + "ffn_up.bias"}, 2 * ff);
+    } else {
+      if (spec.gated_mlp) p.linear(b + "ffn_gate", ff, H, spec.mlp_bias);
+      p.linear(b + "ffn_up", ff, H, spec.mlp_bias);
+    }
     p.linear(b + "ffn_down", H, spec.intermediate_size, spec.mlp_bias);
     if (!spec.pre_norm) p.norm(b + "ffn_norm");
   }

@@ -13,6 +13,7 @@
 
 #include "isa/isa.h"
 #include "spec/model_spec.h"
+#include "spec/passes.h"
 
 namespace hyperdex {
 
@@ -74,9 +75,11 @@ struct MemoryPlan {
 };
 
 // Lays the model out for one device. Throws CapacityError (with the numbers)
-// when weights + KV cache + I/O do not fit the preset's HBM.
+// when weights + KV cache + I/O do not fit the preset's HBM. The passes decide
+// which projections share a region: Q/K/V as `attn_qkv` (else attn_q, attn_k,
+// attn_v) and gate/up as `ffn_gate_up` (else ffn_gate, ffn_up).
 MemoryPlan plan_memory(const ModelSpec& spec, const DevicePreset& preset, uint32_t max_length,
-                       uint32_t max_tokens);
+                       uint32_t max_tokens, const PassOptions& passes = {});
 
 // Bytes of HBM the model needs on one device, by part (for phase-0 checks).
 struct MemoryNeeds {

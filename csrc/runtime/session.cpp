@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <cstring>
 #include <memory>
 
 #include "common/crc32.h"
@@ -54,6 +55,12 @@ Session::Session(std::unique_ptr<Device> device, SessionConfig config)
     throw FormatError("inst/prefill.bin and inst/decode.bin are swapped or mislabelled" +
                       std::string(kRecompile));
   prefill_max_tokens_ = prefill.max_tokens;
+  for (const KvRegion& r : config_.kv_regions) {
+    if (kv_cols_ == 0) kv_cols_ = r.cols;
+    if (r.cols != kv_cols_ || r.cols == 0 || uint64_t(r.cols) * 2 > r.row_bytes ||
+        r.rows < config_.max_length)
+      throw FormatError("the memory map's KV cache regions are inconsistent" + std::string(kRecompile));
+  }
   device_->load_program(ProgramSlot::Prefill, prefill);
   device_->load_program(ProgramSlot::Decode, decode);
 }
@@ -131,6 +138,72 @@ int32_t Session::decode(int32_t id, float* out) {
     position_ = start;
     throw;
   }
+}
+
+void Session::check_kv(uint32_t start, uint32_t n) const {
+  if (config_.kv_regions.empty())
+    throw SpecError("this session was opened without the KV cache layout (memory map regions)");
+  if (uint64_t(start) + n > config_.max_length)
+    throw SpecError("KV positions [" + std::to_string(start) + ", " + std::to_string(uint64_t(start) + n) +
+                    ") lie past the max_length of " + std::to_string(config_.max_length));
+}
+
+// Calls fn(region index, channel, HBM offset, first position, count) for each
+// channel's contiguous run of rows: positions p = first, first + C, ... lie in
+// consecutive rows of the channel.
+template <typename Fn>
+void Session::for_kv_rows(uint32_t start, uint32_t n, Fn&& fn) {
+  const uint32_t C = device_->num_channels();
+  for (uint32_t r = 0; r < config_.kv_regions.size(); ++r) {
+    const KvRegion& reg = config_.kv_regions[r];
+    for (uint32_t c = 0; c < C; ++c) {
+      const uint32_t first = start + (c + C - start % C) % C;  // first position >= start in c
+      if (first >= start + n) continue;
+      const uint32_t count = (start + n - 1 - first) / C + 1;
+      fn(r, c, reg.base + uint64_t(first / C) * reg.row_bytes, first, count);
+    }
+  }
+}
+
+void Session::read_kv(uint32_t start, uint32_t n, uint16_t* out) {
+  check_kv(start, n);
+  if (uint64_t(start) + n > position_)
+    throw SpecError("cannot read KV positions up to " + std::to_string(uint64_t(start) + n) +
+                    ", the sequence holds " + std::to_string(position_));
+  const uint32_t C = device_->num_channels();
+  std::vector<uint8_t> buf;
+  for_kv_rows(start, n, [&](uint32_t r, uint32_t c, uint64_t offset, uint32_t first, uint32_t count) {
+    const uint32_t row_bytes = config_.kv_regions[r].row_bytes;
+    buf.resize(size_t(count) * row_bytes);
+    device_->read(c, offset, buf.data(), buf.size());
+    for (uint32_t i = 0; i < count; ++i) {
+      const size_t pos = first + size_t(i) * C - start;
+      std::memcpy(out + (size_t(r) * n + pos) * kv_cols_, buf.data() + size_t(i) * row_bytes,
+                  size_t(kv_cols_) * 2);
+    }
+  });
+}
+
+void Session::write_kv(uint32_t start, uint32_t n, const uint16_t* in) {
+  check_kv(start, n);
+  if (start > position_)
+    throw SpecError("cannot write KV from position " + std::to_string(start) +
+                    ", the sequence holds only " + std::to_string(position_) +
+                    " (it would leave a gap)");
+  const uint32_t C = device_->num_channels();
+  position_ = start;  // on failure the rows past start are undefined, so they are dropped
+  std::vector<uint8_t> buf;
+  for_kv_rows(start, n, [&](uint32_t r, uint32_t c, uint64_t offset, uint32_t first, uint32_t count) {
+    const uint32_t row_bytes = config_.kv_regions[r].row_bytes;
+    buf.assign(size_t(count) * row_bytes, 0);  // padding stays zero, as compiled
+    for (uint32_t i = 0; i < count; ++i) {
+      const size_t pos = first + size_t(i) * C - start;
+      std::memcpy(buf.data() + size_t(i) * row_bytes, in + (size_t(r) * n + pos) * kv_cols_,
+                  size_t(kv_cols_) * 2);
+    }
+    device_->write(c, offset, buf.data(), buf.size());
+  });
+  position_ = start + n;
 }
 
 }  // namespace hyperdex

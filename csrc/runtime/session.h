@@ -13,6 +13,15 @@
 
 namespace hyperdex {
 
+// One KV cache region of the memory plan (per layer: K, then V), striped like
+// every region: position r lies in channel r % C at base + (r / C) * row_bytes.
+struct KvRegion {
+  uint64_t base = 0;
+  uint32_t row_bytes = 0;
+  uint32_t rows = 0;  // positions (max_length)
+  uint32_t cols = 0;  // fp16 values per position (kv_heads * head_dim)
+};
+
 // What the runtime needs from a compiled folder (config/memory_map.json).
 struct SessionConfig {
   DeviceLayout layout;
@@ -23,6 +32,7 @@ struct SessionConfig {
   uint64_t weights_bytes = 0;           // per channel, the size of each param file
   std::vector<ParamFile> params;        // one per channel, with size and CRC-32
   std::string prefill_path, decode_path;
+  std::vector<KvRegion> kv_regions;     // in plan order; empty: no KV transfer
 };
 
 class Session {
@@ -48,6 +58,18 @@ class Session {
   // logits back (greedy decoding needs only the returned argmax).
   int32_t decode(int32_t id, float* out);
 
+  // The KV cache seen from the host, for the prefix cache and hybrid prefill:
+  // positions [start, start + n) of every KV region, fp16 bits, unpadded, as
+  // [kv_regions][n][kv_cols]. Each region's rows in one channel are contiguous,
+  // so a transfer is one read or write per region and channel.
+  uint32_t kv_region_count() const { return uint32_t(config_.kv_regions.size()); }
+  uint32_t kv_cols() const { return kv_cols_; }
+  // Needs start + n <= position().
+  void read_kv(uint32_t start, uint32_t n, uint16_t* out);
+  // Needs start <= position(); the sequence then holds start + n positions (whatever
+  // the cache held past start is dropped, as by truncate).
+  void write_kv(uint32_t start, uint32_t n, const uint16_t* in);
+
  private:
   void check_room(uint32_t n) const;
   void check_ids(const int32_t* ids, uint32_t n) const;
@@ -56,7 +78,12 @@ class Session {
 
   std::unique_ptr<Device> device_;
   SessionConfig config_;
+  void check_kv(uint32_t start, uint32_t n) const;
+  template <typename Fn>
+  void for_kv_rows(uint32_t start, uint32_t n, Fn&& fn);
+
   uint32_t prefill_max_tokens_ = 1;
+  uint32_t kv_cols_ = 0;
   uint32_t position_ = 0;
 };
 

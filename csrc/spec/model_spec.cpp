@@ -47,6 +47,10 @@ void DevicePreset::validate() const {
   req(clock_mhz > 0, "clock_mhz must be > 0");
   req(lmem_bytes > 0, "lmem_bytes must be > 0");
   req(mac_trees > 0 && mac_lanes > 0 && vector_lanes > 0, "engine sizes must be > 0");
+  req(hbm_efficiency > 0 && hbm_efficiency <= 1, "hbm_efficiency must be in (0, 1]");
+  req(hbm_latency_ns >= 0 && ring_latency_ns >= 0 && run_overhead_us >= 0,
+      "latencies and overheads must be >= 0");
+  req(ring_bandwidth_gbps > 0, "ring_bandwidth_gbps must be > 0");
 }
 
 }  // namespace hyperdex

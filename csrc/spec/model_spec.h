@@ -73,7 +73,21 @@ struct DevicePreset {
   uint32_t mac_lanes = 16;
   uint32_t vector_lanes = 16;
 
+  // What the cost model needs beyond the sizes (docs/cost-model.md); each preset file
+  // gives the source of every number.
+  double hbm_efficiency = 0.92;            // share of peak a long sequential stream sustains
+  double hbm_latency_ns = 250.0;           // from a stream's request to its first data
+  uint64_t weight_buffer_bytes = 1ull << 20;  // on-chip buffer a PREFETCH fills ahead of its MATMUL
+  uint32_t issue_cycles = 4;               // controller: fetch, decode, dispatch of one instruction
+  uint32_t chain_cycles = 16;              // a result's hand-off to the instruction waiting on it
+  uint32_t mac_pipeline_cycles = 32;       // matrix engine fill + drain (tree depth, epilogue)
+  uint32_t vector_pipeline_cycles = 16;    // one vector pass's latency (incl. a reduction)
+  double ring_bandwidth_gbps = 12.5;       // device-to-device link, one direction
+  double ring_latency_ns = 1000.0;         // one hop of the ring, per transfer
+  double run_overhead_us = 40.0;           // per run, outside the program: start, token I/O, host
+
   uint64_t hbm_bytes() const { return uint64_t(hbm_channels) * hbm_channel_bytes; }
+  double cycle_ns() const { return 1000.0 / clock_mhz; }
   void validate() const;
 };
 

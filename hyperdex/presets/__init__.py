@@ -20,8 +20,43 @@ _FIELDS = {
     "mac_trees": int,
     "mac_lanes": int,
     "vector_lanes": int,
+    # The cost model's numbers (docs/cost-model.md).
+    "hbm_efficiency": float,
+    "hbm_latency_ns": float,
+    "weight_buffer_bytes": int,
+    "issue_cycles": int,
+    "chain_cycles": int,
+    "mac_pipeline_cycles": int,
+    "vector_pipeline_cycles": int,
+    "ring_bandwidth_gbps": float,
+    "ring_latency_ns": float,
+    "run_overhead_us": float,
     "sources": dict,
+    # Optional, for boards (docs/xrt.md): the xclbin with the LPU kernel, and its name.
+    "xclbin": str,
+    "xrt_kernel": str,
 }
+_OPTIONAL = ("description", "sources", "xclbin", "xrt_kernel")
+# Latencies and overheads may be zero (an ideal design point); the rest must be positive.
+_MAY_BE_ZERO = (
+    "hbm_latency_ns",
+    "weight_buffer_bytes",
+    "issue_cycles",
+    "chain_cycles",
+    "mac_pipeline_cycles",
+    "vector_pipeline_cycles",
+    "ring_latency_ns",
+    "run_overhead_us",
+)
+NUMBER_FIELDS = tuple(k for k, kind in _FIELDS.items() if kind in (int, float))
+
+
+def unsourced_fields(preset: dict[str, Any]) -> list[str]:
+    """The numbers of a preset that no ``sources`` entry covers. A source key is a field's
+    name or a prefix shared by several (``"hbm"`` covers ``hbm_channels``, ``hbm_latency_ns``,
+    ...)."""
+    keys = list(preset.get("sources", {}))
+    return [f for f in NUMBER_FIELDS if not any(f == k or f.startswith(k + "_") for k in keys)]
 
 
 def available_presets() -> list[str]:
@@ -46,7 +81,9 @@ def load_preset(name_or_path: Union[str, Path]) -> dict[str, Any]:
     if unknown:
         raise ConfigError(f"device preset {path} has unknown field(s) {', '.join(unknown)}")
     for key, kind in _FIELDS.items():
-        if key in ("description", "sources"):
+        if key in _OPTIONAL:
+            if key in data and not isinstance(data[key], kind):
+                raise ConfigError(f"device preset {path}: {key} must be a {kind.__name__}")
             continue
         if key not in data:
             raise ConfigError(f"device preset {path} lacks the field {key!r}")
@@ -56,6 +93,21 @@ def load_preset(name_or_path: Union[str, Path]) -> dict[str, Any]:
             if kind is float
             else (isinstance(value, kind) and not isinstance(value, bool))
         )
-        if not ok or (kind is not str and value <= 0):
-            raise ConfigError(f"device preset {path}: {key} must be a positive {kind.__name__}")
+        if not ok or (kind is not str and (value < 0 if key in _MAY_BE_ZERO else value <= 0)):
+            what = "a non-negative" if key in _MAY_BE_ZERO else "a positive"
+            raise ConfigError(f"device preset {path}: {key} must be {what} {kind.__name__}")
+    if data["hbm_efficiency"] > 1:
+        raise ConfigError(
+            f"device preset {path}: hbm_efficiency is the share of peak bandwidth a stream "
+            f"sustains, at most 1; got {data['hbm_efficiency']}"
+        )
+    stray = [
+        k
+        for k in data.get("sources", {})
+        if not any(f == k or f.startswith(k + "_") for f in _FIELDS)
+    ]
+    if stray:
+        raise ConfigError(
+            f"device preset {path}: sources names no field: {', '.join(sorted(stray))}"
+        )
     return data

@@ -1,4 +1,5 @@
-"""hyperdex.tools: the compiler (AutoCompiler, AutoModelConverter, hdex-compile).
+"""hyperdex.tools: the compiler (AutoCompiler, AutoModelConverter, hdex-compile) and the
+estimator (estimate, hdex-estimate).
 
 The names load lazily, so ``hyperdex.tools.real_weights`` and other helpers import without
 the C++ core."""
@@ -7,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["AutoCompiler", "AutoModelConverter"]
+__all__ = ["AutoCompiler", "AutoModelConverter", "estimate"]
 
 
 def __getattr__(name: str) -> Any:
@@ -19,4 +20,8 @@ def __getattr__(name: str) -> Any:
         from .converter import AutoModelConverter
 
         return AutoModelConverter
+    if name == "estimate":
+        from .estimator import estimate
+
+        return estimate
     raise AttributeError(f"module 'hyperdex.tools' has no attribute {name!r}")

@@ -39,6 +39,7 @@ from .converter import (
 )
 from .fetch import copy_local, download, download_config
 from .lowering import device_preset, memory_map_dict, model_spec
+from .passes import PassesArg, core_passes, pass_options
 from .progress import progress_bar
 
 log = logging.getLogger("hyperdex")
@@ -161,9 +162,12 @@ class AutoCompiler:
         prefix: Optional[PathLike] = None,
         quantization: Optional[str] = None,
         progress: bool = True,
+        passes: PassesArg = None,
     ) -> str:
         """Runs phases 0-4 and returns the compiled model's folder. Per-phase wall times are
-        left in ``self.last_timings`` (and compile.json)."""
+        left in ``self.last_timings`` (and compile.json). ``passes`` switches the map and
+        instgen passes (hyperdex.tools.passes; all on by default, e.g. ``{"reorder": False}``);
+        none changes the model's outputs, only the device's time."""
         timings: dict[str, float] = {}
         self.last_timings = timings
         model_id = str(model_id) if isinstance(model_id, Path) else model_id
@@ -188,6 +192,8 @@ class AutoCompiler:
         for name, value in (("low_memory_usage", low_memory_usage), ("fast_compile", fast_compile)):
             if not isinstance(value, bool):
                 raise ConfigError(f"{name} must be True or False, got {value!r}")
+        pass_settings = pass_options(passes)
+        core_pass_options = core_passes(pass_settings)
         preset = load_preset(type_device)
         local = is_local_model(model_id)
         if local:
@@ -199,7 +205,8 @@ class AutoCompiler:
         spec = model_spec({"architecture": hf_name, "model": model})
         core_preset = device_preset(preset)
         max_tokens = _core.choose_max_tokens(spec, core_preset, max_length)
-        _core.plan_memory(spec, core_preset, max_length, max_tokens)  # raises CapacityError
+        # raises CapacityError
+        _core.plan_memory(spec, core_preset, max_length, max_tokens, core_pass_options)
         log.info("%s fits one %s with max_length=%d", hf_name, preset["name"], max_length)
         timings["check"] = time.perf_counter() - t
 
@@ -248,10 +255,12 @@ class AutoCompiler:
         # Verified above (fast_compile) or just written: no second checksum pass.
         config, model_file = load_converted(ckpt, verify=False)
         spec = model_spec(config)
-        plan = _core.plan_memory(spec, core_preset, max_length, max_tokens)
+        plan = _core.plan_memory(spec, core_preset, max_length, max_tokens, core_pass_options)
         param_dir, config_dir = where["param"], where["config"]
         tensor_crcs = [(n, model_file.info(n).crc32) for n in model_file.names]
-        map_key = _hash("map", __version__, config, tensor_crcs, preset, max_length, num_device)
+        map_key = _hash(
+            "map", __version__, config, tensor_crcs, preset, max_length, num_device, pass_settings
+        )
         memory_map = config_dir / MEMORY_MAP_NAME
         param_files = [param_dir / _core.param_file_name(c) for c in range(plan.num_channels)]
         if fast_compile and _stamp_matches(config_dir, map_key, [memory_map, *param_files]):
@@ -279,7 +288,9 @@ class AutoCompiler:
         # Phase 4: instgen.
         t = announce("instgen")
         inst_dir = where["inst"]
-        inst_key = _hash("instgen", __version__, json.loads(memory_map.read_text()), config)
+        inst_key = _hash(
+            "instgen", __version__, json.loads(memory_map.read_text()), config, pass_settings
+        )
         programs = [inst_dir / "prefill.bin", inst_dir / "decode.bin"]
         if fast_compile and _stamp_matches(inst_dir, inst_key, programs):
             log.info("The programs are up to date (fast_compile)")
@@ -287,7 +298,8 @@ class AutoCompiler:
             inst_dir.mkdir(exist_ok=True)
             names = {r.base: r.name for r in plan.regions}
             with progress_bar(len(programs), "instgen", "program", enabled=progress) as bar:
-                for program, path in zip(_core.generate_programs(spec, plan), programs):
+                generated = _core.generate_programs(spec, plan, core_pass_options)
+                for program, path in zip(generated, programs):
                     program.save(str(path))
                     listing = path.with_suffix(".lst")
                     tmp = listing.with_name(listing.name + ".tmp")
@@ -310,6 +322,7 @@ class AutoCompiler:
                 "type_device": preset["name"],
                 "quantization": quantization,
                 "low_memory_usage": low_memory_usage,
+                "passes": pass_settings,
                 "timings_s": {k: round(v, 3) for k, v in timings.items()},
             },
         )

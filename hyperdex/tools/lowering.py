@@ -82,6 +82,22 @@ def device_preset(preset: dict[str, Any]) -> _core.DevicePreset:
     p.mac_trees = int(preset["mac_trees"])
     p.mac_lanes = int(preset["mac_lanes"])
     p.vector_lanes = int(preset["vector_lanes"])
+    for key in (
+        "hbm_efficiency",
+        "hbm_latency_ns",
+        "ring_bandwidth_gbps",
+        "ring_latency_ns",
+        "run_overhead_us",
+    ):
+        setattr(p, key, float(preset[key]))
+    for key in (
+        "weight_buffer_bytes",
+        "issue_cycles",
+        "chain_cycles",
+        "mac_pipeline_cycles",
+        "vector_pipeline_cycles",
+    ):
+        setattr(p, key, int(preset[key]))
     p.validate()
     return p
 

@@ -74,20 +74,27 @@ def read_memory_map(folder: Path) -> dict[str, Any]:
     return mm
 
 
+def kv_regions(memory_map: dict[str, Any]) -> list[dict[str, Any]]:
+    """The KV cache regions of the memory map in plan order (per layer: K, then V)."""
+    return [r for r in memory_map["regions"] if r.get("kind") == "KvCache"]
+
+
 def check_device_map(device_map: Any, compiled_devices: int) -> int:
-    """Validates ``device_map`` ({"lpu": N}) against the compile; returns N."""
+    """Validates ``device_map`` ({"lpu": N}, or {"gpu": G, "lpu": N} for hybrid mode) against
+    the compile; returns N. :func:`hybrid_gpus` gives G."""
     if device_map is None or device_map == "auto":
         return compiled_devices
     if not isinstance(device_map, dict):
         raise ConfigError(f"device_map must be a dict like {{'lpu': 1}}, got {device_map!r}")
     unknown = sorted(set(device_map) - {"lpu", "gpu"})
     if unknown:
-        raise ConfigError(f"device_map has unknown key(s) {unknown}; use {{'lpu': N}}")
-    if device_map.get("gpu"):
         raise ConfigError(
-            "hybrid mode (device_map with 'gpu') is not available in this version of hyperdex; "
-            "use device_map={'lpu': N}"
+            f"device_map has unknown key(s) {unknown}; use {{'lpu': N}} or, for hybrid mode, "
+            "{'gpu': G, 'lpu': N}"
         )
+    gpus = device_map.get("gpu", 0)
+    if isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 0:
+        raise ConfigError(f"device_map['gpu'] must be an integer >= 0, got {gpus!r}")
     n = device_map.get("lpu", compiled_devices)
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ConfigError(f"device_map['lpu'] must be a positive integer, got {n!r}")
@@ -100,25 +107,39 @@ def check_device_map(device_map: Any, compiled_devices: int) -> int:
     return n
 
 
+def hybrid_gpus(device_map: Any) -> int:
+    """G of a hybrid ``device_map={"gpu": G, "lpu": N}`` (0: no hybrid mode); call after
+    :func:`check_device_map`."""
+    return int(device_map.get("gpu", 0)) if isinstance(device_map, dict) else 0
+
+
 def open_session(
-    folder: Path, memory_map: dict[str, Any], backend: Optional[str], num_threads: int = 0
+    folder: Path,
+    memory_map: dict[str, Any],
+    backend: Optional[str],
+    num_threads: int = 0,
+    timeout: Optional[float] = None,
 ) -> tuple[Any, str]:
-    """A device session with the compiled model loaded; returns (session, backend name)."""
+    """A device session with the compiled model loaded; returns (session, backend name).
+    ``timeout`` (seconds) bounds each run: None is no limit on the emulator and
+    ``hyperdex.xrt.DEFAULT_TIMEOUT_S`` on a board."""
     from .. import _core
+    from .. import xrt as xrt_env
     from ..tools.lowering import device_preset
 
     if backend is None:
-        backend = "emu"
-        log.info("hyperdex: no LPU board backend in this build; running on the emulator")
+        backend, why = xrt_env.choose_backend(memory_map["device_preset"])
+        log.info("hyperdex: %s", why)
     if backend not in BACKENDS:
         raise ConfigError(f"backend must be one of {BACKENDS} or None, got {backend!r}")
-    if backend == "xrt":
-        raise DeviceError(
-            "this build of hyperdex has no XRT board backend yet; use backend='emu' (the "
-            "emulator runs the same programs with the board's numerics)"
-        )
+    if backend == "xrt" and not xrt_env.has_xrt():
+        raise DeviceError(xrt_env.missing_message())
     if isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 0:
         raise ConfigError(f"num_threads must be an integer >= 0, got {num_threads!r}")
+    if timeout is not None and (
+        isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0
+    ):
+        raise ConfigError(f"timeout must be a number of seconds > 0 or None, got {timeout!r}")
 
     io = memory_map["segments"]["io"]
     config = _core.SessionConfig()
@@ -144,5 +165,13 @@ def open_session(
     ]
     config.prefill_path = str(folder / "inst" / "prefill.bin")
     config.decode_path = str(folder / "inst" / "decode.bin")
+    for r in kv_regions(memory_map):  # the prefix cache and hybrid mode move KV rows
+        config.add_kv_region(int(r["offset"]), int(r["row_bytes"]), int(r["rows"]), int(r["cols"]))
     preset = device_preset(memory_map["device_preset"])
-    return _core.Session.emulator(preset, config, num_threads), backend
+    if backend == "xrt":
+        xclbin, kernel, index = xrt_env.board_options(memory_map["device_preset"])
+        xrt_env.ensure_xilinx_xrt()
+        seconds = xrt_env.DEFAULT_TIMEOUT_S if timeout is None else float(timeout)
+        return _core.Session.xrt(preset, config, xclbin, kernel, index, seconds), backend
+    seconds = 0.0 if timeout is None else float(timeout)
+    return _core.Session.emulator(preset, config, num_threads, seconds), backend

@@ -13,7 +13,23 @@ import numpy as np
 
 from .configuration import LPUConfig
 from .generation import GenerationConfig, GenerationSession
-from .loading import check_device_map, open_session, read_json, read_memory_map, resolve_compiled
+from .loading import (
+    check_device_map,
+    hybrid_gpus,
+    kv_regions,
+    open_session,
+    read_json,
+    read_memory_map,
+    resolve_compiled,
+)
+from .prefix_cache import (
+    DEFAULT_BLOCK_SIZE,
+    DEFAULT_CAPACITY_BYTES,
+    KVResidency,
+    PrefixCache,
+    cache_salt,
+)
+from .profiling import GenerationStats, RunProfiler
 from .tensor_io import IdsKind, from_numpy_ids, to_numpy_ids
 
 log = logging.getLogger("hyperdex")
@@ -77,15 +93,29 @@ class LPUModelForCausalLM:
     """A compiled causal LM loaded onto a device. Create with
     ``AutoModelForCausalLM.from_pretrained``."""
 
-    def __init__(self, folder: Path, session: Any, backend: str, config: LPUConfig) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        session: Any,
+        backend: str,
+        config: LPUConfig,
+        prefix_cache: Optional[PrefixCache] = None,
+        hybrid: Any = None,
+    ) -> None:
         self.folder = folder
         self.config = config
         self.backend = backend
         self._session = session
+        self.prefix_cache = prefix_cache  # None: prefix caching off
+        self._kv = KVResidency(session, prefix_cache)  # what the device's KV cache holds
+        self.hybrid = hybrid  # hybrid.HybridPrefill: the prompt is prefilled in PyTorch
         self._lock = threading.Lock()  # one sequence at a time on a device
         self._tokenizer: Any = None
         self._owner: object = None  # the generation that holds the device's sequence
         self.generation_config = GenerationConfig.from_model_dir(folder / "ckpt")
+        # The estimated board time of every call, whatever the backend (docs/cost-model.md).
+        self._stats = RunProfiler(folder)
+        self.last_stats: Optional[GenerationStats] = None
 
     # -- properties --------------------------------------------------------------------------
 
@@ -112,7 +142,9 @@ class LPUModelForCausalLM:
     # -- forward -----------------------------------------------------------------------------
 
     def __call__(self, input_ids: Any, attention_mask: Any = None, **kwargs: Any) -> CausalLMOutput:
-        """Logits for every position of every sequence: [batch, seq, vocab] fp32."""
+        """Logits for every position of every sequence: [batch, seq, vocab] fp32.
+        ``profile=True`` writes a trace of the estimated board timeline (see generate)."""
+        profile = kwargs.pop("profile", None)
         unsupported = sorted(k for k, v in kwargs.items() if v not in (None, False))
         if unsupported:
             raise TypeError(
@@ -124,9 +156,18 @@ class LPUModelForCausalLM:
         out = np.empty((ids.shape[0], ids.shape[1], self.vocab_size), dtype=np.float32)
         with self._lock:
             self._owner = None
+            self._stats.begin(profile)
             for b, row in enumerate(ids):
-                self._session.reset()
-                _, out[b] = self._session.prefill(row.astype(np.int32), True)
+                self._kv.overwrite()  # every row's logits are wanted: no prefix is skipped
+                try:
+                    _, out[b] = self._session.prefill(row.astype(np.int32), True)
+                except BaseException:
+                    self._kv.sync()
+                    raise
+                self._kv.append(row)
+                self._stats.prompt(len(row))
+                self._stats.prefill(0, len(row), True)
+            self.last_stats = self._stats.finish(self.backend)
         return CausalLMOutput(_logits_out(out, kind))
 
     forward = __call__
@@ -148,9 +189,15 @@ class LPUModelForCausalLM:
         and ``stop`` (ids or strings); ``seed`` makes sampling reproducible. Rows of a batch run
         one after another (the device runs one sequence at a time); shorter results are padded
         with ``pad_token_id`` (else the first eos id).
+
+        Afterwards ``model.last_stats`` holds the estimated board time of what ran (the cost
+        model on the compiled preset, whatever the backend); ``profile=True`` (a file or folder
+        path, or the ``HYPERDEX_PROFILE`` environment variable) also writes a Chrome/Perfetto
+        trace of that timeline.
         """
         if input_ids is None:
             raise TypeError("generate() needs input_ids (token ids of the prompt)")
+        profile = kwargs.pop("profile", None)
         tokenizer = kwargs.pop("tokenizer", None)  # transformers takes one for stop strings
         if tokenizer is not None:
             self._tokenizer = tokenizer
@@ -167,6 +214,7 @@ class LPUModelForCausalLM:
         record = flags["output_logits"] or flags["output_scores"]
         traces: list[list[tuple[np.ndarray, np.ndarray]]] = []
         rows = []
+        self._stats.begin(profile)
         for row in ids:
             trace: list[tuple[np.ndarray, np.ndarray]] = []
             rows.append(
@@ -176,6 +224,7 @@ class LPUModelForCausalLM:
                 )
             )
             traces.append(trace)
+        self.last_stats = self._stats.finish(self.backend)
         outputs = [np.concatenate([row, new]) for row, new in zip(ids, rows)]
         width = max(len(o) for o in outputs)
         pad = config.pad_token_id
@@ -216,12 +265,18 @@ class LPUModelForCausalLM:
         streamer: Any = None,
         **kwargs: Any,
     ) -> Iterator[int]:
-        """Yields each new token id as soon as the device produces it (batch 1)."""
+        """Yields each new token id as soon as the device produces it (batch 1); sets
+        ``last_stats`` when it ends (``profile`` as for generate)."""
+        profile = kwargs.pop("profile", None)
         ids, _ = to_numpy_ids(input_ids, "input_ids", vocab_size=self.vocab_size)
         if ids.shape[0] != 1:
             raise ValueError("generate_yield() takes one sequence (batch 1)")
         config = self._config_for(generation_config, kwargs)
-        yield from self._generate_row(ids[0], config, streamer)
+        self._stats.begin(profile)
+        try:
+            yield from self._generate_row(ids[0], config, streamer)
+        finally:
+            self.last_stats = self._stats.finish(self.backend)
 
     def _config_for(
         self, generation_config: Optional[GenerationConfig], kwargs: dict[str, Any]
@@ -268,13 +323,12 @@ class LPUModelForCausalLM:
             owner = object()
             with self._lock:
                 self._owner = owner
-                self._session.reset()
-                _, logits = self._session.prefill(prompt.astype(np.int32), False)
-            logits = logits[0]
+                logits = self._prefill_prompt(prompt)
             while True:
                 token = session.step(logits)
                 if trace is not None:
                     trace.append((logits.copy(), session.last_scores))
+                self._stats.token()
                 yield token
                 if session.done:
                     break
@@ -285,9 +339,41 @@ class LPUModelForCausalLM:
                             "the device holds one sequence at a time, so start the generation "
                             "again"
                         )
-                    _, logits = self._session.decode(int(token), True)
+                    position = self._session.position
+                    try:
+                        _, logits = self._session.decode(int(token), True)
+                    except BaseException:
+                        self._kv.sync()
+                        raise
+                    self._kv.append([token])
+                    self._stats.decode(position)
         finally:
             session.close()
+
+    def _prefill_prompt(self, prompt: np.ndarray) -> np.ndarray:
+        """Prefills a prompt after the longest prefix the prefix cache supplies (under the
+        device lock); returns the fp32 logits of its last position ([vocab])."""
+        try:
+            start = self._kv.prepare(prompt)
+            if self.hybrid is not None:
+                logits = self.hybrid.prefill(self._session, prompt, start)
+            else:
+                _, rows = self._session.prefill(prompt[start:].astype(np.int32), False)
+                logits = rows[0]
+        except BaseException:
+            self._kv.sync()
+            raise
+        self._kv.append(prompt[start:])
+        self._stats.prompt(len(prompt))
+        if self.hybrid is None:  # a hybrid prefill runs on the GPU, not on the device
+            self._stats.prefill(start, len(prompt) - start)
+        return logits
+
+    @property
+    def last_cached_tokens(self) -> int:
+        """Prompt tokens of the last generation that came from the prefix cache (resident on
+        the device or restored from the pool) instead of being prefilled."""
+        return self._kv.last_cached_tokens
 
     def _tokenizer_for(self, config: GenerationConfig) -> Any:
         if not config.stop_strings:
@@ -312,14 +398,29 @@ class AutoModelForCausalLM:
         prefix: Optional[PathLike] = None,
         backend: Optional[str] = None,
         num_threads: int = 0,
+        enable_prefix_caching: bool = True,
+        prefix_cache_block_size: int = DEFAULT_BLOCK_SIZE,
+        prefix_cache_bytes: int = DEFAULT_CAPACITY_BYTES,
+        timeout: Optional[float] = None,
         **kwargs: Any,
     ) -> LPUModelForCausalLM:
         """Loads a compiled model: the folder ``compile()`` returned, or the same ``model_id``
         and ``prefix`` given to it.
 
         ``device_map={"lpu": N}`` must match the compile's device count. ``backend`` is
-        ``"emu"`` (the C++ emulator) or ``"xrt"`` (a board); None takes the emulator here and
-        says so. ``num_threads`` sets the emulator's threads (0: all cores).
+        ``"emu"`` (the C++ emulator) or ``"xrt"`` (a board through XRT, docs/xrt.md); None
+        takes a board when XRT sees one and an xclbin is configured, else the emulator, and
+        says which. ``num_threads`` sets the emulator's threads (0: all cores). ``timeout``
+        (seconds) aborts a run that takes longer, with a DeviceError (default: none on the
+        emulator, 60 s on a board).
+
+        Hybrid mode, ``device_map={"gpu": G, "lpu": N}``: prompts are prefilled by PyTorch
+        (CUDA if G > 0 and present, else the CPU) from the HF weights in ``ckpt/`` and the KV
+        cache is handed to the LPU, which decodes.
+
+        Prefix caching (docs/serving.md): on by default; KV blocks of
+        ``prefix_cache_block_size`` positions are kept in a host pool of
+        ``prefix_cache_bytes`` (0: only the sequence resident on the device is reused).
         """
         ignored = {"torch_dtype", "dtype", "trust_remote_code", "low_cpu_mem_usage"}
         unknown = sorted(set(kwargs) - ignored)
@@ -330,6 +431,35 @@ class AutoModelForCausalLM:
         check_device_map(device_map, int(compile_info["num_device"]))
         memory_map = read_memory_map(folder)
         config = LPUConfig.from_pretrained(folder)
-        session, backend = open_session(folder, memory_map, backend, num_threads)
+        session, backend = open_session(folder, memory_map, backend, num_threads, timeout)
         log.info("hyperdex: loaded %s on %s", folder, session.device)
-        return LPUModelForCausalLM(folder, session, backend, config)
+        if not isinstance(enable_prefix_caching, bool):
+            raise TypeError(
+                f"enable_prefix_caching must be True or False, got {enable_prefix_caching!r}"
+            )
+        hybrid = None
+        gpus = hybrid_gpus(device_map)
+        if gpus or (isinstance(device_map, dict) and "gpu" in device_map):
+            from .hybrid import HybridPrefill
+
+            hybrid = HybridPrefill(
+                folder,
+                gpus,
+                [r["name"] for r in kv_regions(memory_map)],
+                int(config.model["num_kv_heads"]),
+                int(config.model["head_dim"]),
+            )
+            log.info("hyperdex: hybrid mode, prefill with %s", hybrid.describe)
+        cache = None
+        if enable_prefix_caching:
+            regions, cols = session.kv_shape
+            mode = "lpu" if hybrid is None else f"hybrid:{hybrid.describe}"
+            cache = PrefixCache(
+                block_size=prefix_cache_block_size,
+                block_bytes=int(regions) * int(cols) * 2 * int(prefix_cache_block_size)
+                if isinstance(prefix_cache_block_size, int)
+                else 0,
+                capacity_bytes=prefix_cache_bytes,
+                salt=cache_salt(folder, memory_map, mode),
+            )
+        return LPUModelForCausalLM(folder, session, backend, config, cache, hybrid)

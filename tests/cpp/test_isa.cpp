@@ -15,7 +15,7 @@ namespace {
 Instruction random_instruction(std::mt19937& rng) {
   std::uniform_int_distribution<uint32_t> u32;
   Instruction in;
-  in.op = Opcode(1 + rng() % 11);
+  in.op = Opcode(1 + rng() % kMaxOpcode);
   in.flags = uint8_t(rng());
   in.sub = uint8_t(rng() % 5);
   in.n = u32(rng);
@@ -90,6 +90,10 @@ TEST(Isa, RejectsUnknownOpcodeAndReservedBytes) {
   uint8_t b[kInstructionBytes] = {};
   b[0] = 99;
   EXPECT_THROW(decode(b), FormatError);
+  b[0] = kMaxOpcode + 1;  // the first opcode past ISA v2's
+  EXPECT_THROW(decode(b), FormatError);
+  b[0] = uint8_t(Opcode::AllGather);
+  EXPECT_EQ(decode(b).op, Opcode::AllGather);
   b[0] = uint8_t(Opcode::Add);
   b[57] = 1;
   EXPECT_THROW(decode(b), FormatError);

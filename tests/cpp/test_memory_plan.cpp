@@ -117,21 +117,30 @@ TEST(Instgen, ChunkFitsOnChipMemory) {
 }
 
 TEST(Instgen, DecodeStreamsWeightsInPlanOrder) {
-  for (const ModelSpec& s : {tiny_llama(), tiny_gpt2()}) {
-    MemoryPlan plan = plan_memory(s, small_preset(), 64, 8);
-    isa::Program p = generate_program(s, plan, isa::ProgramKind::Decode, 1);
-    uint64_t last = 0;
-    size_t matmuls = 0;
-    for (const auto& in : p.code) {
-      if (in.op != isa::Opcode::MatMul && in.op != isa::Opcode::Norm) continue;
-      matmuls += in.op == isa::Opcode::MatMul;
-      if (in.flags & isa::kFlagLogitRows) continue;  // a tied head re-reads the embedding
-      EXPECT_GE(in.w0.base, last) << "weights streamed out of order: " << isa::disassemble(in);
-      last = in.w0.base;
+  PassOptions off;
+  off.fuse_epilogue = off.fuse_qkv = off.fuse_gate_up = off.reorder = off.fuse_argmax = false;
+  for (const PassOptions& passes : {PassOptions{}, off})
+    for (const ModelSpec& s : {tiny_llama(), tiny_gpt2()}) {
+      MemoryPlan plan = plan_memory(s, small_preset(), 64, 8, passes);
+      isa::Program p = generate_program(s, plan, isa::ProgramKind::Decode, 1, passes);
+      uint64_t last = 0;
+      size_t matmuls = 0;
+      for (const auto& in : p.code) {
+        if (in.op != isa::Opcode::MatMul && in.op != isa::Opcode::Norm) continue;
+        matmuls += in.op == isa::Opcode::MatMul;
+        if (in.flags & isa::kFlagLogitRows) continue;  // a tied head re-reads the embedding
+        EXPECT_GE(in.w0.base, last) << "weights streamed out of order: " << isa::disassemble(in);
+        last = in.w0.base;
+      }
+      // qkv (or q, k, v), out, (gate), up, down
+      const size_t per_layer = (passes.fuse_qkv ? 1 : 3) + 1 + (s.gated_mlp && !passes.fuse_gate_up) + 2;
+      EXPECT_EQ(matmuls, s.num_layers * per_layer + 1);
+      if (passes.fuse_argmax) {
+        EXPECT_EQ(p.code.back().op, isa::Opcode::MatMul);
+        EXPECT_TRUE(p.code.back().flags & isa::kFlagArgmax);
+      } else {
+        EXPECT_EQ(p.code.back().op, isa::Opcode::Argmax);
+      }
+      EXPECT_EQ(p.plan_fingerprint, plan.fingerprint());
     }
-    const size_t per_layer = s.gated_mlp ? 5 : 4;  // qkv, out, (gate), up, down
-    EXPECT_EQ(matmuls, s.num_layers * per_layer + 1);
-    EXPECT_EQ(p.code.back().op, isa::Opcode::Argmax);
-    EXPECT_EQ(p.plan_fingerprint, plan.fingerprint());
-  }
 }

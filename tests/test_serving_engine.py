@@ -1,0 +1,206 @@
+"""The serving engine's parts without a server: incremental detokenization (split characters,
+stop strings), sampling options, the fair queue, cancellation, device counts from the
+environment."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from hyperdex.errors import ConfigError
+from hyperdex.serving import device_map_from_env
+from hyperdex.serving.engine import (
+    Engine,
+    FairQueue,
+    IncrementalDetokenizer,
+    Job,
+    PromptTooLong,
+    Sampling,
+    run_generation,
+    token_budget,
+)
+
+EOS = 256
+
+
+class ByteTokenizer:
+    """One token per UTF-8 byte; 256 is a special eos token ("<eos>")."""
+
+    def decode(self, ids, skip_special_tokens: bool = True) -> str:
+        out = bytes(i for i in ids if i < 256).decode("utf-8", errors="replace")
+        if not skip_special_tokens and EOS in ids:
+            out += "<eos>"
+        return out
+
+
+def _deltas(text: str, **kw) -> tuple[list[str], IncrementalDetokenizer]:
+    detok = IncrementalDetokenizer(ByteTokenizer(), **kw)
+    out = [detok.add(b) for b in text.encode()]
+    out.append(detok.finish())
+    return [d for d in out if d], detok
+
+
+@pytest.mark.parametrize("text", ["Hello world", "我们 中文。", "안녕 🚀🎉 é\n𝄞 end"])
+def test_detokenizer_never_splits_a_character(text: str) -> None:
+    deltas, detok = _deltas(text)
+    assert "".join(deltas) == text == detok.text
+    assert all("\ufffd" not in d for d in deltas)
+    assert len(deltas) == len(text)  # one delta per completed character
+
+
+def test_stop_strings_end_the_text_before_them() -> None:
+    deltas, detok = _deltas("Paris is nice. More text", stop=["."])
+    assert detok.text == "Paris is nice" and detok.stopped_by == "."
+    assert "".join(deltas) == detok.text
+    deltas, detok = _deltas("one two END three", stop=["END", "zzz"], include_stop=True)
+    assert detok.text == "one two END" and "".join(deltas) == detok.text
+    # a stop string split over tokens is never streamed in part
+    deltas, detok = _deltas("abc ENDING", stop=["END"])
+    assert deltas and all("E" not in d for d in deltas) and detok.text == "abc "
+    # a false start is released once it cannot be a stop string any more
+    deltas, detok = _deltas("an ENtry", stop=["END"])
+    assert "".join(deltas) == "an ENtry" and detok.stopped_by is None
+
+
+def test_earliest_stop_string_wins_and_special_tokens() -> None:
+    _, detok = _deltas("x; y. z", stop=[".", ";"])
+    assert detok.text == "x" and detok.stopped_by == ";"
+    detok = IncrementalDetokenizer(ByteTokenizer(), skip_special_tokens=False)
+    for t in [*b"hi", EOS]:
+        detok.add(t)
+    assert detok.text + detok.finish() == "hi<eos>"
+
+
+def test_sampling_options() -> None:
+    greedy = Sampling(temperature=0, max_tokens=5, stop="x").generate_kwargs(5)
+    assert greedy["do_sample"] is False and "temperature" not in greedy
+    sample = Sampling(temperature=0.7, top_k=-1, top_p=0.9, seed=3, stop_token_ids=[4])
+    kw = sample.generate_kwargs(9)
+    assert kw["do_sample"] and kw["top_k"] == 0 and kw["top_p"] == 0.9 and kw["seed"] == 3
+    assert kw["stop"] == [4] and kw["max_new_tokens"] == 9
+    assert Sampling(ignore_eos=True).generate_kwargs(1)["eos_token_id"] is None
+    for bad, name in [
+        (dict(max_tokens=0), "max_tokens"),
+        (dict(max_tokens=-4), "max_tokens"),
+        (dict(temperature=-1), "temperature"),
+        (dict(top_p=0), "top_p"),
+        (dict(top_k=-2), "top_k"),
+        (dict(seed=-1), "seed"),
+        (dict(stop=[""]), "stop"),
+        (dict(repetition_penalty=0), "repetition_penalty"),
+    ]:
+        with pytest.raises(ValueError) as e:
+            Sampling(**bad)
+        assert e.value.args[1] == name
+
+
+def test_fair_queue_round_robin_over_clients() -> None:
+    q = FairQueue(max_jobs=6)
+    jobs = {}
+    for name in ("a1", "a2", "a3", "b1", "c1", "b2"):
+        jobs[name] = Job([1], Sampling(), lambda *_: None, client=name[0])
+        assert q.put(jobs[name])
+    assert not q.put(Job([1], Sampling(), lambda *_: None, client="d"))  # full
+    order = [q.get(timeout=1) for _ in range(6)]
+    assert [next(k for k, v in jobs.items() if v is j) for j in order] == [
+        "a1",
+        "b1",
+        "c1",
+        "a2",
+        "b2",
+        "a3",
+    ]
+    t0 = time.monotonic()
+    assert q.get(timeout=0.05) is None and time.monotonic() - t0 < 2
+
+
+class FakeModel:
+    """Counts up from the last prompt token; ``delay`` seconds per token."""
+
+    max_length = 64
+    vocab_size = 300
+
+    def __init__(self, delay: float = 0.0) -> None:
+        self.delay = delay
+        self.last_cached_tokens = 0
+        self.started = threading.Event()
+
+        class Config:
+            eos_token_ids = (EOS,)
+
+        self.generation_config = Config()
+
+    def generate_yield(self, ids, max_new_tokens, **kw):
+        self.started.set()
+        token = ids[0][-1]
+        for _ in range(max_new_tokens):
+            time.sleep(self.delay)
+            token = ord("a") + (token + 1 - ord("a")) % 26
+            yield token
+
+
+def test_run_generation_budget_and_reasons() -> None:
+    model = FakeModel()
+    r = run_generation(model, ByteTokenizer(), [ord("a")], Sampling(max_tokens=5))
+    assert r.text == "bcdef" and r.finish_reason == "length" and r.completion_tokens == 5
+    r = run_generation(model, ByteTokenizer(), [ord("a")], Sampling(max_tokens=9, stop="e"))
+    assert r.text == "bcd" and r.finish_reason == "stop" and r.stop_reason == "e"
+    r = run_generation(
+        model, ByteTokenizer(), [ord("a")], Sampling(max_tokens=9, stop_token_ids=[ord("c")])
+    )
+    assert r.text == "bc" and r.stop_reason == ord("c")
+    assert token_budget(model, 60, None) == 4
+    with pytest.raises(PromptTooLong):
+        token_budget(model, 60, 5)
+    with pytest.raises(PromptTooLong):
+        token_budget(model, 64, None)
+
+
+def test_engine_cancels_running_and_skips_queued_jobs() -> None:
+    model = FakeModel(delay=0.01)
+    engine = Engine(model, ByteTokenizer(), max_queue=4)
+    events: dict[str, list] = {"long": [], "queued": [], "next": []}
+    done = {k: threading.Event() for k in events}
+
+    def sink(name):
+        def put(kind, payload):
+            events[name].append((kind, payload))
+            if kind != "delta":
+                done[name].set()
+
+        return put
+
+    jobs = {k: Job([ord("a")], Sampling(max_tokens=50), sink(k), client=k) for k in events}
+    engine.start()
+    try:
+        assert engine.submit(jobs["long"])
+        assert model.started.wait(5)
+        assert engine.submit(jobs["queued"]) and engine.submit(jobs["next"])
+        jobs["queued"].cancel()  # gives up while waiting
+        time.sleep(0.05)
+        jobs["long"].cancel()  # gives up mid-generation
+        for name in events:
+            assert done[name].wait(10), name
+    finally:
+        engine.shutdown()
+    long_result = events["long"][-1][1]
+    assert long_result.finish_reason == "cancelled" and long_result.completion_tokens < 50
+    assert events["queued"] == [("done", None)]  # never ran
+    assert events["next"][-1][1].completion_tokens == 50
+    assert engine.stats.cancelled == 2 and engine.stats.completed == 1
+
+
+def test_device_map_from_env(monkeypatch) -> None:
+    monkeypatch.delenv("NUM_LPU_DEVICES", raising=False)
+    monkeypatch.delenv("NUM_GPU_DEVICES", raising=False)
+    assert device_map_from_env() is None
+    monkeypatch.setenv("NUM_LPU_DEVICES", "2")
+    assert device_map_from_env() == {"lpu": 2}
+    monkeypatch.setenv("NUM_GPU_DEVICES", "1")
+    assert device_map_from_env() == {"gpu": 1, "lpu": 2}
+    assert device_map_from_env(num_lpu=1, num_gpu=0) == {"lpu": 1}
+    monkeypatch.setenv("NUM_LPU_DEVICES", "two")
+    with pytest.raises(ConfigError, match="NUM_LPU_DEVICES"):
+        device_map_from_env()
