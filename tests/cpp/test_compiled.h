@@ -75,6 +75,9 @@ class CompiledTiny {
     config.params = files;
     config.prefill_path = (dir / "prefill.bin").string();
     config.decode_path = (dir / "decode.bin").string();
+    for (const Region& r : plan.regions)
+      if (r.kind == RegionKind::KvCache)
+        config.kv_regions.push_back(KvRegion{r.base, r.row_bytes, r.rows, r.cols});
   }
   ~CompiledTiny() {
     std::error_code ec;

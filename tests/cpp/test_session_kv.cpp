@@ -3,106 +3,35 @@
 // restored prefix gives the very logits of a full prefill.
 #include <gtest/gtest.h>
 
-#include <cstdio>
 #include <cstring>
-#include <filesystem>
-#include <map>
-#include <random>
 
 #include "common/error.h"
-#include "common/fp16.h"
 #include "emu/emulator.h"
-#include "instgen/instgen.h"
-#include "mapper/memory_plan.h"
-#include "mapper/param_writer.h"
 #include "runtime/session.h"
-#include "test_util.h"
+#include "test_compiled.h"
 
 using namespace hyperdex;
-namespace fs = std::filesystem;
 
 namespace {
 
 constexpr uint32_t kChannels = 4;
 constexpr uint32_t kMaxLength = 40;
 
-// A compiled tiny Llama in a temporary folder: random weights, both programs.
+// A compiled tiny Llama (test_compiled.h); several prefill chunks for a 21-token prompt.
 class SessionKvTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    spec_ = hyperdex::testing::tiny_llama();
-    preset_ = hyperdex::testing::small_preset(kChannels);
-    const uint32_t max_tokens = 8;  // several chunks for a 21-token prompt
-    plan_ = plan_memory(spec_, preset_, kMaxLength, max_tokens);
-    dir_ = fs::temp_directory_path() /
-           ("hdx_session_kv_" + std::to_string(::testing::UnitTest::GetInstance()->random_seed()) +
-            "_" + ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::create_directories(dir_);
-    std::mt19937 rng(7);
-    std::normal_distribution<float> d(0.0f, 0.2f);
-    auto make = [&](const std::string& name, std::vector<int64_t> shape, bool gain) {
-      size_t n = 1;
-      for (int64_t s : shape) n *= size_t(s);
-      std::vector<uint16_t> v(n);
-      for (auto& x : v) x = float_to_half(gain ? 1.0f + 0.5f * d(rng) : d(rng));
-      tensors_[name] = {std::move(v), std::move(shape)};
-    };
-    const int64_t H = spec_.hidden_size, I = spec_.intermediate_size, V = spec_.vocab_size;
-    const int64_t q = int64_t(spec_.num_heads) * spec_.head_dim, kv = int64_t(spec_.num_kv_heads) * spec_.head_dim;
-    make("tok_embd.weight", {V, H}, false);
-    make("output_norm.weight", {H}, true);
-    for (uint32_t l = 0; l < spec_.num_layers; ++l) {
-      const std::string b = "blk." + std::to_string(l) + ".";
-      make(b + "attn_norm.weight", {H}, true);
-      make(b + "ffn_norm.weight", {H}, true);
-      make(b + "attn_q.weight", {q, H}, false);
-      make(b + "attn_k.weight", {kv, H}, false);
-      make(b + "attn_v.weight", {kv, H}, false);
-      make(b + "attn_output.weight", {H, q}, false);
-      make(b + "ffn_gate.weight", {I, H}, false);
-      make(b + "ffn_up.weight", {I, H}, false);
-      make(b + "ffn_down.weight", {H, I}, false);
-    }
-    auto files = write_params(spec_, plan_, [&](const std::string& name) {
-      auto it = tensors_.find(name);
-      if (it == tensors_.end()) throw SpecError("no tensor " + name);
-      return TensorView{it->second.first.data(), it->second.second};
-    }, dir_.string());
-    Programs programs = generate_programs(spec_, plan_);
-    isa::save_program(programs.prefill, (dir_ / "prefill.bin").string());
-    isa::save_program(programs.decode, (dir_ / "decode.bin").string());
-
-    config_.layout.channel_bytes = plan_.channel_bytes;
-    config_.layout.io_base = plan_.io.base;
-    config_.layout.io_bytes = plan_.io.bytes;
-    config_.io = plan_.io;
-    config_.vocab_size = plan_.vocab_size;
-    config_.max_length = plan_.max_length;
-    config_.plan_fingerprint = plan_.fingerprint();
-    config_.weights_bytes = plan_.weights_bytes;
-    config_.params = files;
-    config_.prefill_path = (dir_ / "prefill.bin").string();
-    config_.decode_path = (dir_ / "decode.bin").string();
-    for (const Region& r : plan_.regions)
-      if (r.kind == RegionKind::KvCache) config_.kv_regions.push_back(KvRegion{r.base, r.row_bytes, r.rows, r.cols});
+    model_ = std::make_unique<hyperdex::testing::CompiledTiny>("session_kv", kChannels, kMaxLength,
+                                                                8);
   }
-  void TearDown() override { fs::remove_all(dir_); }
-
   std::unique_ptr<Session> open() {
-    return std::make_unique<Session>(std::make_unique<emu::Emulator>(preset_, 2), config_);
+    return std::make_unique<Session>(std::make_unique<emu::Emulator>(model_->preset, 2),
+                                     model_->config);
   }
-  std::vector<int32_t> prompt(uint32_t n) const {
-    std::vector<int32_t> ids(n);
-    for (uint32_t i = 0; i < n; ++i) ids[i] = int32_t((i * 37 + 11) % spec_.vocab_size);
-    return ids;
-  }
+  std::vector<int32_t> prompt(uint32_t n) const { return model_->prompt(n); }
 
-  ModelSpec spec_;
-  DevicePreset preset_;
-  MemoryPlan plan_;
-  fs::path dir_;
-  std::map<std::string, std::pair<std::vector<uint16_t>, std::vector<int64_t>>> tensors_;
-  SessionConfig config_;
+  std::unique_ptr<hyperdex::testing::CompiledTiny> model_;
+  const ModelSpec spec_ = hyperdex::testing::tiny_llama();
 };
 
 TEST_F(SessionKvTest, ShapeFollowsThePlan) {
@@ -187,9 +116,9 @@ TEST_F(SessionKvTest, RangesAreChecked) {
   EXPECT_THROW(s->write_kv(7, 1, buf.data()), SpecError);          // would leave a gap
   EXPECT_THROW(s->write_kv(0, kMaxLength + 1, buf.data()), SpecError);  // past max_length
   EXPECT_EQ(s->position(), 6u);
-  SessionConfig no_kv = config_;
+  SessionConfig no_kv = model_->config;
   no_kv.kv_regions.clear();
-  Session bare(std::make_unique<emu::Emulator>(preset_, 1), no_kv);
+  Session bare(std::make_unique<emu::Emulator>(model_->preset, 1), no_kv);
   EXPECT_THROW(bare.read_kv(0, 0, buf.data()), SpecError);
 }
 
