@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "isa/isa.h"
+#include "spec/model_spec.h"
 
 namespace hyperdex {
 
@@ -36,6 +37,10 @@ struct RingPosition {
   uint32_t rank = 0;
   uint32_t size = 1;
 };
+
+// Checks a layout against what a device of `preset` holds (channel count, capacity,
+// the I/O region inside channel 0); `what` names the device in the message.
+void check_layout(const DeviceLayout& layout, const DevicePreset& preset, const std::string& what);
 
 class Device {
  public:

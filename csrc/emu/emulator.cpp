@@ -83,15 +83,7 @@ std::string Emulator::describe() const {
 }
 
 void Emulator::allocate(const DeviceLayout& layout) {
-  if (layout.channel_bytes.size() != preset_.hbm_channels)
-    throw DeviceError("layout has " + std::to_string(layout.channel_bytes.size()) +
-                      " channels, the device has " + std::to_string(preset_.hbm_channels));
-  for (uint64_t b : layout.channel_bytes)
-    if (b > preset_.hbm_channel_bytes)
-      throw CapacityError("a pseudo-channel of " + std::to_string(b) + " bytes exceeds the " +
-                          preset_.name + "'s " + std::to_string(preset_.hbm_channel_bytes));
-  if (layout.io_base + layout.io_bytes > layout.channel_bytes[0])
-    throw DeviceError("the I/O region lies outside pseudo-channel 0");
+  check_layout(layout, preset_, "the device");
   hbm_.clear();
   channel_ptrs_.clear();
   for (uint64_t b : layout.channel_bytes) {

@@ -92,15 +92,7 @@ void BoardDevice::check_usable() const {
 void BoardDevice::allocate(const DeviceLayout& layout) {
   check_usable();
   if (running_ >= 0) throw DeviceError("allocate while a run is in flight");
-  if (layout.channel_bytes.size() != preset_.hbm_channels)
-    throw DeviceError("layout has " + std::to_string(layout.channel_bytes.size()) +
-                      " channels, the board has " + std::to_string(preset_.hbm_channels));
-  for (uint64_t b : layout.channel_bytes)
-    if (b > preset_.hbm_channel_bytes)
-      throw CapacityError("a pseudo-channel of " + std::to_string(b) + " bytes exceeds the " +
-                          preset_.name + "'s " + std::to_string(preset_.hbm_channel_bytes));
-  if (layout.io_base + layout.io_bytes > layout.channel_bytes[0])
-    throw DeviceError("the I/O region lies outside pseudo-channel 0");
+  check_layout(layout, preset_, "the board");
   check_xclbin(read_xclbin(options_.xclbin), preset_, options_.kernel, &layout);
   // A new allocation replaces everything the old one held.
   for (size_t s = 0; s < 2; ++s) {
