@@ -50,7 +50,10 @@ def main() -> None:
     path = AutoCompiler().compile(
         model_id=str(folder), max_length=1024, fast_compile=True, progress=False
     )
-    ours = AutoModelForCausalLM.from_pretrained(path, num_threads=args.threads)
+    # Prefix caching off: every run prefills the whole prompt, as the peers do.
+    ours = AutoModelForCausalLM.from_pretrained(
+        path, num_threads=args.threads, enable_prefix_caching=False
+    )
     rng = np.random.default_rng(0)
     prompt = rng.integers(100, 40000, size=(1, args.prompt_tokens), dtype=np.int64)
     new = args.new_tokens
