@@ -189,12 +189,14 @@ def load_hf_model(folder: Path) -> Any:
     return HFAuto.from_pretrained(str(folder), dtype=torch.float32, local_files_only=True).eval()
 
 
-def compile_model(folder: Path, prefix: Path, max_length: int = 128, **kw: Any) -> str:
+def compile_model(
+    folder: Path, prefix: Path, max_length: int = 128, num_device: int = 1, **kw: Any
+) -> str:
     from hyperdex.tools import AutoCompiler
 
     return AutoCompiler().compile(
         model_id=str(folder),
-        num_device=1,
+        num_device=num_device,
         max_length=max_length,
         prefix=str(prefix),
         progress=False,
@@ -202,10 +204,10 @@ def compile_model(folder: Path, prefix: Path, max_length: int = 128, **kw: Any) 
     )
 
 
-def load_lpu(path: str) -> Any:
+def load_lpu(path: str, num_device: int = 1) -> Any:
     from hyperdex.transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(path, device_map={"lpu": 1})
+    return AutoModelForCausalLM.from_pretrained(path, device_map={"lpu": num_device})
 
 
 # -- comparisons ------------------------------------------------------------------------------

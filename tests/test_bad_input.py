@@ -425,11 +425,12 @@ def test_num_device_not_power_of_two(hf_folder: Path, tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists()
 
 
-def test_num_device_two_not_available(hf_folder: Path, tmp_path: Path) -> None:
+def test_num_device_above_the_largest_ring(hf_folder: Path, tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as e:
-        _compile(hf_folder, tmp_path, num_device=2)
+        _compile(hf_folder, tmp_path, num_device=2048)
     msg = str(e.value)
-    assert "num_device=2" in msg and "not available" in msg and "num_device=1" in msg
+    assert "num_device" in msg and "1024" in msg and "2048" in msg
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("value", [0, -1, "1", 1.0, True])
@@ -509,9 +510,9 @@ def test_model_too_big_for_the_device(tmp_path: Path) -> None:
     # what the model needs: ~20B parameters in fp16 ~ 1.19e3 GiB
     need = re.search(r"needs ([0-9.e+]+) GiB", msg)
     assert need and 1000 < float(need.group(1)) < 1400, msg
-    # what to do: enough devices (a power of two) for the weights
-    devices = re.search(r"about (\d+) devices", msg)
-    assert devices and "num_device" in msg, msg
+    # what to do: the smallest ring (a power of two) whose shares fit
+    devices = re.search(r"smallest ring that fits has (\d+) devices: compile with num_device", msg)
+    assert devices, msg
     n = int(devices.group(1))
     assert n & (n - 1) == 0 and n * 16 >= float(need.group(1)), msg
     assert not (tmp_path / "out").exists(), "nothing may be written before the check"

@@ -6,8 +6,11 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <cmath>
 #include <map>
+#include <memory>
+#include <thread>
 
 #include "common/crc32.h"
 #include "common/error.h"
@@ -168,6 +171,7 @@ PYBIND11_MODULE(_core, m) {
       .def_readwrite("sliding_window", &ModelSpec::sliding_window)
       .def_readwrite("embed_scale", &ModelSpec::embed_scale)
       .def_readwrite("tie_word_embeddings", &ModelSpec::tie_word_embeddings)
+      .def_readwrite("lm_head_rows", &ModelSpec::lm_head_rows)
       .def_readwrite("embed_dim", &ModelSpec::embed_dim)
       .def("validate", &ModelSpec::validate);
 
@@ -346,6 +350,30 @@ PYBIND11_MODULE(_core, m) {
           py::arg("preset"), py::arg("config"), py::arg("num_threads") = 0, py::arg("timeout_s") = 0.0,
           "Loads a compiled model onto a new emulated device (timeout_s 0: runs are not timed).")
       .def_static(
+          "emulator_ring",
+          [](const DevicePreset& preset, std::vector<SessionConfig> configs, uint32_t vocab_size,
+             size_t num_threads, double timeout_s) {
+            const uint32_t n = uint32_t(configs.size());
+            if (n == 0) throw SpecError("a ring needs at least one device");
+            // The devices share the host's cores; each gets its part of them.
+            size_t threads = num_threads ? num_threads : std::thread::hardware_concurrency();
+            threads = std::max<size_t>(1, threads / n);
+            auto link = std::make_shared<emu::RingLink>(n);
+            std::vector<std::unique_ptr<Device>> devices;
+            for (uint32_t d = 0; d < n; ++d) {
+              auto dev = std::make_unique<emu::Emulator>(preset, threads);
+              dev->attach_ring(link, d);
+              dev->set_interrupt_check(python_interrupt_check());
+              dev->set_run_timeout(run_timeout(timeout_s));
+              devices.push_back(std::move(dev));
+            }
+            py::gil_scoped_release release;
+            return std::make_unique<Session>(std::move(devices), std::move(configs), vocab_size);
+          },
+          py::arg("preset"), py::arg("configs"), py::arg("vocab_size"), py::arg("num_threads") = 0,
+          py::arg("timeout_s") = 0.0,
+          "Loads a tensor-parallel model onto a ring of emulated devices, one config per device.")
+      .def_static(
           "xrt",
           [](const DevicePreset& preset, SessionConfig config, const std::string& xclbin,
              const std::string& kernel, uint32_t device_index, double timeout_s) {
@@ -380,7 +408,13 @@ PYBIND11_MODULE(_core, m) {
       .def_property_readonly("max_length", &Session::max_length)
       .def_property_readonly("vocab_size", &Session::vocab_size)
       .def_property_readonly("prefill_chunk", &Session::prefill_chunk)
-      .def_property_readonly("device", [](Session& s) { return s.device().describe(); })
+      .def_property_readonly("device",
+                             [](Session& s) {
+                               const std::string one = s.device().describe();
+                               if (s.num_devices() == 1) return one;
+                               return "a ring of " + std::to_string(s.num_devices()) + " x " + one;
+                             })
+      .def_property_readonly("num_devices", &Session::num_devices)
       .def("reset", &Session::reset)
       .def("truncate", &Session::truncate)
       .def(

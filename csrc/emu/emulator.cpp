@@ -243,7 +243,24 @@ void Emulator::load_program(ProgramSlot slot, const isa::Program& program) {
   }
 }
 
+void Emulator::attach_ring(std::shared_ptr<RingLink> link, uint32_t rank) {
+  if (!link || rank >= link->size()) throw DeviceError("a ring rank outside the ring");
+  set_ring_position(RingPosition{rank, link->size()});
+  link_ = link->size() > 1 ? std::move(link) : nullptr;
+}
+
 void Emulator::start(ProgramSlot slot, const RunArgs& run) {
+  ++run_id_;  // first, so every device of a ring counts every run
+  if (!link_) return run_program(slot, run);
+  try {
+    run_program(slot, run);
+  } catch (...) {
+    link_->abort(run_id_);  // the neighbours must not wait for this device
+    throw;
+  }
+}
+
+void Emulator::run_program(ProgramSlot slot, const RunArgs& run) {
   const auto& prog = programs_[size_t(slot)];
   if (!prog) throw DeviceError("no program loaded in that slot");
   if (run.n_tokens == 0 || run.n_tokens > prog->max_tokens)
@@ -522,13 +539,19 @@ void Emulator::exec_argmax(const Instruction& in, const RunArgs& run) {
   *reinterpret_cast<int32_t*>(addr(in.dst)) = argmax_row(row, in.n);
 }
 
-// A ring of one device (the only ring this emulator has): the sum over the ring is
-// the device's own rows, the gather its own part. Larger rings are not emulated.
+// A ring of one: the sum over the ring is the device's own rows, the gather its own part.
+// Larger rings exchange through the link (ring_allreduce, ring_allgather).
 void Emulator::exec_ring(const Instruction& in, const RunArgs& run) {
-  if (in.i1 != 1)
+  const uint32_t size = ring_position().size;
+  if (in.i1 != size)
     throw DeviceError(std::string(isa::opcode_name(in.op)) + " needs a ring of " +
-                      std::to_string(in.i1) + " devices; the emulator runs one device");
+                      std::to_string(in.i1) + " devices; this emulator is in a ring of " +
+                      std::to_string(size));
   const auto [first, count] = logit_rows(in, run);
+  if (size > 1) {
+    if (in.op == Opcode::AllGather) return ring_allgather(in, first, count);
+    return ring_allreduce(in, first, count);
+  }
   if (in.op == Opcode::AllGather) {
     const size_t elem = (in.flags & isa::kFlagOutF32) ? 4 : 2;
     for (uint32_t t = 0; t < count; ++t)
@@ -549,6 +572,85 @@ void Emulator::exec_ring(const Instruction& in, const RunArgs& run) {
       if (residual) v = v + half_to_float(row16(in.b, t)[j]);
       row16(in.dst, t)[j] = float_to_half(v);
     }
+}
+
+// Per chunk of columns: the fp32 partial sums travel 0 -> 1 -> ... -> N-1, each device
+// adding its own (the ring order docs/isa.md fixes), then the total travels on from N-1
+// round the ring to N-2, so every device ends with the same sum and applies the
+// epilogue (round, bias, residual) itself.
+void Emulator::ring_allreduce(const Instruction& in, uint32_t first, uint32_t count) {
+  const uint32_t rank = ring_position().rank, size = ring_position().size;
+  std::vector<float> bias;
+  if (in.flags & isa::kFlagHasBias) {
+    bias.resize(in.n);
+    gather_vector(in.w1, in.n, bias.data());
+  }
+  const bool residual = in.flags & isa::kFlagHasResidual;
+  const uint32_t chunks = std::max<uint32_t>(1, std::min(in.i0, in.n));
+  const uint32_t width = (in.n + chunks - 1) / chunks;
+  std::vector<float> acc;
+  for (uint32_t j0 = 0; j0 < in.n; j0 += width) {
+    const uint32_t w = std::min(width, in.n - j0);
+    const size_t bytes = size_t(count) * w * 4;
+    acc.assign(size_t(count) * w, 0.0f);
+    if (rank > 0) {
+      std::vector<uint8_t> got = link_->receive(rank, run_id_);
+      if (got.size() != bytes) throw DeviceError("ring link: a partial sum of the wrong size");
+      std::memcpy(acc.data(), got.data(), bytes);
+    }
+    for (uint32_t t = 0; t < count; ++t) {
+      const uint16_t* a = row16(in.a, first + t) + j0;
+      for (uint32_t j = 0; j < w; ++j) acc[size_t(t) * w + j] += half_to_float(a[j]);
+    }
+    auto send = [&] {
+      std::vector<uint8_t> msg(bytes);
+      std::memcpy(msg.data(), acc.data(), bytes);
+      link_->send(rank, run_id_, std::move(msg));
+    };
+    if (rank + 1 < size) {
+      send();  // the running sum goes on
+      std::vector<uint8_t> got = link_->receive(rank, run_id_);  // the total comes back round
+      if (got.size() != bytes) throw DeviceError("ring link: a total of the wrong size");
+      std::memcpy(acc.data(), got.data(), bytes);
+      if (rank + 2 < size) send();  // N-1 already has it
+    } else {
+      send();  // the last device holds the total: it starts it round the ring
+    }
+    for (uint32_t t = 0; t < count; ++t) {
+      uint16_t* dst = row16(in.dst, first + t) + j0;
+      const uint16_t* res = residual ? row16(in.b, first + t) + j0 : nullptr;
+      for (uint32_t j = 0; j < w; ++j) {
+        float v = round16(acc[size_t(t) * w + j]);
+        if (!bias.empty()) v = round16(v + bias[j0 + j]);
+        if (res) v = v + half_to_float(res[j]);
+        dst[j] = float_to_half(v);
+      }
+    }
+  }
+}
+
+// N-1 steps: each device passes on the part it received last (its own first), so
+// after them it holds every device's part, placed by the rank it came from.
+void Emulator::ring_allgather(const Instruction& in, uint32_t first, uint32_t count) {
+  const uint32_t rank = ring_position().rank, size = ring_position().size;
+  const size_t elem = (in.flags & isa::kFlagOutF32) ? 4 : 2;
+  const size_t part = size_t(in.n) * elem;
+  std::vector<uint8_t> piece(size_t(count) * part);
+  for (uint32_t t = 0; t < count; ++t)
+    std::memcpy(piece.data() + t * part, addr(in.a) + size_t(first + t) * in.a.stride * elem, part);
+  auto place = [&](uint32_t from, const std::vector<uint8_t>& p) {
+    for (uint32_t t = 0; t < count; ++t)
+      std::memcpy(addr(in.dst) + (size_t(first + t) * in.dst.stride + size_t(from) * in.n) * elem,
+                  p.data() + t * part, part);
+  };
+  std::vector<uint8_t> own = piece;
+  for (uint32_t step = 1; step < size; ++step) {
+    link_->send(rank, run_id_, std::move(piece));
+    piece = link_->receive(rank, run_id_);
+    if (piece.size() != own.size()) throw DeviceError("ring link: a part of the wrong size");
+    place((rank + size - step) % size, piece);
+  }
+  place(rank, own);  // last: the destination may overlap the source
 }
 
 }  // namespace hyperdex::emu

@@ -10,6 +10,7 @@
 #include "common/thread_pool.h"
 #include "device/device.h"
 #include "emu/kernels.h"
+#include "emu/ring_link.h"
 #include "spec/model_spec.h"
 
 namespace hyperdex::emu {
@@ -37,6 +38,10 @@ class Emulator final : public Device {
   void start(ProgramSlot slot, const RunArgs& args) override;
   void wait() override {}
 
+  // Joins a ring of link->size() devices as `rank`: ALLREDUCE and ALLGATHER then
+  // exchange data with the neighbours through `link` alone (docs/isa.md).
+  void attach_ring(std::shared_ptr<RingLink> link, uint32_t rank);
+
   // On-chip memory as the last run left it (for debugging and tests; a board
   // cannot read it back).
   void read_lmem(uint64_t offset, void* dst, size_t bytes) const;
@@ -51,6 +56,7 @@ class Emulator final : public Device {
   using Buffer = std::unique_ptr<uint8_t, Aligned>;
 
  private:
+  void run_program(ProgramSlot slot, const RunArgs& run);
   void execute(const isa::Instruction& in, const RunArgs& run);
   void exec_embed(const isa::Instruction& in, const RunArgs& run);
   void exec_norm(const isa::Instruction& in, const RunArgs& run);
@@ -61,6 +67,8 @@ class Emulator final : public Device {
   void exec_elementwise(const isa::Instruction& in, const RunArgs& run);
   void exec_argmax(const isa::Instruction& in, const RunArgs& run);
   void exec_ring(const isa::Instruction& in, const RunArgs& run);
+  void ring_allreduce(const isa::Instruction& in, uint32_t first, uint32_t count);
+  void ring_allgather(const isa::Instruction& in, uint32_t first, uint32_t count);
 
   uint8_t* addr(const isa::Operand& o);
   uint16_t* row16(const isa::Operand& o, uint32_t t) {
@@ -82,6 +90,8 @@ class Emulator final : public Device {
   uint64_t lmem_bytes_ = 0;
   std::array<std::unique_ptr<isa::Program>, 2> programs_;
   std::vector<float> scratch_x_, scratch_y_, ones_;
+  std::shared_ptr<RingLink> link_;  // null: a ring of one
+  uint64_t run_id_ = 0;             // numbers runs for the link (lockstep across the ring)
 };
 
 }  // namespace hyperdex::emu

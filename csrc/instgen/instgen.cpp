@@ -200,7 +200,7 @@ class Emitter {
   // its epilogue with fuse_argmax, else an ARGMAX instruction.
   void head(const std::string& weight, Operand logits, Operand src, uint32_t in_features,
             Operand argmax_dst) {
-    Instruction in = matmul(weight, s_.vocab_size, in_features);
+    Instruction in = matmul(weight, s_.logits_size(), in_features);
     in.flags |= isa::kFlagOutF32 | isa::kFlagLogitRows;
     in.a = src;
     in.dst = logits;
@@ -220,7 +220,7 @@ class Emitter {
     am.flags = isa::kFlagLogitRows;
     am.dst = argmax_dst;
     am.a = logits;
-    am.n = s_.vocab_size;
+    am.n = s_.logits_size();
     emit(am);
   }
   void rope(Operand qk, uint32_t heads) {
@@ -365,11 +365,23 @@ ModelSpec shard_spec(const ModelSpec& spec, uint32_t devices) {
   ModelSpec d = spec;
   if (devices == 1) return d;
   auto share = [&](uint32_t n) { return (n + devices - 1) / devices; };
-  d.num_kv_heads = spec.num_kv_heads >= devices ? share(spec.num_kv_heads) : 1;
-  d.num_heads = share(spec.num_heads);
-  d.num_heads = (d.num_heads + d.num_kv_heads - 1) / d.num_kv_heads * d.num_kv_heads;
+  // A device's query heads all belong to its own KV heads, so ATTN's grouping holds on
+  // the shard: with at least as many KV heads as devices, ceil(K/N) KV heads and their
+  // whole groups; with fewer, one KV head (replicated) and a share of its group's heads.
+  const uint32_t group = spec.num_heads / spec.num_kv_heads;
+  if (spec.num_kv_heads >= devices) {
+    d.num_kv_heads = share(spec.num_kv_heads);
+    d.num_heads = d.num_kv_heads * group;
+  } else {
+    const uint32_t sharing = devices / spec.num_kv_heads;  // devices per KV head (at least)
+    d.num_kv_heads = 1;
+    d.num_heads = (group + sharing - 1) / sharing;
+  }
   d.intermediate_size = share(spec.intermediate_size);
-  d.vocab_size = share(spec.vocab_size);
+  // The embedding table stays whole (a token may be any id); the LM head is a vocabulary
+  // slice, a copy of the table's rows when tied.
+  d.lm_head_rows = share(spec.vocab_size);
+  d.tie_word_embeddings = false;
   return d;
 }
 
@@ -391,7 +403,7 @@ isa::Program generate_program(const ModelSpec& s, const MemoryPlan& plan, isa::P
   const uint32_t H = s.hidden_size, hd = s.head_dim;
   const uint32_t q = s.num_heads * hd, kv = s.num_kv_heads * hd;
   const Operand ids{Space::Io, plan.io.ids_offset, 1};
-  const Operand logits{Space::Io, plan.io.logits_offset, s.vocab_size};
+  const Operand logits{Space::Io, plan.io.logits_offset, s.logits_size()};
   const Operand argmax{Space::Io, plan.io.argmax_offset, 1};
 
   // Embeddings.

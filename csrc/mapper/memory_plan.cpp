@@ -131,7 +131,7 @@ MemoryPlan plan_memory(const ModelSpec& spec, const DevicePreset& preset, uint32
   plan.channel_capacity = preset.hbm_channel_bytes;
   plan.max_length = max_length;
   plan.max_tokens = max_tokens;
-  plan.vocab_size = spec.vocab_size;
+  plan.vocab_size = spec.logits_size();  // this device's logits (its LM-head rows)
 
   const uint32_t H = spec.hidden_size, hd = spec.head_dim;
   const uint32_t q_rows = spec.num_heads * hd, kv_rows = spec.num_kv_heads * hd;
@@ -175,8 +175,9 @@ MemoryPlan plan_memory(const ModelSpec& spec, const DevicePreset& preset, uint32
   }
   if (spec.final_norm) p.norm("output_norm");
   if (spec.has_projection()) p.linear("proj_out", spec.embed_dim, H, false);
-  if (!spec.tie_word_embeddings) p.matrix("output", {"output.weight"}, spec.vocab_size, spec.token_embed_dim());
-  if (spec.lm_head_bias) p.vector("output.bias", {"output.bias"}, spec.vocab_size);
+  if (!spec.tie_word_embeddings)
+    p.matrix("output", {"output.weight"}, spec.logits_size(), spec.token_embed_dim());
+  if (spec.lm_head_bias) p.vector("output.bias", {"output.bias"}, spec.logits_size());
   p.align_cursor();
   plan.weights_bytes = p.cursor();
 
@@ -194,10 +195,10 @@ MemoryPlan plan_memory(const ModelSpec& spec, const DevicePreset& preset, uint32
   plan.io.ids_offset = 0;
   plan.io.argmax_offset = uint32_t(align_up(uint64_t(max_tokens) * 4, kRowAlignBytes));
   plan.io.logits_offset = plan.io.argmax_offset + kRowAlignBytes;
-  uint64_t io_bytes = plan.io.logits_offset + uint64_t(max_tokens) * spec.vocab_size * 4;
+  uint64_t io_bytes = plan.io.logits_offset + uint64_t(max_tokens) * spec.logits_size() * 4;
   if (io_bytes > 0x7fffffffull)
     throw CapacityError("the I/O buffer for " + std::to_string(max_tokens) + " rows of " +
-                        std::to_string(spec.vocab_size) + " logits exceeds 2 GiB");
+                        std::to_string(spec.logits_size()) + " logits exceeds 2 GiB");
   plan.io.bytes = uint32_t(align_up(io_bytes, kSegmentAlign));
 
   plan.channel_bytes.assign(plan.num_channels, plan.io.base);

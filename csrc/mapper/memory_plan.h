@@ -4,8 +4,9 @@
 // channel reads its share front to back ("streamlined memory access").
 //
 // Per pseudo-channel the layout is [weights | KV cache | (channel 0 only) I/O];
-// docs/formats.md draws it. Single device here; the tensor-parallel mapper
-// produces one plan per device from the same pieces.
+// docs/formats.md draws it. On a ring of N devices each device's plan is made for
+// its shard_spec() share; the shares have the same shapes, so every device has the
+// same plan and only its parameter bytes differ (hyperdex/tools/sharding.py).
 #pragma once
 #include <cstdint>
 #include <string>

@@ -3,7 +3,10 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
+#include <exception>
+#include <limits>
 #include <memory>
+#include <thread>
 
 #include "common/crc32.h"
 #include "common/error.h"
@@ -36,33 +39,65 @@ void load_param_file(Device& dev, uint32_t channel, const ParamFile& pf, uint64_
 
 }  // namespace
 
+namespace {
+std::vector<std::unique_ptr<Device>> one_device(std::unique_ptr<Device> device) {
+  std::vector<std::unique_ptr<Device>> v;
+  v.push_back(std::move(device));
+  return v;
+}
+}  // namespace
+
 Session::Session(std::unique_ptr<Device> device, SessionConfig config)
-    : device_(std::move(device)), config_(std::move(config)) {
-  if (config_.params.size() != device_->num_channels())
-    throw FormatError("the compiled model has " + std::to_string(config_.params.size()) +
-                      " parameter files, the device has " + std::to_string(device_->num_channels()) +
+    : Session(one_device(std::move(device)), std::vector<SessionConfig>{config}, config.vocab_size) {}
+
+Session::Session(std::vector<std::unique_ptr<Device>> devices, std::vector<SessionConfig> configs,
+                 uint32_t vocab_size)
+    : devices_(std::move(devices)), configs_(std::move(configs)), vocab_size_(vocab_size) {
+  if (devices_.empty() || devices_.size() != configs_.size())
+    throw SpecError("a session needs one config per device");
+  config_ = configs_[0];
+  const uint32_t slice = config_.vocab_size;
+  if (uint64_t(slice) * devices_.size() < vocab_size_ || slice == 0)
+    throw FormatError("the devices' logits do not cover the vocabulary" + std::string(kRecompile));
+  for (size_t d = 0; d < devices_.size(); ++d) {
+    const SessionConfig& c = configs_[d];
+    if (c.vocab_size != slice || c.max_length != config_.max_length ||
+        c.plan_fingerprint != config_.plan_fingerprint)
+      throw FormatError("the devices of the ring were compiled with different plans" +
+                        std::string(kRecompile));
+    if (devices_[d]->ring_position().rank != d || devices_[d]->ring_position().size != devices_.size())
+      throw SpecError("device " + std::to_string(d) + " is not told its place in the ring");
+    load(*devices_[d], c);
+  }
+  kv_cols_ = device_kv_cols_ * uint32_t(devices_.size());
+}
+
+void Session::load(Device& device, const SessionConfig& config) {
+  if (config.params.size() != device.num_channels())
+    throw FormatError("the compiled model has " + std::to_string(config.params.size()) +
+                      " parameter files, the device has " + std::to_string(device.num_channels()) +
                       " HBM pseudo-channels; compile for this device preset");
-  device_->allocate(config_.layout);
-  for (uint32_t c = 0; c < config_.params.size(); ++c)
-    load_param_file(*device_, c, config_.params[c], config_.weights_bytes);
-  isa::Program prefill = isa::load_program(config_.prefill_path);
-  isa::Program decode = isa::load_program(config_.decode_path);
+  device.allocate(config.layout);
+  for (uint32_t c = 0; c < config.params.size(); ++c)
+    load_param_file(device, c, config.params[c], config.weights_bytes);
+  isa::Program prefill = isa::load_program(config.prefill_path);
+  isa::Program decode = isa::load_program(config.decode_path);
   for (const isa::Program* p : {&prefill, &decode})
-    if (p->plan_fingerprint != config_.plan_fingerprint)
+    if (p->plan_fingerprint != config.plan_fingerprint)
       throw FormatError("the programs in inst/ were made for another memory plan than config/" +
                         std::string(kRecompile));
   if (prefill.kind != isa::ProgramKind::Prefill || decode.kind != isa::ProgramKind::Decode)
     throw FormatError("inst/prefill.bin and inst/decode.bin are swapped or mislabelled" +
                       std::string(kRecompile));
   prefill_max_tokens_ = prefill.max_tokens;
-  for (const KvRegion& r : config_.kv_regions) {
-    if (kv_cols_ == 0) kv_cols_ = r.cols;
-    if (r.cols != kv_cols_ || r.cols == 0 || uint64_t(r.cols) * 2 > r.row_bytes ||
-        r.rows < config_.max_length)
+  for (const KvRegion& r : config.kv_regions) {
+    if (device_kv_cols_ == 0) device_kv_cols_ = r.cols;
+    if (r.cols != device_kv_cols_ || r.cols == 0 || uint64_t(r.cols) * 2 > r.row_bytes ||
+        r.rows < config.max_length)
       throw FormatError("the memory map's KV cache regions are inconsistent" + std::string(kRecompile));
   }
-  device_->load_program(ProgramSlot::Prefill, prefill);
-  device_->load_program(ProgramSlot::Decode, decode);
+  device.load_program(ProgramSlot::Prefill, prefill);
+  device.load_program(ProgramSlot::Decode, decode);
 }
 
 void Session::truncate(uint32_t position) {
@@ -82,26 +117,89 @@ void Session::check_room(uint32_t n) const {
 
 void Session::check_ids(const int32_t* ids, uint32_t n) const {
   for (uint32_t i = 0; i < n; ++i)
-    if (ids[i] < 0 || uint32_t(ids[i]) >= config_.vocab_size)
+    if (ids[i] < 0 || uint32_t(ids[i]) >= vocab_size_)
       throw SpecError("token id " + std::to_string(ids[i]) + " is outside the vocabulary [0, " +
-                      std::to_string(config_.vocab_size) + ")");
+                      std::to_string(vocab_size_) + ")");
+}
+
+// Every device runs in its own thread (device 0 in the caller's): the ring
+// instructions block until the neighbours get there. The first failure is reported.
+void Session::run_all(ProgramSlot slot, const RunArgs& args) {
+  if (devices_.size() == 1) {
+    devices_[0]->start(slot, args);
+    devices_[0]->wait();
+    return;
+  }
+  std::vector<std::exception_ptr> errors(devices_.size());
+  auto one = [&](size_t d) {
+    try {
+      devices_[d]->start(slot, args);
+      devices_[d]->wait();
+    } catch (...) {
+      errors[d] = std::current_exception();
+    }
+  };
+  std::vector<std::thread> threads;
+  for (size_t d = 1; d < devices_.size(); ++d) threads.emplace_back(one, d);
+  one(0);
+  for (auto& t : threads) t.join();
+  for (auto& e : errors)  // an interrupt or the device that failed first, not its neighbours
+    if (e) {
+      try {
+        std::rethrow_exception(e);
+      } catch (const Interrupted&) {
+        throw;
+      } catch (const DeviceError& err) {
+        if (std::string(err.what()).find("another device of the ring") != std::string::npos) continue;
+        throw;
+      }
+    }
+  for (auto& e : errors)
+    if (e) std::rethrow_exception(e);
+}
+
+// Each device wrote its vocabulary slice; the host puts the slices side by side (the
+// padding past vocab_size is dropped) and takes the argmax of the last row (NaN never
+// wins, the first maximum does, as ARGMAX).
+int32_t Session::gather_logits(uint32_t rows, float* out) {
+  const IoLayout& io = config_.io;
+  const uint32_t slice = config_.vocab_size;
+  std::vector<float> last(vocab_size_);
+  std::vector<float> buf(size_t(rows) * slice);
+  for (size_t d = 0; d < devices_.size(); ++d) {
+    const uint64_t lo = uint64_t(d) * slice;
+    if (lo >= vocab_size_) break;
+    const uint32_t take = uint32_t(std::min<uint64_t>(slice, vocab_size_ - lo));
+    devices_[d]->read(0, io.base + io.logits_offset, buf.data(), buf.size() * 4);
+    for (uint32_t r = 0; r < rows; ++r) {
+      const float* src = buf.data() + size_t(r) * slice;
+      if (out) std::memcpy(out + size_t(r) * vocab_size_ + lo, src, size_t(take) * 4);
+      if (r + 1 == rows) std::memcpy(last.data() + lo, src, size_t(take) * 4);
+    }
+  }
+  int32_t best = 0;
+  float best_v = -std::numeric_limits<float>::infinity();
+  for (uint32_t j = 0; j < vocab_size_; ++j)
+    if (last[j] > best_v) {
+      best_v = last[j];
+      best = int32_t(j);
+    }
+  return best;
 }
 
 int32_t Session::run(ProgramSlot slot, const int32_t* ids, uint32_t n, bool logits_all,
                      bool want_logits, float* out) {
   const IoLayout& io = config_.io;
-  device_->write(0, io.base + io.ids_offset, ids, size_t(n) * 4);
+  for (auto& dev : devices_) dev->write(0, io.base + io.ids_offset, ids, size_t(n) * 4);
   RunArgs args{position_, n, logits_all, want_logits};
-  device_->start(slot, args);
-  device_->wait();
+  run_all(slot, args);
   position_ += n;
   int32_t argmax = 0;
   if (!want_logits) return argmax;
-  device_->read(0, io.base + io.argmax_offset, &argmax, 4);
-  if (out) {
-    const size_t rows = logits_all ? n : 1;
-    device_->read(0, io.base + io.logits_offset, out, rows * config_.vocab_size * 4);
-  }
+  const size_t rows = logits_all ? n : 1;
+  if (devices_.size() > 1) return gather_logits(uint32_t(rows), out);
+  devices_[0]->read(0, io.base + io.argmax_offset, &argmax, 4);
+  if (out) devices_[0]->read(0, io.base + io.logits_offset, out, rows * config_.vocab_size * 4);
   return argmax;
 }
 
@@ -116,7 +214,7 @@ int32_t Session::prefill(const int32_t* ids, uint32_t n, bool logits_all, float*
       const uint32_t chunk = std::min(prefill_max_tokens_, n - done);
       const bool last = done + chunk == n;
       float* dst = nullptr;
-      if (out && logits_all) dst = out + size_t(done) * config_.vocab_size;
+      if (out && logits_all) dst = out + size_t(done) * vocab_size_;
       else if (out && last) dst = out;
       argmax = run(ProgramSlot::Prefill, ids + done, chunk, logits_all, logits_all || last, dst);
       done += chunk;
@@ -153,14 +251,16 @@ void Session::check_kv(uint32_t start, uint32_t n) const {
 // consecutive rows of the channel.
 template <typename Fn>
 void Session::for_kv_rows(uint32_t start, uint32_t n, Fn&& fn) {
-  const uint32_t C = device_->num_channels();
+  const uint32_t C = devices_[0]->num_channels();
   for (uint32_t r = 0; r < config_.kv_regions.size(); ++r) {
     const KvRegion& reg = config_.kv_regions[r];
     for (uint32_t c = 0; c < C; ++c) {
       const uint32_t first = start + (c + C - start % C) % C;  // first position >= start in c
       if (first >= start + n) continue;
       const uint32_t count = (start + n - 1 - first) / C + 1;
-      fn(r, c, reg.base + uint64_t(first / C) * reg.row_bytes, first, count);
+      for (uint32_t d = 0; d < devices_.size(); ++d)
+        fn(*devices_[d], d * device_kv_cols_, r, c, reg.base + uint64_t(first / C) * reg.row_bytes,
+           first, count);
     }
   }
 }
@@ -170,16 +270,17 @@ void Session::read_kv(uint32_t start, uint32_t n, uint16_t* out) {
   if (uint64_t(start) + n > position_)
     throw SpecError("cannot read KV positions up to " + std::to_string(uint64_t(start) + n) +
                     ", the sequence holds " + std::to_string(position_));
-  const uint32_t C = device_->num_channels();
+  const uint32_t C = devices_[0]->num_channels();
   std::vector<uint8_t> buf;
-  for_kv_rows(start, n, [&](uint32_t r, uint32_t c, uint64_t offset, uint32_t first, uint32_t count) {
+  for_kv_rows(start, n, [&](Device& dev, uint32_t col0, uint32_t r, uint32_t c, uint64_t offset,
+                            uint32_t first, uint32_t count) {
     const uint32_t row_bytes = config_.kv_regions[r].row_bytes;
     buf.resize(size_t(count) * row_bytes);
-    device_->read(c, offset, buf.data(), buf.size());
+    dev.read(c, offset, buf.data(), buf.size());
     for (uint32_t i = 0; i < count; ++i) {
       const size_t pos = first + size_t(i) * C - start;
-      std::memcpy(out + (size_t(r) * n + pos) * kv_cols_, buf.data() + size_t(i) * row_bytes,
-                  size_t(kv_cols_) * 2);
+      std::memcpy(out + (size_t(r) * n + pos) * kv_cols_ + col0, buf.data() + size_t(i) * row_bytes,
+                  size_t(device_kv_cols_) * 2);
     }
   });
 }
@@ -190,18 +291,19 @@ void Session::write_kv(uint32_t start, uint32_t n, const uint16_t* in) {
     throw SpecError("cannot write KV from position " + std::to_string(start) +
                     ", the sequence holds only " + std::to_string(position_) +
                     " (it would leave a gap)");
-  const uint32_t C = device_->num_channels();
+  const uint32_t C = devices_[0]->num_channels();
   position_ = start;  // on failure the rows past start are undefined, so they are dropped
   std::vector<uint8_t> buf;
-  for_kv_rows(start, n, [&](uint32_t r, uint32_t c, uint64_t offset, uint32_t first, uint32_t count) {
+  for_kv_rows(start, n, [&](Device& dev, uint32_t col0, uint32_t r, uint32_t c, uint64_t offset,
+                            uint32_t first, uint32_t count) {
     const uint32_t row_bytes = config_.kv_regions[r].row_bytes;
     buf.assign(size_t(count) * row_bytes, 0);  // padding stays zero, as compiled
     for (uint32_t i = 0; i < count; ++i) {
       const size_t pos = first + size_t(i) * C - start;
-      std::memcpy(buf.data() + size_t(i) * row_bytes, in + (size_t(r) * n + pos) * kv_cols_,
-                  size_t(kv_cols_) * 2);
+      std::memcpy(buf.data() + size_t(i) * row_bytes,
+                  in + (size_t(r) * n + pos) * kv_cols_ + col0, size_t(device_kv_cols_) * 2);
     }
-    device_->write(c, offset, buf.data(), buf.size());
+    dev.write(c, offset, buf.data(), buf.size());
   });
   position_ = start + n;
 }

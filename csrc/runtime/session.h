@@ -26,7 +26,7 @@ struct KvRegion {
 struct SessionConfig {
   DeviceLayout layout;
   IoLayout io;
-  uint32_t vocab_size = 0;
+  uint32_t vocab_size = 0;  // logits per row this device writes (its vocabulary slice on a ring)
   uint32_t max_length = 0;
   uint32_t plan_fingerprint = 0;
   uint64_t weights_bytes = 0;           // per channel, the size of each param file
@@ -39,11 +39,17 @@ class Session {
  public:
   // Allocates, loads and verifies parameters and programs (FormatError on any mismatch).
   Session(std::unique_ptr<Device> device, SessionConfig config);
+  // A tensor-parallel ring: device d (already told its ring position) gets configs[d].
+  // Every run starts on all devices at once, each in a thread of its own; device d's
+  // logits are the vocabulary slice [d * slice, (d + 1) * slice) of `vocab_size` ids.
+  Session(std::vector<std::unique_ptr<Device>> devices, std::vector<SessionConfig> configs,
+          uint32_t vocab_size);
 
-  Device& device() { return *device_; }
+  Device& device() { return *devices_[0]; }
+  uint32_t num_devices() const { return uint32_t(devices_.size()); }
   uint32_t position() const { return position_; }
   uint32_t max_length() const { return config_.max_length; }
-  uint32_t vocab_size() const { return config_.vocab_size; }
+  uint32_t vocab_size() const { return vocab_size_; }
   uint32_t prefill_chunk() const { return prefill_max_tokens_; }
   // Forget the sequence (the KV cache is overwritten from position 0 on).
   void reset() { position_ = 0; }
@@ -60,7 +66,7 @@ class Session {
 
   // The KV cache seen from the host, for the prefix cache and hybrid prefill:
   // positions [start, start + n) of every KV region, fp16 bits, unpadded, as
-  // [kv_regions][n][kv_cols]. Each region's rows in one channel are contiguous,
+  // [kv_regions][n][kv_cols] (on a ring: the devices' columns side by side, rank order). Each region's rows in one channel are contiguous,
   // so a transfer is one read or write per region and channel.
   uint32_t kv_region_count() const { return uint32_t(config_.kv_regions.size()); }
   uint32_t kv_cols() const { return kv_cols_; }
@@ -75,15 +81,21 @@ class Session {
   void check_ids(const int32_t* ids, uint32_t n) const;
   int32_t run(ProgramSlot slot, const int32_t* ids, uint32_t n, bool logits_all, bool want_logits,
               float* out);
+  void load(Device& device, const SessionConfig& config);
+  void run_all(ProgramSlot slot, const RunArgs& args);
+  int32_t gather_logits(uint32_t rows, float* out);
 
-  std::unique_ptr<Device> device_;
-  SessionConfig config_;
+  std::vector<std::unique_ptr<Device>> devices_;
+  std::vector<SessionConfig> configs_;
+  SessionConfig config_;  // device 0's (the plan is the same on every device)
+  uint32_t vocab_size_ = 0;
   void check_kv(uint32_t start, uint32_t n) const;
   template <typename Fn>
   void for_kv_rows(uint32_t start, uint32_t n, Fn&& fn);
 
   uint32_t prefill_max_tokens_ = 1;
-  uint32_t kv_cols_ = 0;
+  uint32_t kv_cols_ = 0;         // all devices together
+  uint32_t device_kv_cols_ = 0;  // one device's
   uint32_t position_ = 0;
 };
 

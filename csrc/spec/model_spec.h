@@ -53,9 +53,13 @@ struct ModelSpec {
   float embed_scale = 1.0f;        // multiplies token embeddings (Gemma)
   bool tie_word_embeddings = false;
   uint32_t embed_dim = 0;          // OPT word_embed_proj_dim; 0 or == hidden: no projection
+  // Rows of the LM head on this device: a tensor-parallel shard holds a slice of the
+  // vocabulary (shard_spec) while its embedding table keeps all vocab_size rows. 0: vocab_size.
+  uint32_t lm_head_rows = 0;
 
   bool has_projection() const { return embed_dim != 0 && embed_dim != hidden_size; }
   uint32_t token_embed_dim() const { return has_projection() ? embed_dim : hidden_size; }
+  uint32_t logits_size() const { return lm_head_rows ? lm_head_rows : vocab_size; }
   float effective_attn_scale() const;
   // Throws SpecError naming the first inconsistent field.
   void validate() const;

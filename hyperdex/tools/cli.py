@@ -63,8 +63,6 @@ def parse_num_device(text: str) -> int:
         raise ValueError(f"{text!r} is not a number") from None
     if n < 1 or n & (n - 1):
         raise ValueError("the number of devices must be a power of two (1, 2, 4, 8)")
-    if n != 1:
-        raise ValueError("this version of hyperdex maps onto 1 device; enter 1")
     return n
 
 

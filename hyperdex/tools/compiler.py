@@ -5,7 +5,8 @@ Phases (docs/architecture.md), each leaving files under ``<prefix>/<org>/<model>
 0. check    architecture, device count, options and HBM capacity, before any work
 1. fetch    ``ckpt/``: the HF files (local folder or the Hub)
 2. convert  ``ckpt/hyperdex_config.json`` + ``ckpt/hyperdex_model.bin``
-3. map      ``param/hbm_chNN.bin`` (one per HBM pseudo-channel) + ``config/memory_map.json``
+3. map      ``param/hbm_chNN.bin`` (one per HBM pseudo-channel; ``param/devD/`` per device of
+            a ring) + ``config/memory_map.json``
 4. instgen  ``inst/prefill.bin`` + ``inst/decode.bin`` (and readable ``.lst`` listings)
 
 ``compile.json`` is written last: a folder without it is not a finished compile. Every file
@@ -26,7 +27,7 @@ from typing import Any, Optional, Union
 
 from .. import __version__, _core
 from ..arch.registry import model_traits
-from ..errors import ConfigError, FormatError
+from ..errors import CapacityError, ConfigError, FormatError
 from ..formats import ModelFile
 from ..paths import compiled_dir, is_local_model
 from ..presets import load_preset
@@ -41,12 +42,15 @@ from .fetch import copy_local, download, download_config
 from .lowering import device_preset, memory_map_dict, model_spec
 from .passes import PassesArg, core_passes, pass_options
 from .progress import progress_bar
+from .sharding import shard_tensors
 
 log = logging.getLogger("hyperdex")
 
 COMPILE_INFO_NAME = "compile.json"
 MEMORY_MAP_NAME = "memory_map.json"
 DEFAULT_MAX_LENGTH = 2048
+MAX_DEVICES = 1024  # the largest ring compile() accepts (and a capacity error suggests)
+
 _STAMP = ".stamp.json"
 PathLike = Union[str, Path]
 
@@ -96,12 +100,52 @@ def _check_num_device(num_device: Any) -> int:
             f"num_device must be a power of two (1, 2, 4, 8, ...): the devices form a ring; "
             f"got {num_device}"
         )
-    if num_device != 1:
-        raise ConfigError(
-            f"num_device={num_device}: tensor-parallel mapping over several LPUs is not "
-            "available in this version of hyperdex; compile with num_device=1"
-        )
+    if num_device > MAX_DEVICES:
+        raise ConfigError(f"num_device must be at most {MAX_DEVICES}, got {num_device}")
     return num_device
+
+
+def _plan_shard(
+    spec: Any, preset: Any, max_length: int, passes: Any, num_device: int
+) -> tuple[Any, int, Any]:
+    """(one device's ModelSpec, prefill chunk, memory plan) on a ring of ``num_device``;
+    CapacityError when a share does not fit one device."""
+    shard = _core.shard_spec(spec, num_device)
+    max_tokens = _core.choose_max_tokens(shard, preset, max_length)
+    return shard, max_tokens, _core.plan_memory(shard, preset, max_length, max_tokens, passes)
+
+
+def _check_capacity(
+    spec: Any, preset: Any, max_length: int, passes: Any, num_device: int
+) -> tuple[Any, int]:
+    """Phase 0's capacity check: the share of each of ``num_device`` devices must fit one
+    device's HBM. The error gives the numbers and the smallest device count that fits."""
+    try:
+        shard, max_tokens, _ = _plan_shard(spec, preset, max_length, passes, num_device)
+        return shard, max_tokens
+    except CapacityError as e:
+        smallest = None
+        n = num_device * 2
+        while n <= MAX_DEVICES and smallest is None:
+            try:
+                _plan_shard(spec, preset, max_length, passes, n)
+                smallest = n
+            except CapacityError:
+                n *= 2
+        what = str(e).split(" Use about")[0]
+        if num_device > 1:
+            what = f"with num_device={num_device}, one device's share: " + what
+        if smallest is None:
+            hint = (
+                f" Not even {MAX_DEVICES} devices hold it: use a smaller max_length or "
+                "quantization."
+            )
+        else:
+            hint = (
+                f" The smallest ring that fits has {smallest} devices: compile with "
+                f"num_device={smallest} (or a smaller max_length, or quantization)."
+            )
+        raise CapacityError(what + hint) from None
 
 
 # What each phase does and where it writes (seed 000's announcements).
@@ -204,10 +248,10 @@ class AutoCompiler:
         max_length = self._check_max_length(max_length, model)
         spec = model_spec({"architecture": hf_name, "model": model})
         core_preset = device_preset(preset)
-        max_tokens = _core.choose_max_tokens(spec, core_preset, max_length)
-        # raises CapacityError
-        _core.plan_memory(spec, core_preset, max_length, max_tokens, core_pass_options)
-        log.info("%s fits one %s with max_length=%d", hf_name, preset["name"], max_length)
+        _check_capacity(spec, core_preset, max_length, core_pass_options, num_device)
+        log.info(
+            "%s fits %d x %s with max_length=%d", hf_name, num_device, preset["name"], max_length
+        )
         timings["check"] = time.perf_counter() - t
 
         out.mkdir(parents=True, exist_ok=True)
@@ -254,15 +298,22 @@ class AutoCompiler:
         t = announce("map")
         # Verified above (fast_compile) or just written: no second checksum pass.
         config, model_file = load_converted(ckpt, verify=False)
-        spec = model_spec(config)
-        plan = _core.plan_memory(spec, core_preset, max_length, max_tokens, core_pass_options)
+        spec, max_tokens, plan = _plan_shard(
+            model_spec(config), core_preset, max_length, core_pass_options, num_device
+        )
         param_dir, config_dir = where["param"], where["config"]
         tensor_crcs = [(n, model_file.info(n).crc32) for n in model_file.names]
         map_key = _hash(
             "map", __version__, config, tensor_crcs, preset, max_length, num_device, pass_settings
         )
         memory_map = config_dir / MEMORY_MAP_NAME
-        param_files = [param_dir / _core.param_file_name(c) for c in range(plan.num_channels)]
+        # One device keeps param/hbm_chNN.bin; device d of a ring has param/devD/hbm_chNN.bin.
+        device_dirs = [
+            param_dir if num_device == 1 else param_dir / f"dev{d}" for d in range(num_device)
+        ]
+        param_files = [
+            d / _core.param_file_name(c) for d in device_dirs for c in range(plan.num_channels)
+        ]
         if fast_compile and _stamp_matches(config_dir, map_key, [memory_map, *param_files]):
             log.info("The parameter mapping is up to date (fast_compile)")
         else:
@@ -271,16 +322,39 @@ class AutoCompiler:
                     shutil.rmtree(d)
                 d.mkdir(parents=True)
             tensors = {name: model_file[name] for name in model_file.names}
-            with progress_bar(plan.num_channels, "map", "channel", enabled=progress) as bar:
-                files = _core.write_params(
-                    spec, plan, tensors, str(param_dir), lambda _c: bar.update(1)
-                )
+            records: list[list[dict[str, Any]]] = []
+            total = plan.num_channels * num_device
+            with progress_bar(total, "map", "channel", enabled=progress) as bar:
+                for rank, ddir in enumerate(device_dirs):
+                    ddir.mkdir(exist_ok=True)
+                    shard = shard_tensors(config["model"], tensors, num_device, rank)
+                    files = _core.write_params(
+                        spec, plan, shard, str(ddir), lambda _c: bar.update(1)
+                    )
+                    del shard
+                    records.append(
+                        [
+                            {
+                                "file": (ddir / Path(f.path).name).relative_to(out).as_posix(),
+                                "bytes": f.bytes,
+                                "crc32": f.crc32,
+                            }
+                            for f in files
+                        ]
+                    )
             del tensors
-            records = [
-                {"file": f"param/{Path(f.path).name}", "bytes": f.bytes, "crc32": f.crc32}
-                for f in files
-            ]
-            _write_json(memory_map, memory_map_dict(plan, preset, num_device, records))
+            _write_json(
+                memory_map,
+                memory_map_dict(
+                    plan,
+                    preset,
+                    num_device,
+                    records[0],
+                    vocab_size=int(config["model"]["vocab_size"]),
+                    device_param_files=records if num_device > 1 else None,
+                    scratch_bytes=_core.lmem_bytes_per_token(spec) * max_tokens,
+                ),
+            )
             _write_stamp(config_dir, map_key)
         model_file.close()
         timings["map"] = time.perf_counter() - t
@@ -298,7 +372,7 @@ class AutoCompiler:
             inst_dir.mkdir(exist_ok=True)
             names = {r.base: r.name for r in plan.regions}
             with progress_bar(len(programs), "instgen", "program", enabled=progress) as bar:
-                generated = _core.generate_programs(spec, plan, core_pass_options)
+                generated = _core.generate_programs(spec, plan, core_pass_options, num_device)
                 for program, path in zip(generated, programs):
                     program.save(str(path))
                     listing = path.with_suffix(".lst")

@@ -3,7 +3,7 @@ structs, and writes the memory plan as ``config/memory_map.json``."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 from .. import _core
 
@@ -107,9 +107,14 @@ def memory_map_dict(
     preset: dict[str, Any],
     num_device: int,
     param_files: list[dict[str, Any]],
+    vocab_size: Optional[int] = None,
+    device_param_files: Optional[list[list[dict[str, Any]]]] = None,
+    scratch_bytes: int = 0,
 ) -> dict[str, Any]:
-    """The readable memory map of one device (docs/formats.md, ``config/memory_map.json``)."""
-    return {
+    """The readable memory map (docs/formats.md, ``config/memory_map.json``). On a ring every
+    device has the same plan (the shards have the same shapes); only its parameter files
+    differ: ``devices[d]["param_files"]``, device 0's also as ``param_files``."""
+    mm = {
         "format": MEMORY_MAP_FORMAT,
         "format_version": _core.PLAN_FORMAT_VERSION,
         "isa_version": _core.ISA_VERSION,
@@ -121,7 +126,8 @@ def memory_map_dict(
         "channel_capacity": plan.channel_capacity,
         "max_length": plan.max_length,
         "max_tokens": plan.max_tokens,
-        "vocab_size": plan.vocab_size,
+        "vocab_size": plan.vocab_size if vocab_size is None else vocab_size,
+        "device_vocab_size": plan.vocab_size,  # logits per row each device writes (its slice)
         "segments": {
             "weights": {"offset": 0, "bytes_per_channel": plan.weights_bytes},
             "kv_cache": {"offset": plan.kv_base, "bytes_per_channel": plan.kv_bytes},
@@ -149,4 +155,12 @@ def memory_map_dict(
             for r in plan.regions
         ],
         "param_files": param_files,
+        # Activations live on chip, not in HBM; programs in buffers of their own.
+        "scratch": {"space": "on-chip", "bytes": scratch_bytes},
+        "programs": {"prefill": "inst/prefill.bin", "decode": "inst/decode.bin"},
     }
+    if device_param_files is not None:
+        mm["devices"] = [
+            {"device": d, "param_files": files} for d, files in enumerate(device_param_files)
+        ]
+    return mm

@@ -141,6 +141,44 @@ def open_session(
     ):
         raise ConfigError(f"timeout must be a number of seconds > 0 or None, got {timeout!r}")
 
+    num_device = int(memory_map.get("num_device", 1))
+    if num_device > 1:
+        devices = memory_map.get("devices")
+        if not isinstance(devices, list) or len(devices) != num_device:
+            raise FormatError(
+                f"{folder / 'config' / 'memory_map.json'} lists no parameter files for each of "
+                f"its {num_device} devices; recompile the model"
+            )
+        configs = [_session_config(folder, memory_map, d["param_files"]) for d in devices]
+    else:
+        configs = [_session_config(folder, memory_map, memory_map["param_files"])]
+    preset = device_preset(memory_map["device_preset"])
+    if backend == "xrt":
+        if num_device > 1:
+            raise DeviceError(
+                f"the model was compiled for a ring of {num_device} LPUs; the XRT backend drives "
+                "one board so far: load it with backend='emu' or recompile with num_device=1"
+            )
+        xclbin, kernel, index = xrt_env.board_options(memory_map["device_preset"])
+        xrt_env.ensure_xilinx_xrt()
+        seconds = xrt_env.DEFAULT_TIMEOUT_S if timeout is None else float(timeout)
+        return _core.Session.xrt(preset, configs[0], xclbin, kernel, index, seconds), backend
+    seconds = 0.0 if timeout is None else float(timeout)
+    if num_device > 1:
+        vocab = int(memory_map["vocab_size"])
+        return (
+            _core.Session.emulator_ring(preset, configs, vocab, num_threads, seconds),
+            backend,
+        )
+    return _core.Session.emulator(preset, configs[0], num_threads, seconds), backend
+
+
+def _session_config(
+    folder: Path, memory_map: dict[str, Any], param_files: list[dict[str, Any]]
+) -> Any:
+    """One device's SessionConfig: the shared plan with its own parameter files."""
+    from .. import _core
+
     io = memory_map["segments"]["io"]
     config = _core.SessionConfig()
     layout = _core.DeviceLayout()
@@ -155,23 +193,17 @@ def open_session(
         int(io["logits_offset"]),
         int(io["bytes"]),
     )
-    config.vocab_size = int(memory_map["vocab_size"])
+    # The logits each device writes: its vocabulary slice on a ring, else the vocabulary.
+    config.vocab_size = int(memory_map.get("device_vocab_size", memory_map["vocab_size"]))
     config.max_length = int(memory_map["max_length"])
     config.plan_fingerprint = int(memory_map["fingerprint"])
     config.weights_bytes = int(memory_map["segments"]["weights"]["bytes_per_channel"])
     config.params = [
         _core.ParamFile(str(folder / p["file"]), int(p["bytes"]), int(p["crc32"]))
-        for p in memory_map["param_files"]
+        for p in param_files
     ]
     config.prefill_path = str(folder / "inst" / "prefill.bin")
     config.decode_path = str(folder / "inst" / "decode.bin")
     for r in kv_regions(memory_map):  # the prefix cache and hybrid mode move KV rows
         config.add_kv_region(int(r["offset"]), int(r["row_bytes"]), int(r["rows"]), int(r["cols"]))
-    preset = device_preset(memory_map["device_preset"])
-    if backend == "xrt":
-        xclbin, kernel, index = xrt_env.board_options(memory_map["device_preset"])
-        xrt_env.ensure_xilinx_xrt()
-        seconds = xrt_env.DEFAULT_TIMEOUT_S if timeout is None else float(timeout)
-        return _core.Session.xrt(preset, config, xclbin, kernel, index, seconds), backend
-    seconds = 0.0 if timeout is None else float(timeout)
-    return _core.Session.emulator(preset, config, num_threads, seconds), backend
+    return config

@@ -11,6 +11,7 @@ from typing import Any, Iterator, Optional, Union
 
 import numpy as np
 
+from ..errors import ConfigError
 from .configuration import LPUConfig
 from .generation import GenerationConfig, GenerationSession
 from .loading import (
@@ -428,7 +429,12 @@ class AutoModelForCausalLM:
             raise TypeError(f"from_pretrained() got unexpected argument(s): {', '.join(unknown)}")
         folder = resolve_compiled(model_id, prefix)
         compile_info = read_json(folder / "compile.json", "compile record")
-        check_device_map(device_map, int(compile_info["num_device"]))
+        num_device = check_device_map(device_map, int(compile_info["num_device"]))
+        if num_device > 1 and hybrid_gpus(device_map):
+            raise ConfigError(
+                f"hybrid mode (device_map with 'gpu') hands PyTorch's KV cache to one LPU; this "
+                f"model was compiled for {num_device}: recompile with num_device=1 for hybrid mode"
+            )
         memory_map = read_memory_map(folder)
         config = LPUConfig.from_pretrained(folder)
         session, backend = open_session(folder, memory_map, backend, num_threads, timeout)

@@ -144,3 +144,47 @@ TEST(Instgen, DecodeStreamsWeightsInPlanOrder) {
       EXPECT_EQ(p.plan_fingerprint, plan.fingerprint());
     }
 }
+
+// Tensor parallelism: a device's query heads all belong to its own KV heads (whole GQA
+// groups, or a share of one group when KV heads are replicated, being fewer than devices), sizes that do not divide round up, the
+// embedding table stays whole and the LM head becomes a vocabulary slice.
+TEST(ShardSpec, SplitsHeadsMlpAndVocabularyWithPadding) {
+  const ModelSpec s = hyperdex::testing::tiny_llama();  // 4 heads over 2 KV heads, ff 96, vocab 300
+  for (uint32_t n : {1u, 2u, 4u, 8u}) {
+    const ModelSpec d = shard_spec(s, n);
+    EXPECT_EQ(d.num_heads % d.num_kv_heads, 0u) << n;
+    EXPECT_EQ(d.vocab_size, 300u);
+    EXPECT_EQ(d.logits_size(), n == 1 ? 300u : (300 + n - 1) / n);
+    EXPECT_GE(uint64_t(d.intermediate_size) * n, 96u);
+    EXPECT_LT(uint64_t(d.intermediate_size - 1) * n, 96u);
+    EXPECT_EQ(d.tie_word_embeddings, n == 1);
+  }
+  EXPECT_EQ(shard_spec(s, 2).num_kv_heads, 1u);
+  EXPECT_EQ(shard_spec(s, 2).num_heads, 2u);
+  EXPECT_EQ(shard_spec(s, 8).num_kv_heads, 1u);  // replicated on 4 devices each
+  EXPECT_EQ(shard_spec(s, 8).num_heads, 1u);     // 2 query heads over 4 devices: padding
+  ModelSpec odd = s;                             // 6 heads over 3 KV heads on 2 devices
+  odd.num_heads = 6;
+  odd.num_kv_heads = 3;
+  odd.hidden_size = 96;
+  EXPECT_EQ(shard_spec(odd, 2).num_kv_heads, 2u);
+  EXPECT_EQ(shard_spec(odd, 2).num_heads, 4u);
+  EXPECT_THROW(shard_spec(s, 3), SpecError);
+}
+
+TEST(ShardSpec, PlanKeepsTheWholeEmbeddingAndASliceOfTheHead) {
+  const ModelSpec d = shard_spec(hyperdex::testing::tiny_llama(), 4);
+  const MemoryPlan plan = plan_memory(d, hyperdex::testing::small_preset(4), 64, 8);
+  EXPECT_EQ(plan.find("tok_embd").rows, 300u);
+  EXPECT_EQ(plan.find("output").rows, 75u);
+  EXPECT_EQ(plan.vocab_size, 75u);  // logits per row this device writes
+  EXPECT_EQ(plan.find("blk.0.k_cache").cols, d.num_kv_heads * d.head_dim);
+  const Programs progs = generate_programs(d, plan, PassOptions{}, 4);
+  uint32_t reduces = 0;
+  for (const auto& in : progs.decode.code)
+    if (in.op == isa::Opcode::AllReduce) {
+      ++reduces;
+      EXPECT_EQ(in.i1, 4u);
+    }
+  EXPECT_EQ(reduces, 2 * d.num_layers);  // attention output and MLP down, per layer
+}

@@ -59,8 +59,9 @@ def roofline(result: ExploreResult, hw: Input, path: Union[str, Path]) -> str:
     for name, intensity, achieved in pts:
         if intensity > 0 and achieved > 0:
             ax.scatter(intensity, achieved, s=20)
-            ax.annotate(name, (intensity, achieved), fontsize=7, xytext=(3, 3),
-                        textcoords="offset points")
+            ax.annotate(
+                name, (intensity, achieved), fontsize=7, xytext=(3, 3), textcoords="offset points"
+            )
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("arithmetic intensity (FLOP per off-chip byte)")

@@ -16,8 +16,9 @@ if TYPE_CHECKING:
 Point = tuple[str, float, float]
 
 
-def operator_points(result: ExploreResult, hw: Input, best: dict[str, Any]
-                    ) -> tuple[list[Point], float, float, str]:
+def operator_points(
+    result: ExploreResult, hw: Input, best: dict[str, Any]
+) -> tuple[list[Point], float, float, str]:
     from ..core import _point_columns
 
     designs, S, mdl = result.context
@@ -37,28 +38,43 @@ def operator_points(result: ExploreResult, hw: Input, best: dict[str, Any]
     for op, sec in zip(ph["ops"], ph["op_s"]):  # type: ignore[call-overload]
         if fused and op.kind != "matrix":
             continue  # rides inside a matrix kernel: no point of its own
-        flops, nbytes, s = float(np.ravel(op.flops)[0]), float(np.ravel(op.bytes)[0]), float(
-            np.ravel(sec)[0])
+        flops, nbytes, s = (
+            float(np.ravel(op.flops)[0]),
+            float(np.ravel(op.bytes)[0]),
+            float(np.ravel(sec)[0]),
+        )
         if flops > 0 and nbytes > 0 and s > 0:
             pts.append((op.name, flops / nbytes, flops / s / 1e12))
     peak = float(P["peak_tflops"][0, 0] * P["eff_compute"][0, 0])
-    title = (f"{result.model_name} decode on design {best['design']} of {result.hardware_name}: "
-             f"t={best['decode_t']:g} p={best['decode_p']:g} batch {best['workload.batch']:g}")
+    title = (
+        f"{result.model_name} decode on design {best['design']} of {result.hardware_name}: "
+        f"t={best['decode_t']:g} p={best['decode_p']:g} batch {best['workload.batch']:g}"
+    )
     return pts, peak, float(bw[0, 0]) / 1e12, title
 
 
-def _lpu_points(cols: dict[str, np.ndarray], mdl: Input, best: dict[str, Any]
-                ) -> tuple[list[Point], float, float, str]:
+def _lpu_points(
+    cols: dict[str, np.ndarray], mdl: Input, best: dict[str, Any]
+) -> tuple[list[Point], float, float, str]:
     from ..perf.lpu import CostModelCache, hf_config
 
     cache = CostModelCache()
     try:
-        device = {k.split(".", 1)[1]: (v[0].item() if hasattr(v[0], "item") else v[0])
-                  for k, v in cols.items() if k.startswith("device.")}
+        device = {
+            k.split(".", 1)[1]: (v[0].item() if hasattr(v[0], "item") else v[0])
+            for k, v in cols.items()
+            if k.startswith("device.")
+        }
         model = {k.split(".", 1)[1]: v[0] for k, v in cols.items() if k.startswith("model.")}
         prompt, gen = int(cols["workload.prompt_len"][0]), int(cols["workload.gen_len"][0])
-        res = cache.estimate(device, hf_config(model, mdl.raw.get("hf_config"), prompt + gen),
-                             int(best["decode_t"]), prompt, gen, str(model["quantization"]))
+        res = cache.estimate(
+            device,
+            hf_config(model, mdl.raw.get("hf_config"), prompt + gen),
+            int(best["decode_t"]),
+            prompt,
+            gen,
+            str(model["quantization"]),
+        )
     finally:
         cache.close()
     pts: list[Point] = []
@@ -74,6 +90,8 @@ def _lpu_points(cols: dict[str, np.ndarray], mdl: Input, best: dict[str, Any]
             pts.append((role, flops / nbytes, flops / s / 1e12))
     peak = float(num(cols["peak_tflops"])[0])
     bw = float(num(cols["mem_gbps_per_chip"])[0]) / 1e3
-    title = (f"{mdl.name} decode on LPU design {best['design']} (cost model, "
-             f"{int(best['decode_t'])} device(s))")
+    title = (
+        f"{mdl.name} decode on LPU design {best['design']} (cost model, "
+        f"{int(best['decode_t'])} device(s))"
+    )
     return pts, peak, bw, title
