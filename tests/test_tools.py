@@ -289,3 +289,25 @@ def test_hub_download_route(tiny_llama, tmp_path, monkeypatch):
     assert Path(path) == tmp_path / "acme" / "tiny"
     assert calls == [("file", "acme/tiny", "secret"), ("snapshot", "acme/tiny", "secret")]
     assert (Path(path) / "compile.json").exists()
+
+
+def test_fast_compile_redoes_files_of_another_format_version(tiny_llama, tmp_path, monkeypatch):
+    """A stamp written by a hyperdex with another ISA (or file format) version is stale, so
+    fast_compile never keeps programs the runtime would reject."""
+    from hyperdex import _core
+    from hyperdex.tools import AutoCompiler
+
+    folder = Path(
+        AutoCompiler().compile(tiny_llama, max_length=64, prefix=tmp_path, progress=False)
+    )
+    program = folder / "inst" / "decode.bin"
+    first = program.stat().st_mtime_ns
+    AutoCompiler().compile(
+        tiny_llama, max_length=64, prefix=tmp_path, progress=False, fast_compile=True
+    )
+    assert program.stat().st_mtime_ns == first  # up to date: kept
+    monkeypatch.setattr(_core, "ISA_VERSION", _core.ISA_VERSION + 1, raising=False)
+    AutoCompiler().compile(
+        tiny_llama, max_length=64, prefix=tmp_path, progress=False, fast_compile=True
+    )
+    assert program.stat().st_mtime_ns != first  # another ISA: regenerated

@@ -55,8 +55,24 @@ _STAMP = ".stamp.json"
 PathLike = Union[str, Path]
 
 
+def _formats() -> dict[str, int]:
+    """Format versions of everything a compile writes: a stamp from an older hyperdex whose
+    files another version would reject must not count as up to date."""
+    from ..formats import MODEL_FILE_VERSION
+    from .converter import CONFIG_FORMAT_VERSION
+
+    return {
+        "config": CONFIG_FORMAT_VERSION,
+        "model_file": MODEL_FILE_VERSION,
+        "plan": _core.PLAN_FORMAT_VERSION,
+        "isa": _core.ISA_VERSION,
+        "program": _core.PROGRAM_FORMAT_VERSION,
+    }
+
+
 def _hash(*parts: Any) -> str:
     h = hashlib.sha256()
+    h.update(json.dumps(_formats(), sort_keys=True).encode())
     for p in parts:
         h.update(json.dumps(p, sort_keys=True, default=str).encode())
     return h.hexdigest()
