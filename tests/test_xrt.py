@@ -27,23 +27,11 @@ needs_xrt = pytest.mark.skipif(not _core.HAS_XRT, reason="hyperdex was built wit
 
 
 @pytest.fixture(scope="module")
-def compiled(tmp_path_factory) -> Path:
+def compiled(tiny_llama, tmp_path_factory) -> Path:
     from hyperdex.tools import AutoCompiler
 
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("hf") / "tiny-llama"
-    config = transformers.LlamaConfig(
-        hidden_size=64,
-        intermediate_size=96,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=128,
-        max_position_embeddings=64,
-    )
-    transformers.LlamaForCausalLM(config).save_pretrained(folder)
     prefix = tmp_path_factory.mktemp("prefix")
-    return Path(AutoCompiler().compile(str(folder), max_length=64, prefix=str(prefix)))
+    return Path(AutoCompiler().compile(str(tiny_llama), max_length=64, prefix=str(prefix)))
 
 
 @pytest.fixture(scope="module")
