@@ -240,14 +240,29 @@ def test_estimate_reads_only_the_config(configs: dict[str, Path]) -> None:
 def test_estimate_rejects_what_cannot_run(configs: dict[str, Path]) -> None:
     with pytest.raises(ConfigError, match="power of two"):
         estimate(configs["opt-1.3b"], num_device=3)
-    with pytest.raises(ConfigError, match="quantization"):
-        estimate(configs["opt-1.3b"], quantization="w4a16")
+    with pytest.raises(ConfigError, match="quantization must be None"):
+        estimate(configs["opt-1.3b"], quantization="int3")
     with pytest.raises(ConfigError, match="exceed max_length"):
         estimate(configs["opt-1.3b"], prompt_len=2000, new_tokens=100)
     with pytest.raises(CapacityError, match="devices"):  # 132 GB of weights, one 16 GiB board
         estimate(configs["opt-66b"], type_device="u55c")
     with pytest.raises(ConfigError, match="did you mean 'reorder'"):
         estimate(configs["opt-1.3b"], passes={"reoder": False})
+
+
+def test_quantized_estimate_streams_codes_and_scales(configs: dict[str, Path]) -> None:
+    """W4A16 streams about a quarter of the fp16 weight bytes (codes + one fp16 scale per 128),
+    W8A16 about half. Decode gets faster until the MAC trees, sized for the fp16 stream,
+    become the bound (docs/cost-model.md): int4 is then no faster than int8."""
+    fp16 = estimate(configs["opt-1.3b"], type_device="asic")
+    w4 = estimate(configs["opt-1.3b"], type_device="asic", quantization="w4a16")
+    w8 = estimate(configs["opt-1.3b"], type_device="asic", quantization="w8a16")
+    assert w4.quantization == "w4a16" and fp16.quantization is None
+    # The embeddings (tied LM head) stay fp16: 0.1 GB of OPT-1.3B's 2.6 GB.
+    assert 0.25 < w4.weight_bytes_per_token / fp16.weight_bytes_per_token < 0.35
+    assert 0.5 < w8.weight_bytes_per_token / fp16.weight_bytes_per_token < 0.6
+    assert w4.device_decode_ms_per_token <= w8.device_decode_ms_per_token
+    assert w8.device_decode_ms_per_token < fp16.device_decode_ms_per_token
 
 
 # -- physics ----------------------------------------------------------------------------------

@@ -34,6 +34,9 @@
 namespace py = pybind11;
 using namespace hyperdex;
 
+// hyperdex._core.quant (quant_bindings.cpp).
+void bind_quant(py::module_& m);
+
 namespace {
 
 void raise_as(const char* cls, const char* what) {
@@ -68,10 +71,15 @@ struct TensorTable {
     for (auto item : tensors) {
       auto name = item.first.cast<std::string>();
       py::array arr = py::array::ensure(item.second, py::array::c_style);
-      if (!arr || arr.itemsize() != 2 || (arr.dtype().kind() != 'f' && arr.dtype().kind() != 'u'))
-        throw py::type_error("tensor " + name + " must be a C-contiguous float16 array");
+      // float16 (or its uint16 bits), or uint8: a quantized model's codes.
+      const char kind = arr ? arr.dtype().kind() : '?';
+      const bool u8 = kind == 'u' && arr.itemsize() == 1;
+      if (!arr || (!u8 && (arr.itemsize() != 2 || (kind != 'f' && kind != 'u'))))
+        throw py::type_error("tensor " + name +
+                             " must be a C-contiguous float16 array (uint8 for quantized codes)");
       TensorView v;
-      v.data = static_cast<const uint16_t*>(arr.data());
+      v.data = arr.data();
+      v.dtype = u8 ? DType::U8 : DType::F16;
       for (py::ssize_t d = 0; d < arr.ndim(); ++d) v.shape.push_back(int64_t(arr.shape(d)));
       views[name] = v;
       arrays[name] = arr;
@@ -83,6 +91,45 @@ struct TensorTable {
     return it->second;
   }
 };
+
+// The calibration hooks (run_range, on-chip memory) need device 0 to be an emulator.
+emu::Emulator& emulator_of(Session& s, const char* what) {
+  if (s.num_devices() != 1)
+    throw DeviceError(std::string(what) + " needs a session on one device; this one is a ring of " +
+                      std::to_string(s.num_devices()));
+  auto* e = dynamic_cast<emu::Emulator*>(&s.device());
+  if (!e)
+    throw DeviceError(std::string(what) + " needs an emulator session (Session.emulator); this "
+                      "session runs on " + s.device().describe());
+  return *e;
+}
+
+ProgramSlot slot_of(const std::string& name) {
+  if (name == "prefill") return ProgramSlot::Prefill;
+  if (name == "decode") return ProgramSlot::Decode;
+  throw SpecError("slot must be 'prefill' or 'decode', not '" + name + "'");
+}
+
+// Raw bytes of a C-contiguous array (any dtype), kept alive by the returned array.
+py::array contiguous_bytes(const py::object& data, const char* what) {
+  py::array arr = py::array::ensure(data, py::array::c_style);
+  if (!arr) throw py::type_error(std::string(what) + " takes a numpy array");
+  return arr;
+}
+
+py::dict instruction_dict(const isa::Instruction& in) {
+  auto operand = [](const isa::Operand& o) {
+    return py::make_tuple(o.space == isa::Space::Io ? "io" : "lmem", o.offset, o.stride);
+  };
+  auto region = [](const isa::HbmRegion& r) { return py::make_tuple(r.base, r.row_bytes, r.rows); };
+  py::dict d;
+  d["op"] = isa::opcode_name(in.op);
+  d["flags"] = in.flags, d["sub"] = in.sub, d["n"] = in.n, d["k"] = in.k;
+  d["i0"] = in.i0, d["i1"] = in.i1, d["f0"] = in.f0, d["f1"] = in.f1;
+  d["dst"] = operand(in.dst), d["a"] = operand(in.a), d["b"] = operand(in.b);
+  d["w0"] = region(in.w0), d["w1"] = region(in.w1);
+  return d;
+}
 
 std::chrono::milliseconds run_timeout(double seconds) {
   if (!(seconds >= 0)) throw py::value_error("timeout must be a number of seconds >= 0");
@@ -173,6 +220,9 @@ PYBIND11_MODULE(_core, m) {
       .def_readwrite("tie_word_embeddings", &ModelSpec::tie_word_embeddings)
       .def_readwrite("lm_head_rows", &ModelSpec::lm_head_rows)
       .def_readwrite("embed_dim", &ModelSpec::embed_dim)
+      .def_readwrite("weight_bits", &ModelSpec::weight_bits)
+      .def_readwrite("group_size", &ModelSpec::group_size)
+      .def_readwrite("quantize_lm_head", &ModelSpec::quantize_lm_head)
       .def("validate", &ModelSpec::validate);
 
   py::class_<DevicePreset>(m, "DevicePreset")
@@ -202,7 +252,8 @@ PYBIND11_MODULE(_core, m) {
       .value("Matrix", RegionKind::Matrix)
       .value("Vector", RegionKind::Vector)
       .value("RopeTable", RegionKind::RopeTable)
-      .value("KvCache", RegionKind::KvCache);
+      .value("KvCache", RegionKind::KvCache)
+      .value("QMatrix", RegionKind::QMatrix);
   py::class_<Region>(m, "Region")
       .def_readonly("name", &Region::name)
       .def_readonly("kind", &Region::kind)
@@ -211,6 +262,8 @@ PYBIND11_MODULE(_core, m) {
       .def_readonly("rows", &Region::rows)
       .def_readonly("cols", &Region::cols)
       .def_readonly("sources", &Region::sources)
+      .def_readonly("bits", &Region::bits)
+      .def_readonly("group_size", &Region::group)
       .def("bytes_per_channel", &Region::bytes_per_channel);
   py::class_<IoLayout>(m, "IoLayout")
       .def_readonly("base", &IoLayout::base)
@@ -292,6 +345,15 @@ PYBIND11_MODULE(_core, m) {
         for (const auto& in : p.code) ops.push_back(isa::opcode_name(in.op));
         return ops;
       })
+      .def(
+          "instructions",
+          [](const isa::Program& p) {
+            py::list out;
+            for (const auto& in : p.code) out.append(instruction_dict(in));
+            return out;
+          },
+          "[{op, flags, sub, n, k, i0, i1, f0, f1, dst/a/b: (space, offset, stride), "
+          "w0/w1: (base, row_bytes, rows)}], one per instruction.")
       .def("save", &isa::save_program, py::arg("path"))
       .def("to_bytes", [](const isa::Program& p) {
         auto b = isa::serialize(p);
@@ -492,7 +554,75 @@ PYBIND11_MODULE(_core, m) {
           },
           py::arg("start"), py::arg("data"),
           "Writes KV positions [start, start + n) from float16 [regions, n, cols]; the sequence "
-          "then holds start + n positions.");
+          "then holds start + n positions.")
+      // Calibration hooks (device 0 of a one-device emulator session).
+      .def(
+          "run_range",
+          [](Session& s, const std::string& slot, uint32_t start_pos, uint32_t n_tokens,
+             size_t begin, size_t end, bool want_logits, bool logits_all) {
+            emu::Emulator& e = emulator_of(s, "run_range");
+            const ProgramSlot ps = slot_of(slot);
+            if (uint64_t(start_pos) + n_tokens > s.max_length())
+              throw SpecError("a run at start_pos " + std::to_string(start_pos) + " with " +
+                              std::to_string(n_tokens) + " tokens reaches past the max_length of " +
+                              std::to_string(s.max_length()));
+            py::gil_scoped_release release;
+            e.run_range(ps, RunArgs{start_pos, n_tokens, logits_all, want_logits}, begin, end);
+          },
+          py::arg("slot"), py::arg("start_pos"), py::arg("n_tokens"), py::arg("begin"),
+          py::arg("end"), py::arg("want_logits") = false, py::arg("logits_all") = false,
+          "Executes instructions [begin, end) of the 'prefill' or 'decode' program; the token "
+          "ids are what the I/O region holds. Does not move the session's position.")
+      .def(
+          "program",
+          [](Session& s, const std::string& slot) {
+            return emulator_of(s, "program").program(slot_of(slot));
+          },
+          py::arg("slot"), "A copy of the program loaded in slot 'prefill' or 'decode'.")
+      .def(
+          "read_lmem",
+          [](Session& s, uint64_t offset, size_t nbytes) {
+            emu::Emulator& e = emulator_of(s, "read_lmem");
+            py::array_t<uint8_t> out(nbytes);
+            uint8_t* dst = out.mutable_data();
+            py::gil_scoped_release release;
+            e.read_lmem(offset, dst, nbytes);
+            return out;
+          },
+          py::arg("offset"), py::arg("nbytes"), "On-chip memory bytes [offset, offset + nbytes).")
+      .def(
+          "write_lmem",
+          [](Session& s, uint64_t offset, const py::object& data) {
+            emu::Emulator& e = emulator_of(s, "write_lmem");
+            py::array arr = contiguous_bytes(data, "write_lmem");
+            const void* src = arr.data();
+            const size_t n = size_t(arr.nbytes());
+            py::gil_scoped_release release;
+            e.write_lmem(offset, src, n);
+          },
+          py::arg("offset"), py::arg("data"), "Writes an array's bytes into on-chip memory.")
+      .def(
+          "read_hbm",
+          [](Session& s, uint32_t channel, uint64_t offset, size_t nbytes) {
+            py::array_t<uint8_t> out(nbytes);
+            uint8_t* dst = out.mutable_data();
+            py::gil_scoped_release release;
+            s.device().read(channel, offset, dst, nbytes);
+            return out;
+          },
+          py::arg("channel"), py::arg("offset"), py::arg("nbytes"),
+          "Device 0's HBM pseudo-channel `channel`, bytes [offset, offset + nbytes).")
+      .def(
+          "write_hbm",
+          [](Session& s, uint32_t channel, uint64_t offset, const py::object& data) {
+            py::array arr = contiguous_bytes(data, "write_hbm");
+            const void* src = arr.data();
+            const size_t n = size_t(arr.nbytes());
+            py::gil_scoped_release release;
+            s.device().write(channel, offset, src, n);
+          },
+          py::arg("channel"), py::arg("offset"), py::arg("data"),
+          "Writes an array's bytes into device 0's HBM pseudo-channel `channel` at `offset`.");
 
   // Small utilities the Python side and the tests share with the core.
   m.def("crc32", [](const py::buffer& b, uint32_t crc) {
@@ -681,4 +811,6 @@ PYBIND11_MODULE(_core, m) {
             p.write_chrome_trace(path);
           },
           py::arg("path"));
+
+  bind_quant(m);
 }

@@ -445,7 +445,11 @@ Floors floors(const isa::Program& program, const DevicePreset& preset, const Run
     const uint32_t rows =
         (in.flags & isa::kFlagLogitRows) && !args.logits_all ? 1 : args.n_tokens;
     const uint64_t weight_rows = uint64_t(in.n) * ((in.flags & isa::kFlagGlu) ? 2 : 1);
-    f.weight_bytes += weight_rows * uint64_t(in.k) * 2;
+    // Quantized weights (ISA v3): the codes and one fp16 scale per group.
+    const bool q = in.i0 == 4 || in.i0 == 8;
+    const uint64_t row = q && in.i1 ? uint64_t(in.k) * in.i0 / 8 + uint64_t(in.k / in.i1) * 2
+                                    : uint64_t(in.k) * 2;
+    f.weight_bytes += weight_rows * row;
     f.macs += weight_rows * in.k * rows;
   }
   f.bandwidth_ns = double(f.weight_bytes) / preset.hbm_bandwidth_gbps;

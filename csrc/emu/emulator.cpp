@@ -165,7 +165,15 @@ void validate_program(const isa::Program& p, const DevicePreset& preset,
             fail(i, "fuses an argmax without fp32 logits, or with a residual");
           check_operand(i, in.b, 1, 4, 1);
         }
-        check_region(i, in.w0, uint64_t(in.k) * 2);
+        if (in.i0 == 0 || in.i0 == 16) {
+          if (in.i1 != 0) fail(i, "has a group size for fp16 weights");
+          check_region(i, in.w0, uint64_t(in.k) * 2);
+        } else {
+          const isa::QRowFormat f{in.i0, in.i1, in.k};
+          if (const std::string why = f.check(); !why.empty())
+            fail(i, "has an invalid quantized weight format (" + why + ")");
+          check_region(i, in.w0, f.data_bytes());
+        }
         if (in.w0.rows < rows) fail(i, "has fewer weight rows than outputs");
         if (in.flags & isa::kFlagHasBias) {
           check_region(i, in.w1, 64);
@@ -251,24 +259,42 @@ void Emulator::attach_ring(std::shared_ptr<RingLink> link, uint32_t rank) {
 
 void Emulator::start(ProgramSlot slot, const RunArgs& run) {
   ++run_id_;  // first, so every device of a ring counts every run
-  if (!link_) return run_program(slot, run);
+  const size_t all = std::numeric_limits<size_t>::max();
+  if (!link_) return run_program(slot, run, 0, all);
   try {
-    run_program(slot, run);
+    run_program(slot, run, 0, all);
   } catch (...) {
     link_->abort(run_id_);  // the neighbours must not wait for this device
     throw;
   }
 }
 
-void Emulator::run_program(ProgramSlot slot, const RunArgs& run) {
+void Emulator::run_range(ProgramSlot slot, const RunArgs& args, size_t begin, size_t end) {
+  if (link_) throw DeviceError("run_range runs one device; this emulator is part of a ring");
+  const size_t len = program(slot).code.size();
+  if (begin > end || end > len)
+    throw DeviceError("instruction range [" + std::to_string(begin) + ", " + std::to_string(end) +
+                      ") is not inside the program's " + std::to_string(len) + " instructions");
+  ++run_id_;
+  run_program(slot, args, begin, end);
+}
+
+const isa::Program& Emulator::program(ProgramSlot slot) const {
   const auto& prog = programs_[size_t(slot)];
   if (!prog) throw DeviceError("no program loaded in that slot");
-  if (run.n_tokens == 0 || run.n_tokens > prog->max_tokens)
-    throw DeviceError("a run carries 1.." + std::to_string(prog->max_tokens) + " token rows, not " +
+  return *prog;
+}
+
+void Emulator::run_program(ProgramSlot slot, const RunArgs& run, size_t begin, size_t end) {
+  const isa::Program& prog = program(slot);
+  if (run.n_tokens == 0 || run.n_tokens > prog.max_tokens)
+    throw DeviceError("a run carries 1.." + std::to_string(prog.max_tokens) + " token rows, not " +
                       std::to_string(run.n_tokens));
   const auto timeout = run_timeout();
   const auto deadline = std::chrono::steady_clock::now() + timeout;
-  for (const Instruction& in : prog->code) {
+  end = std::min(end, prog.code.size());
+  for (size_t i = begin; i < end; ++i) {
+    const Instruction& in = prog.code[i];
     if (interrupted()) throw Interrupted("interrupted");
     if (timeout.count() > 0 && std::chrono::steady_clock::now() > deadline)
       throw DeviceError("the run took longer than the run timeout of " +
@@ -280,8 +306,15 @@ void Emulator::run_program(ProgramSlot slot, const RunArgs& run) {
 }
 
 void Emulator::read_lmem(uint64_t offset, void* dst, size_t bytes) const {
-  if (offset + bytes > lmem_bytes_) throw DeviceError("read outside on-chip memory");
+  if (offset + bytes > lmem_bytes_ || offset + bytes < offset)
+    throw DeviceError("read outside on-chip memory (" + std::to_string(lmem_bytes_) + " bytes)");
   std::memcpy(dst, lmem_.get() + offset, bytes);
+}
+
+void Emulator::write_lmem(uint64_t offset, const void* src, size_t bytes) {
+  if (offset + bytes > lmem_bytes_ || offset + bytes < offset)
+    throw DeviceError("write outside on-chip memory (" + std::to_string(lmem_bytes_) + " bytes)");
+  std::memcpy(lmem_.get() + offset, src, bytes);
 }
 
 uint8_t* Emulator::addr(const isa::Operand& o) {
@@ -384,8 +417,13 @@ void Emulator::exec_matmul(const Instruction& in, const RunArgs& run) {
   scratch_y_.resize(size_t(count) * ys);
   for (uint32_t t = 0; t < count; ++t)
     kern_.half_to_float_n(row16(in.a, first + t), scratch_x_.data() + t * xs, k);
-  matmul_f16(kern_, striped(in.w0), ys, k, scratch_x_.data(), xs, count, scratch_y_.data(), ys,
-             pool_);
+  if (in.i0 == 0 || in.i0 == 16) {
+    matmul_f16(kern_, striped(in.w0), ys, k, scratch_x_.data(), xs, count, scratch_y_.data(), ys,
+               pool_);
+  } else {  // ISA v3: the fp16 MATMUL over the dequantized weights, bit for bit
+    matmul_q(kern_, striped(in.w0), isa::QRowFormat{in.i0, in.i1, k}, ys, scratch_x_.data(), xs,
+             count, scratch_y_.data(), ys, pool_);
+  }
 
   const bool glu = in.flags & isa::kFlagGlu;
   const uint32_t rows = glu ? 2 * n : n;  // gate rows, then up rows

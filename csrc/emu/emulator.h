@@ -37,6 +37,12 @@ class Emulator final : public Device {
   // run timeout and the interrupt check are polled between instructions.
   void start(ProgramSlot slot, const RunArgs& args) override;
   void wait() override {}
+  // Executes instructions [begin, end) of the program in `slot` with `args`, with the
+  // checks, interrupt and timeout polling of a whole run (calibration runs a model
+  // layer by layer this way). One device only: a ring's exchanges need whole runs.
+  void run_range(ProgramSlot slot, const RunArgs& args, size_t begin, size_t end);
+  // The program loaded in `slot` (DeviceError if none).
+  const isa::Program& program(ProgramSlot slot) const;
 
   // Joins a ring of link->size() devices as `rank`: ALLREDUCE and ALLGATHER then
   // exchange data with the neighbours through `link` alone (docs/isa.md).
@@ -45,6 +51,8 @@ class Emulator final : public Device {
   // On-chip memory as the last run left it (for debugging and tests; a board
   // cannot read it back).
   void read_lmem(uint64_t offset, void* dst, size_t bytes) const;
+  // Overwrites on-chip memory (calibration feeds a layer its inputs this way).
+  void write_lmem(uint64_t offset, const void* src, size_t bytes);
 
   const Kernels& kernels() const { return kern_; }
   size_t num_threads() const { return pool_.size(); }
@@ -56,7 +64,7 @@ class Emulator final : public Device {
   using Buffer = std::unique_ptr<uint8_t, Aligned>;
 
  private:
-  void run_program(ProgramSlot slot, const RunArgs& run);
+  void run_program(ProgramSlot slot, const RunArgs& run, size_t begin, size_t end);
   void execute(const isa::Instruction& in, const RunArgs& run);
   void exec_embed(const isa::Instruction& in, const RunArgs& run);
   void exec_norm(const isa::Instruction& in, const RunArgs& run);

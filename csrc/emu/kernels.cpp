@@ -37,11 +37,22 @@ void avx2_dot_f16_rows(const uint16_t* const* rows, size_t nrows, size_t k, cons
                        float* out);
 void avx2_tile_f32(const float* wb, size_t wrow, size_t nrows, const float* x, size_t x_stride,
                    size_t ntok, size_t k, float* out);
+//   *_q_fast(f): whether *_dot_q_rows handles rows of format f (else the driver
+//     dequantizes rows with dequant_row and uses dot_f32);
+//   *_dot_q_rows: out[i] = dot(w'(rows[i]), x) for i < nrows, x as *_prep_q_x made it.
+bool avx2_q_fast(const isa::QRowFormat& f);
+void avx2_dot_q_rows(const isa::QRowFormat& f, const uint8_t* const* rows, size_t nrows,
+                     const float* x, float* out);
 const Kernels& avx512_kernels();
 void avx512_dot_f16_rows(const uint16_t* const* rows, size_t nrows, size_t k, const float* x,
                          float* out);
 void avx512_tile_f32(const float* wb, size_t wrow, size_t nrows, const float* x, size_t x_stride,
                      size_t ntok, size_t k, float* out);
+bool avx512_q_fast(const isa::QRowFormat& f);
+// x in the lane order avx512_dot_q_rows uses for f (xp: f.cols floats, 64-byte aligned).
+const float* avx512_prep_q_x(const isa::QRowFormat& f, const float* x, float* xp);
+void avx512_dot_q_rows(const isa::QRowFormat& f, const uint8_t* const* rows, size_t nrows,
+                       const float* x, float* out);
 #endif
 
 }  // namespace detail
@@ -99,8 +110,28 @@ void scalar_axpy_f16(float a, const uint16_t* v, float* acc, size_t n) {
   for (size_t i = 0; i < n; ++i) acc[i] = std::fma(a, half_to_float(v[i]), acc[i]);
 }
 
-constexpr Kernels kScalar{"scalar",       scalar_half_to_float_n, scalar_float_to_half_n,
-                          scalar_dot_f32, scalar_dot_f16,         scalar_axpy_f16};
+// Group by group; int4 through a table of the group's 16 values.
+void scalar_dequant_row(const isa::QRowFormat& f, const uint8_t* row, float* out) {
+  const uint32_t groups = f.groups();
+  for (uint32_t g = 0; g < groups; ++g) {
+    uint16_t scale;
+    std::memcpy(&scale, row + f.scale_offset(g), 2);
+    const uint8_t* codes = row + f.codes_offset(g);
+    float* o = out + size_t(g) * f.group;
+    if (f.bits == 4) {
+      float lut[16];
+      for (uint32_t q = 0; q < 16; ++q) lut[q] = half_to_float(isa::dequantize_code(q, scale, 4));
+      for (uint32_t i = 0; i < f.group_len(g); ++i) o[i] = lut[(codes[i / 2] >> ((i & 1) * 4)) & 0xF];
+    } else {
+      for (uint32_t i = 0; i < f.group_len(g); ++i)
+        o[i] = half_to_float(isa::dequantize_code(codes[i], scale, f.bits));
+    }
+  }
+}
+
+constexpr Kernels kScalar{"scalar",        scalar_half_to_float_n, scalar_float_to_half_n,
+                          scalar_dot_f32,  scalar_dot_f16,         scalar_axpy_f16,
+                          scalar_dequant_row};
 
 // HYPERDEX_KERNELS caps the level; unset or empty means no cap.
 KernelLevel level_cap() {
@@ -143,6 +174,11 @@ struct MatmulMicro {
   size_t tile_rows, tile_toks;  // register tile at n > 1
   void (*tile_f32)(const Kernels&, const float* wb, size_t wrow, size_t nrows, const float* x,
                    size_t x_stride, size_t ntok, size_t k, float* out);
+  // Quantized rows at n == 1 (null: none; the driver then dequantizes and uses dot_f32).
+  bool (*q_fast)(const isa::QRowFormat& f);
+  const float* (*prep_q_x)(const isa::QRowFormat& f, const float* x, float* xp);  // null: x
+  void (*dot_q_rows)(const isa::QRowFormat& f, const uint8_t* const* rows, size_t nrows,
+                     const float* x, float* out);
 };
 
 constexpr size_t kMaxDotRows = 8;
@@ -164,7 +200,8 @@ constexpr MatmulMicro kGenericMicro{
           out[r * ntok + t] = kern.dot_f32(wb + r * wrow, x + t * x_stride, k);
         }
       }
-    }};
+    },
+    nullptr, nullptr, nullptr};
 
 #ifdef HYPERDEX_X86
 constexpr MatmulMicro kAvx2Micro{
@@ -175,7 +212,8 @@ constexpr MatmulMicro kAvx2Micro{
     [](const Kernels&, const float* wb, size_t wrow, size_t nrows, const float* x,
        size_t x_stride, size_t ntok, size_t k, float* out) {
       detail::avx2_tile_f32(wb, wrow, nrows, x, x_stride, ntok, k, out);
-    }};
+    },
+    detail::avx2_q_fast, nullptr, detail::avx2_dot_q_rows};
 constexpr MatmulMicro kAvx512Micro{
     8,
     [](const Kernels&, const uint16_t* const* rows, size_t nrows, size_t k, const float* x,
@@ -184,7 +222,8 @@ constexpr MatmulMicro kAvx512Micro{
     [](const Kernels&, const float* wb, size_t wrow, size_t nrows, const float* x,
        size_t x_stride, size_t ntok, size_t k, float* out) {
       detail::avx512_tile_f32(wb, wrow, nrows, x, x_stride, ntok, k, out);
-    }};
+    },
+    detail::avx512_q_fast, detail::avx512_prep_q_x, detail::avx512_dot_q_rows};
 #endif
 
 const MatmulMicro& micro_for([[maybe_unused]] const Kernels& kern) {
@@ -221,9 +260,11 @@ class MemoryOrder {
     }
   }
   size_t row(const Cursor& c) const { return c.offset * channels_ + c.channel; }
+  const uint8_t* bytes(const Cursor& c) const {
+    return w_.channels[c.channel] + w_.base + c.offset * w_.row_bytes;
+  }
   const uint16_t* ptr(const Cursor& c) const {
-    const uint8_t* p = w_.channels[c.channel] + w_.base + c.offset * w_.row_bytes;
-    return reinterpret_cast<const uint16_t*>(p);
+    return reinterpret_cast<const uint16_t*>(bytes(c));
   }
 
  private:
@@ -232,17 +273,18 @@ class MemoryOrder {
 };
 
 // n == 1, positions [p0, p1): split into `streams` equal runs walked side by
-// side, so that each dot_f16_rows call covers independent rows (hiding the fma
-// latency) while each run stays a sequential stream.
-void decode_positions(const MatmulMicro& micro, const Kernels& kern, const MemoryOrder& order,
-                      size_t p0, size_t p1, size_t k, const float* x, float* y) {
-  const size_t streams = std::min(micro.dot_rows, kMaxDotRows);
+// side, so that each dot_rows(ptrs, nrows, out) call covers independent rows
+// (hiding the fma latency) while each run stays a sequential stream.
+template <class DotRows>
+void decode_positions(const MemoryOrder& order, size_t streams, size_t p0, size_t p1, float* y,
+                      DotRows&& dot_rows) {
+  streams = std::min(streams, kMaxDotRows);
   const size_t len = (p1 - p0) / streams, extra = (p1 - p0) % streams;
   MemoryOrder::Cursor cur[kMaxDotRows];
   for (size_t j = 0; j < streams; ++j) {
     if (len > 0 || j < extra) cur[j] = order.at(p0 + j * len + std::min(j, extra));
   }
-  const uint16_t* ptrs[kMaxDotRows];
+  const uint8_t* ptrs[kMaxDotRows];
   size_t rows[kMaxDotRows];
   float out[kMaxDotRows];
   // len full steps, then one more for the `extra` runs that are one longer.
@@ -250,20 +292,21 @@ void decode_positions(const MatmulMicro& micro, const Kernels& kern, const Memor
     const size_t nrows = step < len ? streams : extra;
     if (nrows == 0) break;
     for (size_t j = 0; j < nrows; ++j) {
-      ptrs[j] = order.ptr(cur[j]);
+      ptrs[j] = order.bytes(cur[j]);
       rows[j] = order.row(cur[j]);
       order.next(cur[j]);
     }
-    micro.dot_f16_rows(kern, ptrs, nrows, k, x, out);
+    dot_rows(ptrs, nrows, out);
     for (size_t j = 0; j < nrows; ++j) y[rows[j]] = out[j];
   }
 }
 
-// n > 1, positions [p0, p1): widen a few rows once, then run them against
-// every token in register tiles.
+// n > 1, positions [p0, p1): widen a few rows once (widen(row bytes, out):
+// k floats), then run them against every token in register tiles.
+template <class Widen>
 void prefill_positions(const MatmulMicro& micro, const Kernels& kern, const MemoryOrder& order,
                        size_t p0, size_t p1, size_t k, const float* x, size_t x_stride, size_t n,
-                       float* y, size_t y_stride) {
+                       float* y, size_t y_stride, Widen&& widen) {
   const size_t tr = std::min(micro.tile_rows, kMaxTileRows);
   const size_t tt = std::min(micro.tile_toks, kMaxTileToks);
   const size_t wrow = (k + kLanes - 1) / kLanes * kLanes;
@@ -275,7 +318,7 @@ void prefill_positions(const MatmulMicro& micro, const Kernels& kern, const Memo
     const size_t nrows = std::min(tr, p1 - p);
     for (size_t i = 0; i < nrows; ++i) {
       float* dst = wb + i * wrow;
-      kern.half_to_float_n(order.ptr(cur), dst, k);
+      widen(order.bytes(cur), dst);
       std::fill(dst + k, dst + wrow, 0.0f);
       rows[i] = order.row(cur);
       order.next(cur);
@@ -349,9 +392,60 @@ void matmul_f16(const Kernels& kern, const StripedRows& w, size_t m, size_t k, c
   // stretches of a few channels.
   pool.parallel_for(0, m, grain, [&](size_t p0, size_t p1) {
     if (n == 1) {
-      decode_positions(micro, kern, order, p0, p1, k, x, y);
+      decode_positions(order, micro.dot_rows, p0, p1, y,
+                       [&](const uint8_t* const* ptrs, size_t nrows, float* out) {
+                         const uint16_t* rows[kMaxDotRows];
+                         for (size_t j = 0; j < nrows; ++j)
+                           rows[j] = reinterpret_cast<const uint16_t*>(ptrs[j]);
+                         micro.dot_f16_rows(kern, rows, nrows, k, x, out);
+                       });
     } else {
-      prefill_positions(micro, kern, order, p0, p1, k, x, x_stride, n, y, y_stride);
+      prefill_positions(micro, kern, order, p0, p1, k, x, x_stride, n, y, y_stride,
+                        [&](const uint8_t* row, float* dst) {
+                          kern.half_to_float_n(reinterpret_cast<const uint16_t*>(row), dst, k);
+                        });
+    }
+  });
+}
+
+void matmul_q(const Kernels& kern, const StripedRows& w, const isa::QRowFormat& f, size_t m,
+              const float* x, size_t x_stride, size_t n, float* y, size_t y_stride,
+              ThreadPool& pool) {
+  if (m == 0 || n == 0) return;
+  if (const std::string why = f.check(); !why.empty())
+    throw std::invalid_argument("matmul_q: " + why);
+  const MatmulMicro& micro = micro_for(kern);
+  const MemoryOrder order(w, m);
+  const size_t k = f.cols;
+  const auto widen = [&](const uint8_t* row, float* dst) { kern.dequant_row(f, row, dst); };
+  // As matmul_f16 (weights counted as their fp16 size: dequantizing costs like widening).
+  const size_t row_cost = 2 * k + k * n / 4;
+  const size_t grain = std::max<size_t>(1, (size_t{64} << 10) / std::max<size_t>(row_cost, 1));
+  const bool fast = micro.q_fast && micro.q_fast(f);
+  // x in the decode kernel's lane order, once for all rows (64-byte aligned).
+  std::vector<float> prepared;
+  const float* xq = x;
+  if (n == 1 && fast && micro.prep_q_x) {
+    prepared.resize(k + 16);
+    const auto p = reinterpret_cast<uintptr_t>(prepared.data());
+    xq = micro.prep_q_x(f, x, reinterpret_cast<float*>((p + 63) & ~uintptr_t(63)));
+  }
+  pool.parallel_for(0, m, grain, [&](size_t p0, size_t p1) {
+    if (n > 1) {
+      prefill_positions(micro, kern, order, p0, p1, k, x, x_stride, n, y, y_stride, widen);
+    } else if (fast) {
+      decode_positions(order, micro.dot_rows, p0, p1, y,
+                       [&](const uint8_t* const* ptrs, size_t nrows, float* out) {
+                         micro.dot_q_rows(f, ptrs, nrows, xq, out);
+                       });
+    } else {
+      // Formats without a fused kernel: widen each row, then the fp32 MAC tree
+      // (dot_f32 over the exact widened values is dot_f16 over the fp16 values).
+      float* buf = row_scratch(k);
+      decode_positions(order, 1, p0, p1, y, [&](const uint8_t* const* ptrs, size_t, float* out) {
+        widen(ptrs[0], buf);
+        out[0] = kern.dot_f32(buf, x, k);
+      });
     }
   });
 }

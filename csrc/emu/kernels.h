@@ -16,6 +16,7 @@
 #include <cstdint>
 
 #include "common/thread_pool.h"
+#include "isa/qmatrix.h"
 
 namespace hyperdex::emu {
 
@@ -43,6 +44,9 @@ struct Kernels {
   float (*dot_f16)(const uint16_t* w, const float* x, size_t n);
   // acc[i] = fma(a, widen(v[i]), acc[i]) for i < n.
   void (*axpy_f16)(float a, const uint16_t* v, float* acc, size_t n);
+  // A quantized weight row (isa/qmatrix.h) as fp32: out[i] = widen(w'[i]) for i < f.cols,
+  // the exact dequantized fp16 values.
+  void (*dequant_row)(const isa::QRowFormat& f, const uint8_t* row, float* out);
 };
 
 enum class KernelLevel { Scalar, Avx2, Avx512 };
@@ -59,5 +63,12 @@ bool cpu_supports(KernelLevel level);
 // is read once per call whatever n is (prefill streams the weights once).
 void matmul_f16(const Kernels& kern, const StripedRows& w, size_t m, size_t k, const float* x,
                 size_t x_stride, size_t n, float* y, size_t y_stride, ThreadPool& pool);
+
+// Matrix engine, quantized weights (RegionKind::QMatrix rows of format `f`, k = f.cols):
+// the same result as matmul_f16 over the dequantized matrix, bit for bit (each weight
+// is dequantized to its exact fp16 value, then the same MAC tree), threaded the same way.
+void matmul_q(const Kernels& kern, const StripedRows& w, const isa::QRowFormat& f, size_t m,
+              const float* x, size_t x_stride, size_t n, float* y, size_t y_stride,
+              ThreadPool& pool);
 
 }  // namespace hyperdex::emu

@@ -220,12 +220,105 @@ HX_AVX2 void tile_toks(size_t ntok, const float* wb, size_t wrow, const float* x
   }
 }
 
+// ---- quantized rows (isa/qmatrix.h) ---------------------------------------
+// Each code becomes its exact fp16 value as the scalar level computes it:
+// float(q - z) * scale is exact in fp32 (also its sign of zero, which
+// q * s - z * s would lose), vcvtps2ph rounds it once to nearest even,
+// vcvtph2ps widens it back exactly.
+
+HX_AVX2 inline float scale_of(const uint8_t* row, const isa::QRowFormat& f, uint32_t g) {
+  uint16_t h;
+  std::memcpy(&h, row + f.scale_offset(g), 2);
+  return half_to_float(h);
+}
+
+// Codes of elements i .. i+15 of a group (lo = 0..7, hi = 8..15) as int32 lanes.
+HX_AVX2 inline void load_codes(const uint8_t* codes, uint32_t bits, size_t i, __m256i& lo,
+                               __m256i& hi) {
+  if (bits == 8) {
+    lo = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(codes + i)));
+    hi = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(codes + i + 8)));
+    return;
+  }
+  const __m128i b = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(codes + i / 2));
+  const __m128i m = _mm_set1_epi8(0x0F);
+  // Element 2j is byte j's low nibble, 2j+1 its high one.
+  const __m128i nib =
+      _mm_unpacklo_epi8(_mm_and_si128(b, m), _mm_and_si128(_mm_srli_epi16(b, 4), m));
+  lo = _mm256_cvtepu8_epi32(nib);
+  hi = _mm256_cvtepu8_epi32(_mm_unpackhi_epi64(nib, nib));
+}
+
+HX_AVX2 inline __m256 dequant(__m256i q, __m256i z, __m256 s) {
+  const __m256 v = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(q, z)), s);
+  return _mm256_cvtph_ps(_mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+}
+
+HX_AVX2 void dequant_row(const isa::QRowFormat& f, const uint8_t* row, float* out) {
+  if (f.group % 16 != 0 || f.cols % 16 != 0) {  // groups straddle vectors: the scalar loop
+    kernels_for(KernelLevel::Scalar).dequant_row(f, row, out);
+    return;
+  }
+  const __m256i z = _mm256_set1_epi32(int32_t(f.zero_point()));
+  for (uint32_t g = 0; g < f.groups(); ++g) {
+    const __m256 s = _mm256_set1_ps(scale_of(row, f, g));
+    const uint8_t* codes = row + f.codes_offset(g);
+    float* o = out + size_t(g) * f.group;
+    for (uint32_t i = 0; i < f.group_len(g); i += 16) {
+      __m256i lo, hi;
+      load_codes(codes, f.bits, i, lo, hi);
+      _mm256_storeu_ps(o + i, dequant(lo, z, s));
+      _mm256_storeu_ps(o + i + 8, dequant(hi, z, s));
+    }
+  }
+}
+
+constexpr int kDotQRows = 2;  // rows x (lo, hi) accumulators; dequantizing needs the rest
+
+template <int R>
+HX_AVX2 void dot_q_rows(const isa::QRowFormat& f, const uint8_t* const* rows, const float* x,
+                        float* out) {
+  __m256 lo[R], hi[R];
+  for (int r = 0; r < R; ++r) lo[r] = hi[r] = _mm256_setzero_ps();
+  const __m256i z = _mm256_set1_epi32(int32_t(f.zero_point()));
+  for (uint32_t g = 0; g < f.groups(); ++g) {
+    __m256 s[R];
+    for (int r = 0; r < R; ++r) s[r] = _mm256_set1_ps(scale_of(rows[r], f, g));
+    const uint64_t at = f.codes_offset(g);
+    const float* xg = x + size_t(g) * f.group;
+    for (uint32_t i = 0; i < f.group_len(g); i += 16) {
+      const __m256 xlo = _mm256_loadu_ps(xg + i), xhi = _mm256_loadu_ps(xg + i + 8);
+      for (int r = 0; r < R; ++r) {
+        __m256i qlo, qhi;
+        load_codes(rows[r] + at, f.bits, i, qlo, qhi);
+        lo[r] = _mm256_fmadd_ps(dequant(qlo, z, s[r]), xlo, lo[r]);
+        hi[r] = _mm256_fmadd_ps(dequant(qhi, z, s[r]), xhi, hi[r]);
+      }
+    }
+  }
+  for (int r = 0; r < R; ++r) out[r] = reduce(lo[r], hi[r]);
+}
+
 }  // namespace
 
 const Kernels& avx2_kernels() {
-  static constexpr Kernels kAvx2{"avx2",  half_to_float_n, float_to_half_n,
-                                 dot_f32, dot_f16,         axpy_f16};
+  static constexpr Kernels kAvx2{"avx2",  half_to_float_n, float_to_half_n, dot_f32,
+                                 dot_f16, axpy_f16,        dequant_row};
   return kAvx2;
+}
+
+bool avx2_q_fast(const isa::QRowFormat& f) { return f.group % 16 == 0 && f.cols % 16 == 0; }
+
+HX_AVX2 void avx2_dot_q_rows(const isa::QRowFormat& f, const uint8_t* const* rows, size_t nrows,
+                             const float* x, float* out) {
+  static_assert(kDotQRows == 2, "update the cases");
+  for (size_t r = 0; r < nrows; r += kDotQRows) {
+    if (nrows - r >= 2) {
+      dot_q_rows<2>(f, rows + r, x, out + r);
+    } else {
+      dot_q_rows<1>(f, rows + r, x, out + r);
+    }
+  }
 }
 
 HX_AVX2 void avx2_dot_f16_rows(const uint16_t* const* rows, size_t nrows, size_t k,

@@ -174,12 +174,205 @@ HX_AVX512 void tile_toks(size_t ntok, const float* wb, size_t wrow, const float*
   }
 }
 
+// ---- quantized rows (isa/qmatrix.h) ---------------------------------------
+// A group's dequantized values are exact fp16, computed as the scalar level
+// does: float(q - z) * scale is exact in fp32 (also its sign of zero, which
+// q * s - z * s would lose), vcvtps2ph rounds it once (to nearest even, as
+// float_to_half), vcvtph2ps widens it back exactly.
+
+// q - z for the 16 int4 codes: the table index is the code.
+alignas(64) constexpr float kQ4MinusZ[16] = {-8, -7, -6, -5, -4, -3, -2, -1,
+                                             0,  1,  2,  3,  4,  5,  6,  7};
+
+HX_AVX512 inline __m512 round_half(__m512 v) {
+  return _mm512_cvtph_ps(_mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+}
+
+// float(q - 128) of 16 int8 codes at p.
+HX_AVX512 inline __m512 q8_minus_z(const uint8_t* p) {
+  const __m512i q = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  return _mm512_cvtepi32_ps(_mm512_sub_epi32(q, _mm512_set1_epi32(128)));
+}
+
+HX_AVX512 inline uint64_t load_u64(const uint8_t* p) {
+  uint64_t v;
+  std::memcpy(&v, p, 8);
+  return v;
+}
+
+// Natural order: lane i takes nibble i of the 8 bytes at p (lanes 0-7 from the low
+// dword, 8-15 from the high one); vpermps reads only an index's low 4 bits.
+alignas(64) constexpr int32_t kSpreadDword[16] = {0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1};
+alignas(64) constexpr int32_t kSpreadShift[16] = {0, 4, 8, 12, 16, 20, 24, 28,
+                                                  0, 4, 8, 12, 16, 20, 24, 28};
+
+HX_AVX512 void dequant_row(const isa::QRowFormat& f, const uint8_t* row, float* out) {
+  const uint32_t groups = f.groups();
+  if (f.group % 16 != 0 || f.cols % 16 != 0) {  // groups straddle vectors: the scalar loop
+    kernels_for(KernelLevel::Scalar).dequant_row(f, row, out);
+    return;
+  }
+  const __m512i spread = _mm512_load_si512(kSpreadDword), shift = _mm512_load_si512(kSpreadShift);
+  const __m512 qz = _mm512_load_ps(kQ4MinusZ);
+  alignas(64) float scales[16];
+  for (uint32_t g0 = 0; g0 < groups; g0 += isa::kQGroupsPerChunk) {
+    const uint64_t line = f.chunk_offset(g0 / isa::kQGroupsPerChunk);
+    _mm512_store_ps(scales, _mm512_cvtph_ps(_mm256_loadu_si256(
+                                reinterpret_cast<const __m256i*>(row + line))));
+    const uint32_t ng = std::min(isa::kQGroupsPerChunk, groups - g0);
+    for (uint32_t j = 0; j < ng; ++j) {
+      const uint8_t* codes = row + line + isa::kQScaleLineBytes + j * f.group_code_bytes();
+      float* o = out + size_t(g0 + j) * f.group;
+      if (f.bits == 4) {
+        const __m512 table = round_half(_mm512_mul_ps(qz, _mm512_set1_ps(scales[j])));
+        for (uint32_t i = 0; i < f.group_len(g0 + j); i += 16) {
+          const __m512i q = _mm512_permutexvar_epi32(
+              spread, _mm512_set1_epi64(int64_t(load_u64(codes + i / 2))));
+          _mm512_storeu_ps(o + i, _mm512_permutexvar_ps(_mm512_srlv_epi32(q, shift), table));
+        }
+      } else {
+        const __m512 s = _mm512_set1_ps(scales[j]);
+        for (uint32_t i = 0; i < f.group_len(g0 + j); i += 16)
+          _mm512_storeu_ps(o + i, round_half(_mm512_mul_ps(q8_minus_z(codes + i), s)));
+      }
+    }
+  }
+}
+
+// Decode, int4: the 8 bytes of 16 codes are broadcast to every lane and lane p
+// shifted by kSigmaShift[p], so lane p holds code sigma(p) = {0, 8, 1, 9, ...}[p]
+// with no cross-lane move; x is permuted the same way once per call
+// (prep_q_x), so lane p runs MAC-tree lane sigma(p)'s exact fma sequence, and the
+// lanes are put back in order before the tree's reduction.
+alignas(64) constexpr int32_t kSigma[16] = {0, 8, 1, 9, 2, 10, 3, 11, 4, 12, 5, 13, 6, 14, 7, 15};
+alignas(64) constexpr int32_t kSigmaInverse[16] = {0, 2, 4, 6, 8, 10, 12, 14,
+                                                   1, 3, 5, 7, 9, 11, 13, 15};
+alignas(64) constexpr int32_t kSigmaShift[16] = {0, 0, 4, 4, 8, 8, 12, 12,
+                                                 16, 16, 20, 20, 24, 24, 28, 28};
+
+constexpr int kDotQRows = 8;
+
+// The 16 scales of the chunk whose scale line is at `line` in each row, widened.
+template <int R>
+HX_AVX512 inline void chunk_scales(const uint8_t* const* rows, uint64_t line,
+                                   float (&scales)[R][16]) {
+  for (int r = 0; r < R; ++r)
+    _mm512_store_ps(scales[r], _mm512_cvtph_ps(_mm256_loadu_si256(
+                                   reinterpret_cast<const __m256i*>(rows[r] + line))));
+}
+
+template <int R>
+HX_AVX512 void dot_q4_rows(const isa::QRowFormat& f, const uint8_t* const* rows, const float* xp,
+                           float* out) {
+  const __m512i shift = _mm512_load_si512(kSigmaShift);
+  const __m512 qz = _mm512_load_ps(kQ4MinusZ);
+  __m512 acc[R];
+  for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps();
+  const uint32_t groups = f.groups();
+  alignas(64) float scales[R][16];
+  for (uint32_t g0 = 0; g0 < groups; g0 += isa::kQGroupsPerChunk) {
+    const uint64_t line = f.chunk_offset(g0 / isa::kQGroupsPerChunk);
+    chunk_scales<R>(rows, line, scales);
+    const uint32_t ng = std::min(isa::kQGroupsPerChunk, groups - g0);
+    const uint64_t codes = line + isa::kQScaleLineBytes;
+    for (uint32_t j = 0; j < ng; ++j) {
+      __m512 table[R];  // the group's 16 values, indexed by code
+      for (int r = 0; r < R; ++r)
+        table[r] = round_half(_mm512_mul_ps(qz, _mm512_set1_ps(scales[r][j])));
+      const uint64_t at = codes + uint64_t(j) * (f.group / 2);
+      const float* xg = xp + size_t(g0 + j) * f.group;
+      for (uint32_t i = 0; i < f.group_len(g0 + j); i += 16) {
+        const __m512 xv = _mm512_load_ps(xg + i);
+        for (int r = 0; r < R; ++r) {
+          const __m512i q = _mm512_srlv_epi32(
+              _mm512_set1_epi64(int64_t(load_u64(rows[r] + at + i / 2))), shift);
+          acc[r] = _mm512_fmadd_ps(_mm512_permutexvar_ps(q, table[r]), xv, acc[r]);
+        }
+      }
+    }
+  }
+  const __m512i inverse = _mm512_load_si512(kSigmaInverse);
+  for (int r = 0; r < R; ++r) out[r] = reduce(_mm512_permutexvar_ps(inverse, acc[r]));
+}
+
+template <int R>
+HX_AVX512 void dot_q8_rows(const isa::QRowFormat& f, const uint8_t* const* rows, const float* x,
+                           float* out) {
+  __m512 acc[R];
+  for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps();
+  const uint32_t groups = f.groups();
+  alignas(64) float scales[R][16];
+  for (uint32_t g0 = 0; g0 < groups; g0 += isa::kQGroupsPerChunk) {
+    const uint64_t line = f.chunk_offset(g0 / isa::kQGroupsPerChunk);
+    chunk_scales<R>(rows, line, scales);
+    const uint32_t ng = std::min(isa::kQGroupsPerChunk, groups - g0);
+    const uint64_t codes = line + isa::kQScaleLineBytes;
+    for (uint32_t j = 0; j < ng; ++j) {
+      __m512 s[R];
+      for (int r = 0; r < R; ++r) s[r] = _mm512_set1_ps(scales[r][j]);
+      const uint64_t at = codes + uint64_t(j) * f.group;
+      const float* xg = x + size_t(g0 + j) * f.group;
+      for (uint32_t i = 0; i < f.group_len(g0 + j); i += 16) {
+        const __m512 xv = _mm512_loadu_ps(xg + i);
+        for (int r = 0; r < R; ++r) {
+          const __m512 w = round_half(_mm512_mul_ps(q8_minus_z(rows[r] + at + i), s[r]));
+          acc[r] = _mm512_fmadd_ps(w, xv, acc[r]);
+        }
+      }
+    }
+  }
+  for (int r = 0; r < R; ++r) out[r] = reduce(acc[r]);
+}
+
 }  // namespace
 
 const Kernels& avx512_kernels() {
-  static constexpr Kernels kAvx512{"avx512", half_to_float_n, float_to_half_n,
-                                   dot_f32,  dot_f16,         axpy_f16};
+  static constexpr Kernels kAvx512{"avx512", half_to_float_n, float_to_half_n, dot_f32,
+                                   dot_f16,  axpy_f16,        dequant_row};
   return kAvx512;
+}
+
+bool avx512_q_fast(const isa::QRowFormat& f) { return f.group % 16 == 0 && f.cols % 16 == 0; }
+
+HX_AVX512 const float* avx512_prep_q_x(const isa::QRowFormat& f, const float* x, float* xp) {
+  if (f.bits != 4) return x;
+  const __m512i sigma = _mm512_load_si512(kSigma);
+  for (uint32_t i = 0; i < f.cols; i += 16)
+    _mm512_store_ps(xp + i, _mm512_permutexvar_ps(sigma, _mm512_loadu_ps(x + i)));
+  return xp;
+}
+
+HX_AVX512 void avx512_dot_q_rows(const isa::QRowFormat& f, const uint8_t* const* rows,
+                                 size_t nrows, const float* x, float* out) {
+  static_assert(kDotQRows == 8, "update the cases");
+  for (size_t r = 0; r < nrows; r += kDotQRows) {
+    const uint8_t* const* rr = rows + r;
+    float* o = out + r;
+    const size_t take = std::min<size_t>(kDotQRows, nrows - r);
+    if (f.bits == 4) {
+      switch (take) {
+        case 1: dot_q4_rows<1>(f, rr, x, o); break;
+        case 2: dot_q4_rows<2>(f, rr, x, o); break;
+        case 3: dot_q4_rows<3>(f, rr, x, o); break;
+        case 4: dot_q4_rows<4>(f, rr, x, o); break;
+        case 5: dot_q4_rows<5>(f, rr, x, o); break;
+        case 6: dot_q4_rows<6>(f, rr, x, o); break;
+        case 7: dot_q4_rows<7>(f, rr, x, o); break;
+        default: dot_q4_rows<8>(f, rr, x, o); break;
+      }
+    } else {
+      switch (take) {
+        case 1: dot_q8_rows<1>(f, rr, x, o); break;
+        case 2: dot_q8_rows<2>(f, rr, x, o); break;
+        case 3: dot_q8_rows<3>(f, rr, x, o); break;
+        case 4: dot_q8_rows<4>(f, rr, x, o); break;
+        case 5: dot_q8_rows<5>(f, rr, x, o); break;
+        case 6: dot_q8_rows<6>(f, rr, x, o); break;
+        case 7: dot_q8_rows<7>(f, rr, x, o); break;
+        default: dot_q8_rows<8>(f, rr, x, o); break;
+      }
+    }
+  }
 }
 
 HX_AVX512 void avx512_dot_f16_rows(const uint16_t* const* rows, size_t nrows, size_t k,

@@ -272,9 +272,14 @@ class Emitter {
   Instruction matmul(const std::string& weight, uint32_t out, uint32_t in_features) const {
     Instruction in;
     in.op = Opcode::MatMul;
-    in.w0 = region(weight);
+    const Region& w = plan_.find(weight);
+    in.w0 = w.ref();
     in.n = out;
     in.k = in_features;
+    if (w.quantized()) {  // ISA v3: i0 = code bits, i1 = group size
+      in.i0 = w.bits;
+      in.i1 = w.group;
+    }
     return in;
   }
   void bias_add(Operand x, const Region& bias, uint32_t n) {
@@ -332,6 +337,8 @@ void hoist_weight_streams(isa::Program& prog) {
       pf.op = Opcode::Prefetch;
       pf.flags = in.flags & isa::kFlagLogitRows;  // skipped with the LM head it feeds
       pf.w0 = in.w0;
+      pf.i0 = in.i0;  // the weight format, for the listing and a controller's stream engine
+      pf.i1 = in.i1;
       if (in.flags & isa::kFlagHasBias) pf.w1 = in.w1;
       out.insert(out.begin() + std::ptrdiff_t(last_stream), pf);
     }
@@ -462,8 +469,7 @@ isa::Program generate_program(const ModelSpec& s, const MemoryPlan& plan, isa::P
     e.linear("proj_out", buf.z, head_in, s.embed_dim, H);
     head_in = buf.z;
   }
-  e.head(s.tie_word_embeddings ? "tok_embd" : "output", logits, head_in, s.token_embed_dim(),
-         argmax);
+  e.head(s.separate_head() ? "output" : "tok_embd", logits, head_in, s.token_embed_dim(), argmax);
   if (passes.reorder) hoist_weight_streams(prog);
   return prog;
 }

@@ -243,6 +243,7 @@ std::string disassemble(const Instruction& in, const RegionNamer* namer) {
     case Opcode::MatMul:
       s << " dst=" << fmt_operand(in.dst) << " a=" << fmt_operand(in.a)
         << " w=" << fmt_region(in.w0, namer) << " n=" << in.n << " k=" << in.k;
+      if (in.i0 && in.i0 != 16) s << " int" << in.i0 << " group=" << in.i1;
       if (in.flags & kFlagHasBias) s << " bias=" << fmt_region(in.w1, namer);
       if (in.sub) s << " act=" << act_name(in.sub);
       if (in.flags & kFlagHasResidual) s << " residual=" << fmt_operand(in.b);
@@ -284,6 +285,7 @@ std::string disassemble(const Instruction& in, const RegionNamer* namer) {
       break;
     case Opcode::Prefetch:
       s << " w=" << fmt_region(in.w0, namer);
+      if (in.i0 && in.i0 != 16) s << " int" << in.i0 << " group=" << in.i1;
       if (!in.w1.empty()) s << " bias=" << fmt_region(in.w1, namer);
       break;
     case Opcode::AllReduce:

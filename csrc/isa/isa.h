@@ -1,4 +1,4 @@
-// The LPU instruction set, v2 (docs/isa.md is the specification; keep them in step).
+// The LPU instruction set, v3 (docs/isa.md is the specification; keep them in step).
 //
 // One instruction is one whole layer operation (a matrix stream, a norm, an
 // attention step), so a decode program is a few hundred instructions. Every
@@ -11,7 +11,7 @@
 
 namespace hyperdex::isa {
 
-constexpr uint32_t kIsaVersion = 2;
+constexpr uint32_t kIsaVersion = 3;  // 3: quantized MATMUL weights (i0 bits, i1 group)
 constexpr uint32_t kProgramFormatVersion = 1;
 constexpr char kProgramMagic[8] = {'H', 'D', 'X', 'P', 'R', 'O', 'G', '\0'};
 constexpr size_t kInstructionBytes = 96;
@@ -20,7 +20,7 @@ constexpr size_t kProgramHeaderBytes = 64;
 enum class Opcode : uint8_t {
   Embed = 1,      // dst[t] (+)= scale * table[row(t)]
   Norm = 2,       // dst[t] = norm(a[t]) * gamma (+ beta)
-  MatMul = 3,     // dst[t] = epilogue(a[t] . W^T)
+  MatMul = 3,     // dst[t] = epilogue(a[t] . W^T); i0/i1: quantized weights (bits, group)
   Rope = 4,       // rotate heads of dst[t] in place
   KvStore = 5,    // K/V cache rows start_pos.. = a[t], b[t]
   Attention = 6,  // dst[t] = softmax(q k^T * scale) v over the cache, causal
@@ -71,7 +71,8 @@ struct Instruction {
   uint8_t sub = 0;  // ActKind, NormKind, RopeStyle or Embed source, per opcode
   uint32_t n = 0;   // primary width (output features, heads, elements)
   uint32_t k = 0;   // secondary width (input features, head_dim)
-  uint32_t i0 = 0;  // opcode-specific integers (kv heads, rope dims, position offset)
+  uint32_t i0 = 0;  // opcode-specific integers (kv heads, rope dims, position offset,
+                    // MATMUL weight bits and group size)
   uint32_t i1 = 0;
   float f0 = 0.0f;  // opcode-specific reals (eps, scale)
   float f1 = 0.0f;

@@ -16,9 +16,19 @@ class Planner {
   Planner(const ModelSpec& spec, MemoryPlan& plan) : spec_(spec), plan_(plan) {}
 
   void matrix(const std::string& name, std::vector<std::string> sources, uint32_t rows,
-              uint32_t cols) {
-    add(name, RegionKind::Matrix, uint32_t(align_up(uint64_t(cols) * 2, kRowAlignBytes)), rows,
-        cols, std::move(sources));
+              uint32_t cols, bool quantize = false) {
+    if (!quantize || !spec_.quantized()) {
+      add(name, RegionKind::Matrix, uint32_t(align_up(uint64_t(cols) * 2, kRowAlignBytes)), rows,
+          cols, std::move(sources));
+      return;
+    }
+    const isa::QRowFormat f{spec_.weight_bits, spec_.group_for(cols), cols};
+    if (const std::string why = f.check(); !why.empty())
+      throw SpecError("region " + name + ": " + why);
+    add(name, RegionKind::QMatrix, uint32_t(align_up(f.data_bytes(), kRowAlignBytes)), rows, cols,
+        std::move(sources));
+    plan_.regions.back().bits = f.bits;
+    plan_.regions.back().group = f.group;
   }
   void vector(const std::string& name, std::vector<std::string> sources, uint32_t len) {
     add(name, RegionKind::Vector, kVectorRowElems * 2, (len + kVectorRowElems - 1) / kVectorRowElems,
@@ -29,8 +39,9 @@ class Planner {
     if (spec_.norm == NormKind::LayerNorm && spec_.norm_bias)
       vector(name + ".bias", {name + ".bias"}, spec_.hidden_size);
   }
-  void linear(const std::string& name, uint32_t out, uint32_t in, bool bias) {
-    matrix(name, {name + ".weight"}, out, in);
+  void linear(const std::string& name, uint32_t out, uint32_t in, bool bias,
+              bool quantize = false) {
+    matrix(name, {name + ".weight"}, out, in, quantize);
     if (bias) vector(name + ".bias", {name + ".bias"}, out);
   }
   void rope_table(uint32_t positions) {
@@ -97,9 +108,11 @@ uint32_t MemoryPlan::fingerprint() const {
   s << kPlanFormatVersion << ' ' << num_channels << ' ' << max_length << ' ' << max_tokens << ' '
     << vocab_size << ' ' << weights_bytes << ' ' << kv_base << ' ' << kv_bytes << ' ' << io.base
     << ' ' << io.ids_offset << ' ' << io.argmax_offset << ' ' << io.logits_offset << ' ' << io.bytes;
-  for (const auto& r : regions)
+  for (const auto& r : regions) {
     s << '|' << r.name << ' ' << int(r.kind) << ' ' << r.base << ' ' << r.row_bytes << ' ' << r.rows
       << ' ' << r.cols;
+    if (r.quantized()) s << " q" << r.bits << '/' << r.group;
+  }
   std::string text = s.str();
   return crc32(text.data(), text.size());
 }
@@ -148,35 +161,36 @@ MemoryPlan plan_memory(const ModelSpec& spec, const DevicePreset& preset, uint32
     if (spec.pre_norm) p.norm(b + "attn_norm");
     if (passes.fuse_qkv) {
       p.matrix(b + "attn_qkv", {b + "attn_q.weight", b + "attn_k.weight", b + "attn_v.weight"},
-               q_rows + 2 * kv_rows, H);
+               q_rows + 2 * kv_rows, H, true);
       if (spec.qkv_bias)
         p.vector(b + "attn_qkv.bias", {b + "attn_q.bias", b + "attn_k.bias", b + "attn_v.bias"},
                  q_rows + 2 * kv_rows);
     } else {
-      p.linear(b + "attn_q", q_rows, H, spec.qkv_bias);
-      p.linear(b + "attn_k", kv_rows, H, spec.qkv_bias);
-      p.linear(b + "attn_v", kv_rows, H, spec.qkv_bias);
+      p.linear(b + "attn_q", q_rows, H, spec.qkv_bias, true);
+      p.linear(b + "attn_k", kv_rows, H, spec.qkv_bias, true);
+      p.linear(b + "attn_v", kv_rows, H, spec.qkv_bias, true);
     }
-    p.linear(b + "attn_output", H, q_rows, spec.attn_out_bias);
+    p.linear(b + "attn_output", H, q_rows, spec.attn_out_bias, true);
     if (!spec.pre_norm) p.norm(b + "attn_norm");
     if (spec.pre_norm) p.norm(b + "ffn_norm");
     const uint32_t ff = spec.intermediate_size;
     if (spec.gated_mlp && passes.fuse_gate_up) {
       // Gate rows then up rows: one stream for the GLU epilogue (docs/isa.md).
-      p.matrix(b + "ffn_gate_up", {b + "ffn_gate.weight", b + "ffn_up.weight"}, 2 * ff, H);
+      p.matrix(b + "ffn_gate_up", {b + "ffn_gate.weight", b + "ffn_up.weight"}, 2 * ff, H, true);
       if (spec.mlp_bias)
         p.vector(b + "ffn_gate_up.bias", {b + "ffn_gate.bias", b + "ffn_up.bias"}, 2 * ff);
     } else {
-      if (spec.gated_mlp) p.linear(b + "ffn_gate", ff, H, spec.mlp_bias);
-      p.linear(b + "ffn_up", ff, H, spec.mlp_bias);
+      if (spec.gated_mlp) p.linear(b + "ffn_gate", ff, H, spec.mlp_bias, true);
+      p.linear(b + "ffn_up", ff, H, spec.mlp_bias, true);
     }
-    p.linear(b + "ffn_down", H, spec.intermediate_size, spec.mlp_bias);
+    p.linear(b + "ffn_down", H, spec.intermediate_size, spec.mlp_bias, true);
     if (!spec.pre_norm) p.norm(b + "ffn_norm");
   }
   if (spec.final_norm) p.norm("output_norm");
   if (spec.has_projection()) p.linear("proj_out", spec.embed_dim, H, false);
-  if (!spec.tie_word_embeddings)
-    p.matrix("output", {"output.weight"}, spec.logits_size(), spec.token_embed_dim());
+  if (spec.separate_head())
+    p.matrix("output", {"output.weight"}, spec.logits_size(), spec.token_embed_dim(),
+             spec.quantize_lm_head);
   if (spec.lm_head_bias) p.vector("output.bias", {"output.bias"}, spec.logits_size());
   p.align_cursor();
   plan.weights_bytes = p.cursor();

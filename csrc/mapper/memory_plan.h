@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "isa/isa.h"
+#include "isa/qmatrix.h"
 #include "spec/model_spec.h"
 #include "spec/passes.h"
 
@@ -28,6 +29,8 @@ enum class RegionKind : uint8_t {
   Vector = 1,     // fp16 [cols] cut into 32-element rows
   RopeTable = 2,  // fp32 (cos, sin) pairs, one row per position
   KvCache = 3,    // fp16 [max_length, kv_heads * head_dim], written at run time
+  QMatrix = 4,    // quantized [rows, cols]: per row, chunks of 16 fp16 scales + packed codes
+                  // (isa/qmatrix.h), zero-padded to a multiple of 64 bytes
 };
 
 struct Region {
@@ -37,6 +40,8 @@ struct Region {
   uint32_t row_bytes = 0;
   uint32_t rows = 0;       // logical rows (matrix rows, vector pieces, positions)
   uint32_t cols = 0;       // logical elements per row (matrix/KV) or length (vector)
+  uint32_t bits = 16;      // QMatrix: code bits (4 or 8); 16 for every other kind
+  uint32_t group = 0;      // QMatrix: input columns per scale (divides cols)
   // Canonical tensors whose rows are concatenated into this region, in order.
   std::vector<std::string> sources;
 
@@ -44,6 +49,8 @@ struct Region {
     return uint64_t((rows + channels - 1) / channels) * row_bytes;
   }
   isa::HbmRegion ref() const { return isa::HbmRegion{base, row_bytes, rows}; }
+  bool quantized() const { return kind == RegionKind::QMatrix; }
+  isa::QRowFormat qformat() const { return isa::QRowFormat{bits, group, cols}; }
 };
 
 // Host-visible buffers in pseudo-channel 0 (offsets relative to `base`).
@@ -78,7 +85,9 @@ struct MemoryPlan {
 // Lays the model out for one device. Throws CapacityError (with the numbers)
 // when weights + KV cache + I/O do not fit the preset's HBM. The passes decide
 // which projections share a region: Q/K/V as `attn_qkv` (else attn_q, attn_k,
-// attn_v) and gate/up as `ffn_gate_up` (else ffn_gate, ffn_up).
+// attn_v) and gate/up as `ffn_gate_up` (else ffn_gate, ffn_up). A quantized spec
+// (weight_bits 4 or 8) makes those projections, attn_output and ffn_down QMatrix regions,
+// and the LM head one with quantize_lm_head (region "output", also for tied embeddings).
 MemoryPlan plan_memory(const ModelSpec& spec, const DevicePreset& preset, uint32_t max_length,
                        uint32_t max_tokens, const PassOptions& passes = {});
 

@@ -18,19 +18,57 @@ std::string shape_text(const std::vector<int64_t>& s) {
   return t + "]";
 }
 
+const char* dtype_name(DType d) { return d == DType::U8 ? "u8" : "f16"; }
+
+// "blk.0.attn_q.weight" -> "blk.0.attn_q.scales"
+std::string scales_name(const std::string& weight) {
+  const std::string suffix = ".weight";
+  if (weight.size() > suffix.size() &&
+      weight.compare(weight.size() - suffix.size(), suffix.size(), suffix) == 0)
+    return weight.substr(0, weight.size() - suffix.size()) + ".scales";
+  return weight + ".scales";
+}
+
+void require_dtype(const std::string& name, const TensorView& t, DType want,
+                   const std::string& hint) {
+  if (t.dtype != want)
+    throw SpecError("tensor " + name + " is " + dtype_name(t.dtype) + ", the layout expects " +
+                    dtype_name(want) + hint);
+}
+
 // The rows of one weight region, resolved against the caller's tensors.
 class RegionRows {
  public:
   RegionRows(const ModelSpec& spec, const Region& region, const TensorLookup& tensors)
       : spec_(spec), region_(region) {
-    if (region.kind == RegionKind::Matrix) {
+    if (region.kind == RegionKind::Matrix || region.kind == RegionKind::QMatrix) {
+      const bool q = region.kind == RegionKind::QMatrix;
+      const std::string hint =
+          q ? " (the model is compiled with " + std::to_string(region.bits) +
+                  "-bit weights: its file must hold u8 codes and fp16 scales; quantize it)"
+            : " (this weight is not quantized on the device: the model file must hold it in "
+              "fp16; was the model quantized with other options than it is compiled with?)";
       uint64_t rows = 0;
       for (const auto& name : region.sources) {
         TensorView t = tensors(name);
+        require_dtype(name, t, q ? DType::U8 : DType::F16, hint);
         if (t.shape.size() != 2 || t.shape[1] != int64_t(region.cols))
           throw SpecError("tensor " + name + " has shape " + shape_text(t.shape) +
                           ", the layout expects [rows, " + std::to_string(region.cols) + "]");
-        parts_.push_back({t.data, uint64_t(t.shape[0])});
+        Part part{t.data, uint64_t(t.shape[0]), nullptr, name};
+        if (q) {
+          const std::string sname = scales_name(name);
+          TensorView sc = tensors(sname);
+          require_dtype(sname, sc, DType::F16, "");
+          const int64_t groups = int64_t(region.qformat().groups());
+          if (sc.shape.size() != 2 || sc.shape[0] != t.shape[0] || sc.shape[1] != groups)
+            throw SpecError("tensor " + sname + " has shape " + shape_text(sc.shape) +
+                            ", the layout expects [" + std::to_string(t.shape[0]) + ", " +
+                            std::to_string(groups) + "] (one scale per " +
+                            std::to_string(region.group) + " inputs)");
+          part.scales = sc.f16();
+        }
+        parts_.push_back(part);
         rows += uint64_t(t.shape[0]);
       }
       if (rows != region.rows)
@@ -41,6 +79,7 @@ class RegionRows {
       uint64_t at = 0;
       for (const auto& name : region.sources) {
         TensorView t = tensors(name);
+        require_dtype(name, t, DType::F16, "");
         int64_t n = 1;
         for (int64_t d : t.shape) n *= d;
         if (t.shape.size() != 1 || at + uint64_t(n) > region.cols)
@@ -59,11 +98,25 @@ class RegionRows {
   void row(uint32_t r, uint8_t* out) const {
     std::memset(out, 0, region_.row_bytes);
     switch (region_.kind) {
-      case RegionKind::Matrix: {
+      case RegionKind::Matrix:
+      case RegionKind::QMatrix: {
         uint64_t local = r;
         for (const auto& p : parts_) {
           if (local < p.rows) {
-            std::memcpy(out, p.data + local * region_.cols, size_t(region_.cols) * 2);
+            if (region_.kind == RegionKind::QMatrix) {
+              const isa::QRowFormat f = region_.qformat();
+              const uint8_t* codes = static_cast<const uint8_t*>(p.data) + local * region_.cols;
+              uint8_t all = 0;
+              for (uint32_t i = 0; i < region_.cols; ++i) all |= codes[i];
+              if (f.bits < 8 && (all >> f.bits) != 0)
+                throw SpecError("tensor " + p.name + " row " + std::to_string(local) +
+                                " holds codes above " + std::to_string((1u << f.bits) - 1) +
+                                ", not " + std::to_string(f.bits) + "-bit codes");
+              isa::pack_qrow(f, codes, p.scales + local * f.groups(), out);
+            } else {
+              std::memcpy(out, static_cast<const uint16_t*>(p.data) + local * region_.cols,
+                          size_t(region_.cols) * 2);
+            }
             return;
           }
           local -= p.rows;
@@ -85,8 +138,10 @@ class RegionRows {
 
  private:
   struct Part {
-    const uint16_t* data;
+    const void* data;  // fp16 values, or u8 codes (QMatrix)
     uint64_t rows;
+    const uint16_t* scales;  // QMatrix: [rows, groups]
+    std::string name;
   };
   const ModelSpec& spec_;
   const Region& region_;

@@ -11,10 +11,17 @@
 
 namespace hyperdex {
 
-// A read-only fp16 tensor owned by the caller (a view into the converted model file).
+enum class DType : uint8_t { F16 = 0, U8 = 1 };
+
+// A read-only tensor owned by the caller (a view into the converted model file):
+// fp16 for every tensor, except a quantized model's codes (`X.weight`, u8, one code
+// per element) next to their fp16 `X.scales` [out, in / group].
 struct TensorView {
-  const uint16_t* data = nullptr;
+  const void* data = nullptr;
   std::vector<int64_t> shape;
+  DType dtype = DType::F16;
+  const uint16_t* f16() const { return static_cast<const uint16_t*>(data); }
+  const uint8_t* u8() const { return static_cast<const uint8_t*>(data); }
 };
 // Returns the canonical tensor `name`; throws SpecError if the model has none.
 using TensorLookup = std::function<TensorView(const std::string& name)>;
@@ -27,8 +34,9 @@ struct ParamFile {
 
 std::string param_file_name(uint32_t channel);  // "hbm_ch07.bin"
 
-// Checks every source tensor's shape against the plan, then writes one file per
-// channel (atomically). `on_channel_done(c)` is called after each file.
+// Checks every source tensor's shape (and dtype) against the plan, then writes one
+// file per channel (atomically). A QMatrix region packs `X.weight` codes with
+// `X.scales` (isa/qmatrix.h). `on_channel_done(c)` is called after each file.
 std::vector<ParamFile> write_params(const ModelSpec& spec, const MemoryPlan& plan,
                                     const TensorLookup& tensors, const std::string& out_dir,
                                     const std::function<void(uint32_t)>& on_channel_done = {});

@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "common/error.h"
+#include "isa/qmatrix.h"
 
 namespace hyperdex {
 namespace {
@@ -34,6 +35,21 @@ void ModelSpec::validate() const {
             "rope_dim must be even and in (0, head_dim]");
     require(rope_inv_freq.size() == rope_dim / 2,
             "rope_inv_freq must have rope_dim/2 = " + std::to_string(rope_dim / 2) + " entries");
+  }
+  require(weight_bits == 16 || weight_bits == 8 || weight_bits == 4,
+          "weight_bits must be 16 (fp16), 8 or 4, not " + std::to_string(weight_bits));
+  require(quantized() || (group_size == 0 && !quantize_lm_head),
+          "group_size and quantize_lm_head need weight_bits 4 or 8");
+  if (quantized()) {
+    // Every quantized matrix must have a row format the device can stream.
+    auto check = [&](const char* what, uint32_t in) {
+      const std::string why = isa::QRowFormat{weight_bits, group_for(in), in}.check();
+      require(why.empty(), std::string(what) + " (" + std::to_string(in) + " inputs): " + why);
+    };
+    check("attention and MLP input projections", hidden_size);
+    check("the attention output projection", num_heads * head_dim);
+    check("the MLP down projection", intermediate_size);
+    if (quantize_lm_head) check("the LM head", token_embed_dim());
   }
 }
 

@@ -57,10 +57,24 @@ struct ModelSpec {
   // vocabulary (shard_spec) while its embedding table keeps all vocab_size rows. 0: vocab_size.
   uint32_t lm_head_rows = 0;
 
+  // Quantized linear weights (ISA v3, GPTQ-style; docs/formats.md): 16 = fp16, else 4 or
+  // 8-bit codes per group of `group_size` input columns with one fp16 scale each. The
+  // attention and MLP projections are quantized; the LM head too with quantize_lm_head
+  // (with tied embeddings it then gets a region of its own; the table stays fp16).
+  uint32_t weight_bits = 16;
+  uint32_t group_size = 0;      // input columns per scale; 0: one group per row (all inputs)
+  bool quantize_lm_head = false;
+
   bool has_projection() const { return embed_dim != 0 && embed_dim != hidden_size; }
   uint32_t token_embed_dim() const { return has_projection() ? embed_dim : hidden_size; }
   uint32_t logits_size() const { return lm_head_rows ? lm_head_rows : vocab_size; }
   float effective_attn_scale() const;
+  bool quantized() const { return weight_bits != 16; }
+  bool quantized_head() const { return quantized() && quantize_lm_head; }
+  // The LM head streams a region "output" of its own (else the embedding table).
+  bool separate_head() const { return !tie_word_embeddings || quantized_head(); }
+  // The group size of a quantized matrix with `in` input columns.
+  uint32_t group_for(uint32_t in) const { return group_size ? group_size : in; }
   // Throws SpecError naming the first inconsistent field.
   void validate() const;
 };

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from .. import _core
+from ..errors import ConfigError
 
 _NORMS = {"layernorm": _core.NormKind.LayerNorm, "rmsnorm": _core.NormKind.RmsNorm}
 _ACTS = {
@@ -67,8 +68,30 @@ def model_spec(config: dict[str, Any]) -> _core.ModelSpec:
         s.rope_dim = int(m["rope_dim"])
         s.rope_inv_freq = [float(x) for x in m["rope_inv_freq"]]
         s.rope_attention_factor = float(m["rope_attention_factor"])
+    _quantization(s, config.get("quantization"))
     s.validate()
     return s
+
+
+def _quantization(s: _core.ModelSpec, q: Optional[dict[str, Any]]) -> None:
+    """The device's weight format from hyperdex_config.json's ``quantization`` (None: fp16).
+    Group size -1 (one scale per row) is 0 in the spec: each matrix's own input width."""
+    if q is None:
+        return
+    bits = q.get("bits")
+    if bits not in (4, 8):
+        raise ConfigError(f"quantization bits must be 4 or 8, got {bits!r}")
+    if not q.get("sym", True):
+        raise ConfigError(
+            "asymmetric quantization (sym=False) is not supported: the device format has no "
+            "zero points; quantize with sym=True"
+        )
+    group = q.get("group_size", 128)
+    if isinstance(group, bool) or not isinstance(group, int) or (group <= 0 and group != -1):
+        raise ConfigError(f"quantization group_size must be > 0 or -1, got {group!r}")
+    s.weight_bits = int(bits)
+    s.group_size = 0 if group == -1 else int(group)
+    s.quantize_lm_head = bool(q.get("quantize_lm_head", False))
 
 
 def device_preset(preset: dict[str, Any]) -> _core.DevicePreset:
@@ -151,6 +174,11 @@ def memory_map_dict(
                 "cols": r.cols,
                 "bytes_per_channel": r.bytes_per_channel(plan.num_channels),
                 "sources": list(r.sources),
+                **(
+                    {"bits": r.bits, "group_size": r.group_size}
+                    if r.kind == _core.RegionKind.QMatrix
+                    else {}
+                ),
             }
             for r in plan.regions
         ],

@@ -8,16 +8,22 @@ ALLREDUCE adds once) is replicated. Sizes that do not divide are padded with zer
 programs turn into exact zeros (a zero Q head meets a zero output column, act(0) * 0 = 0 in
 the MLP, a zero logit past the vocabulary is dropped). The shapes are those of the C++
 ``shard_spec``; :func:`gather_tensors` undoes :func:`shard_tensors` (tested).
+
+Quantized weights (``X.weight`` u8 codes with ``X.scales``, docs/formats.md) split the same
+way: a column-parallel projection's scale rows go with its weight rows; a row-parallel one
+(``attn_output``, ``ffn_down``) takes whole groups of inputs, so each device's share of the
+inputs must start and end on group boundaries (else a ConfigError naming the tensor).
+Padding is code ``z`` with scale 0, which dequantizes to exactly +0.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 
-from ..errors import FormatError
+from ..errors import ConfigError, FormatError
 
 
 def _share(n: int, devices: int) -> int:
@@ -46,50 +52,147 @@ def head_slots(model: Mapping[str, Any], devices: int, rank: int) -> tuple[list[
     return q_slots, [j]
 
 
-def _rows(t: np.ndarray, slots: list[int], width: int) -> np.ndarray:
-    """Rows of ``t`` in blocks of ``width`` picked by slot (-1: zeros)."""
-    out = np.zeros((len(slots) * width, *t.shape[1:]), dtype=t.dtype)
+def _rows(t: np.ndarray, slots: list[int], width: int, pad: int = 0) -> np.ndarray:
+    """Rows of ``t`` in blocks of ``width`` picked by slot (-1: ``pad``, zeros by default)."""
+    out = np.full((len(slots) * width, *t.shape[1:]), pad, dtype=t.dtype)
     for i, s in enumerate(slots):
         if s >= 0:
             out[i * width : (i + 1) * width] = t[s * width : (s + 1) * width]
     return out
 
 
-def _slice_rows(t: np.ndarray, rank: int, per: int) -> np.ndarray:
-    """Rows [rank*per, (rank+1)*per) of ``t``, zero-padded past its end."""
-    out = np.zeros((per, *t.shape[1:]), dtype=t.dtype)
+def _slice_rows(t: np.ndarray, rank: int, per: int, pad: int = 0) -> np.ndarray:
+    """Rows [rank*per, (rank+1)*per) of ``t``, padded with ``pad`` past its end."""
+    out = np.full((per, *t.shape[1:]), pad, dtype=t.dtype)
     part = t[rank * per : (rank + 1) * per]
     out[: len(part)] = part
     return out
 
 
+def _zero_point(
+    tensors: Mapping[str, Any], quantization: Optional[Mapping[str, Any]]
+) -> Optional[int]:
+    """The code that stands for 0 when ``tensors`` hold quantized weights, else None."""
+    if not any(n.endswith(".scales") for n in tensors):
+        return None
+    bits = (quantization or {}).get("bits")
+    if bits not in (4, 8):
+        raise ConfigError(
+            "the tensors hold quantized weights (X.weight codes with X.scales): pass the "
+            "model's quantization record (hyperdex_config.json 'quantization', bits 4 or 8) "
+            f"to split them over devices; got {quantization!r}"
+        )
+    return 1 << (int(bits) - 1)
+
+
+def _is_codes(name: str, tensors: Mapping[str, Any]) -> bool:
+    return name.endswith(".weight") and name[: -len("weight")] + "scales" in tensors
+
+
+def _row_parallel_columns(
+    model: Mapping[str, Any], kind: str, devices: int, rank: int
+) -> np.ndarray:
+    """For a row-parallel projection (attn_output, ffn_down): the model input column each of
+    device ``rank``'s input columns holds (-1: padding)."""
+    if kind == "attn_output":
+        hd = int(model["head_dim"])
+        q_slots, _ = head_slots(model, devices, rank)
+        return np.array(
+            [s * hd + i if s >= 0 else -1 for s in q_slots for i in range(hd)], dtype=np.int64
+        )
+    full = int(model["intermediate_size"])
+    ff = _share(full, devices)
+    cols = np.arange(rank * ff, (rank + 1) * ff, dtype=np.int64)
+    return np.where(cols < full, cols, -1)
+
+
+def _column_groups(
+    name: str, cols: np.ndarray, group: int, inputs: int, devices: int
+) -> np.ndarray:
+    """The model's group each of a device's groups of ``group`` columns is (-1: all padding).
+    A device's columns must be whole groups of the model in their order, else ConfigError."""
+    what = f"{name}: {devices} devices split its {inputs} inputs into shares of {len(cols)}"
+    if group == inputs:
+        raise ConfigError(
+            f"{what}, but its scales are per row (group_size=-1): one scale per row cannot be "
+            "split. Quantize with a group size that divides the share, or use fewer devices"
+        )
+    if len(cols) % group:
+        raise ConfigError(
+            f"{what}, which is not a multiple of its group size {group}: quantize with a group "
+            f"size that divides {len(cols)}, or use fewer devices"
+        )
+    out = []
+    for block in cols.reshape(-1, group):
+        if np.all(block < 0):
+            out.append(-1)
+        elif (
+            block[0] >= 0
+            and block[0] % group == 0
+            and np.array_equal(block, np.arange(block[0], block[0] + group))
+        ):
+            out.append(int(block[0]) // group)
+        else:
+            raise ConfigError(
+                f"{what}, which cut its quantization groups of {group}: each device's share "
+                "must be whole groups. Quantize with a group size that divides the head "
+                "dimension and the share, or use fewer devices"
+            )
+    return np.array(out, dtype=np.int64)
+
+
+def _take_columns(t: np.ndarray, cols: np.ndarray, pad: int) -> np.ndarray:
+    out = np.full((t.shape[0], len(cols)), pad, dtype=t.dtype)
+    real = cols >= 0
+    out[:, real] = t[:, cols[real]]
+    return out
+
+
 def shard_tensors(
-    model: Mapping[str, Any], tensors: Mapping[str, np.ndarray], devices: int, rank: int
+    model: Mapping[str, Any],
+    tensors: Mapping[str, np.ndarray],
+    devices: int,
+    rank: int,
+    quantization: Optional[Mapping[str, Any]] = None,
 ) -> dict[str, np.ndarray]:
     """Device ``rank``'s canonical tensors (hyperdex_model.bin names) on a ring of
-    ``devices``. One device: the tensors themselves."""
+    ``devices``. One device: the tensors themselves. A quantized model needs
+    ``quantization`` (hyperdex_config.json's record) for the padding code."""
     if devices == 1:
         return dict(tensors)
     hd = int(model["head_dim"])
     ff = _share(int(model["intermediate_size"]), devices)
     vocab = _share(int(model["vocab_size"]), devices)
     q_slots, kv_slots = head_slots(model, devices, rank)
+    z = _zero_point(tensors, quantization)
     out: dict[str, np.ndarray] = {}
     for name, t in tensors.items():
         parts = name.split(".")
         kind = parts[2] if parts[0] == "blk" else parts[0]
-        if kind == "attn_q":
-            out[name] = _rows(t, q_slots, hd)
+        # Padding: code z for codes; zeros for scales (so padding dequantizes to +0) and fp16.
+        pad = z if z is not None and _is_codes(name, tensors) else 0
+        if kind in ("attn_output", "ffn_down") and parts[-1] == "scales":
+            continue  # with its codes below
+        if kind in ("attn_output", "ffn_down") and pad:
+            cols = _row_parallel_columns(model, kind, devices, rank)
+            scales = tensors[name[: -len("weight")] + "scales"]
+            g = int((quantization or {}).get("group_size", -1))
+            group = t.shape[1] if g == -1 else g  # the last group may be shorter (docs)
+            groups = _column_groups(name, cols, group, t.shape[1], devices)
+            out[name] = _take_columns(t, cols, pad)
+            out[name[: -len("weight")] + "scales"] = _take_columns(scales, groups, 0)
+        elif kind == "attn_q":
+            out[name] = _rows(t, q_slots, hd, pad)
         elif kind in ("attn_k", "attn_v"):
-            out[name] = _rows(t, kv_slots, hd)
+            out[name] = _rows(t, kv_slots, hd, pad)
         elif kind == "attn_output" and parts[-1] == "weight":
             out[name] = np.ascontiguousarray(_rows(t.T, q_slots, hd).T)
         elif kind in ("ffn_gate", "ffn_up"):
-            out[name] = _slice_rows(t, rank, ff)
+            out[name] = _slice_rows(t, rank, ff, pad)
         elif kind == "ffn_down" and parts[-1] == "weight":
             out[name] = np.ascontiguousarray(_slice_rows(t.T, rank, ff).T)
         elif kind == "output":
-            out[name] = _slice_rows(t, rank, vocab)
+            out[name] = _slice_rows(t, rank, vocab, pad)
         else:
             out[name] = t
     if "output.weight" not in tensors:  # tied: the head is a slice of the embedding table
@@ -98,30 +201,37 @@ def shard_tensors(
 
 
 def gather_tensors(
-    model: Mapping[str, Any], shards: list[Mapping[str, np.ndarray]]
+    model: Mapping[str, Any],
+    shards: list[Mapping[str, np.ndarray]],
+    quantization: Optional[Mapping[str, Any]] = None,
 ) -> dict[str, np.ndarray]:
     """The model's tensors back from every device's shard (the inverse of
     :func:`shard_tensors`). Raises FormatError when replicated copies disagree or padding
-    is not zero."""
+    is not zero (code ``z`` with scale 0 for quantized weights)."""
     devices = len(shards)
     if devices == 1:
         return dict(shards[0])
+    z = _zero_point(shards[0], quantization)
     hd = int(model["head_dim"])
     heads, kv = int(model["num_heads"]), int(model["num_kv_heads"])
     ff_full, vocab_full = int(model["intermediate_size"]), int(model["vocab_size"])
     slots = [head_slots(model, devices, d) for d in range(devices)]
     out: dict[str, np.ndarray] = {}
 
+    def pad_of(name: str) -> int:
+        return z if z is not None and _is_codes(name, shards[0]) else 0
+
     def by_slots(name: str, which: int, count: int, transpose: bool) -> np.ndarray:
         first = shards[0][name].T if transpose else shards[0][name]
-        full = np.zeros((count * hd, *first.shape[1:]), dtype=first.dtype)
+        pad = pad_of(name)
+        full = np.full((count * hd, *first.shape[1:]), pad, dtype=first.dtype)
         seen = [False] * count
         for d, shard in enumerate(shards):
             t = shard[name].T if transpose else shard[name]
             for i, s in enumerate(slots[d][which]):
                 block = t[i * hd : (i + 1) * hd]
                 if s < 0:
-                    if np.any(block):
+                    if np.any(block != pad):
                         raise FormatError(f"{name}: device {d} has non-zero padding")
                 elif seen[s] and not np.array_equal(full[s * hd : (s + 1) * hd], block):
                     raise FormatError(f"{name}: the replicas of head {s} differ")
@@ -135,16 +245,40 @@ def gather_tensors(
     def by_rows(name: str, total: int, transpose: bool) -> np.ndarray:
         parts = [s[name].T if transpose else s[name] for s in shards]
         full = np.concatenate(parts)
-        if np.any(full[total:]):
+        if np.any(full[total:] != pad_of(name)):
             raise FormatError(f"{name}: non-zero padding past row {total}")
         full = full[:total]
         return np.ascontiguousarray(full.T) if transpose else full
+
+    def by_columns(name: str, kind: str) -> None:
+        """A quantized row-parallel weight and its scales, by the columns each device holds."""
+        sname = name[: -len("weight")] + "scales"
+        inputs = hd * heads if kind == "attn_output" else ff_full
+        first, first_s = shards[0][name], shards[0][sname]
+        group = first.shape[1] // first_s.shape[1]
+        full = np.full((first.shape[0], inputs), pad_of(name), dtype=first.dtype)
+        full_s = np.zeros((first_s.shape[0], inputs // group), dtype=first_s.dtype)
+        for d, shard in enumerate(shards):
+            cols = _row_parallel_columns(model, kind, devices, d)
+            groups = _column_groups(name, cols, group, inputs, devices)
+            for src, dst, t, idx, pad in (
+                (shard[name], full, name, cols, pad_of(name)),
+                (shard[sname], full_s, sname, groups, 0),
+            ):
+                if np.any(src[:, idx < 0] != pad):
+                    raise FormatError(f"{t}: device {d} has non-zero padding")
+                dst[:, idx[idx >= 0]] = src[:, idx >= 0]
+        out[name], out[sname] = full, full_s
 
     for name in shards[0]:
         parts = name.split(".")
         kind = parts[2] if parts[0] == "blk" else parts[0]
         weight = parts[-1] == "weight"
-        if kind == "attn_q":
+        if kind in ("attn_output", "ffn_down") and z is not None and parts[-1] == "scales":
+            continue  # with its codes
+        if kind in ("attn_output", "ffn_down") and weight and pad_of(name):
+            by_columns(name, kind)
+        elif kind == "attn_q":
             out[name] = by_slots(name, 0, heads, False)
         elif kind in ("attn_k", "attn_v"):
             out[name] = by_slots(name, 1, kv, False)

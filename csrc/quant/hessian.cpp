@@ -1,0 +1,94 @@
+// Rows are widened to fp64 a chunk at a time and the chunk's x^T x is added to
+// the lower block triangle of the sum, one task per tile.
+#include "quant/hessian.h"
+
+#include <algorithm>
+
+#include "common/error.h"
+#include "common/fp16.h"
+#include "emu/kernels.h"
+#include "quant/linalg.h"
+
+namespace hyperdex::quant {
+namespace {
+
+constexpr size_t kChunkRows = 256;
+constexpr size_t kTile = 192;
+
+}  // namespace
+
+HessianAccumulator::HessianAccumulator(size_t cols, size_t num_threads)
+    : cols_(cols), sum_(cols * cols, 0.0), pool_(num_threads) {
+  if (cols == 0) throw SpecError("HessianAccumulator: cols must be at least 1");
+}
+
+uint64_t HessianAccumulator::count() const {
+  std::lock_guard<std::mutex> lk(mu_);
+  return count_;
+}
+
+template <class Widen>
+void HessianAccumulator::add_rows(size_t n, Widen widen) {
+  std::lock_guard<std::mutex> lk(mu_);
+  const SimdLevel level = best_simd_level();
+  const size_t tiles = (cols_ + kTile - 1) / kTile;
+  const size_t tasks = tiles * (tiles + 1) / 2;
+  for (size_t t0 = 0; t0 < n; t0 += kChunkRows) {
+    const size_t k = std::min(kChunkRows, n - t0);
+    chunk_.resize(k * cols_);
+    pool_.parallel_for(0, k, 16, [&](size_t lo, size_t hi) {
+      for (size_t t = lo; t < hi; ++t) widen(t0 + t, chunk_.data() + t * cols_);
+    });
+    pool_.parallel_for(0, tasks, 1, [&](size_t lo, size_t hi) {
+      GemmWorkspace ws;
+      for (size_t task = lo; task < hi; ++task) {
+        size_t ti = 0;  // task -> tile (ti, tj), tj <= ti, row by row
+        while ((ti + 1) * (ti + 2) / 2 <= task) ++ti;
+        const size_t tj = task - ti * (ti + 1) / 2;
+        const size_t i0 = ti * kTile, j0 = tj * kTile;
+        const size_t mi = std::min(kTile, cols_ - i0), nj = std::min(kTile, cols_ - j0);
+        // sum[i0:, j0:] += chunk[:, i0:]^T chunk[:, j0:]
+        gemm_acc(level, mi, nj, k, false, chunk_.data() + i0, 1, cols_, chunk_.data() + j0, cols_,
+                 sum_.data() + i0 * cols_ + j0, cols_, &ws);
+      }
+    });
+  }
+  count_ += n;
+}
+
+void HessianAccumulator::add(const float* x, size_t n, size_t ld) {
+  add_rows(n, [&](size_t t, double* dst) {
+    const float* src = x + t * ld;
+    for (size_t c = 0; c < cols_; ++c) dst[c] = double(src[c]);
+  });
+}
+
+void HessianAccumulator::add(const double* x, size_t n, size_t ld) {
+  add_rows(n, [&](size_t t, double* dst) { std::copy(x + t * ld, x + t * ld + cols_, dst); });
+}
+
+void HessianAccumulator::add_f16(const uint16_t* x, size_t n, size_t ld) {
+  const emu::Kernels& kern = emu::best_kernels();
+  add_rows(n, [&](size_t t, double* dst) {
+    float buf[256];
+    for (size_t c0 = 0; c0 < cols_; c0 += 256) {
+      const size_t len = std::min<size_t>(256, cols_ - c0);
+      kern.half_to_float_n(x + t * ld + c0, buf, len);
+      for (size_t c = 0; c < len; ++c) dst[c0 + c] = double(buf[c]);
+    }
+  });
+}
+
+std::vector<double> HessianAccumulator::hessian() const {
+  std::lock_guard<std::mutex> lk(mu_);
+  if (count_ == 0)
+    throw SpecError("HessianAccumulator: no calibration rows were added; run calibration data "
+                    "through the layer (add()) before asking for its Hessian");
+  const double s = 2.0 / double(count_);
+  std::vector<double> h(cols_ * cols_);
+  for (size_t i = 0; i < cols_; ++i)
+    for (size_t j = 0; j <= i; ++j) h[i * cols_ + j] = h[j * cols_ + i] = s * sum_[i * cols_ + j];
+  return h;
+}
+
+}  // namespace hyperdex::quant
