@@ -7,6 +7,8 @@ safetensors wins when a folder holds both):
 2. ``model.safetensors.index.json`` + the shards its ``weight_map`` names
 3. ``pytorch_model.bin``
 4. ``pytorch_model.bin.index.json`` + the shards its ``weight_map`` names
+5. a folder's only ``*.safetensors`` file under another name (AutoGPTQ's
+   ``gptq_model-4bit-128g.safetensors``)
 
 Safetensors files are parsed here (8-byte little-endian header length, JSON header, data
 section) and memory-mapped, without torch, so numpy-only installs can convert them. Every
@@ -33,6 +35,7 @@ import json
 import math
 import mmap
 import os
+import re
 import struct
 import zipfile
 from pathlib import Path
@@ -370,6 +373,12 @@ class HFCheckpoint:
             return cls._build(folder, "pytorch", [folder / PT_WEIGHTS_NAME], None)
         if (folder / PT_WEIGHTS_INDEX_NAME).is_file():
             return cls._sharded(folder, "pytorch", folder / PT_WEIGHTS_INDEX_NAME)
+        # AutoGPTQ-era checkpoints name their one file after the scheme
+        # (gptq_model-4bit-128g.safetensors): a single unindexed safetensors file is the model.
+        # A shard of a sharded checkpoint (model-00001-of-00002) is not a whole model.
+        single = sorted(folder.glob("*.safetensors"))
+        if len(single) == 1 and not re.search(r"-\d+-of-\d+\.safetensors$", single[0].name):
+            return cls._build(folder, "safetensors", single, None)
         raise CheckpointError(_no_weights_message(folder))
 
     @classmethod

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["AutoCompiler", "AutoModelConverter", "estimate"]
+__all__ = ["AutoCompiler", "AutoModelConverter", "QuantizationConfig", "estimate"]
 
 
 def __getattr__(name: str) -> Any:
@@ -20,6 +20,10 @@ def __getattr__(name: str) -> Any:
         from .converter import AutoModelConverter
 
         return AutoModelConverter
+    if name == "QuantizationConfig":
+        from .quantization import QuantizationConfig
+
+        return QuantizationConfig
     if name == "estimate":
         from .estimator import estimate
 

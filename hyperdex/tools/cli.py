@@ -10,10 +10,11 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 from typing import Any, Callable, Optional
 
 from .. import __version__
-from ..errors import HyperdexError
+from ..errors import ConfigError, HyperdexError
 from ..paths import compiled_dir, default_prefix
 
 EXIT_CODES = """exit codes:
@@ -23,7 +24,8 @@ EXIT_CODES = """exit codes:
   130  interrupted (Ctrl-C); files already written are complete, a rerun with
        --fast-compile redoes only what is missing or stale"""
 
-QUANTIZATIONS = ("none",)  # fp16; GPTQ schemes arrive with the quantizer
+# fp16, then the schemes of hyperdex.tools.quantization.SCHEMES (GPTQ unless named rtn-).
+QUANTIZATIONS = ("none", "w4a16", "w8a16", "rtn-w4a16", "rtn-w8a16")
 
 DEFAULTS = {"num_device": 1, "quantization": "none"}
 
@@ -98,6 +100,20 @@ def _parser() -> argparse.ArgumentParser:
         help="longest sequence, prompt + output (default: min(model limit, 2048))",
     )
     p.add_argument("--quantization", help=f"weight format: {', '.join(QUANTIZATIONS)}")
+    q = p.add_argument_group("quantization (GPTQ calibration)")
+    q.add_argument(
+        "--calibration-text",
+        metavar="FILE",
+        help="UTF-8 text to calibrate GPTQ on (default: the English text shipped with hyperdex)",
+    )
+    q.add_argument("--nsamples", type=int, help="calibration samples (default 128)")
+    q.add_argument("--seqlen", type=int, help="tokens per calibration sample (default 512)")
+    q.add_argument("--quantize-lm-head", action="store_true", help="quantize the LM head too")
+    p.add_argument(
+        "--export",
+        choices=["vcu128"],
+        help="also write board-format files: vcu128 = seed 003's VCU128 layout (w4a16 only)",
+    )
     p.add_argument(
         "--type-device",
         default="u55c",
@@ -192,8 +208,9 @@ def main(argv: Optional[list[str]] = None) -> int:
             token=args.token,
             type_device=args.type_device,
             prefix=args.prefix,
-            quantization=None if args.quantization == "none" else args.quantization,
+            quantization=_quantization(args),
             progress=not args.quiet,
+            export=args.export,
         )
     except KeyboardInterrupt:
         print("\n[Error\t] interrupted; rerun with --fast-compile to finish", file=sys.stderr)
@@ -210,6 +227,32 @@ def main(argv: Optional[list[str]] = None) -> int:
     else:
         print(path)
     return 0
+
+
+def _quantization(args: argparse.Namespace) -> Any:
+    """The scheme name, or a QuantizationConfig when calibration flags refine it."""
+    from .quantization import SCHEMES, QuantizationConfig
+
+    if args.quantization in (None, "none"):
+        if args.calibration_text or args.nsamples or args.seqlen or args.quantize_lm_head:
+            raise ConfigError("the calibration flags need --quantization (e.g. w4a16)")
+        return None
+    extra: dict[str, Any] = {}
+    if args.calibration_text:
+        try:
+            extra["dataset"] = Path(args.calibration_text).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(
+                f"cannot read --calibration-text {args.calibration_text}: {e}"
+            ) from None
+    for name in ("nsamples", "seqlen"):
+        if getattr(args, name) is not None:
+            extra[name] = getattr(args, name)
+    if args.quantize_lm_head:
+        extra["quantize_lm_head"] = True
+    if not extra:
+        return args.quantization
+    return QuantizationConfig(**SCHEMES[args.quantization], **extra)
 
 
 if __name__ == "__main__":

@@ -29,8 +29,10 @@ from .. import __version__, _core
 from ..arch.registry import model_traits
 from ..errors import CapacityError, ConfigError, FormatError
 from ..formats import ModelFile
+from ..formats.gptq_checkpoint import gptq_settings
 from ..paths import compiled_dir, is_local_model
 from ..presets import load_preset
+from .calibration import quantize_converted
 from .converter import (
     HYPERDEX_CONFIG_NAME,
     HYPERDEX_MODEL_NAME,
@@ -42,6 +44,7 @@ from .fetch import copy_local, download, download_config
 from .lowering import device_preset, memory_map_dict, model_spec
 from .passes import PassesArg, core_passes, pass_options
 from .progress import progress_bar
+from .quantization import QuantizationConfig, resolve_quantization
 from .sharding import shard_tensors
 
 log = logging.getLogger("hyperdex")
@@ -52,7 +55,10 @@ DEFAULT_MAX_LENGTH = 2048
 MAX_DEVICES = 1024  # the largest ring compile() accepts (and a capacity error suggests)
 
 _STAMP = ".stamp.json"
+EXPORTS = (None, "vcu128")  # board-format exports compile() can write beside the programs
+QUANTIZED_DIR = "quantized"  # ckpt/quantized/: the quantized conversion beside the fp16 one
 PathLike = Union[str, Path]
+QuantizationArg = Union[None, str, QuantizationConfig]
 
 
 def _formats() -> dict[str, int]:
@@ -179,6 +185,11 @@ PHASES = {
         "Every tensor is validated against config.json and written as "
         "hyperdex_config.json + hyperdex_model.bin into {ckpt}.",
     ),
+    "quantize": (
+        "Phase-2b: Quantize the weights",
+        "The linear layers' weights are quantized (GPTQ calibrates on the emulator, layer by "
+        "layer) into {ckpt}/quantized.",
+    ),
     "map": (
         "Phase-3 : Generate Optimized Model Mapping",
         "Parameters are laid out per HBM pseudo-channel in streaming order into {param}; "
@@ -189,6 +200,39 @@ PHASES = {
         "Prefill and decode programs for the LPU are generated into {inst}.",
     ),
 }
+
+
+def _dataset_digest(qconfig: QuantizationConfig) -> str:
+    """The calibration data by content, so fast_compile notices other data."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(json.dumps(qconfig.dataset, default=str).encode())
+    return h.hexdigest()
+
+
+def _quantization_record(
+    source_config: dict[str, Any],
+    qconfig: Optional[QuantizationConfig],
+    model_id: Any,
+    folder: Optional[Path],
+) -> Optional[dict[str, Any]]:
+    """What the device will store: the requested scheme, or a GPTQ checkpoint's own (other
+    quantization methods are rejected here, before any download)."""
+    imported = gptq_settings(source_config, folder)
+    if imported is None:
+        return qconfig.to_dict() if qconfig is not None else None
+    if qconfig is not None:
+        raise ConfigError(
+            f"{model_id} is already GPTQ-quantized ({imported.bits} bits); compile it with "
+            "quantization=None to use its quantized weights as they are, or compile the fp16 "
+            "model to quantize it with hyperdex"
+        )
+    return {
+        "method": "gptq-import",
+        "bits": imported.bits,
+        "group_size": imported.group_size,
+        "sym": True,
+        "quantize_lm_head": imported.lm_head,
+    }
 
 
 def _file_digest(path: Path) -> str:
@@ -209,6 +253,7 @@ class AutoCompiler:
     def __init__(self, prefix: Optional[PathLike] = None) -> None:
         self.prefix = prefix
         self.last_timings: dict[str, float] = {}
+        self.last_quantization: dict[str, Any] = {}  # GPTQ statistics of the last compile
 
     def compile(
         self,
@@ -220,14 +265,20 @@ class AutoCompiler:
         token: Optional[str] = None,
         type_device: str = "u55c",
         prefix: Optional[PathLike] = None,
-        quantization: Optional[str] = None,
+        quantization: QuantizationArg = None,
         progress: bool = True,
         passes: PassesArg = None,
+        export: Optional[str] = None,
     ) -> str:
         """Runs phases 0-4 and returns the compiled model's folder. Per-phase wall times are
         left in ``self.last_timings`` (and compile.json). ``passes`` switches the map and
         instgen passes (hyperdex.tools.passes; all on by default, e.g. ``{"reorder": False}``);
-        none changes the model's outputs, only the device's time."""
+        none changes the model's outputs, only the device's time. ``quantization`` is None
+        (fp16 weights), ``"w4a16"`` (GPTQ, 4-bit, group 128), ``"w8a16"`` (GPTQ, 8-bit, group
+        128), ``"rtn-w4a16"`` (round to nearest) or a
+        :class:`hyperdex.tools.QuantizationConfig`; a GPTQ checkpoint from the Hub is used as
+        it is (pass None). ``export="vcu128"`` also writes seed 003's board files
+        (``export/vcu128/``, docs/formats.md; int4 with group 128 only)."""
         timings: dict[str, float] = {}
         self.last_timings = timings
         model_id = str(model_id) if isinstance(model_id, Path) else model_id
@@ -244,10 +295,10 @@ class AutoCompiler:
         # Phase 0: check everything that can be checked before any work.
         t = announce("check")
         num_device = _check_num_device(num_device)
-        if quantization is not None:
+        qconfig = resolve_quantization(quantization)
+        if export not in EXPORTS:
             raise ConfigError(
-                f"quantization={quantization!r} is not available in this version of hyperdex; "
-                "compile in fp16 (quantization=None)"
+                f"export must be one of {', '.join(repr(e) for e in EXPORTS)}, got {export!r}"
             )
         for name, value in (("low_memory_usage", low_memory_usage), ("fast_compile", fast_compile)):
             if not isinstance(value, bool):
@@ -262,7 +313,17 @@ class AutoCompiler:
             source_config = download_config(str(model_id), token=token)
         hf_name, _, model = model_traits(source_config)
         max_length = self._check_max_length(max_length, model)
-        spec = model_spec({"architecture": hf_name, "model": model})
+        quant_record = _quantization_record(
+            source_config, qconfig, model_id, Path(model_id).expanduser() if local else None
+        )
+        spec = model_spec({"architecture": hf_name, "model": model, "quantization": quant_record})
+        if export == "vcu128" and (
+            not quant_record or quant_record["bits"] != 4 or quant_record["group_size"] != 128
+        ):
+            raise ConfigError(
+                "export='vcu128' writes seed 003's board format, int4 weights in groups of 128: "
+                "compile with quantization='w4a16' (or a GPTQ checkpoint of 4 bits, group 128)"
+            )
         core_preset = device_preset(preset)
         _check_capacity(spec, core_preset, max_length, core_pass_options, num_device)
         log.info(
@@ -296,7 +357,6 @@ class AutoCompiler:
             "convert",
             __version__,
             source_config,
-            quantization,
             [(p.name, _file_digest(p)) for p in weight_files],
         )
         if fast_compile and _stamp_matches(ckpt, convert_key, converted) and _intact(converted[1]):
@@ -310,10 +370,31 @@ class AutoCompiler:
             log.info("Removed the HF weights from %s (low_memory_usage)", ckpt)
         timings["convert"] = time.perf_counter() - t
 
+        converted_dir = ckpt
+        if qconfig is not None:
+            t = announce("quantize")
+            converted_dir = ckpt / QUANTIZED_DIR
+            quantize_key = _hash(
+                "quantize", __version__, convert_key, qconfig.to_dict(), _dataset_digest(qconfig)
+            )
+            outputs = [converted_dir / HYPERDEX_CONFIG_NAME, converted_dir / HYPERDEX_MODEL_NAME]
+            if (
+                fast_compile
+                and _stamp_matches(converted_dir, quantize_key, outputs)
+                and _intact(outputs[1])
+            ):
+                log.info("The quantized weights are up to date (fast_compile)")
+            else:
+                self.last_quantization = quantize_converted(
+                    ckpt, converted_dir, qconfig, preset, ckpt, progress
+                )
+                _write_stamp(converted_dir, quantize_key)
+            timings["quantize"] = time.perf_counter() - t
+
         # Phase 3: map.
         t = announce("map")
         # Verified above (fast_compile) or just written: no second checksum pass.
-        config, model_file = load_converted(ckpt, verify=False)
+        config, model_file = load_converted(converted_dir, verify=False)
         spec, max_tokens, plan = _plan_shard(
             model_spec(config), core_preset, max_length, core_pass_options, num_device
         )
@@ -343,7 +424,13 @@ class AutoCompiler:
             with progress_bar(total, "map", "channel", enabled=progress) as bar:
                 for rank, ddir in enumerate(device_dirs):
                     ddir.mkdir(exist_ok=True)
-                    shard = shard_tensors(config["model"], tensors, num_device, rank)
+                    shard = shard_tensors(
+                        config["model"],
+                        tensors,
+                        num_device,
+                        rank,
+                        quantization=config.get("quantization"),
+                    )
                     files = _core.write_params(
                         spec, plan, shard, str(ddir), lambda _c: bar.update(1)
                     )
@@ -399,6 +486,20 @@ class AutoCompiler:
             _write_stamp(inst_dir, inst_key)
         timings["instgen"] = time.perf_counter() - t
 
+        if export == "vcu128":
+            t = time.perf_counter()
+            from .export_vcu128 import export_vcu128
+
+            skip_head = not (quant_record or {}).get("quantize_lm_head", False)
+            if skip_head:
+                log.warning(
+                    "The LM head is fp16 (quantize_lm_head=False): the VCU128 export leaves out "
+                    "its board files; quantize it too for a complete board image"
+                )
+            where_export = export_vcu128(out, skip_lm_head=skip_head)
+            log.info("Wrote seed 003's VCU128 board files into %s", where_export)
+            timings["export"] = time.perf_counter() - t
+
         _write_json(
             out / COMPILE_INFO_NAME,
             {
@@ -410,7 +511,7 @@ class AutoCompiler:
                 "num_device": num_device,
                 "max_length": max_length,
                 "type_device": preset["name"],
-                "quantization": quantization,
+                "quantization": config.get("quantization"),
                 "low_memory_usage": low_memory_usage,
                 "passes": pass_settings,
                 "timings_s": {k: round(v, 3) for k, v in timings.items()},

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional, Union
@@ -29,6 +30,7 @@ from ..arch.registry import (
 )
 from ..errors import CheckpointError, ConfigError
 from ..formats import HFCheckpoint, ModelFile, write_model_file
+from ..formats.gptq_checkpoint import GPTQImporter, gptq_importer
 from .progress import progress_bar
 
 HYPERDEX_CONFIG_NAME = "hyperdex_config.json"
@@ -94,24 +96,32 @@ class AutoModelConverter:
     >>> conv.save_pretrained("/path/to/out")  # writes hyperdex_config.json + hyperdex_model.bin
     """
 
-    def __init__(self, folder: PathLike, quantization: Optional[str] = None) -> None:
-        if quantization is not None:
-            raise ConfigError(
-                f"quantization={quantization!r} is not available in this version of hyperdex; "
-                "convert in fp16 (quantization=None)"
-            )
+    def __init__(self, folder: PathLike, quantization: Any = None) -> None:
+        from .quantization import resolve_quantization
+
+        # None (fp16), "w4a16", "w8a16", "rtn-w4a16" or a QuantizationConfig.
+        self.quantization = resolve_quantization(quantization)
         self.folder = Path(folder)
         if not self.folder.is_dir():
             raise CheckpointError(f"{self.folder} is not a folder")
         self.hf_config = read_hf_config(self.folder)
         self.hf_architecture, self.arch, self.model = model_traits(self.hf_config)
         self.shapes = expected_tensors(self.arch, self.model)
+        # A GPTQ checkpoint's codes and scales are imported as they are, never re-quantized
+        # (hyperdex/formats/gptq_checkpoint.py); None for an unquantized checkpoint.
+        self.gptq: Optional[GPTQImporter] = gptq_importer(
+            self.hf_config, self.folder, self.hf_architecture, self.arch.family, self.model
+        )
+        if self.gptq is not None and self.quantization is not None:
+            raise ConfigError(
+                f"{self.folder} is already GPTQ-quantized; convert it with quantization=None "
+                "to use its quantized weights as they are, or convert the fp16 model to "
+                "quantize it with hyperdex"
+            )
         self._plan = self._check_tensors()
 
     @classmethod
-    def from_pretrained(
-        cls, folder: PathLike, quantization: Optional[str] = None
-    ) -> AutoModelConverter:
+    def from_pretrained(cls, folder: PathLike, quantization: Any = None) -> AutoModelConverter:
         return cls(folder, quantization=quantization)
 
     # -- validation ------------------------------------------------------------------------
@@ -130,6 +140,9 @@ class AutoModelConverter:
         with HFCheckpoint.open(self.folder) as ckpt:
             present = set(ckpt.names())
             plan = list(self._rules())
+            quantized: set[str] = set()  # HF tensors of GPTQ-quantized linears
+            if self.gptq is not None:
+                plan, quantized = self.gptq.check(ckpt, plan, self.shapes)
             # Some checkpoints (old GPT-2 exports) drop the "transformer." prefix.
             rename = self._prefix_fix(plan, present)
             missing, problems = [], []
@@ -147,7 +160,7 @@ class AutoModelConverter:
                 dtype = ckpt.dtype(name)
                 if dtype not in FLOAT_DTYPES:
                     problems.append(f"{name} has dtype {dtype}, expected a float dtype")
-            used = {rename.get(p.hf_name, p.hf_name) for p in plan}
+            used = {rename.get(p.hf_name, p.hf_name) for p in plan} | quantized
             ignored = [re.compile(pattern) for pattern in self.arch.ignored]
             unexpected = sorted(
                 n for n in present - used if not any(r.fullmatch(n) for r in ignored)
@@ -207,6 +220,8 @@ class AutoModelConverter:
             ):
                 yield canonical, part.astype(np.float16)
             bar.update(1)
+        if self.gptq is not None:
+            yield from self.gptq.tensors(ckpt, lambda: bar.update(1))
 
     def config_dict(self) -> dict[str, Any]:
         """The content of hyperdex_config.json."""
@@ -229,7 +244,7 @@ class AutoModelConverter:
             "architecture": self.hf_architecture,
             "family": self.arch.family,
             "dtype": "float16",
-            "quantization": None,
+            "quantization": None if self.gptq is None else self.gptq.quantization_section(),
             "model": self.model,
             "tokens": tokens,
             "source": {
@@ -238,16 +253,39 @@ class AutoModelConverter:
             },
         }
 
-    def save_pretrained(self, out_dir: PathLike, progress: bool = True) -> Path:
+    def save_pretrained(
+        self, out_dir: PathLike, progress: bool = True, type_device: str = "u55c"
+    ) -> Path:
         """Writes ``hyperdex_config.json`` and ``hyperdex_model.bin`` into ``out_dir``
-        (each atomically); returns ``out_dir``."""
+        (each atomically); returns ``out_dir``. With a quantization the fp16 conversion is
+        quantized (GPTQ calibrates on the emulator laid out as ``type_device``) and only the
+        quantized model is kept."""
         out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        if self.quantization is not None:
+            from .calibration import quantize_converted
+
+            staging = out / ".fp16-conversion"
+            try:
+                self._save_fp16(staging, progress)
+                quantize_converted(
+                    staging, out, self.quantization, type_device, self.folder, progress
+                )
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+            return out
+        return self._save_fp16(out, progress)
+
+    def _save_fp16(self, out: Path, progress: bool) -> Path:
         out.mkdir(parents=True, exist_ok=True)
         config = self.config_dict()
         with (
             HFCheckpoint.open(self.folder) as ckpt,
             progress_bar(
-                total=len(self._plan), desc="convert", unit="tensor", enabled=progress
+                total=len(self._plan) + (len(self.gptq.entries) if self.gptq else 0),
+                desc="convert",
+                unit="tensor",
+                enabled=progress,
             ) as bar,
         ):
             write_model_file(

@@ -27,6 +27,7 @@ from ..errors import CheckpointError, ConfigError, HyperdexError
 from ..presets import load_preset
 from .lowering import device_preset, model_spec
 from .passes import PASSES, PassesArg, core_passes, describe, pass_options
+from .quantization import resolve_quantization
 
 ModelArg = Union[str, Path, Mapping[str, Any]]
 DEFAULT_PROMPT_LEN = 128
@@ -233,7 +234,7 @@ def estimate(
     model: ModelArg,
     num_device: int = 1,
     type_device: str = "u55c",
-    quantization: Optional[str] = None,
+    quantization: Any = None,
     prompt_len: int = DEFAULT_PROMPT_LEN,
     max_length: Optional[int] = None,
     new_tokens: int = DEFAULT_NEW_TOKENS,
@@ -255,11 +256,7 @@ def estimate(
             f"num_device must be a power of two (1, 2, 4, 8, ...): the devices form a ring; "
             f"got {num_device}"
         )
-    if quantization not in (None, "fp16"):
-        raise ConfigError(
-            f"quantization={quantization!r} is not available in this version of hyperdex; "
-            "estimate fp16 (quantization=None)"
-        )
+    qconfig = resolve_quantization(quantization)  # ConfigError for an unknown scheme
     prompt_len = _check_positive("prompt_len", prompt_len)
     new_tokens = _check_positive("new_tokens", new_tokens)
     settings = pass_options(passes)
@@ -280,7 +277,10 @@ def estimate(
         )
     preset_data = load_preset(type_device)
     preset = device_preset(preset_data)
-    spec = _core.shard_spec(model_spec({"architecture": hf_name, "model": traits}), num_device)
+    quant = qconfig.to_dict() if qconfig is not None else None
+    spec = _core.shard_spec(
+        model_spec({"architecture": hf_name, "model": traits, "quantization": quant}), num_device
+    )
     core = core_passes(settings)
     max_tokens = _core.choose_max_tokens(spec, preset, max_length)
     plan = _core.plan_memory(spec, preset, max_length, max_tokens, core)  # CapacityError
@@ -309,7 +309,7 @@ def estimate(
         architecture=hf_name,
         type_device=preset_data["name"],
         num_device=num_device,
-        quantization=None,
+        quantization=qconfig.scheme if qconfig is not None else None,
         passes=settings,
         prompt_len=prompt_len,
         new_tokens=new_tokens,
@@ -346,6 +346,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--prompt-len", type=int, default=DEFAULT_PROMPT_LEN)
     parser.add_argument("--new-tokens", type=int, default=DEFAULT_NEW_TOKENS)
     parser.add_argument("--max-length", type=int, help="KV cache length (as for compile)")
+    parser.add_argument(
+        "--quantization", help="weight format: none, w4a16, w8a16, rtn-w4a16 (as for compile)"
+    )
     for name, what in PASSES.items():
         parser.add_argument(
             f"--no-{name.replace('_', '-')}", action="store_true", help=f"turn off: {what}"
@@ -362,6 +365,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             args.model,
             num_device=args.num_device,
             type_device=args.type_device,
+            quantization=args.quantization,
             prompt_len=args.prompt_len,
             new_tokens=args.new_tokens,
             max_length=args.max_length,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Optional, Union
 
+from ..tools.quantization import scheme_name
 from .loading import read_json, resolve_compiled
 
 PathLike = Union[str, Path]
@@ -27,7 +28,11 @@ class LPUConfig:
         self.num_device: int = int(compile_info["num_device"])
         self.max_length: int = int(compile_info["max_length"])
         self.type_device: str = compile_info["type_device"]
-        self.quantization: Optional[str] = compile_info.get("quantization")
+        recorded = compile_info.get("quantization")
+        # The scheme's short name ("w4a16", "rtn-w4a16", None for fp16) and, as in
+        # transformers, the whole record as ``quantization_config``.
+        self.quantization: Optional[str] = scheme_name(recorded) if recorded else None
+        self.quantization_config: Optional[dict[str, Any]] = recorded or None
         self.architecture: str = hyperdex_config["architecture"]
         self.hyperdex_version: str = compile_info.get("hyperdex_version", "")
         self.model: dict[str, Any] = hyperdex_config["model"]
@@ -69,6 +74,7 @@ class LPUConfig:
             "max_length": self.max_length,
             "type_device": self.type_device,
             "quantization": self.quantization,
+            "quantization_config": self.quantization_config,
         }
 
     def __repr__(self) -> str:

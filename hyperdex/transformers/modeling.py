@@ -437,6 +437,13 @@ class AutoModelForCausalLM:
             )
         memory_map = read_memory_map(folder)
         config = LPUConfig.from_pretrained(folder)
+        if config.quantization is not None and isinstance(device_map, dict) and "gpu" in device_map:
+            raise ConfigError(
+                f"hybrid mode prefills with the fp16 Hugging Face weights, but this model was "
+                f"compiled with {config.quantization} weights, so the LPU's decode would continue "
+                "from a different model; load it with device_map={'lpu': N}, or compile without "
+                "quantization for hybrid mode"
+            )
         session, backend = open_session(folder, memory_map, backend, num_threads, timeout)
         log.info("hyperdex: loaded %s on %s", folder, session.device)
         if not isinstance(enable_prefix_caching, bool):
