@@ -26,16 +26,23 @@ def is_local_model(model_id: PathLike) -> bool:
     return Path(model_id).expanduser().is_dir()
 
 
-def compiled_dir(model_id: PathLike, prefix: Optional[PathLike] = None) -> Path:
+def compiled_dir(
+    model_id: PathLike, prefix: Optional[PathLike] = None, variant: Optional[str] = None
+) -> Path:
+    """Where ``compile()`` puts ``model_id``: ``<prefix>/<org>/<name>``, or
+    ``<prefix>/local/<folder>-<hash>`` for a local folder; a ``variant`` (a quantization
+    scheme such as ``w4a16``) is appended as ``-<variant>``, so each scheme of a model keeps a
+    folder of its own."""
     root = Path(prefix).expanduser() if prefix is not None else default_prefix()
+    suffix = f"-{variant}" if variant else ""
     if is_local_model(model_id):
         src = Path(model_id).expanduser().resolve()
         digest = hashlib.sha256(str(src).encode()).hexdigest()[:8]
-        return root / "local" / f"{src.name}-{digest}"
+        return root / "local" / f"{src.name}-{digest}{suffix}"
     text = str(model_id)
     if not _HUB_ID.match(text) or ".." in text:
         raise ConfigError(
             f"model_id {text!r} is neither an existing local folder nor a Hugging Face id of the "
             "form 'org/name'"
         )
-    return root / text
+    return root / (text + suffix)

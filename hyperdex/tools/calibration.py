@@ -75,25 +75,22 @@ def calibration_ids(
     qconfig: QuantizationConfig, tokenizer_dir: Optional[Path], vocab_size: int
 ) -> list[list[int]]:
     """The calibration samples as token ids (``nsamples`` windows of ``seqlen`` tokens)."""
+    from .. import data
+
     dataset = qconfig.dataset
     if dataset is None or isinstance(dataset, str):
-        from .. import data
-
         tokenizer = _tokenizer(tokenizer_dir, dataset is None)
-        text = data.calibration_text() if dataset is None else dataset
         samples = data.calibration_samples(
-            tokenizer, qconfig.nsamples, qconfig.seqlen, seed=qconfig.seed, text=text
+            tokenizer, qconfig.nsamples, qconfig.seqlen, seed=qconfig.seed, text=dataset
         )
     elif isinstance(dataset[0], int):
-        ids = list(dataset)
-        if len(ids) < qconfig.seqlen:
-            raise ConfigError(
-                f"the calibration token ids hold {len(ids)} tokens, fewer than one sample of "
-                f"seqlen={qconfig.seqlen}; give more tokens or a smaller seqlen"
-            )
-        rng = np.random.default_rng(qconfig.seed)
-        starts = rng.integers(0, len(ids) - qconfig.seqlen + 1, size=qconfig.nsamples)
-        samples = [ids[s : s + qconfig.seqlen] for s in starts]
+        samples = data.sample_windows(
+            list(dataset),
+            qconfig.nsamples,
+            qconfig.seqlen,
+            qconfig.seed,
+            what="the calibration token ids",
+        )
     else:
         samples = [list(s)[: qconfig.seqlen] for s in dataset[: qconfig.nsamples]]
     for s in samples:
@@ -377,18 +374,24 @@ def _gptq_layers(
             # GPTQ per tensor; the dequantized weights replace the fp16 ones on the device.
             for i, region, sources in taps:
                 h = hessians.pop(i).hessian()
+                weights = [
+                    _head_weight(model_file) if s == HEAD else model_file[s] for s in sources
+                ]
+                # GPTQ treats rows independently given H: the tensors sharing this input
+                # (Q, K, V; gate, up) are quantized in one call, one factorization of H.
+                r = _quantize_one(np.concatenate(weights), h, qconfig, region.name)
+                stats.setdefault("loss", {})[region.name] = float(r["loss"])
+                if not is_head:
+                    deq = _core.quant.dequantize(
+                        r["codes"], r["scales"], qconfig.bits, qconfig.group_size
+                    )
+                    device.write_weights(region, 0, deq)
                 row = 0
-                for src in sources:
-                    w = _head_weight(model_file) if src == HEAD else model_file[src]
-                    if src in quantized:
-                        r = _quantize_one(w, h, qconfig, src)
-                        if not is_head:
-                            deq = _core.quant.dequantize(
-                                r["codes"], r["scales"], qconfig.bits, qconfig.group_size
-                            )
-                            device.write_weights(region, row, deq)
-                        yield from result(src, r)
-                    row += int(w.shape[0])
+                for src, w in zip(sources, weights):
+                    rows = slice(row, row + int(w.shape[0]))
+                    row = rows.stop
+                    yield src, np.ascontiguousarray(r["codes"][rows])
+                    yield scales_name(src), np.ascontiguousarray(r["scales"][rows])
                 del h
             # The stream the next layer sees comes from the quantized layer.
             if not is_head and layer + 1 < stages:

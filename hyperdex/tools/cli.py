@@ -16,6 +16,7 @@ from typing import Any, Callable, Optional
 from .. import __version__
 from ..errors import ConfigError, HyperdexError
 from ..paths import compiled_dir, default_prefix
+from .quantization import resolve_quantization
 
 EXIT_CODES = """exit codes:
   0    compiled
@@ -190,7 +191,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(banner())
     try:
         _fill_missing(args, parser, interactive)
-        target = compiled_dir(args.model, args.prefix)
+        quantization = _quantization(args)
+        variant = resolve_quantization(quantization)
+        target = compiled_dir(args.model, args.prefix, variant.variant if variant else None)
         if interactive:
             prompt = f"Compile {args.model} for {args.num_device} device(s) into {target}? [Y/n]"
             if not _ask(prompt, parse_yes_no):
@@ -208,7 +211,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             token=args.token,
             type_device=args.type_device,
             prefix=args.prefix,
-            quantization=_quantization(args),
+            quantization=quantization,
             progress=not args.quiet,
             export=args.export,
         )

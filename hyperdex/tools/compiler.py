@@ -282,7 +282,13 @@ class AutoCompiler:
         timings: dict[str, float] = {}
         self.last_timings = timings
         model_id = str(model_id) if isinstance(model_id, Path) else model_id
-        out = compiled_dir(model_id, prefix if prefix is not None else self.prefix)
+        qconfig = resolve_quantization(quantization)
+        # Each scheme of a model gets a folder of its own (<name>-w4a16, ...).
+        out = compiled_dir(
+            model_id,
+            prefix if prefix is not None else self.prefix,
+            qconfig.variant if qconfig is not None else None,
+        )
         where = {k: out / k for k in ("ckpt", "param", "config", "inst")}
         ckpt = where["ckpt"]
 
@@ -295,7 +301,6 @@ class AutoCompiler:
         # Phase 0: check everything that can be checked before any work.
         t = announce("check")
         num_device = _check_num_device(num_device)
-        qconfig = resolve_quantization(quantization)
         if export not in EXPORTS:
             raise ConfigError(
                 f"export must be one of {', '.join(repr(e) for e in EXPORTS)}, got {export!r}"

@@ -120,6 +120,19 @@ class QuantizationConfig:
         base = f"w{self.bits}a16"
         return base if self.method == "gptq" else f"{self.method}-{base}"
 
+    @property
+    def variant(self) -> str:
+        """The compiled folder's suffix: the scheme, plus what differs from its defaults
+        (``w4a16``, ``w4a16-g64``, ``w8a16-row``, ``w4a16-head``)."""
+        tag = self.scheme
+        if self.group_size != 128:
+            tag += "-row" if self.group_size == -1 else f"-g{self.group_size}"
+        if self.desc_act:
+            tag += "-act"
+        if self.quantize_lm_head:
+            tag += "-head"
+        return tag
+
     def to_dict(self) -> dict[str, Any]:
         """What the compiled folder records (the dataset by description, not by content)."""
         d = asdict(self)
