@@ -30,7 +30,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -56,7 +56,7 @@ def scales_name(weight: str) -> str:
     return weight[: -len(".weight")] + ".scales"
 
 
-def quantized_names(names: Sequence[str], model: dict[str, Any], lm_head: bool) -> list[str]:
+def quantized_names(names: Sequence[str], lm_head: bool) -> list[str]:
     """The canonical weights a quantized model stores as codes, in file order."""
     out = [n for n in names if _LAYER_LINEAR.match(n)]
     if lm_head:
@@ -272,7 +272,7 @@ def quantize_tensors(
 ) -> Iterator[tuple[str, np.ndarray]]:
     """The quantized model's tensors, in file order: every fp16 tensor that stays fp16, then
     each layer's codes and scales as soon as that layer is quantized."""
-    names = quantized_names(model_file.names, config["model"], qconfig.quantize_lm_head)
+    names = quantized_names(model_file.names, qconfig.quantize_lm_head)
     stats = stats if stats is not None else {}
     quantized = set(names)
     for name in model_file.names:
@@ -301,9 +301,7 @@ def quantize_tensors(
         device = _CalibrationDevice(
             config, model_file, preset, max(len(s) for s in samples), work / "device"
         )
-        yield from _gptq_layers(
-            device, config, model_file, qconfig, names, samples, result, progress, stats
-        )
+        yield from _gptq_layers(device, model_file, qconfig, names, samples, progress, stats)
     finally:
         if own_dir:
             shutil.rmtree(work, ignore_errors=True)
@@ -313,12 +311,10 @@ def quantize_tensors(
 
 def _gptq_layers(
     device: _CalibrationDevice,
-    config: dict[str, Any],
     model_file: ModelFile,
     qconfig: QuantizationConfig,
     names: list[str],
     samples: list[list[int]],
-    result: Callable[[str, dict[str, Any]], Iterator[tuple[str, np.ndarray]]],
     progress: bool,
     stats: dict[str, Any],
 ) -> Iterator[tuple[str, np.ndarray]]:
