@@ -1,7 +1,7 @@
 """Weight quantization of SmolLM2-135M: perplexity and quantization time of fp16, RTN and GPTQ
 (ours) against peer GPTQ implementations (GPTQModel, llmcompressor) on the same samples.
 
-    python benchmarks/quantization.py [--group-size 64] [--nsamples 16] [--seqlen 256]
+    python benchmarks/quantization.py [--group-size 128] [--nsamples 16] [--seqlen 256]
         [--eval-tokens 2048] [--ppl-seqlen 512] [--torch-tokens 0] [--threads N]
         [--schemes fp16,rtn-w4,gptq-w4,gptq-w8] [--peers gptqmodel] [--peer-schemes ...]
     python benchmarks/quantization.py --setup-peers     # once: the peers' venvs (PyPI)
@@ -43,7 +43,7 @@ Quantize time: ours is compile()'s "quantize" phase (calibration on the emulator
 whole compile in brackets; a peer's is its quantize call (``GPTQModel.quantize`` with its
 packing, ``oneshot``), its model load in brackets.
 
-Defaults keep a run near 10 minutes on this project's 2-core machines (655 s measured with
+Defaults keep a run near 10 minutes on this project's 2-core machines (685 s measured with
 the machine's load average around 3): 16 x 256 calibration tokens (GPTQ papers use 128 x 2048;
 each quantizer needs about 100 s here) and 2,048 evaluation tokens (4 windows of 512; the
 emulator takes ~5-10 s per window). Perplexity differences between schemes on the same
