@@ -13,6 +13,7 @@
 #include "common/fp16.h"
 #include "common/thread_pool.h"
 #include "emu/kernels.h"
+#include "test_util.h"
 
 namespace {
 
@@ -271,29 +272,15 @@ TEST_P(SimdLevel, AxpyBitIdentical) {
 // out: 64-byte aligned rows, zero-padded to a multiple of 32 halves.
 class StripedMatrix {
  public:
-  StripedMatrix(const std::vector<uint16_t>& w, size_t m, size_t k, uint32_t channels) {
-    const uint64_t row_bytes = (k + 31) / 32 * 32 * 2;
-    const uint64_t base = 192;  // the region does not start at the channel's start
-    const size_t per_channel = (m + channels - 1) / channels;
-    storage_.resize(channels);
-    ptrs_.resize(channels);
-    for (uint32_t c = 0; c < channels; ++c) {
-      storage_[c].assign(base + per_channel * row_bytes + 64, 0);
-      const auto p = reinterpret_cast<uintptr_t>(storage_[c].data());
-      ptrs_[c] = storage_[c].data() + ((64 - p % 64) % 64);
-    }
-    rows_.channels = ptrs_.data();
-    rows_.num_channels = channels;
-    rows_.base = base;
-    rows_.row_bytes = row_bytes;
-    for (size_t r = 0; r < m; ++r) std::memcpy(rows_.row(r), w.data() + r * k, k * 2);
+  StripedMatrix(const std::vector<uint16_t>& w, size_t m, size_t k, uint32_t channels)
+      // base 192: the region does not start at the channel's start
+      : buf_((k + 31) / 32 * 32 * 2, 192, m, channels) {
+    for (size_t r = 0; r < m; ++r) std::memcpy(buf_.row(r), w.data() + r * k, k * 2);
   }
-  const emu::StripedRows& rows() const { return rows_; }
+  const emu::StripedRows& rows() const { return buf_.rows(); }
 
  private:
-  std::vector<std::vector<uint8_t>> storage_;
-  std::vector<uint8_t*> ptrs_;
-  emu::StripedRows rows_;
+  hyperdex::testing::StripedBuffer buf_;
 };
 
 struct MatmulCase {

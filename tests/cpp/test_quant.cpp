@@ -168,30 +168,15 @@ TEST(QMatrix, DequantizedValueRoundsOnceToNearestEven) {
 class StripedQMatrix {
  public:
   StripedQMatrix(const QRowFormat& f, const std::vector<uint8_t>& codes,
-                 const std::vector<uint16_t>& scales, size_t m, uint32_t channels) {
-    const uint64_t row_bytes = (f.data_bytes() + 63) / 64 * 64;
-    const uint64_t base = 128;
-    const size_t per_channel = (m + channels - 1) / channels;
-    storage_.resize(channels);
-    ptrs_.resize(channels);
-    for (uint32_t c = 0; c < channels; ++c) {
-      storage_[c].assign(base + per_channel * row_bytes + 64, 0);
-      const auto p = reinterpret_cast<uintptr_t>(storage_[c].data());
-      ptrs_[c] = storage_[c].data() + ((64 - p % 64) % 64);
-    }
-    rows_.channels = ptrs_.data();
-    rows_.num_channels = channels;
-    rows_.base = base;
-    rows_.row_bytes = row_bytes;
+                 const std::vector<uint16_t>& scales, size_t m, uint32_t channels)
+      : buf_((f.data_bytes() + 63) / 64 * 64, 128, m, channels) {
     for (size_t r = 0; r < m; ++r)
-      isa::pack_qrow(f, codes.data() + r * f.cols, scales.data() + r * f.groups(), rows_.row(r));
+      isa::pack_qrow(f, codes.data() + r * f.cols, scales.data() + r * f.groups(), buf_.row(r));
   }
-  const emu::StripedRows& rows() const { return rows_; }
+  const emu::StripedRows& rows() const { return buf_.rows(); }
 
  private:
-  std::vector<std::vector<uint8_t>> storage_;
-  std::vector<uint8_t*> ptrs_;
-  emu::StripedRows rows_;
+  hyperdex::testing::StripedBuffer buf_;
 };
 
 const Kernels& scalar() { return emu::kernels_for(KernelLevel::Scalar); }

@@ -1,7 +1,10 @@
 // Small specs and presets shared by the core's tests.
 #pragma once
 #include <cmath>
+#include <cstdint>
+#include <vector>
 
+#include "emu/kernels.h"
 #include "spec/model_spec.h"
 
 namespace hyperdex::testing {
@@ -55,5 +58,35 @@ inline DevicePreset small_preset(uint32_t channels = 4, uint64_t channel_bytes =
   p.lmem_bytes = 8ull << 20;
   return p;
 }
+
+// Host memory striped over pseudo-channels the way the emulator lays a region out:
+// m rows of row_bytes, row r in channel r % channels at base + (r / channels) * row_bytes,
+// each channel 64-byte aligned. The caller fills the rows.
+class StripedBuffer {
+ public:
+  StripedBuffer(uint64_t row_bytes, uint64_t base, size_t m, uint32_t channels) {
+    const size_t per_channel = (m + channels - 1) / channels;
+    storage_.resize(channels);
+    ptrs_.resize(channels);
+    for (uint32_t c = 0; c < channels; ++c) {
+      storage_[c].assign(base + per_channel * row_bytes + 64, 0);
+      const auto p = reinterpret_cast<uintptr_t>(storage_[c].data());
+      ptrs_[c] = storage_[c].data() + ((64 - p % 64) % 64);
+    }
+    rows_.channels = ptrs_.data();
+    rows_.num_channels = channels;
+    rows_.base = base;
+    rows_.row_bytes = row_bytes;
+  }
+  StripedBuffer(const StripedBuffer&) = delete;  // rows_ points into this object
+  StripedBuffer& operator=(const StripedBuffer&) = delete;
+  const emu::StripedRows& rows() const { return rows_; }
+  uint8_t* row(size_t r) { return rows_.row(r); }
+
+ private:
+  std::vector<std::vector<uint8_t>> storage_;
+  std::vector<uint8_t*> ptrs_;
+  emu::StripedRows rows_;
+};
 
 }  // namespace hyperdex::testing
