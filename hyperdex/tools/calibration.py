@@ -156,10 +156,12 @@ class _CalibrationDevice:
         self.session, _ = open_session(workdir, memory_map, "emu")
         self.plan = plan
         self.chunk = int(prefill.max_tokens)
+        self.lmem_bytes = int(prefill.lmem_bytes)
         self.io_ids = int(plan.io.base + plan.io.ids_offset)
         self.code = prefill.instructions()
         self.regions = {int(r.base): r for r in plan.regions}
         self.width = int(config["model"]["hidden_size"])
+        self._live: dict[tuple[int, int, int], list[tuple[int, int]]] = {}
         self._find_layers(int(config["model"]["num_layers"]))
 
     def region_of(self, inst: dict[str, Any], key: str = "w0") -> Optional[Any]:
@@ -222,6 +224,73 @@ class _CalibrationDevice:
         if end > begin:
             self.session.run_range("prefill", start_pos, n, begin, end)
 
+    # -- parking a run between two instructions of a layer --
+
+    def _extent(self, operand: Sequence[Any], elem: int = 2) -> Optional[tuple[int, int]]:
+        """The on-chip bytes an operand's token rows may touch (all ``chunk`` rows)."""
+        space, offset, stride = operand
+        if space != "lmem" or not int(stride):
+            return None
+        return int(offset), min(int(offset) + elem * int(stride) * self.chunk, self.lmem_bytes)
+
+    def _reads(self, inst: dict[str, Any]) -> list[tuple[int, int]]:
+        op, flags = inst["op"], int(inst["flags"])
+        operands = []
+        if op not in ("PREFETCH", "EMBED"):
+            operands.append(self._extent(inst["a"], 4 if op == "ARGMAX" else 2))
+        if op in ("ADD", "MUL", "KVSTORE") or (op == "MATMUL" and flags & 4):  # HAS_RESIDUAL
+            operands.append(self._extent(inst["b"]))
+        if op == "ROPE" or (op == "EMBED" and flags & 1):  # in place / ACCUMULATE
+            operands.append(self._extent(inst["dst"]))
+        return [e for e in operands if e is not None]
+
+    def _writes(self, inst: dict[str, Any]) -> list[tuple[int, int]]:
+        op, flags = inst["op"], int(inst["flags"])
+        if op in ("PREFETCH", "KVSTORE"):
+            return []
+        out = [self._extent(inst["dst"], 4 if op == "MATMUL" and flags & 8 else 2)]  # OUT_F32
+        if op == "MATMUL" and flags & 64:  # ARGMAX into b
+            out.append(self._extent(inst["b"], 4))
+        return [e for e in out if e is not None]
+
+    def live_ranges(self, begin: int, at: int, end: int) -> list[tuple[int, int]]:
+        """The on-chip byte ranges a run of layer instructions ``[begin, end)`` stopped at
+        ``at`` still needs: written since the layer began (or the residual stream entering
+        it) and read by an instruction in ``[at, end)``. A layer reads nothing else on chip."""
+        key = (begin, at, end)
+        if key not in self._live:
+            made = [self._extent(self.residual)] + [
+                e for i in range(begin, at) for e in self._writes(self.code[i])
+            ]
+            needed = [e for i in range(at, end) for e in self._reads(self.code[i])]
+            parts = sorted(
+                (max(a0, b0), min(a1, b1))
+                for a0, a1 in made
+                if a0 is not None
+                for b0, b1 in needed
+                if max(a0, b0) < min(a1, b1)
+            )
+            merged: list[tuple[int, int]] = []
+            for lo, hi in parts:
+                if merged and lo <= merged[-1][1]:
+                    merged[-1] = (merged[-1][0], max(merged[-1][1], hi))
+                else:
+                    merged.append((lo, hi))
+            self._live[key] = merged
+        return self._live[key]
+
+    def park(self, ranges: list[tuple[int, int]]) -> list[tuple[int, np.ndarray]]:
+        """A copy of the given on-chip bytes (a run stopped between two instructions)."""
+        return [(lo, self.session.read_lmem(lo, hi - lo)) for lo, hi in ranges]
+
+    def resume(self, parked: Optional[list[tuple[int, np.ndarray]]], residual: np.ndarray) -> None:
+        """Puts a parked run back on chip; one not parked yet starts from the residual rows."""
+        if parked is None:
+            self.write_rows(self.residual, residual)
+            return
+        for offset, data in parked:
+            self.session.write_lmem(offset, data)
+
     def write_weights(self, region: Any, first_row: int, values: np.ndarray) -> None:
         """Overwrites rows [first_row, first_row + len(values)) of a striped fp16 region."""
         channels = self.plan.num_channels
@@ -246,7 +315,9 @@ def _quantize_one(
 ) -> dict[str, Any]:
     w = np.ascontiguousarray(weight, dtype=np.float32)
     if hessian is None:
-        return _core.quant.rtn(w, bits=qconfig.bits, group_size=qconfig.group_size, sym=True)
+        return _core.quant.rtn(
+            w, bits=qconfig.bits, group_size=qconfig.group_size, sym=True, mse=float(qconfig.mse)
+        )
     return _core.quant.gptq(
         w,
         hessian,
@@ -255,7 +326,9 @@ def _quantize_one(
         sym=True,
         desc_act=qconfig.desc_act,
         static_groups=qconfig.static_groups,
+        act_group_aware=qconfig.act_group_aware,
         damp_percent=float(qconfig.damp_percent),
+        mse=float(qconfig.mse),
         name=name,
     )
 
@@ -354,28 +427,31 @@ def _gptq_layers(
                     region = device.region_of(inst) if inst["op"] == "MATMUL" else None
                     if region is not None and any(s in quantized for s in region.sources):
                         taps.append((i, region, list(region.sources)))
-            hessians = {
-                i: _core.quant.HessianAccumulator(int(device.code[i]["k"])) for i, _, _ in taps
-            }
-            for h, (_, pos, ids) in zip(hidden, pieces):
-                device.write_rows(device.residual, h)
-                at = begin
-                for i, _, _ in taps:
+            # Sequential within the layer too: every chunk runs up to a tap, the tap's Hessian
+            # is summed, GPTQ quantizes it and its dequantized weights replace the fp16 ones
+            # before any chunk runs on, so the next tap sees the quantized output. Between
+            # taps a chunk is parked as the on-chip bytes the rest of the layer still reads.
+            parked: list[Optional[list[tuple[int, np.ndarray]]]] = [None] * len(pieces)
+            at = begin
+            for i, region, sources in taps:
+                live = device.live_ranges(begin, i, end)
+                acc = _core.quant.HessianAccumulator(int(device.code[i]["k"]))
+                for k, (_, pos, ids) in enumerate(pieces):
+                    device.resume(parked[k], hidden[k])
                     device.run(pos, len(ids), at, i)
                     inst = device.code[i]
-                    hessians[i].add(device.read_rows(inst["a"], len(ids), int(inst["k"])))
-                    at = i
-                if not is_head:
-                    device.run(pos, len(ids), at, end)
-            # GPTQ per tensor; the dequantized weights replace the fp16 ones on the device.
-            for i, region, sources in taps:
-                h = hessians.pop(i).hessian()
+                    acc.add(device.read_rows(inst["a"], len(ids), int(inst["k"])))
+                    parked[k] = device.park(live)
+                at = i
+                h = acc.hessian()
+                del acc
                 weights = [
                     _head_weight(model_file) if s == HEAD else model_file[s] for s in sources
                 ]
                 # GPTQ treats rows independently given H: the tensors sharing this input
                 # (Q, K, V; gate, up) are quantized in one call, one factorization of H.
                 r = _quantize_one(np.concatenate(weights), h, qconfig, region.name)
+                del h
                 stats.setdefault("loss", {})[region.name] = float(r["loss"])
                 if not is_head:
                     deq = _core.quant.dequantize(
@@ -388,12 +464,11 @@ def _gptq_layers(
                     row = rows.stop
                     yield src, np.ascontiguousarray(r["codes"][rows])
                     yield scales_name(src), np.ascontiguousarray(r["scales"][rows])
-                del h
             # The stream the next layer sees comes from the quantized layer.
             if not is_head and layer + 1 < stages:
                 for k, (_, pos, ids) in enumerate(pieces):
-                    device.write_rows(device.residual, hidden[k])
-                    device.run(pos, len(ids), begin, end)
+                    device.resume(parked[k], hidden[k])
+                    device.run(pos, len(ids), at, end)
                     hidden[k] = device.read_rows(device.residual, len(ids), width).copy()
             timings.append(time.perf_counter() - t)
             log.debug("quantized layer %d in %.2f s", layer, timings[-1])
