@@ -144,7 +144,7 @@ void bind_quant(py::module_& m) {
       "gptq",
       [](const py::object& w_in, const py::object& h_in, int bits, int64_t group_size, bool sym,
          bool desc_act, bool static_groups, double damp_percent, int64_t block_size,
-         const std::string& name, size_t num_threads) {
+         double mse, bool act_group_aware, const std::string& name, size_t num_threads) {
         F32Array w = weights_arg(w_in, name);
         F64Array h = F64Array::ensure(h_in);
         if (!h) throw py::type_error(who(name) + "H must be a NumPy array of floats [in, in]");
@@ -159,6 +159,8 @@ void bind_quant(py::module_& m) {
         o.static_groups = static_groups;
         o.damp_percent = damp_percent;
         o.block_size = block_size;
+        o.mse = mse;
+        o.act_group_aware = act_group_aware;
         quant::QuantResult r;
         {
           py::gil_scoped_release release;
@@ -170,18 +172,19 @@ void bind_quant(py::module_& m) {
       },
       py::arg("W"), py::arg("H"), py::arg("bits") = 4, py::arg("group_size") = 128,
       py::arg("sym") = true, py::arg("desc_act") = false, py::arg("static_groups") = false,
-      py::arg("damp_percent") = 0.01, py::arg("block_size") = 128, py::arg("name") = "",
-      py::arg("num_threads") = 0,
+      py::arg("damp_percent") = 0.01, py::arg("block_size") = 128, py::arg("mse") = 0.0,
+      py::arg("act_group_aware") = false, py::arg("name") = "", py::arg("num_threads") = 0,
       "GPTQ of W (float32 [out, in]) with the Hessian H (float64 [in, in], lower triangle read).\n"
       "Returns {'codes': uint8 [out, in] (original column order), 'scales': float16 [out, groups],"
       " 'loss': float, 'damp': float (damping used), 'retries': int (damping x10 steps)}.");
 
   q.def(
       "rtn",
-      [](const py::object& w_in, int bits, int64_t group_size, bool sym, const std::string& name,
-         size_t num_threads) {
+      [](const py::object& w_in, int bits, int64_t group_size, bool sym, double mse,
+         const std::string& name, size_t num_threads) {
         F32Array w = weights_arg(w_in, name);
-        const quant::QuantOptions o = options(bits, group_size, sym);
+        quant::QuantOptions o = options(bits, group_size, sym);
+        o.mse = mse;
         quant::QuantResult r;
         {
           py::gil_scoped_release release;
@@ -191,7 +194,7 @@ void bind_quant(py::module_& m) {
         return result_dict(std::move(r));
       },
       py::arg("W"), py::arg("bits") = 4, py::arg("group_size") = 128, py::arg("sym") = true,
-      py::arg("name") = "", py::arg("num_threads") = 0,
+      py::arg("mse") = 0.0, py::arg("name") = "", py::arg("num_threads") = 0,
       "Round to nearest; same result dict as gptq ('loss' = sum of squared weight errors, "
       "'damp' = 0, 'retries' = 0).");
 

@@ -3,6 +3,8 @@
 // GPTQ outline (per layer, W [rows, cols], H [cols, cols]):
 //   dead columns (H_jj == 0): H_jj = 1, W[:, j] = 0
 //   desc_act: visit columns by decreasing H_jj (stable order for ties)
+//   act_group_aware: visit whole groups by decreasing max H_jj, each group's
+//     columns by decreasing H_jj
 //   U = upper Cholesky factor of (H + damp I)^-1, damp = damp_percent * mean(diag H)
 //   for each column j in visiting order:
 //     at a group's first column: scales from the current (error-updated) weights
@@ -19,6 +21,7 @@
 #include <atomic>
 #include <chrono>
 #include <cmath>
+#include <limits>
 #include <numeric>
 #include <sstream>
 #include <thread>
@@ -65,17 +68,36 @@ class InterruptPoller {
   std::atomic<bool> stop_{false};
 };
 
-// The scale of a group, with the check that its most negative code still
-// dequantizes to a finite fp16 value.
-uint16_t checked_scale(double absmax, int bits, const std::string& name, size_t row) {
-  const uint16_t s = group_scale(absmax, bits);
-  if (!std::isfinite(half_to_float(dequantize_code(0, s, bits)))) {
+// Round half to even, as std::nearbyint in the default rounding mode, without a libm
+// call: adding and subtracting 1.5 * 2^52 leaves an integer, rounded to nearest even.
+inline double round_even(double x) {
+  if (!(std::fabs(x) < 0x1p51)) return x;  // already an integer (or NaN)
+  return (x + 0x1.8p52) - 0x1.8p52;
+}
+
+inline uint8_t code_of(double w, double scale, double z, double maxq) {
+  return static_cast<uint8_t>(std::min(std::max(round_even(w / scale) + z, 0.0), maxq));
+}
+
+// w' of every code of a scale, as doubles: the dequantized values of a 4-bit group.
+void code_values(uint16_t scale, int bits, double* out) {
+  for (int q = 0; q < (1 << bits); ++q)
+    out[q] = double(half_to_float(dequantize_code(uint8_t(q), scale, bits)));
+}
+
+// The scale of a group (choose_scale), with the check that its most negative
+// code still dequantizes to a finite fp16 value.
+uint16_t checked_scale(const double* w, size_t len, const QuantOptions& opt,
+                       const std::string& name, size_t row) {
+  double absmax = 0.0;
+  for (size_t c = 0; c < len; ++c) absmax = std::max(absmax, std::fabs(w[c]));
+  if (!std::isfinite(half_to_float(dequantize_code(0, group_scale(absmax, opt.bits), opt.bits)))) {
     throw SpecError(prefix(name) + "a group of row " + std::to_string(row) +
                     " has weights up to " + fmt(absmax) +
                     " in magnitude, too large for fp16 scales (dequantized weights are fp16, "
                     "at most 65504); this layer cannot be quantized, keep the model in fp16");
   }
-  return s;
+  return choose_scale(w, len, opt);
 }
 
 void check_weights(const float* w, size_t rows, size_t cols, const std::string& name) {
@@ -96,10 +118,38 @@ uint16_t group_scale(double absmax, int bits) {
   return s;
 }
 
+uint16_t choose_scale(const double* w, size_t len, const QuantOptions& opt) {
+  double absmax = 0.0;
+  for (size_t c = 0; c < len; ++c) absmax = std::max(absmax, std::fabs(w[c]));
+  uint16_t best = group_scale(absmax, opt.bits);
+  if (!(opt.mse > 0.0)) return best;
+  // Shrinking trades clipping the largest weights for finer steps everywhere else.
+  // Norm 2 has a SIMD kernel; any other norm takes std::pow per weight (slow).
+  const SimdLevel level = best_simd_level();
+  const double z = double(1 << (opt.bits - 1)), maxq = double((1 << opt.bits) - 1);
+  double best_err = std::numeric_limits<double>::infinity();
+  uint16_t last = 0;
+  for (int i = 0; i < kShrinkSteps; ++i) {
+    const uint16_t s = group_scale(absmax * (1.0 - double(i) / 100.0), opt.bits);
+    if (s == last) continue;  // the same fp16 scale as the step before
+    last = s;
+    const double sd = double(half_to_float(s));
+    double err = 0.0;
+    if (opt.mse == 2.0) {
+      err = group_sq_error(level, w, len, sd, opt.bits);
+    } else {
+      for (size_t c = 0; c < len; ++c) {
+        const double q = std::min(std::max(round_even(w[c] / sd) + z, 0.0), maxq);
+        err += std::pow(std::fabs(std::fma(z - q, sd, w[c])), opt.mse);
+      }
+    }
+    if (err < best_err) best_err = err, best = s;
+  }
+  return best;
+}
+
 uint8_t quantize_code(double w, double scale, int bits) {
-  const double z = double(1 << (bits - 1)), maxq = double((1 << bits) - 1);
-  const double q = std::nearbyint(w / scale) + z;  // default rounding mode: half to even
-  return static_cast<uint8_t>(std::min(std::max(q, 0.0), maxq));
+  return code_of(w, scale, double(1 << (bits - 1)), double((1 << bits) - 1));
 }
 
 uint16_t dequantize_code(uint8_t q, uint16_t scale, int bits) {
@@ -122,6 +172,14 @@ size_t checked_group_cols(const QuantOptions& opt, size_t cols, const std::strin
                           "must stay a contiguous run of input columns; with static_groups=True "
                           "the groups are fixed in input order before the columns are reordered "
                           "(or use desc_act=False)");
+  if (!(opt.mse >= 0.0 && opt.mse <= 10.0))
+    throw SpecError(pre + "mse must be 0 (scales from each group's largest weight) or the norm of "
+                          "the scale search, up to 10 (got " + fmt(opt.mse) + "); 2.4 is usual");
+  if (opt.act_group_aware && (opt.desc_act || opt.static_groups))
+    throw SpecError(pre + "act_group_aware=True orders whole groups itself (by their largest "
+                          "Hessian diagonal, each group's columns by theirs): use it with "
+                          "desc_act=False and static_groups=False, or use desc_act=True with "
+                          "static_groups=True instead");
   if (cols == 0) throw SpecError(pre + "the weight matrix has no input columns");
   if (opt.group_size == -1) return cols;
   // A group size that does not divide the columns leaves a shorter last group, as in GPTQ
@@ -174,12 +232,36 @@ QuantResult gptq_quantize(const float* w, size_t rows, size_t cols, const double
   }
   auto hd = [&](size_t a, size_t b) { return (a == b && dead[a]) ? 1.0 : h_at(a, b); };
 
-  // Visiting order: perm[k] = original column visited k-th.
+  // Visiting order: perm[k] = original column visited k-th. desc_act: by decreasing
+  // H_jj; act_group_aware (GPTQModel's group-aware reordering): whole groups by their
+  // largest H_jj, each group's columns by theirs, so groups stay contiguous.
   std::vector<size_t> perm(n);
   std::iota(perm.begin(), perm.end(), size_t{0});
-  if (opt.desc_act)
-    std::stable_sort(perm.begin(), perm.end(),
-                     [&](size_t a, size_t b) { return hd(a, a) > hd(b, b); });
+  auto by_diag = [&](size_t a, size_t b) { return hd(a, a) > hd(b, b); };
+  if (opt.desc_act) std::stable_sort(perm.begin(), perm.end(), by_diag);
+  if (opt.act_group_aware) {
+    std::vector<size_t> order(groups), cols_in_order;
+    std::iota(order.begin(), order.end(), size_t{0});
+    std::vector<double> score(groups, 0.0);
+    for (size_t c = 0; c < n; ++c) score[c / gc] = std::max(score[c / gc], hd(c, c));
+    std::stable_sort(order.begin(), order.end(),
+                     [&](size_t a, size_t b) { return score[a] > score[b]; });
+    for (size_t g : order) {
+      const size_t c0 = g * gc, c1 = std::min(n, c0 + gc);
+      std::stable_sort(perm.begin() + c0, perm.begin() + c1, by_diag);
+      cols_in_order.insert(cols_in_order.end(), perm.begin() + c0, perm.begin() + c1);
+    }
+    perm = std::move(cols_in_order);
+  }
+  // Scales found as GPTQ reaches a group (not static_groups): where each visited
+  // position's group ends in visiting order (groups are contiguous runs there).
+  std::vector<size_t> group_end(n);
+  for (size_t j = 0; j < n;) {
+    size_t e = j + 1;
+    while (e < n && perm[e] / gc == perm[j] / gc) ++e;
+    for (size_t i = j; i < e; ++i) group_end[i] = e;
+    j = e;
+  }
 
   // Weights in fp64, visiting order, dead columns zeroed.
   std::vector<double> wd(rows * n);
@@ -190,12 +272,13 @@ QuantResult gptq_quantize(const float* w, size_t rows, size_t cols, const double
   });
   if (opt.static_groups) {  // from the original weights, groups in input order
     pool.parallel_for(0, rows, 16, [&](size_t lo, size_t hi) {
+      std::vector<double> vals(gc);
       for (size_t r = lo; r < hi; ++r)
         for (size_t g = 0; g < groups; ++g) {
-          double absmax = 0.0;
+          size_t len = 0;
           for (size_t c = g * gc; c < std::min(cols, (g + 1) * gc); ++c)
-            if (!dead[c]) absmax = std::max(absmax, std::fabs(double(w[r * n + c])));
-          res.scales[r * groups + g] = checked_scale(absmax, bits, name, r);
+            if (!dead[c]) vals[len++] = double(w[r * n + c]);
+          res.scales[r * groups + g] = checked_scale(vals.data(), len, opt, name, r);
         }
     });
   }
@@ -247,11 +330,10 @@ QuantResult gptq_quantize(const float* w, size_t rows, size_t cols, const double
   // first column always sees its whole group up to date.
   const size_t bs = size_t(opt.block_size);
   auto block_end = [&](size_t i1) {
-    if (!opt.static_groups && gc < n) {
-      if (gc <= bs) return std::min(n, i1 + bs / gc * gc);
-      return std::min({n, i1 + bs, (i1 / gc + 1) * gc});
-    }
-    return std::min(n, i1 + bs);
+    if (opt.static_groups || gc >= n) return std::min(n, i1 + bs);
+    size_t i2 = i1;  // whole groups while they fit, else the block's share of one
+    while (i2 < n && group_end[i2] - i1 <= bs) i2 = group_end[i2];
+    return i2 > i1 ? i2 : std::min(i1 + bs, group_end[i1]);
   };
 
   // Blocks outside, row panels (one task each) inside: U's rows for the lazy
@@ -261,6 +343,18 @@ QuantResult gptq_quantize(const float* w, size_t rows, size_t cols, const double
   const size_t panels = (rows + panel_rows - 1) / panel_rows;
   std::vector<double> row_loss(rows, 0.0), err(rows * bs), scale(rows);
   std::vector<uint16_t> scale_h(rows);  // the current group's scale of each row
+  // 4 bits: w' of each code per scale, looked up instead of converted per weight; for
+  // static groups one table per (row, group), else one per row (the current group).
+  const size_t ncodes = size_t(1) << bits;
+  const bool tables = bits == 4;
+  std::vector<double> values;
+  if (tables) values.resize((opt.static_groups ? rows * groups : rows) * ncodes);
+  if (tables && opt.static_groups) {
+    pool.parallel_for(0, rows * groups, 256, [&](size_t lo, size_t hi) {
+      for (size_t i = lo; i < hi; ++i) code_values(res.scales[i], bits, values.data() + i * ncodes);
+    });
+  }
+  const double z = double(1 << (bits - 1)), maxq = double((1 << bits) - 1);
   PackedB packed;
   for (size_t i1 = 0, i2 = 0; i1 < n; i1 = i2) {
     poller.poll();
@@ -273,18 +367,16 @@ QuantResult gptq_quantize(const float* w, size_t rows, size_t cols, const double
         for (size_t j = i1; j < i2; ++j) {
           const double* uj = u + j * n;
           const double d = uj[j];
-          if (opt.static_groups || j % gc == 0) {
-            const size_t g = opt.static_groups ? perm[j] / gc : j / gc;
+          const size_t g = perm[j] / gc;
+          if (opt.static_groups || j == 0 || group_end[j - 1] == j) {
             for (size_t r = r0; r < r1; ++r) {
               uint16_t sh;
               if (opt.static_groups) {
                 sh = res.scales[r * groups + g];
               } else {
-                const double* wr = wd.data() + r * n;
-                double absmax = 0.0;
-                for (size_t c = j; c < std::min(n, j + gc); ++c) absmax = std::max(absmax, std::fabs(wr[c]));
-                sh = checked_scale(absmax, bits, name, r);
+                sh = checked_scale(wd.data() + r * n + j, group_end[j] - j, opt, name, r);
                 res.scales[r * groups + g] = sh;
+                if (tables) code_values(sh, bits, values.data() + r * ncodes);
               }
               scale_h[r] = sh;
               scale[r] = double(half_to_float(sh));
@@ -293,8 +385,10 @@ QuantResult gptq_quantize(const float* w, size_t rows, size_t cols, const double
           for (size_t r = r0; r < r1; ++r) {
             double* wr = wd.data() + r * n;
             const double wv = wr[j];
-            const uint8_t q = quantize_code(wv, scale[r], bits);
-            const double wq = double(half_to_float(dequantize_code(q, scale_h[r], bits)));
+            const uint8_t q = code_of(wv, scale[r], z, maxq);
+            const double wq =
+                tables ? values[((opt.static_groups ? r * groups + g : r) * ncodes) + q]
+                       : double(half_to_float(dequantize_code(q, scale_h[r], bits)));
             const double e = (wv - wq) / d;
             row_loss[r] += e * e / 2.0;
             err[r * bs + (j - i1)] = e;
@@ -323,13 +417,13 @@ QuantResult rtn_quantize(const float* w, size_t rows, size_t cols, const QuantOp
   res.scales.assign(rows * res.groups, 0);
   std::vector<double> row_loss(rows, 0.0);
   pool.parallel_for(0, rows, 8, [&](size_t lo, size_t hi) {
+    std::vector<double> vals(gc);
     for (size_t r = lo; r < hi; ++r) {
       const float* wr = w + r * cols;
       for (size_t g = 0; g < res.groups; ++g) {
-        double absmax = 0.0;
         const size_t c1 = std::min(cols, (g + 1) * gc);
-        for (size_t c = g * gc; c < c1; ++c) absmax = std::max(absmax, std::fabs(double(wr[c])));
-        const uint16_t s = checked_scale(absmax, bits, name, r);
+        for (size_t c = g * gc; c < c1; ++c) vals[c - g * gc] = double(wr[c]);
+        const uint16_t s = checked_scale(vals.data(), c1 - g * gc, opt, name, r);
         res.scales[r * res.groups + g] = s;
         const double sd = double(half_to_float(s));
         for (size_t c = g * gc; c < c1; ++c) {

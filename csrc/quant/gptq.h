@@ -27,9 +27,19 @@ struct QuantOptions {
   bool sym = true;             // only symmetric quantization exists on the device
   bool desc_act = false;       // GPTQ: visit columns by decreasing diag(H)
   bool static_groups = false;  // GPTQ: scales from the original weights (required by desc_act)
+  // GPTQ: visit whole groups by decreasing max diag(H), each group's columns by
+  // decreasing diag(H) (GPTQModel's group-aware reordering); scales stay dynamic.
+  bool act_group_aware = false;
   double damp_percent = 0.01;  // GPTQ: damping as a fraction of mean(diag(H))
   int64_t block_size = 128;    // GPTQ: columns per lazy batch update
+  // > 0: each group's scale is the best of kShrinkSteps shrunk ones by sum |w - w'|^mse
+  // (GPTQ's "mse" scale search; w' unrounded to fp16; 2 is fast, other norms use
+  // std::pow); 0: from the group's largest magnitude.
+  double mse = 0.0;
 };
+
+// The shrink search of QuantOptions::mse tries absmax * (1 - i / 100) for i < kShrinkSteps.
+constexpr int kShrinkSteps = 20;
 
 struct QuantResult {
   size_t rows = 0, cols = 0, groups = 0;
@@ -71,6 +81,8 @@ std::vector<uint16_t> dequantize(const uint8_t* codes, const uint16_t* scales, s
 
 // The scale of a group whose largest magnitude is absmax (fp16 bits).
 uint16_t group_scale(double absmax, int bits);
+// The scale of the group w[0, len) under opt (absmax, or opt.mse's shrink search).
+uint16_t choose_scale(const double* w, size_t len, const QuantOptions& opt);
 // The code of w with the fp16 scale `scale` (as a double).
 uint8_t quantize_code(double w, double scale, int bits);
 // w' of a code (fp16 bits).

@@ -56,6 +56,41 @@ void HessianAccumulator::add_rows(size_t n, Widen widen) {
   count_ += n;
 }
 
+// The lower block triangle of tiles, task by task (task -> tile (ti, tj), tj <= ti).
+template <class Widen>
+void HessianAccumulator::add_rows_f32(size_t n, Widen widen) {
+  std::lock_guard<std::mutex> lk(mu_);
+  const SimdLevel level = best_simd_level();
+  const size_t tiles = (cols_ + kTile - 1) / kTile;
+  const size_t tasks = tiles * (tiles + 1) / 2;
+  for (size_t t0 = 0; t0 < n; t0 += kChunkRows) {
+    const size_t k = std::min(kChunkRows, n - t0);
+    chunk32_.resize(k * cols_);
+    pool_.parallel_for(0, k, 16, [&](size_t lo, size_t hi) {
+      for (size_t t = lo; t < hi; ++t) widen(t0 + t, chunk32_.data() + t * cols_);
+    });
+    pool_.parallel_for(0, tasks, 1, [&](size_t lo, size_t hi) {
+      std::vector<float> tile(kTile * kTile);
+      for (size_t task = lo; task < hi; ++task) {
+        size_t ti = 0;
+        while ((ti + 1) * (ti + 2) / 2 <= task) ++ti;
+        const size_t tj = task - ti * (ti + 1) / 2;
+        const size_t i0 = ti * kTile, j0 = tj * kTile;
+        const size_t mi = std::min(kTile, cols_ - i0), nj = std::min(kTile, cols_ - j0);
+        std::fill(tile.begin(), tile.begin() + mi * kTile, 0.0f);
+        gram_acc_f32(level, mi, nj, k, chunk32_.data() + i0, chunk32_.data() + j0, cols_,
+                     tile.data(), kTile);
+        for (size_t i = 0; i < mi; ++i) {
+          double* dst = sum_.data() + (i0 + i) * cols_ + j0;
+          const float* src = tile.data() + i * kTile;
+          for (size_t j = 0; j < nj; ++j) dst[j] += double(src[j]);
+        }
+      }
+    });
+  }
+  count_ += n;
+}
+
 void HessianAccumulator::add(const float* x, size_t n, size_t ld) {
   add_rows(n, [&](size_t t, double* dst) {
     const float* src = x + t * ld;
@@ -69,14 +104,7 @@ void HessianAccumulator::add(const double* x, size_t n, size_t ld) {
 
 void HessianAccumulator::add_f16(const uint16_t* x, size_t n, size_t ld) {
   const emu::Kernels& kern = emu::best_kernels();
-  add_rows(n, [&](size_t t, double* dst) {
-    float buf[256];
-    for (size_t c0 = 0; c0 < cols_; c0 += 256) {
-      const size_t len = std::min<size_t>(256, cols_ - c0);
-      kern.half_to_float_n(x + t * ld + c0, buf, len);
-      for (size_t c = 0; c < len; ++c) dst[c0 + c] = double(buf[c]);
-    }
-  });
+  add_rows_f32(n, [&](size_t t, float* dst) { kern.half_to_float_n(x + t * ld, dst, cols_); });
 }
 
 std::vector<double> HessianAccumulator::hessian() const {

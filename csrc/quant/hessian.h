@@ -1,10 +1,14 @@
 // The GPTQ Hessian of one linear layer: H = 2/n sum_t x_t x_t^T over the n
 // calibration rows x_t (the layer's inputs).
 //
-// State: the running sum in fp64 (lower triangle) and n. Each row's products
-// are exact in fp64 (fp32 inputs have 24-bit significands) and every element
-// is one fused multiply-add chain in row order, so the sum does not depend on
-// how the rows are batched into add() calls nor on the thread count.
+// State: the running sum in fp64 (lower triangle) and n. fp32/fp64 rows: each
+// row's products are exact in fp64 (fp32 inputs have 24-bit significands) and
+// every element is one fused multiply-add chain in row order. fp16 rows (what
+// calibration reads from the device): their products are exact in fp32, so
+// an add() call's rows are summed in fp32 in chunks of up to 256 rows (twice
+// the SIMD width, relative error ~1e-6) and each chunk's sum added in fp64. Either way the sum does
+// not depend on the thread count, and fp32/fp64 sums not on how rows are
+// batched into add() calls.
 // Thread-safe; concurrent add() calls are serialised (in unspecified order).
 #pragma once
 #include <cstddef>
@@ -35,12 +39,15 @@ class HessianAccumulator {
  private:
   template <class Widen>
   void add_rows(size_t n, Widen widen);
+  template <class Widen>
+  void add_rows_f32(size_t n, Widen widen);
 
   size_t cols_;
   mutable std::mutex mu_;  // add() may run from several threads (it releases the GIL)
   uint64_t count_ = 0;
   std::vector<double> sum_;  // [cols, cols]; the lower triangle is meaningful
   std::vector<double> chunk_;
+  std::vector<float> chunk32_;
   ThreadPool pool_;
 };
 

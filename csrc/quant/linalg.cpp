@@ -228,6 +228,66 @@ HXQ_INLINE void axpy_body(size_t n, double a, const double* x, double* y) {
   for (size_t i = 0; i < n; ++i) y[i] = std::fma(a, x[i], y[i]);
 }
 
+// C[i, j] (fp32, ldc) += sum_p a[p * ld + i] * b[p * ld + j] for i < m, j < n, p < k:
+// a Gram tile of rows that are already in memory (a and b point into the same rows), no
+// packing. Each element is one fp32 FMA chain in p order, whatever the level.
+template <int MR, int NR>
+HXQ_INLINE void gram_f32_body(size_t m, size_t n, size_t k, const float* a, const float* b,
+                              size_t ld, float* c, size_t ldc) {
+  for (size_t i0 = 0; i0 < m; i0 += MR) {
+    const size_t mr = std::min<size_t>(MR, m - i0);
+    for (size_t j0 = 0; j0 < n; j0 += NR) {
+      const size_t nr = std::min<size_t>(NR, n - j0);
+      float* ct = c + i0 * ldc + j0;
+      if (mr == size_t(MR) && nr == size_t(NR)) {
+        float acc[MR][NR];
+        HXQ_UNROLL for (int r = 0; r < MR; ++r) {
+          HXQ_UNROLL for (int j = 0; j < NR; ++j) acc[r][j] = ct[r * ldc + j];
+        }
+        for (size_t p = 0; p < k; ++p) {
+          const float* ap = a + p * ld + i0;
+          const float* bp = b + p * ld + j0;
+          HXQ_UNROLL for (int r = 0; r < MR; ++r) {
+            const float av = ap[r];
+            HXQ_UNROLL for (int j = 0; j < NR; ++j) acc[r][j] = std::fma(av, bp[j], acc[r][j]);
+          }
+        }
+        HXQ_UNROLL for (int r = 0; r < MR; ++r) {
+          HXQ_UNROLL for (int j = 0; j < NR; ++j) ct[r * ldc + j] = acc[r][j];
+        }
+      } else {  // an edge tile
+        for (size_t r = 0; r < mr; ++r)
+          for (size_t j = 0; j < nr; ++j) {
+            float v = ct[r * ldc + j];
+            for (size_t p = 0; p < k; ++p) v = std::fma(a[p * ld + i0 + r], b[p * ld + j0 + j], v);
+            ct[r * ldc + j] = v;
+          }
+      }
+    }
+  }
+}
+
+// sum over c < len of (w[c] - (q(c) - z) * sd)^2, q(c) the code of w[c] with scale sd
+// (as quantize_code, up to ties: x * (1 / sd) instead of x / sd). Lane c % 8
+// keeps its own partial sum, combined in a fixed order, so every level gives the
+// same bits; the product (q - z) * sd is exact in fp64.
+HXQ_INLINE double group_sq_error_body(const double* w, size_t len, double sd, int bits) {
+  const double z = double(1 << (bits - 1)), maxq = double((1 << bits) - 1);
+  const double inv = 1.0 / sd;  // a search heuristic: x * inv may round a tie differently
+  double part[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  auto one = [&](double x, double& acc) {
+    const double q = std::min(std::max(std::nearbyint(x * inv) + z, 0.0), maxq);
+    const double d = std::fma(z - q, sd, x);
+    acc = std::fma(d, d, acc);
+  };
+  size_t c = 0;
+  for (; c + 8 <= len; c += 8) {
+    HXQ_UNROLL for (int l = 0; l < 8; ++l) one(w[c + l], part[l]);
+  }
+  for (; c < len; ++c) one(w[c], part[c % 8]);
+  return ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
+}
+
 struct Kernels64 {
   size_t nr;  // columns per packed B panel
   void (*gemm)(size_t, size_t, size_t, bool, const double*, size_t, size_t, const double*,
@@ -238,10 +298,12 @@ struct Kernels64 {
   bool (*factor_diagonal)(double*, size_t, size_t);
   void (*solve_rows)(double*, size_t, const double*, size_t, size_t);
   void (*axpy)(size_t, double, const double*, double*);
+  void (*gram_f32)(size_t, size_t, size_t, const float*, const float*, size_t, float*, size_t);
+  double (*group_sq_error)(const double*, size_t, double, int);
 };
 
 // One set of entry points per level; the bodies above are inlined into each.
-#define HXQ_DEFINE_LEVEL(SUFFIX, ATTR, MR, NR)                                                 \
+#define HXQ_DEFINE_LEVEL(SUFFIX, ATTR, MR, NR, NR32)                                           \
   ATTR void gemm_##SUFFIX(size_t m, size_t n, size_t k, bool subtract, const double* a,         \
                           size_t a_rs, size_t a_cs, const double* b, size_t ldb, double* c,     \
                           size_t ldc, GemmWorkspace& ws) {                                      \
@@ -266,21 +328,30 @@ struct Kernels64 {
   ATTR void axpy_##SUFFIX(size_t n, double a, const double* x, double* y) {                     \
     axpy_body(n, a, x, y);                                                                      \
   }                                                                                             \
+  ATTR void gram_f32_##SUFFIX(size_t m, size_t n, size_t k, const float* a, const float* b,     \
+                              size_t ld, float* c, size_t ldc) {                                \
+    gram_f32_body<MR, NR32>(m, n, k, a, b, ld, c, ldc);                                         \
+  }                                                                                             \
+  ATTR double group_sq_error_##SUFFIX(const double* w, size_t len, double sd, int bits) {       \
+    return group_sq_error_body(w, len, sd, bits);                                               \
+  }                                                                                             \
   constexpr Kernels64 kKernels_##SUFFIX = {NR,                                                  \
                                            gemm_##SUFFIX,                                       \
                                            pack_b_##SUFFIX,                                     \
                                            gemm_packed_##SUFFIX,                                \
                                            factor_diagonal_##SUFFIX,                            \
                                            solve_rows_##SUFFIX,                                 \
-                                           axpy_##SUFFIX};
+                                           axpy_##SUFFIX,                                       \
+                                           gram_f32_##SUFFIX,                                   \
+                                           group_sq_error_##SUFFIX};
 
 #define HXQ_NO_ATTR
-HXQ_DEFINE_LEVEL(generic, HXQ_NO_ATTR, 4, 4)
+HXQ_DEFINE_LEVEL(generic, HXQ_NO_ATTR, 4, 4, 4)
 #ifdef HXQ_X86
-// AVX2: 6 x 8 doubles, 12 ymm accumulators + 2 for B + 1 broadcast.
-HXQ_DEFINE_LEVEL(avx2, HXQ_AVX2, 6, 8)
-// AVX-512: 6 x 16 doubles, 12 zmm accumulators.
-HXQ_DEFINE_LEVEL(avx512, HXQ_AVX512, 6, 16)
+// AVX2: 6 x 8 doubles (6 x 16 floats), 12 ymm accumulators + 2 for B + 1 broadcast.
+HXQ_DEFINE_LEVEL(avx2, HXQ_AVX2, 6, 8, 16)
+// AVX-512: 6 x 16 doubles (6 x 32 floats), 12 zmm accumulators.
+HXQ_DEFINE_LEVEL(avx512, HXQ_AVX512, 6, 16, 32)
 #endif
 
 const Kernels64& kernels64(SimdLevel level) {
@@ -354,6 +425,15 @@ void gemm_acc_packed(size_t m, bool subtract, const double* a, size_t a_rs, size
 
 void axpy(SimdLevel level, size_t n, double a, const double* x, double* y) {
   kernels64(level).axpy(n, a, x, y);
+}
+
+double group_sq_error(SimdLevel level, const double* w, size_t len, double scale, int bits) {
+  return kernels64(level).group_sq_error(w, len, scale, bits);
+}
+
+void gram_acc_f32(SimdLevel level, size_t m, size_t n, size_t k, const float* a, const float* b,
+                  size_t ld, float* c, size_t ldc) {
+  kernels64(level).gram_f32(m, n, k, a, b, ld, c, ldc);
 }
 
 bool cholesky_lower(double* a, size_t n, size_t lda, ThreadPool& pool, SimdLevel level) {

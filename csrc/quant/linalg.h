@@ -59,6 +59,17 @@ void gemm_acc_packed(size_t m, bool subtract, const double* a, size_t a_rs, size
 // y[i] = fma(a, x[i], y[i]) for i < n.
 void axpy(SimdLevel level, size_t n, double a, const double* x, double* y);
 
+// sum over c < len of (w[c] - (q - z) * scale)^2, q = quantize_code(w[c], scale, bits) up
+// to ties (w[c] times 1 / scale), z = 2^(bits-1), the product unrounded: the measure of
+// the mse scale search. The same bits at every level.
+double group_sq_error(SimdLevel level, const double* w, size_t len, double scale, int bits);
+
+// fp32 Gram tile, serial: C[i, j] (row-major, ldc) += sum_p a[p * ld + i] * b[p * ld + j]
+// for i < m, j < n, p < k (a and b: columns of the same k rows, ld apart). Element (i, j)
+// is one fp32 FMA chain in p order, the same at every level.
+void gram_acc_f32(SimdLevel level, size_t m, size_t n, size_t k, const float* a, const float* b,
+                  size_t ld, float* c, size_t ldc);
+
 // In place A = L L^T for the symmetric matrix A (n x n, row-major, lda; only the
 // lower triangle is read). The lower triangle becomes L; the strict upper
 // triangle is left with scratch values. Returns false (A then garbage) if a

@@ -31,7 +31,15 @@ class QuantizationConfig:
         desc_act: GPTQ's act_order: quantize columns by decreasing Hessian diagonal.
         static_groups: fix each group's scale from the unquantized weights before GPTQ runs
             (required with ``desc_act``, so groups stay contiguous in input order).
+        act_group_aware: GPTQModel's group-aware reordering (GAR): GPTQ visits whole groups
+            by decreasing largest Hessian diagonal, and each group's columns by theirs, so the
+            important weights are quantized first while every group's scale is still found as
+            GPTQ reaches it (not with ``desc_act`` or ``static_groups``).
         damp_percent: Hessian damping, as a fraction of its mean diagonal.
+        mse: 0: each group's scale comes from its largest weight; > 0: the scale is searched
+            (the largest weight's, shrunk by up to 19% in 1% steps) for the least
+            ``sum |w - w'|^mse`` over the group, GPTQ's "mse" option (GPTQModel's name; 2.4 is
+            the usual norm). Used by GPTQ and RTN alike.
         method: ``"gptq"`` or ``"rtn"`` (round to nearest, no calibration).
         dataset: calibration data: None (the English text shipped with hyperdex,
             ``hyperdex.data.calibration_text()``), a text, or token ids (one list, or a list
@@ -47,7 +55,9 @@ class QuantizationConfig:
     sym: bool = True
     desc_act: bool = False
     static_groups: bool = False
+    act_group_aware: bool = False
     damp_percent: float = 0.01
+    mse: float = 0.0
     method: str = "gptq"
     dataset: DatasetArg = field(default=None, compare=True)
     nsamples: int = 128
@@ -69,7 +79,7 @@ class QuantizationConfig:
             "a positive even number of input features per scale (int4 codes pack two per "
             "byte), or -1 (one scale per row)",
         )
-        for name in ("sym", "desc_act", "static_groups", "quantize_lm_head"):
+        for name in ("sym", "desc_act", "static_groups", "act_group_aware", "quantize_lm_head"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(
                     f"QuantizationConfig.{name} must be True or False, got {getattr(self, name)!r}"
@@ -85,10 +95,22 @@ class QuantizationConfig:
                 "then its consecutive input features, so groups must stay contiguous in input "
                 "order; use static_groups=True (or desc_act=False)"
             )
+        if self.act_group_aware and (self.desc_act or self.static_groups):
+            raise ConfigError(
+                "act_group_aware=True orders whole groups itself and finds each group's scale "
+                "as GPTQ reaches it: use it with desc_act=False and static_groups=False (or "
+                "desc_act=True with static_groups=True instead)"
+            )
         damp = self.damp_percent
         if isinstance(damp, bool) or not isinstance(damp, (int, float)) or not 0 < damp < 1:
             raise ConfigError(
                 f"QuantizationConfig.damp_percent must be a number in (0, 1), got {damp!r}"
+            )
+        mse = self.mse
+        if isinstance(mse, bool) or not isinstance(mse, (int, float)) or not 0 <= mse <= 10:
+            raise ConfigError(
+                "QuantizationConfig.mse must be 0 (scales from each group's largest weight) or "
+                f"the norm of the scale search, up to 10 (2.4 is usual), got {mse!r}"
             )
         if self.method not in METHODS:
             raise ConfigError(
@@ -129,6 +151,10 @@ class QuantizationConfig:
             tag += "-row" if self.group_size == -1 else f"-g{self.group_size}"
         if self.desc_act:
             tag += "-act"
+        if self.act_group_aware:
+            tag += "-gar"
+        if self.mse:
+            tag += "-mse"
         if self.quantize_lm_head:
             tag += "-head"
         return tag
