@@ -1,7 +1,7 @@
 // matmul_f16 throughput for each kernel level and pool size.
 //
 // Not built by CMake. From the repository root (one command line):
-//   g++ -std=c++17 -O3 -Icsrc benchmarks/kernels_bench.cpp csrc/common/fp16.cpp
+//   g++ -std=c++17 -O3 -Icsrc benchmarks/kernels_bench.cpp
 //   csrc/common/thread_pool.cpp csrc/emu/kernels*.cpp -pthread -o /tmp/kernels_bench
 // then run /tmp/kernels_bench (or /tmp/kernels_bench quick: shorter timings).
 // Figures are wall-clock, best of 5 batches; other load on the machine lowers them.

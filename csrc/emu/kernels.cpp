@@ -183,6 +183,8 @@ struct MatmulMicro {
 
 constexpr size_t kMaxDotRows = 8;
 constexpr size_t kMaxTileRows = 4, kMaxTileToks = 6;
+// Rows widened together at n > 1: a multiple of every level's tile rows (3, 4).
+constexpr size_t kPrefillRowBlock = 24;
 
 // Through a Kernels table's entry points: the scalar level, or a table this
 // file does not know.
@@ -310,13 +312,15 @@ void prefill_positions(const MatmulMicro& micro, const Kernels& kern, const Memo
   const size_t tr = std::min(micro.tile_rows, kMaxTileRows);
   const size_t tt = std::min(micro.tile_toks, kMaxTileToks);
   const size_t wrow = (k + kLanes - 1) / kLanes * kLanes;
-  float* wb = row_scratch(tr * wrow);
-  size_t rows[kMaxTileRows];
+  // A block of rows is widened at once and every token tile sweeps all of it, so
+  // the tile's activations stay in L1 while the block's rows stream past them.
+  float* wb = row_scratch(kPrefillRowBlock * wrow);
+  size_t rows[kPrefillRowBlock];
   float out[kMaxTileRows * kMaxTileToks];
   MemoryOrder::Cursor cur = order.at(p0);
-  for (size_t p = p0; p < p1; p += tr) {
-    const size_t nrows = std::min(tr, p1 - p);
-    for (size_t i = 0; i < nrows; ++i) {
+  for (size_t p = p0; p < p1; p += kPrefillRowBlock) {
+    const size_t nb = std::min(kPrefillRowBlock, p1 - p);
+    for (size_t i = 0; i < nb; ++i) {
       float* dst = wb + i * wrow;
       widen(order.bytes(cur), dst);
       std::fill(dst + k, dst + wrow, 0.0f);
@@ -325,11 +329,23 @@ void prefill_positions(const MatmulMicro& micro, const Kernels& kern, const Memo
     }
     for (size_t t = 0; t < n; t += tt) {
       const size_t ntok = std::min(tt, n - t);
-      micro.tile_f32(kern, wb, wrow, nrows, x + t * x_stride, x_stride, ntok, k, out);
-      for (size_t i = 0; i < nrows; ++i)
-        for (size_t j = 0; j < ntok; ++j) y[(t + j) * y_stride + rows[i]] = out[i * ntok + j];
+      for (size_t r0 = 0; r0 < nb; r0 += tr) {
+        const size_t nrows = std::min(tr, nb - r0);
+        micro.tile_f32(kern, wb + r0 * wrow, wrow, nrows, x + t * x_stride, x_stride, ntok, k,
+                       out);
+        for (size_t i = 0; i < nrows; ++i)
+          for (size_t j = 0; j < ntok; ++j)
+            y[(t + j) * y_stride + rows[r0 + i]] = out[i * ntok + j];
+      }
     }
   }
+}
+
+// Positions per pool task: about 64 KiB of weights at n == 1 (memory bound; one
+// fma counted like a quarter of a byte); whole row blocks at n > 1 (compute bound).
+size_t matmul_grain(size_t k, size_t n) {
+  if (n > 1) return kPrefillRowBlock;
+  return std::max<size_t>(1, (size_t{64} << 10) / std::max<size_t>(2 * k + k / 4, 1));
 }
 
 }  // namespace
@@ -384,10 +400,7 @@ void matmul_f16(const Kernels& kern, const StripedRows& w, size_t m, size_t k, c
   if (m == 0 || n == 0) return;
   const MatmulMicro& micro = micro_for(kern);
   const MemoryOrder order(w, m);
-  // Task size: about 64 KiB of weights at n == 1 (memory bound), fewer rows as
-  // n grows (compute bound); one fma is counted like a quarter of a byte.
-  const size_t row_cost = 2 * k + k * n / 4;
-  const size_t grain = std::max<size_t>(1, (size_t{64} << 10) / std::max<size_t>(row_cost, 1));
+  const size_t grain = matmul_grain(k, n);
   // The pool splits positions in memory order, so each task streams whole
   // stretches of a few channels.
   pool.parallel_for(0, m, grain, [&](size_t p0, size_t p1) {
@@ -419,8 +432,7 @@ void matmul_q(const Kernels& kern, const StripedRows& w, const isa::QRowFormat& 
   const size_t k = f.cols;
   const auto widen = [&](const uint8_t* row, float* dst) { kern.dequant_row(f, row, dst); };
   // As matmul_f16 (weights counted as their fp16 size: dequantizing costs like widening).
-  const size_t row_cost = 2 * k + k * n / 4;
-  const size_t grain = std::max<size_t>(1, (size_t{64} << 10) / std::max<size_t>(row_cost, 1));
+  const size_t grain = matmul_grain(k, n);
   const bool fast = micro.q_fast && micro.q_fast(f);
   // x in the decode kernel's lane order, once for all rows (64-byte aligned).
   std::vector<float> prepared;
