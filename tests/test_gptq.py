@@ -278,12 +278,18 @@ def test_hessian_accumulator():
     assert H.dtype == np.float64 and H.shape == (48, 48)
     np.testing.assert_array_equal(H, parts.hessian())
     np.testing.assert_allclose(H, want, rtol=1e-12, atol=1e-12)
-    # fp16 rows (calibration): summed in fp32 per chunk, the same bits on any thread count.
+    # fp16 rows (calibration): summed in fp32 per 512 rows, the same bits on any thread count
+    # and batching (X2: 1,200 rows, so two flushes into fp64 happen).
+    X2 = np.concatenate([X.reshape(-1, 48)] * 4)
+    h16 = quant.HessianAccumulator(48)
+    h16.add(X2)
+    parts16 = quant.HessianAccumulator(48, num_threads=1)
+    for piece in np.split(X2, [100, 700, 701]):
+        parts16.add(piece)
+    np.testing.assert_array_equal(h16.hessian(), parts16.hessian())
+    np.testing.assert_allclose(h16.hessian(), want, rtol=0, atol=1e-5 * np.abs(want).max())
     h16 = quant.HessianAccumulator(48)
     h16.add(X)
-    one = quant.HessianAccumulator(48, num_threads=1)
-    one.add(X)
-    np.testing.assert_array_equal(h16.hessian(), one.hessian())
     np.testing.assert_allclose(h16.hessian(), want, rtol=0, atol=1e-5 * np.abs(want).max())
     with pytest.raises(ConfigError, match=r"\[\.\.\., 48\]"):
         whole.add(np.zeros((4, 47), np.float32))

@@ -455,20 +455,46 @@ void Emulator::exec_matmul(const Instruction& in, const RunArgs& run) {
   const bool residual = in.flags & isa::kFlagHasResidual;
   // GLU: the gate takes bias and activation, the up half its bias, then one
   // rounded product: the gate MATMUL, up MATMUL and MUL sequence bit for bit.
-  pool_.parallel_for(0, size_t(count) * n, 4096, [&](size_t lo, size_t hi) {
-    for (size_t i = lo; i < hi; ++i) {
-      const uint32_t t = uint32_t(i / n), j = uint32_t(i % n);
-      const float* y = scratch_y_.data() + size_t(t) * ys;
-      float v = round16(y[j]);
-      if (!bias.empty()) v = round16(v + bias[j]);
-      if (act != ActKind::None) v = round16(activate(act, v));
-      if (glu) {
-        float up = round16(y[n + j]);
-        if (!bias.empty()) up = round16(up + bias[n + j]);
-        v = round16(v * up);
+  // Slices of rows, so that each rounding is one SIMD conversion pair (the same bits
+  // as round16) and the activation the only per-element call.
+  constexpr size_t kSlice = 1024;
+  const size_t slices = (size_t(n) + kSlice - 1) / kSlice;
+  pool_.parallel_for(0, size_t(count) * slices, 1, [&](size_t lo, size_t hi) {
+    float v[kSlice], up[kSlice], res[kSlice];
+    uint16_t h[kSlice];
+    for (size_t task = lo; task < hi; ++task) {
+      const uint32_t t = uint32_t(task / slices);
+      const size_t j0 = (task % slices) * kSlice, len = std::min(kSlice, size_t(n) - j0);
+      auto round_all = [&](float* r) {
+        kern_.float_to_half_n(r, h, len);
+        kern_.half_to_float_n(h, r, len);
+      };
+      const float* y = scratch_y_.data() + size_t(t) * ys + j0;
+      std::copy(y, y + len, v);
+      round_all(v);
+      if (!bias.empty()) {
+        for (size_t j = 0; j < len; ++j) v[j] += bias[j0 + j];
+        round_all(v);
       }
-      if (residual) v = v + half_to_float(row16(in.b, first + t)[j]);
-      row16(in.dst, first + t)[j] = float_to_half(v);
+      if (act != ActKind::None) {
+        for (size_t j = 0; j < len; ++j) v[j] = activate(act, v[j]);
+        round_all(v);
+      }
+      if (glu) {
+        std::copy(y + n, y + n + len, up);
+        round_all(up);
+        if (!bias.empty()) {
+          for (size_t j = 0; j < len; ++j) up[j] += bias[n + j0 + j];
+          round_all(up);
+        }
+        for (size_t j = 0; j < len; ++j) v[j] *= up[j];
+        round_all(v);
+      }
+      if (residual) {  // read before the store: dst may be the residual's own rows
+        kern_.half_to_float_n(row16(in.b, first + t) + j0, res, len);
+        for (size_t j = 0; j < len; ++j) v[j] += res[j];
+      }
+      kern_.float_to_half_n(v, row16(in.dst, first + t) + j0, len);
     }
   });
 }

@@ -1,5 +1,6 @@
-// Rows are widened to fp64 a chunk at a time and the chunk's x^T x is added to
-// the lower block triangle of the sum, one task per tile.
+// Rows are widened (fp32/fp64 rows to fp64, fp16 rows to fp32) a chunk at a time
+// and the chunk's x^T x is added to the lower block triangle of the sum (fp16
+// rows: of the fp32 partial sum), one task per tile.
 #include "quant/hessian.h"
 
 #include <algorithm>
@@ -13,6 +14,7 @@ namespace hyperdex::quant {
 namespace {
 
 constexpr size_t kChunkRows = 256;
+constexpr size_t kFlushRows = 512;  // fp16 rows summed in fp32 before the fp64 sum takes them
 constexpr size_t kTile = 192;
 
 }  // namespace
@@ -56,37 +58,50 @@ void HessianAccumulator::add_rows(size_t n, Widen widen) {
   count_ += n;
 }
 
-// The lower block triangle of tiles, task by task (task -> tile (ti, tj), tj <= ti).
+// fp16 rows: x^T x of up to kChunkRows rows at a time into the fp32 partial sum
+// (lower block triangle, one task per tile), flushed into the fp64 sum after every
+// kFlushRows rows counted across calls: where the flushes fall depends only on the
+// number of rows before, so the sum does not depend on how rows come in.
 template <class Widen>
 void HessianAccumulator::add_rows_f32(size_t n, Widen widen) {
   std::lock_guard<std::mutex> lk(mu_);
   const SimdLevel level = best_simd_level();
   const size_t tiles = (cols_ + kTile - 1) / kTile;
   const size_t tasks = tiles * (tiles + 1) / 2;
-  for (size_t t0 = 0; t0 < n; t0 += kChunkRows) {
-    const size_t k = std::min(kChunkRows, n - t0);
+  auto for_tiles = [&](auto&& fn) {
+    pool_.parallel_for(0, tasks, 1, [&](size_t lo, size_t hi) {
+      for (size_t task = lo; task < hi; ++task) {
+        size_t ti = 0;  // task -> tile (ti, tj), tj <= ti, row by row
+        while ((ti + 1) * (ti + 2) / 2 <= task) ++ti;
+        const size_t tj = task - ti * (ti + 1) / 2;
+        const size_t i0 = ti * kTile, j0 = tj * kTile;
+        fn(i0, j0, std::min(kTile, cols_ - i0), std::min(kTile, cols_ - j0));
+      }
+    });
+  };
+  if (partial_.empty()) partial_.assign(cols_ * cols_, 0.0f);
+  for (size_t t0 = 0; t0 < n;) {
+    const size_t k = std::min({kChunkRows, n - t0, kFlushRows - partial_rows_});
     chunk32_.resize(k * cols_);
     pool_.parallel_for(0, k, 16, [&](size_t lo, size_t hi) {
       for (size_t t = lo; t < hi; ++t) widen(t0 + t, chunk32_.data() + t * cols_);
     });
-    pool_.parallel_for(0, tasks, 1, [&](size_t lo, size_t hi) {
-      std::vector<float> tile(kTile * kTile);
-      for (size_t task = lo; task < hi; ++task) {
-        size_t ti = 0;
-        while ((ti + 1) * (ti + 2) / 2 <= task) ++ti;
-        const size_t tj = task - ti * (ti + 1) / 2;
-        const size_t i0 = ti * kTile, j0 = tj * kTile;
-        const size_t mi = std::min(kTile, cols_ - i0), nj = std::min(kTile, cols_ - j0);
-        std::fill(tile.begin(), tile.begin() + mi * kTile, 0.0f);
-        gram_acc_f32(level, mi, nj, k, chunk32_.data() + i0, chunk32_.data() + j0, cols_,
-                     tile.data(), kTile);
-        for (size_t i = 0; i < mi; ++i) {
-          double* dst = sum_.data() + (i0 + i) * cols_ + j0;
-          const float* src = tile.data() + i * kTile;
-          for (size_t j = 0; j < nj; ++j) dst[j] += double(src[j]);
-        }
-      }
+    for_tiles([&](size_t i0, size_t j0, size_t mi, size_t nj) {
+      gram_acc_f32(level, mi, nj, k, chunk32_.data() + i0, chunk32_.data() + j0, cols_,
+                   partial_.data() + i0 * cols_ + j0, cols_);
     });
+    t0 += k;
+    partial_rows_ += k;
+    if (partial_rows_ == kFlushRows) {
+      for_tiles([&](size_t i0, size_t j0, size_t mi, size_t nj) {
+        for (size_t i = i0; i < i0 + mi; ++i) {
+          double* dst = sum_.data() + i * cols_;
+          float* src = partial_.data() + i * cols_;
+          for (size_t j = j0; j < j0 + nj; ++j) dst[j] += double(src[j]), src[j] = 0.0f;
+        }
+      });
+      partial_rows_ = 0;
+    }
   }
   count_ += n;
 }
@@ -115,7 +130,10 @@ std::vector<double> HessianAccumulator::hessian() const {
   const double s = 2.0 / double(count_);
   std::vector<double> h(cols_ * cols_);
   for (size_t i = 0; i < cols_; ++i)
-    for (size_t j = 0; j <= i; ++j) h[i * cols_ + j] = h[j * cols_ + i] = s * sum_[i * cols_ + j];
+    for (size_t j = 0; j <= i; ++j) {
+      const double sum = sum_[i * cols_ + j] + (partial_.empty() ? 0.0 : partial_[i * cols_ + j]);
+      h[i * cols_ + j] = h[j * cols_ + i] = s * sum;
+    }
   return h;
 }
 

@@ -5,10 +5,10 @@
 // row's products are exact in fp64 (fp32 inputs have 24-bit significands) and
 // every element is one fused multiply-add chain in row order. fp16 rows (what
 // calibration reads from the device): their products are exact in fp32, so
-// an add() call's rows are summed in fp32 in chunks of up to 256 rows (twice
-// the SIMD width, relative error ~1e-6) and each chunk's sum added in fp64. Either way the sum does
-// not depend on the thread count, and fp32/fp64 sums not on how rows are
-// batched into add() calls.
+// they are summed in fp32 (twice the SIMD width) over every 512 rows, counted
+// across add() calls, and each such sum is added in fp64 (relative error ~1e-6).
+// Either way the sum does not depend on the thread count nor on how the rows
+// are batched into add() calls.
 // Thread-safe; concurrent add() calls are serialised (in unspecified order).
 #pragma once
 #include <cstddef>
@@ -48,6 +48,8 @@ class HessianAccumulator {
   std::vector<double> sum_;  // [cols, cols]; the lower triangle is meaningful
   std::vector<double> chunk_;
   std::vector<float> chunk32_;
+  std::vector<float> partial_;  // fp16 rows' fp32 sum since the last flush (lower triangle)
+  size_t partial_rows_ = 0;
   ThreadPool pool_;
 };
 
