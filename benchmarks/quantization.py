@@ -2,52 +2,60 @@
 (ours) against peer GPTQ implementations (GPTQModel, llmcompressor) on the same samples.
 
     python benchmarks/quantization.py [--group-size 128] [--nsamples 16] [--seqlen 256]
-        [--eval-tokens 2048] [--ppl-seqlen 512] [--torch-tokens 0] [--threads N]
-        [--schemes fp16,rtn-w4,gptq-w4,gptq-w8] [--peers gptqmodel] [--peer-schemes ...]
+        [--eval-tokens 2048] [--torch-tokens 16384] [--ppl-seqlen 512] [--threads N]
+        [--schemes fp16,rtn-w4,gptq-w4,gptq-w8,gptq-w4-plain] [--peers gptqmodel]
+        [--peer-schemes gptq-w4,gptq-w4-plain]
     python benchmarks/quantization.py --setup-peers     # once: the peers' venvs (PyPI)
 
-Rows: hyperdex's ``compile(quantization=...)`` with fp16 weights, RTN 4-bit, GPTQ 4-bit and
-GPTQ 8-bit (symmetric, ``--group-size`` input features per scale, desc_act off, damping 0.01,
-LM head fp16), then each peer with the same settings on the same calibration samples:
-``hyperdex.data.calibration_samples`` (``--nsamples`` windows of ``--seqlen`` tokens of the
-shipped calibration text, seed 0), handed to every quantizer as token ids.
+Rows: hyperdex's ``compile(quantization=...)`` with fp16 weights, RTN 4-bit, and GPTQ 4-bit and
+8-bit as the named schemes run it (``"w4a16"``/``"w8a16"``: act-order over static groups and
+the mse scale search, ``hyperdex.tools.quantization.GPTQ_PRESET``), plus ``gptq-w4-plain``
+(transformers' GPTQConfig defaults: columns in order, scales from each group's largest weight
+as GPTQ reaches it); all symmetric, ``--group-size`` input features per scale, damping 0.01,
+LM head fp16. Then each peer with the same settings as the row of the same name, on the same
+calibration samples: ``hyperdex.data.calibration_samples`` (``--nsamples`` windows of
+``--seqlen`` tokens of the shipped calibration text, seed 0), handed to every quantizer as
+token ids. The table prints each scheme's settings.
 
 The peers, each in its own virtual environment (their pins clash with hyperdex's and with
 each other's):
 
 * ``gptqmodel`` (the default peer): GPTQModel 6.0.3, the successor of AutoGPTQ and the GPTQ
-  backend of transformers' ``GPTQConfig``; the same algorithm as hyperdex's default (group
-  scales found as GPTQ reaches each group; ``static_groups=False``). Its GPTQ checkpoint is
-  compiled by hyperdex as it is (``compile(..., quantization=None)``: the GPTQ import).
-* ``llmcompressor``: llmcompressor 0.14.0.1 (``GPTQModifier``). It fixes every group's scale
-  from the unquantized weights before GPTQ runs (its observer), i.e. ``static_groups=True``;
-  compare it with ``--schemes gptq-w4-static``. Its fake-quantized weights are saved in fp16
-  and compiled as an fp16 model.
+  backend of transformers' ``GPTQConfig``, run with ``desc_act``, ``static_groups``, ``mse``
+  and ``damp_percent`` as ours and ``act_group_aware=False`` (its own default would turn on
+  its group-aware reordering; ours has it too, ``--schemes`` cannot ask for it here). Its mse
+  search tries 80 shrink steps (down to 0.21 x absmax) where ours tries 20 (down to 0.81).
+  Its GPTQ checkpoint is compiled by hyperdex as it is (``compile(..., quantization=None)``:
+  the GPTQ import).
+* ``llmcompressor``: llmcompressor 0.14.0.1 (``GPTQModifier``), only for the ``-plain``
+  schemes. It fixes every group's scale from the unquantized weights before GPTQ runs (its
+  observer), i.e. ``static_groups=True``; compare it with ``--schemes gptq-w4-static``. Its
+  fake-quantized weights are saved in fp16 and compiled as an fp16 model.
 
 ``--setup-peers`` creates ``/tmp/peer-gptqmodel`` and ``/tmp/peer-llmcompressor`` with pip (PyPI
 only; torch pinned to the local CPU build by constraints.txt); ``HYPERDEX_PEER_GPTQMODEL_PYTHON``
 / ``HYPERDEX_PEER_LLMCOMPRESSOR_PYTHON`` point at other interpreters. A peer whose interpreter
 is missing is skipped, and the script says why.
 
-Perplexity: on the shipped evaluation text (``hyperdex.data.evaluation_text()``, *Alice's
-Adventures in Wonderland*, which shares no text with the calibration set), its first
-``--eval-tokens`` tokens in non-overlapping windows of ``--ppl-seqlen`` tokens
-(``hyperdex.data.perplexity``), computed by the hyperdex emulator:
-``AutoModelForCausalLM.from_pretrained(compiled)`` logits (fp16 activations, fp32
-accumulation). ``--torch-tokens N`` adds a PyTorch fp32 column over N tokens on the same
-effective weights (each compiled model's ``hyperdex_model.bin``: fp16 tensors, or codes and
-fp16 scales dequantized exactly as the device does, ``w' = fp16((q - 2^(b-1)) * scale)``), a
-cross-check of the compiled quantized models.
+Perplexity, on the shipped evaluation text (``hyperdex.data.evaluation_text()``, *Alice's
+Adventures in Wonderland*, 37,209 SmolLM2 tokens, which shares no text with the calibration
+set), in non-overlapping windows of ``--ppl-seqlen`` tokens (``hyperdex.data.perplexity``):
 
-Quantize time: ours is compile()'s "quantize" phase (calibration on the emulator + GPTQ), the
-whole compile in brackets; a peer's is its quantize call (``GPTQModel.quantize`` with its
-packing, ``oneshot``), its model load in brackets.
+* the device: the hyperdex emulator's logits (``AutoModelForCausalLM.from_pretrained(compiled)``,
+  fp16 activations, fp32 accumulation) over the first ``--eval-tokens`` tokens;
+* PyTorch fp32 over the first ``--torch-tokens`` tokens (-1: all) on the same effective weights
+  (each compiled model's ``hyperdex_model.bin``: fp16 tensors, or codes and fp16 scales
+  dequantized exactly as the device does, ``w' = fp16((q - 2^(b-1)) * scale)``). It is several
+  times faster than the emulator, so it covers more of the book; the "RTN gap" column (the
+  share of RTN's perplexity gap to fp16 that GPTQ closes) uses it when it is there.
 
-Defaults keep a run near 10 minutes on this project's 2-core machines (685 s measured with
-the machine's load average around 3): 16 x 256 calibration tokens (GPTQ papers use 128 x 2048;
-each quantizer needs about 100 s here) and 2,048 evaluation tokens (4 windows of 512; the
-emulator takes ~5-10 s per window). Perplexity differences between schemes on the same
-tokens are what matter, not the absolute value; results are in docs/benchmarks.md.
+Quantize time: ours is compile()'s "quantize" phase (calibration on the emulator + GPTQ +
+writing the quantized model), the whole compile in brackets; a peer's is its quantize call
+(``GPTQModel.quantize`` with its packing, ``oneshot``), its model load in brackets.
+
+The defaults take about 20 minutes on this project's 2-core machines: 16 x 256 calibration
+tokens (GPTQ papers use 128 x 2048), 2,048 tokens on the emulator (~5 s per window of 512)
+and 16,384 in PyTorch (~2 s per window). Results are in docs/benchmarks.md.
 
 Group size: SmolLM2-135M's hidden size is 576 = 4.5 x 128, so with the usual group of 128 the
 last group of q/k/v/o/gate/up is 64 inputs wide. hyperdex and GPTQModel quantize such a
@@ -71,11 +79,42 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
-SCHEMES = ("fp16", "rtn-w4", "gptq-w4", "gptq-w8")
-# Also accepted by --schemes: GPTQ with static groups (scales fixed from the unquantized weights
-# before GPTQ runs), which is what llmcompressor does, and RTN 8-bit.
-EXTRA_SCHEMES = ("rtn-w8", "gptq-w4-static", "gptq-w8-static")
-PEER_SCHEMES = ("gptq-w4", "gptq-w8")
+SCHEMES = ("fp16", "rtn-w4", "gptq-w4", "gptq-w8", "gptq-w4-plain")
+# Also accepted by --schemes: GPTQ with transformers' GPTQConfig defaults ("-plain": desc_act
+# off, scales from each group's largest weight as GPTQ reaches it), the same with static
+# groups (what llmcompressor does), and RTN 8-bit.
+EXTRA_SCHEMES = ("rtn-w8", "gptq-w8-plain", "gptq-w4-static", "gptq-w8-static")
+PEER_SCHEMES = ("gptq-w4", "gptq-w4-plain")
+EXTRA_PEER_SCHEMES = ("gptq-w8", "gptq-w8-plain")
+# GPTQ settings per scheme suffix; "" is hyperdex's own preset ("w4a16" / "w8a16").
+PLAIN = {"desc_act": False, "static_groups": False, "mse": 0.0}
+VARIANTS: Dict[str, Optional[Dict[str, Any]]] = {
+    "": None,
+    "-plain": PLAIN,
+    "-static": dict(PLAIN, static_groups=True),
+}
+
+
+def gptq_settings(scheme: str) -> Dict[str, Any]:
+    """desc_act, static_groups, mse and damp_percent of a GPTQ scheme (``gptq-w4-plain``)."""
+    from hyperdex.tools.quantization import resolve_quantization
+
+    bits = scheme.split("-w")[1][0]
+    preset = resolve_quantization(f"w{bits}a16")
+    settings = {k: getattr(preset, k) for k in ("desc_act", "static_groups", "mse")}
+    settings.update(VARIANTS[scheme[len(f"gptq-w{bits}") :]] or {})
+    settings["damp_percent"] = preset.damp_percent
+    return settings
+
+
+def describe(settings: Dict[str, Any]) -> str:
+    act = "desc_act + static groups" if settings["desc_act"] else "desc_act off"
+    if settings["static_groups"] and not settings["desc_act"]:
+        act += ", static groups"
+    mse = f", mse {settings['mse']:g}" if settings["mse"] else ""
+    return f"{act}{mse}, damp {settings['damp_percent']:g}"
+
+
 REPO = Path(__file__).resolve().parent.parent
 
 PYTORCH_PIP = ["torch==2.13.0"]  # the CPU build constraints.txt pins
@@ -119,8 +158,9 @@ PEER_GPTQMODEL = (
     PEER_COMMON
     + r"""
 from gptqmodel import GPTQModel, QuantizeConfig
-config = QuantizeConfig(bits=req["bits"], group_size=g, sym=True, desc_act=False,
-                        static_groups=False, act_group_aware=False, damp_percent=req["damp"])
+config = QuantizeConfig(bits=req["bits"], group_size=g, sym=True, desc_act=req["desc_act"],
+                        static_groups=req["static_groups"], act_group_aware=False,
+                        damp_percent=req["damp"], mse=req["mse"])
 t0 = time.perf_counter()
 model = GPTQModel.load(req["folder"], config, device="cpu")
 t1 = time.perf_counter()
@@ -339,6 +379,7 @@ def run_peer(
     group: int,
     threads: int,
     out: Path,
+    settings: Dict[str, Any],
 ) -> Dict[str, Any]:
     work = out.parent / f"{out.name}-run"
     work.mkdir(parents=True, exist_ok=True)
@@ -347,7 +388,10 @@ def run_peer(
         "samples": samples,
         "bits": bits,
         "group_size": group,
-        "damp": 0.01,
+        "damp": settings["damp_percent"],
+        "desc_act": settings["desc_act"],
+        "static_groups": settings["static_groups"],
+        "mse": settings["mse"],
         "threads": threads,
         "out": str(out),
         "versions": list(PEERS[name]["versions"]),
@@ -385,7 +429,11 @@ def main() -> None:
         help="comma-separated from gptqmodel,llmcompressor (default: gptqmodel; both with "
         "--setup-peers)",
     )
-    parser.add_argument("--peer-schemes", default=",".join(PEER_SCHEMES), help="from %(default)s")
+    parser.add_argument(
+        "--peer-schemes",
+        default=",".join(PEER_SCHEMES),
+        help=f"from %(default)s,{','.join(EXTRA_PEER_SCHEMES)}",
+    )
     parser.add_argument("--setup-peers", action="store_true", help="create the peers' venvs")
     parser.add_argument("--no-peer", action="store_true")
     parser.add_argument("--group-size", type=int, default=128, help="-1: one scale per row")
@@ -396,7 +444,10 @@ def main() -> None:
         "--eval-tokens", type=int, default=2048, help="evaluation tokens (0: all, ~37k)"
     )
     parser.add_argument(
-        "--torch-tokens", type=int, default=0, help="PyTorch cross-check tokens (0: none)"
+        "--torch-tokens",
+        type=int,
+        default=16384,
+        help="PyTorch fp32 perplexity tokens (0: none; -1: all, ~37k)",
     )
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--workdir", default=None, help="keep the compiled models here")
@@ -411,10 +462,13 @@ def main() -> None:
     unknown = (
         sorted(set(schemes) - set(ours))
         + sorted(set(peers) - set(PEERS))
-        + sorted(set(peer_schemes) - set(PEER_SCHEMES))
+        + sorted(set(peer_schemes) - set(PEER_SCHEMES + EXTRA_PEER_SCHEMES))
     )
     if unknown:
-        parser.error(f"unknown {unknown}; choose from {ours}, {list(PEERS)}, {PEER_SCHEMES}")
+        parser.error(
+            f"unknown {unknown}; choose from {ours}, {list(PEERS)}, "
+            f"{PEER_SCHEMES + EXTRA_PEER_SCHEMES}"
+        )
     if args.setup_peers:
         setup_peers(peers)
         return
@@ -439,7 +493,7 @@ def main() -> None:
     samples = data.calibration_samples(tok, args.nsamples, args.seqlen, seed=0)
     eval_all = data.tokenize(tok, data.evaluation_text())
     eval_ids = eval_all[: args.eval_tokens] if args.eval_tokens else eval_all
-    torch_ids = eval_all[: args.torch_tokens]
+    torch_ids = eval_all if args.torch_tokens < 0 else eval_all[: args.torch_tokens]
     g = args.group_size
     tag = f"g{g}" if g > 0 else ""  # -1: one scale per output row
     work = Path(args.workdir or tempfile.mkdtemp(prefix="hdx-quant-bench-"))
@@ -451,14 +505,15 @@ def main() -> None:
         if scheme == "fp16":
             return None
         method, rest = scheme.split("-w")
+        extra = gptq_settings(scheme) if method == "gptq" else {}
         return QuantizationConfig(
             bits=int(rest[0]),
             group_size=g,
             method=method,
-            static_groups=scheme.endswith("-static"),
             dataset=samples,
             nsamples=len(samples),
             seqlen=args.seqlen,
+            **extra,
         )
 
     rows: List[Dict[str, Any]] = []
@@ -476,11 +531,9 @@ def main() -> None:
         return lambda: torch_model(path / "ckpt", state_dict_of_compiled(path))
 
     for scheme in schemes:
-        base_scheme = scheme.replace("-static", "")
-        name = "fp16" if scheme == "fp16" else f"hyperdex {base_scheme}{tag}"
-        name += " static" if scheme.endswith("-static") else ""
+        name = "fp16" if scheme == "fp16" else f"hyperdex {scheme}{tag}"
         print(f"compiling {name} ...", flush=True)
-        row: Dict[str, Any] = {"name": name, "scheme": base_scheme}
+        row: Dict[str, Any] = {"name": name, "scheme": scheme}
         try:
             t = time.perf_counter()
             path = Path(
@@ -518,13 +571,21 @@ def main() -> None:
             continue
         for scheme in peer_schemes:
             name = f"{peer} {scheme}{tag}"
+            settings = gptq_settings(scheme)
+            if peer == "llmcompressor" and (settings["desc_act"] or settings["mse"]):
+                note = (
+                    f"llmcompressor {scheme} skipped: only the -plain settings are mapped onto "
+                    "its GPTQModifier here"
+                )
+                notes.append(note)
+                print(note, flush=True)
+                continue
             print(f"running the peer: {name} ...", flush=True)
             row = {"name": name, "scheme": scheme, "peer": peer}
             try:
                 out = work / f"{peer}-{scheme}"
-                info = run_peer(
-                    peer, python, folder, samples, int(scheme[-1]), g, args.threads, out
-                )
+                bits = int(scheme.split("-w")[1][0])
+                info = run_peer(peer, python, folder, samples, bits, g, args.threads, out, settings)
                 row["quantize_s"], row["total_s"] = info["quantize_s"], info["load_s"]
                 note = f"{peer}: " + ", ".join(f"{k} {v}" for k, v in info["versions"].items())
                 if note not in notes:
@@ -555,13 +616,28 @@ def main() -> None:
     print()
     print(
         f"SmolLM2-135M-Instruct; calibration: {len(samples)} x {args.seqlen} tokens of the "
-        f"shipped calibration text (seed 0); group size {g}, sym, desc_act off, damp 0.01, LM "
+        f"shipped calibration text (seed 0); group size {g}, sym, LM "
         f"head fp16; perplexity: the first {len(eval_ids)} tokens of the evaluation text in "
         f"windows of {args.ppl_seqlen}, on the emulator"
         + (f" (PyTorch fp32: {len(torch_ids)} tokens)" if with_torch else "")
         + f"; {args.threads} threads; whole run {time.perf_counter() - started:.0f} s"
     )
-    header = f"{'scheme':30} {'perplexity':>10} {'vs fp16':>8}"
+    for scheme in sorted({r["scheme"] for r in rows if r["scheme"].startswith("gptq")}):
+        print(f"  {scheme}: {describe(gptq_settings(scheme))}")
+    rtn = {r["scheme"][-2:]: r for r in rows if r["scheme"].startswith("rtn") and "error" not in r}
+
+    def gap_closed(r: Dict[str, Any]) -> str:
+        """How much of RTN's perplexity gap to fp16 GPTQ closes, at the same bits (on the
+        PyTorch column's tokens when there is one: more text, less noise)."""
+        ref = rtn.get(r["scheme"].split("-")[1]) if r["scheme"].startswith("gptq") else None
+        key = "ppl_torch" if with_torch else "ppl"
+        if not ref or not base or key not in r or key not in ref or key not in base:
+            return f"{'-':>8}"
+        if ref[key] <= base[key]:
+            return f"{'-':>8}"
+        return f"{(ref[key] - r[key]) / (ref[key] - base[key]):8.0%}"
+
+    header = f"{'scheme':30} {'perplexity':>10} {'vs fp16':>8} {'RTN gap':>8}"
     header += f" {'PyTorch':>8}" if with_torch else ""
     header += f" {'quantize s':>10} {'(total s)':>10} {'ppl vs peer':>11} {'time vs peer':>12}"
     print(header)
@@ -571,6 +647,7 @@ def main() -> None:
             continue
         line = f"{r['name']:30} {r['ppl']:10.3f} "
         line += f"{r['ppl'] / base['ppl']:7.3f}x" if base else f"{'-':>8}"
+        line += f" {gap_closed(r)}"
         if with_torch:
             line += f" {r['ppl_torch']:8.3f}" if "ppl_torch" in r else f" {'-':>8}"
         q, total = r.get("quantize_s"), r.get("total_s")
@@ -586,7 +663,8 @@ def main() -> None:
         print(
             f"(vs peer: ours / {next(iter(first_peer.values()))['peer']}'s at the same bits and "
             "group size: ppl < 1x, ours is better; time < 1x, ours is faster. Total: our whole "
-            "compile, or the peer's model load.)"
+            "compile, or the peer's model load. RTN gap: the share of RTN's perplexity gap to "
+            "fp16 that GPTQ closes, at the same bits.)"
         )
     if not args.workdir:
         shutil.rmtree(work, ignore_errors=True)

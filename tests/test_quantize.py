@@ -59,7 +59,9 @@ def _ids(n: int, length: int, seed: int = 0, vocab: int = 512) -> list[list[int]
 def test_schemes_by_name() -> None:
     assert resolve_quantization(None) is None
     w4 = resolve_quantization("w4a16")
-    assert (w4.bits, w4.group_size, w4.method, w4.sym, w4.desc_act) == (4, 128, "gptq", True, False)
+    assert (w4.bits, w4.group_size, w4.method, w4.sym) == (4, 128, "gptq", True)
+    # The presets' GPTQ: act-order over static groups (still in input order) and the mse search.
+    assert (w4.desc_act, w4.static_groups, w4.mse, w4.act_group_aware) == (True, True, 2.0, False)
     assert resolve_quantization("w8a16").bits == 8
     assert resolve_quantization("rtn-w4a16").method == "rtn"
     cfg = QuantizationConfig(bits=8, group_size=-1)
