@@ -212,3 +212,24 @@ def test_what_the_board_cannot_take(tmp_path: Path) -> None:
         export_vcu128(fp16)
     with pytest.raises(ConfigError, match="holds no converted model"):
         export_vcu128(tmp_path / "a" / "hf")
+
+
+def test_widths_that_are_not_groups_of_128_are_refused_before_compiling(tmp_path: Path) -> None:
+    """SmolLM2's 576-wide layers cannot take the board format: compile() says so in its
+    checks, before it converts, quantizes or writes anything."""
+    from hyperdex.tools import AutoCompiler
+
+    src = tmp_path / "hf"
+    cfg = H._llama(hidden_size=192, intermediate_size=256, tie_word_embeddings=False)
+    H.make_hf_model("llama_untied", src, seed=5, config=cfg)
+    with pytest.raises(
+        ConfigError, match=r"hidden_size \(q/k/v, gate/up inputs\) = 192, .*not a multiple"
+    ):
+        AutoCompiler().compile(
+            model_id=str(src),
+            prefix=tmp_path / "out",
+            quantization="rtn-w4a16",
+            export="vcu128",
+            progress=False,
+        )
+    assert not list((tmp_path / "out").rglob("*.bin"))

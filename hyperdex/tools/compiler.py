@@ -329,6 +329,10 @@ class AutoCompiler:
                 "export='vcu128' writes seed 003's board format, int4 weights in groups of 128: "
                 "compile with quantization='w4a16' (or a GPTQ checkpoint of 4 bits, group 128)"
             )
+        if export == "vcu128":
+            from .export_vcu128 import check_model_exportable
+
+            check_model_exportable(hf_name, model)
         core_preset = device_preset(preset)
         _check_capacity(spec, core_preset, max_length, core_pass_options, num_device)
         log.info(

@@ -171,13 +171,32 @@ def _check_exportable(config: dict[str, Any], where: Path) -> dict[str, Any]:
             f"group_size={q.get('group_size')}; seed 003's VCU128 format is int4 with group "
             f"size {GROUP} only: compile with quantization='w4a16' (4 bits, group 128)"
         )
-    model = config["model"]
+    check_model_exportable(config.get("architecture"), config["model"])
+    return q
+
+
+def check_model_exportable(architecture: Any, model: dict[str, Any]) -> None:
+    """What the board format needs of the model itself, checkable before any compile work:
+    a Qwen2/Llama-style block whose linear layers' input widths are whole groups of 128."""
     if not (model.get("gated_mlp") and model.get("norm") == "rmsnorm"):
         raise ConfigError(
-            f"{config.get('architecture')} is not a Qwen2/Llama-style model (RMSNorm, gated "
+            f"{architecture} is not a Qwen2/Llama-style model (RMSNorm, gated "
             "MLP), the block seed 003's board implements; the VCU128 export supports those only"
         )
-    return q
+    widths = {
+        "hidden_size (q/k/v, gate/up inputs)": int(model["hidden_size"]),
+        "num_heads x head_dim (attention output input)": int(model["num_heads"])
+        * int(model["head_dim"]),
+        "intermediate_size (down projection input)": int(model["intermediate_size"]),
+    }
+    bad = {k: v for k, v in widths.items() if v % GROUP}
+    if bad:
+        raise ConfigError(
+            "seed 003's VCU128 format packs every row in whole groups of "
+            f"{GROUP} inputs, but this model has "
+            + ", ".join(f"{k} = {v}" for k, v in bad.items())
+            + f", not a multiple of {GROUP}; compile without export='vcu128'"
+        )
 
 
 def _bias_words(bias: Optional[np.ndarray], out: int) -> np.ndarray:
