@@ -62,6 +62,10 @@ def test_schemes_by_name() -> None:
     assert (w4.bits, w4.group_size, w4.method, w4.sym) == (4, 128, "gptq", True)
     # The presets' GPTQ: act-order over static groups (still in input order) and the mse search.
     assert (w4.desc_act, w4.static_groups, w4.mse, w4.act_group_aware) == (True, True, 2.0, False)
+    mine = QuantizationConfig.from_scheme("w4a16", nsamples=8)
+    assert mine.nsamples == 8 and mine.desc_act and mine.mse == 2.0 and mine.variant == "w4a16"
+    with pytest.raises(ConfigError, match="unknown quantization scheme 'w5a16'"):
+        QuantizationConfig.from_scheme("w5a16")
     assert resolve_quantization("w8a16").bits == 8
     assert resolve_quantization("rtn-w4a16").method == "rtn"
     cfg = QuantizationConfig(bits=8, group_size=-1)

@@ -9,16 +9,18 @@ layer sees. They come from the emulator running the fp16 model, not from PyTorch
    the next layer's first. A layer depends on nothing but the residual stream entering it
    (one on-chip buffer) and its own KV cache, so it can be run alone.
 2. The embeddings run once per sample chunk; the residual stream is kept (fp16, host memory).
-3. Layer by layer, in sequence: every chunk of every sample runs through the layer with the
-   run stopped before each quantizable MATMUL to read its input rows into that MATMUL's
-   Hessian; GPTQ quantizes the layer's weights (in C++); their dequantized values are
-   written over the layer's fp16 weights in the emulator's HBM (a quantized MATMUL is
-   defined as the fp16 MATMUL over those values, docs/isa.md), and the chunks run through
-   the layer again, so the next layer is calibrated on what the quantized layers produce.
+3. Layer by layer, and within a layer tap by tap (GPTQModel's ``true_sequential``): every
+   chunk of every sample runs up to the next quantizable MATMUL, whose input rows join that
+   MATMUL's Hessian; GPTQ quantizes its weights (in C++); their dequantized values are
+   written over the fp16 ones in the emulator's HBM (a quantized MATMUL is defined as the
+   fp16 MATMUL over those values, docs/isa.md) before any chunk runs on. Between taps a
+   chunk is parked as the on-chip bytes the rest of the layer still reads, so each chunk
+   runs through each layer once, and the attention output, the MLP and the next layer are
+   calibrated on what the quantized projections before them produce.
 
-Memory stays bounded by one layer: its Hessians, its weights, and the residual stream of
-the calibration tokens. The quantized tensors are streamed into the output file layer by
-layer as they are made.
+Memory stays bounded by one layer: its Hessians, its weights, the residual stream of the
+calibration tokens and the parked chunks. The quantized tensors are streamed into the output
+file layer by layer as they are made.
 """
 
 from __future__ import annotations

@@ -143,6 +143,17 @@ class QuantizationConfig:
                     f"ints or a list of lists of ints), got {type(self.dataset).__name__}"
                 )
 
+    @classmethod
+    def from_scheme(cls, name: str, **overrides: Any) -> QuantizationConfig:
+        """A named scheme's settings (``"w4a16"``, ``"rtn-w8a16"`` ...), with some changed:
+        ``QuantizationConfig.from_scheme("w4a16", nsamples=32, seqlen=256)``."""
+        if not isinstance(name, str) or name.lower() not in SCHEMES:
+            raise ConfigError(
+                f"unknown quantization scheme {name!r}; choose one of "
+                f"{', '.join(repr(s) for s in SCHEMES)}"
+            )
+        return cls(**{**SCHEMES[name.lower()], **overrides})
+
     @property
     def scheme(self) -> str:
         """The short name: ``w4a16``, ``w8a16``, ``rtn-w4a16`` ..."""
@@ -215,7 +226,7 @@ def resolve_quantization(quantization: Any) -> Optional[QuantizationConfig]:
     if isinstance(quantization, QuantizationConfig):
         return quantization
     if isinstance(quantization, str) and quantization.lower() in SCHEMES:
-        return QuantizationConfig(**SCHEMES[quantization.lower()])
+        return QuantizationConfig.from_scheme(quantization)
     raise ConfigError(
         f"quantization must be None (fp16), one of {', '.join(repr(s) for s in SCHEMES)}, or a "
         f"hyperdex.tools.QuantizationConfig; got {quantization!r}"
