@@ -496,6 +496,11 @@ def main() -> None:
     torch_ids = eval_all if args.torch_tokens < 0 else eval_all[: args.torch_tokens]
     g = args.group_size
     tag = f"g{g}" if g > 0 else ""  # -1: one scale per output row
+
+    def with_group(scheme: str) -> str:  # gptq-w4-plain -> gptq-w4g128-plain
+        head, _, rest = scheme.partition("-w")
+        return f"{head}-w{rest[0]}{tag}{rest[1:]}"
+
     work = Path(args.workdir or tempfile.mkdtemp(prefix="hdx-quant-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     compiler = AutoCompiler()
@@ -531,7 +536,7 @@ def main() -> None:
         return lambda: torch_model(path / "ckpt", state_dict_of_compiled(path))
 
     for scheme in schemes:
-        name = "fp16" if scheme == "fp16" else f"hyperdex {scheme}{tag}"
+        name = "fp16" if scheme == "fp16" else f"hyperdex {with_group(scheme)}"
         print(f"compiling {name} ...", flush=True)
         row: Dict[str, Any] = {"name": name, "scheme": scheme}
         try:
@@ -570,7 +575,7 @@ def main() -> None:
             print(notes[-1], flush=True)
             continue
         for scheme in peer_schemes:
-            name = f"{peer} {scheme}{tag}"
+            name = f"{peer} {with_group(scheme)}"
             settings = gptq_settings(scheme)
             if peer == "llmcompressor" and (settings["desc_act"] or settings["mse"]):
                 note = (
