@@ -17,6 +17,24 @@ constexpr size_t kChunkRows = 256;
 constexpr size_t kFlushRows = 512;  // fp16 rows summed in fp32 before the fp64 sum takes them
 constexpr size_t kTile = 192;
 
+// fn(i0, j0, rows, cols) for every tile of the lower block triangle of a cols x cols
+// matrix (tile (ti, tj), tj <= ti), one pool task per tile, with a GemmWorkspace per task
+// chunk for callers that multiply.
+template <class Fn>
+void for_lower_tiles(ThreadPool& pool, size_t cols, Fn&& fn) {
+  const size_t tiles = (cols + kTile - 1) / kTile;
+  pool.parallel_for(0, tiles * (tiles + 1) / 2, 1, [&](size_t lo, size_t hi) {
+    GemmWorkspace ws;
+    for (size_t task = lo; task < hi; ++task) {
+      size_t ti = 0;  // task -> tile (ti, tj), row by row
+      while ((ti + 1) * (ti + 2) / 2 <= task) ++ti;
+      const size_t tj = task - ti * (ti + 1) / 2;
+      const size_t i0 = ti * kTile, j0 = tj * kTile;
+      fn(i0, j0, std::min(kTile, cols - i0), std::min(kTile, cols - j0), ws);
+    }
+  });
+}
+
 }  // namespace
 
 HessianAccumulator::HessianAccumulator(size_t cols, size_t num_threads)
@@ -33,26 +51,17 @@ template <class Widen>
 void HessianAccumulator::add_rows(size_t n, Widen widen) {
   std::lock_guard<std::mutex> lk(mu_);
   const SimdLevel level = best_simd_level();
-  const size_t tiles = (cols_ + kTile - 1) / kTile;
-  const size_t tasks = tiles * (tiles + 1) / 2;
   for (size_t t0 = 0; t0 < n; t0 += kChunkRows) {
     const size_t k = std::min(kChunkRows, n - t0);
     chunk_.resize(k * cols_);
     pool_.parallel_for(0, k, 16, [&](size_t lo, size_t hi) {
       for (size_t t = lo; t < hi; ++t) widen(t0 + t, chunk_.data() + t * cols_);
     });
-    pool_.parallel_for(0, tasks, 1, [&](size_t lo, size_t hi) {
-      GemmWorkspace ws;
-      for (size_t task = lo; task < hi; ++task) {
-        size_t ti = 0;  // task -> tile (ti, tj), tj <= ti, row by row
-        while ((ti + 1) * (ti + 2) / 2 <= task) ++ti;
-        const size_t tj = task - ti * (ti + 1) / 2;
-        const size_t i0 = ti * kTile, j0 = tj * kTile;
-        const size_t mi = std::min(kTile, cols_ - i0), nj = std::min(kTile, cols_ - j0);
-        // sum[i0:, j0:] += chunk[:, i0:]^T chunk[:, j0:]
-        gemm_acc(level, mi, nj, k, false, chunk_.data() + i0, 1, cols_, chunk_.data() + j0, cols_,
-                 sum_.data() + i0 * cols_ + j0, cols_, &ws);
-      }
+    // sum[i0:, j0:] += chunk[:, i0:]^T chunk[:, j0:]
+    for_lower_tiles(pool_, cols_, [&](size_t i0, size_t j0, size_t mi, size_t nj,
+                                      GemmWorkspace& ws) {
+      gemm_acc(level, mi, nj, k, false, chunk_.data() + i0, 1, cols_, chunk_.data() + j0, cols_,
+               sum_.data() + i0 * cols_ + j0, cols_, &ws);
     });
   }
   count_ += n;
@@ -66,19 +75,6 @@ template <class Widen>
 void HessianAccumulator::add_rows_f32(size_t n, Widen widen) {
   std::lock_guard<std::mutex> lk(mu_);
   const SimdLevel level = best_simd_level();
-  const size_t tiles = (cols_ + kTile - 1) / kTile;
-  const size_t tasks = tiles * (tiles + 1) / 2;
-  auto for_tiles = [&](auto&& fn) {
-    pool_.parallel_for(0, tasks, 1, [&](size_t lo, size_t hi) {
-      for (size_t task = lo; task < hi; ++task) {
-        size_t ti = 0;  // task -> tile (ti, tj), tj <= ti, row by row
-        while ((ti + 1) * (ti + 2) / 2 <= task) ++ti;
-        const size_t tj = task - ti * (ti + 1) / 2;
-        const size_t i0 = ti * kTile, j0 = tj * kTile;
-        fn(i0, j0, std::min(kTile, cols_ - i0), std::min(kTile, cols_ - j0));
-      }
-    });
-  };
   if (partial_.empty()) partial_.assign(cols_ * cols_, 0.0f);
   for (size_t t0 = 0; t0 < n;) {
     const size_t k = std::min({kChunkRows, n - t0, kFlushRows - partial_rows_});
@@ -86,14 +82,15 @@ void HessianAccumulator::add_rows_f32(size_t n, Widen widen) {
     pool_.parallel_for(0, k, 16, [&](size_t lo, size_t hi) {
       for (size_t t = lo; t < hi; ++t) widen(t0 + t, chunk32_.data() + t * cols_);
     });
-    for_tiles([&](size_t i0, size_t j0, size_t mi, size_t nj) {
+    for_lower_tiles(pool_, cols_, [&](size_t i0, size_t j0, size_t mi, size_t nj, GemmWorkspace&) {
       gram_acc_f32(level, mi, nj, k, chunk32_.data() + i0, chunk32_.data() + j0, cols_,
                    partial_.data() + i0 * cols_ + j0, cols_);
     });
     t0 += k;
     partial_rows_ += k;
     if (partial_rows_ == kFlushRows) {
-      for_tiles([&](size_t i0, size_t j0, size_t mi, size_t nj) {
+      for_lower_tiles(pool_, cols_, [&](size_t i0, size_t j0, size_t mi, size_t nj,
+                                        GemmWorkspace&) {
         for (size_t i = i0; i < i0 + mi; ++i) {
           double* dst = sum_.data() + i * cols_;
           float* src = partial_.data() + i * cols_;
