@@ -261,14 +261,12 @@ class _CalibrationDevice:
         it) and read by an instruction in ``[at, end)``. A layer reads nothing else on chip."""
         key = (begin, at, end)
         if key not in self._live:
-            made = [self._extent(self.residual)] + [
-                e for i in range(begin, at) for e in self._writes(self.code[i])
-            ]
+            made = [e for i in range(begin, at) for e in self._writes(self.code[i])]
+            made.append(self._extent(self.residual))  # lmem: checked in _find_layers
             needed = [e for i in range(at, end) for e in self._reads(self.code[i])]
             parts = sorted(
                 (max(a0, b0), min(a1, b1))
                 for a0, a1 in made
-                if a0 is not None
                 for b0, b1 in needed
                 if max(a0, b0) < min(a1, b1)
             )
