@@ -69,10 +69,11 @@ class InterruptPoller {
 };
 
 // Round half to even, as std::nearbyint in the default rounding mode, without a libm
-// call: adding and subtracting 1.5 * 2^52 leaves an integer, rounded to nearest even.
+// call: for |x| < 2^51, x + 1.5 * 2^52 lands where doubles are whole numbers, rounded to
+// nearest even, and subtracting the constant back is exact.
 inline double round_even(double x) {
-  if (!(std::fabs(x) < 0x1p51)) return x;  // already an integer (or NaN)
-  return (x + 0x1.8p52) - 0x1.8p52;
+  if (std::fabs(x) < 0x1p51) return (x + 0x1.8p52) - 0x1.8p52;
+  return std::nearbyint(x);  // huge (or NaN): rare, libm's
 }
 
 inline uint8_t code_of(double w, double scale, double z, double maxq) {
