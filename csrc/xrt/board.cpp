@@ -115,6 +115,12 @@ void BoardDevice::allocate(const DeviceLayout& layout) {
   status_.bytes = kStatusBytes;
   status_.bo = board_->alloc(kStatusBytes, board_->group_id(abi_.status()));
   layout_ = layout;
+  // The I/O region starts zeroed, so a device that writes nothing back (XRT's no-op
+  // device) reads as zeros rather than as whatever the buffer's memory last held.
+  if (layout.io_bytes > 0) {
+    const std::vector<uint8_t> zeros(size_t(layout.io_bytes), 0);
+    write(0, layout.io_base, zeros.data(), zeros.size());
+  }
 }
 
 void BoardDevice::mark_dirty(Buffer& b, uint64_t begin, uint64_t end) {
