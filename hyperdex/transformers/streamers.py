@@ -1,14 +1,15 @@
-"""Streamers for ``generate(streamer=...)``, with transformers' protocol and flush rules.
+"""Streamers for ``generate(streamer=...)``, built on transformers' own streamer classes.
 
 ``generate`` calls ``put(prompt_ids)`` once, then ``put(new_token_ids)`` after every step, then
-``end()``. Values may be torch tensors, numpy arrays, lists or ints, of shape [n] or [1, n];
-only batch size 1 is supported.
+``end()``. Values may be torch tensors, numpy arrays, lists or ints, of shape [], [n] or
+[1, n]; only batch size 1 is supported.
 
-:class:`TextStreamer` and :class:`TextIteratorStreamer` emit text exactly when transformers'
-classes of the same names do: the cached tokens are re-decoded at every step and the text is
-released at a newline (the cache is then reset), after a CJK ideograph, or otherwise up to the
-last space (an incomplete word, or a multi-byte character split across tokens, which decodes
-to U+FFFD, waits); ``end()`` releases the rest.
+:class:`TextStreamer` and :class:`TextIteratorStreamer` subclass transformers' classes of the
+same names, so when text is released (the flush rules: newlines, CJK ideographs, words, bytes
+of a character split over several tokens, ...) is decided by the transformers version that is
+installed, not re-implemented here. hyperdex adds input normalisation and checks, a
+``skip_special_tokens=True`` default, optional printing, Server-Sent Events and a record of the
+emitted text (:attr:`TextStreamer.text`, :attr:`TextStreamer.chunks`).
 
 Server-Sent Events (``use_sse=True``): each non-empty chunk becomes one event, see
 :func:`format_sse`.
@@ -18,8 +19,12 @@ from __future__ import annotations
 
 import numbers
 import re
-from queue import Queue
 from typing import Any
+
+import numpy as np
+from transformers.generation.streamers import BaseStreamer
+from transformers.generation.streamers import TextIteratorStreamer as _HFTextIteratorStreamer
+from transformers.generation.streamers import TextStreamer as _HFTextStreamer
 
 __all__ = ["BaseStreamer", "TextIteratorStreamer", "TextStreamer", "format_sse"]
 
@@ -71,37 +76,12 @@ def _token_list(value: Any) -> list[int]:
     return ids
 
 
-def _is_chinese_char(cp: int) -> bool:
-    """Whether ``cp`` is in a CJK Unified Ideographs block (transformers' definition: Hangul,
-    Hiragana and Katakana are not included, they are written with spaces)."""
-    return (
-        0x4E00 <= cp <= 0x9FFF
-        or 0x3400 <= cp <= 0x4DBF
-        or 0x20000 <= cp <= 0x2A6DF
-        or 0x2A700 <= cp <= 0x2B73F
-        or 0x2B740 <= cp <= 0x2B81F
-        or 0x2B820 <= cp <= 0x2CEAF
-        or 0xF900 <= cp <= 0xFAFF
-        or 0x2F800 <= cp <= 0x2FA1F
-    )
-
-
-class BaseStreamer:
-    """Base class of streamers: ``generate`` calls ``put(token_ids)`` (the prompt first, then
-    each new token) and ``end()`` once at the end."""
-
-    def put(self, value: Any) -> None:
-        raise NotImplementedError
-
-    def end(self) -> None:
-        raise NotImplementedError
-
-
-class TextStreamer(BaseStreamer):
-    """Decode tokens as they come and emit text as soon as whole words are formed.
+class TextStreamer(_HFTextStreamer):
+    """transformers' ``TextStreamer`` (same chunks, same stdout) with hyperdex's additions.
 
     Args:
-        tokenizer: anything with ``decode(ids, **decode_kwargs) -> str``.
+        tokenizer: anything with ``decode(ids, **decode_kwargs) -> str``; transformers may
+            also pass a single int as ``ids``.
         skip_prompt: drop the first ``put()`` (the prompt).
         skip_special_tokens: passed to ``decode``. Default True, unlike transformers (whose
             streamers print e.g. ``<|im_end|>`` unless told otherwise).
@@ -139,20 +119,16 @@ class TextStreamer(BaseStreamer):
                 f"tokenizer must have a decode() method (a transformers tokenizer), "
                 f"got {type(tokenizer).__name__}"
             )
-        self.tokenizer = tokenizer
-        self.skip_prompt = skip_prompt
+        # positional like transformers' own subclasses do, so that with TextIteratorStreamer
+        # below this reaches transformers' TextIteratorStreamer.__init__ too
+        super().__init__(
+            tokenizer, skip_prompt, skip_special_tokens=skip_special_tokens, **decode_kwargs
+        )
         self.use_print = use_print
         self.use_sse = use_sse
-        self.decode_kwargs: dict[str, Any] = {
-            "skip_special_tokens": skip_special_tokens,
-            **decode_kwargs,
-        }
         self.chunks: list[str] = []
         self._parts: list[str] = []
-        # transformers' streaming state
-        self.token_cache: list[int] = []
-        self.print_len = 0
-        self.next_tokens_are_prompt = True
+        self._held_cr = False  # SSE: a chunk's last "\r" waits, it may start a CRLF
         self._stream_ended = False
 
     @property
@@ -161,60 +137,46 @@ class TextStreamer(BaseStreamer):
         return "".join(self._parts)
 
     def put(self, value: Any) -> None:
-        """Receive token ids ([n] or [1, n]), decode the cache and emit what is final."""
+        """Receive token ids ([], [n] or [1, n]); transformers decides what text is final."""
         ids = _token_list(value)
         if self._stream_ended:  # a new generation on a reused streamer
             self._stream_ended = False
             self._parts = []
             self.chunks = []
-        if self.skip_prompt and self.next_tokens_are_prompt:
-            self.next_tokens_are_prompt = False
-            return
-
-        self.token_cache.extend(ids)
-        text = self.tokenizer.decode(self.token_cache, **self.decode_kwargs)
-        if text.endswith("\n"):
-            # a finished line: emit and start a new cache (decoding stays short)
-            printable = text[self.print_len :]
-            self.token_cache = []
-            self.print_len = 0
-        elif len(text) > 0 and _is_chinese_char(ord(text[-1])):
-            # CJK text has no spaces: each ideograph is final
-            printable = text[self.print_len :]
-            self.print_len += len(printable)
-        else:
-            # up to the last space: the word after it may still change with the next token
-            printable = text[self.print_len : text.rfind(" ") + 1]
-            self.print_len += len(printable)
-        self.on_finalized_text(printable)
+            self._held_cr = False
+        # transformers' put() reads .shape and .tolist(): hand it a 1-D array whatever came in
+        super().put(np.asarray(ids, dtype=np.int64))
 
     def end(self) -> None:
-        """Emit whatever is left in the cache and mark the end of the stream."""
-        if self.token_cache:
-            text = self.tokenizer.decode(self.token_cache, **self.decode_kwargs)
-            printable = text[self.print_len :]
-            self.token_cache = []
-            self.print_len = 0
-        else:
-            printable = ""
-        self.next_tokens_are_prompt = True
+        """Emit whatever is left (transformers' ``end``) and mark the end of the stream."""
+        # set first: the next put() must start a new record even if emitting the rest fails
         self._stream_ended = True
-        self.on_finalized_text(printable, stream_end=True)
+        super().end()
 
     def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
         """Hook called with each piece of final text (often empty) and once with
         ``stream_end=True``. Records it, then prints it if ``use_print``. Override to send the
         text elsewhere."""
-        chunk = self._record(text)
-        if self.use_print:
-            if self.use_sse:
-                if chunk:
-                    print(chunk, end="", flush=True)
-            else:
-                print(text, flush=True, end="" if not stream_end else None)
+        chunk = self._record(text, stream_end)
+        if not self.use_print:
+            return
+        if self.use_sse:
+            if chunk:
+                print(chunk, end="", flush=True)
+        else:
+            # transformers' printing; named, not super(): in TextIteratorStreamer's MRO the
+            # next class is transformers' iterator, which would queue instead
+            _HFTextStreamer.on_finalized_text(self, text, stream_end)
 
-    def _record(self, text: str) -> str:
+    def _record(self, text: str, stream_end: bool = False) -> str:
         """Store ``text`` and return the chunk to emit ('' for nothing)."""
+        if self.use_sse:
+            # transformers may release "\r" and "\n" of one CRLF in two chunks; as two events
+            # they would read as two line breaks, so a trailing "\r" waits for the next chunk
+            if self._held_cr:
+                text, self._held_cr = "\r" + text, False
+            if text.endswith("\r") and not stream_end:
+                text, self._held_cr = text[:-1], True
         if not text:
             return ""
         self._parts.append(text)
@@ -223,14 +185,15 @@ class TextStreamer(BaseStreamer):
         return chunk
 
 
-class TextIteratorStreamer(TextStreamer):
-    """A streamer to iterate over from another thread: ``generate`` runs in a thread and the
-    consumer does ``for text in streamer``.
+class TextIteratorStreamer(TextStreamer, _HFTextIteratorStreamer):
+    """transformers' ``TextIteratorStreamer`` with hyperdex's additions: ``generate`` runs in a
+    thread and the consumer does ``for text in streamer``.
 
     Yields the same strings as transformers' TextIteratorStreamer (including its empty ones)
     unless ``use_sse``, where it yields one SSE event per non-empty chunk. ``timeout`` (seconds)
     bounds each wait for the next item; on expiry ``queue.Empty`` is raised, so a consumer
-    does not hang when ``generate`` failed. Nothing is printed.
+    does not hang when ``generate`` failed. Nothing is printed. :attr:`text` and
+    :attr:`chunks` are kept as in :class:`TextStreamer`.
     """
 
     def __init__(
@@ -243,24 +206,18 @@ class TextIteratorStreamer(TextStreamer):
     ) -> None:
         if timeout is not None and (isinstance(timeout, bool) or not timeout > 0):
             raise ValueError(f"timeout must be None or a number of seconds > 0, got {timeout!r}")
+        # TextStreamer.__init__ goes on to transformers' TextIteratorStreamer.__init__ (MRO),
+        # which makes the queue and stop signal with its default timeout: set ours after it
         super().__init__(tokenizer, skip_prompt, use_print=False, use_sse=use_sse, **decode_kwargs)
         self.timeout = timeout
-        self.text_queue: Queue[Any] = Queue()
-        self.stop_signal = object()
 
     def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
         """Queue the text (or its SSE event), and the stop signal at the end."""
-        chunk = self._record(text)
-        if chunk or not self.use_sse:
-            self.text_queue.put(chunk if self.use_sse else text, timeout=self.timeout)
+        chunk = self._record(text, stream_end)
+        if not self.use_sse:
+            _HFTextIteratorStreamer.on_finalized_text(self, text, stream_end)
+            return
+        if chunk:  # no empty SSE events
+            self.text_queue.put(chunk, timeout=self.timeout)
         if stream_end:
             self.text_queue.put(self.stop_signal, timeout=self.timeout)
-
-    def __iter__(self) -> TextIteratorStreamer:
-        return self
-
-    def __next__(self) -> str:
-        value = self.text_queue.get(timeout=self.timeout)
-        if value is self.stop_signal:
-            raise StopIteration
-        return value
