@@ -402,18 +402,20 @@ class Engine:
                     cancelled=job.cancelled,
                 )
             except Exception as e:  # reported to the request; the engine goes on
+                self.running = None
                 log.exception("generation failed")
                 self.stats.failed += 1
                 job.sink("error", e)
-            else:
-                s = self.stats
-                s.generated_tokens += result.completion_tokens
-                s.prompt_tokens += result.prompt_tokens
-                s.cached_tokens += result.cached_tokens
-                if result.finish_reason == "cancelled":
-                    s.cancelled += 1
-                else:
-                    s.completed += 1
-                job.sink("done", result)
+                continue
             finally:
+                # the device is free before any counter says the job ended: /health reads both
                 self.running = None
+            s = self.stats
+            s.generated_tokens += result.completion_tokens
+            s.prompt_tokens += result.prompt_tokens
+            s.cached_tokens += result.cached_tokens
+            if result.finish_reason == "cancelled":
+                s.cancelled += 1
+            else:
+                s.completed += 1
+            job.sink("done", result)
