@@ -143,3 +143,17 @@ def test_validation_table_meets_the_documented_error():
     lpu = next(c for c in cases if c.name.startswith("OPT-1.3B, 1 x LPU"))
     assert abs(lpu.error) < 0.10  # the LPU paper's 1.25 ms/token within 10%
     assert mape(cases) < 12.0  # docs/explorer-validation.md states the figure
+
+
+def test_explore_without_matplotlib_refuses_before_writing(tmp_path, monkeypatch):
+    from hyperdex import extras
+
+    real = extras._installed
+    monkeypatch.setattr(extras, "_installed", lambda m: m != "matplotlib" and real(m))
+    with pytest.raises(extras.MissingExtraError, match=r"hyperdex\[explore\]") as err:
+        explore("tpuv4", "gpt3", out_dir=tmp_path / "out", progress=False)
+    assert err.value.missing == ["matplotlib"] and "plots=False" in str(err.value)
+    assert not (tmp_path / "out").exists()
+    # without plots, matplotlib is not needed
+    explore("tpuv4", "gpt3", out_dir=tmp_path / "out", plots=False, progress=False)
+    assert (tmp_path / "out" / "tpuv4" / "gpt3.csv").exists()

@@ -4,6 +4,7 @@ route, offline."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -69,12 +70,29 @@ def test_scripted_compile_then_objdump(tiny_llama, tmp_path):
     assert single.returncode == 0 and "decode program" in single.stdout
 
 
-def test_without_terminal_a_missing_value_names_its_flag(tiny_llama, tmp_path):
-    no_model = run_tool("hyperdex.tools.cli", "--prefix", str(tmp_path))
+def test_without_terminal_a_missing_model_names_its_flag(tmp_path):
+    no_model = run_tool("hyperdex.tools.cli", "--prefix", str(tmp_path), "--num-device", "1")
     assert no_model.returncode == 2 and "--model is required" in no_model.stderr
-    no_devices = compile_cli(tiny_llama, tmp_path, "--quantization", "none")
-    assert no_devices.returncode == 2 and "--num-device is required" in no_devices.stderr
+    assert "usage: hdex-compile" in no_model.stderr
     assert not any(tmp_path.iterdir())  # nothing written
+
+
+def test_without_terminal_only_the_model_is_needed(tiny_llama, tmp_path):
+    """A script (no terminal, no --yes) gives --model alone: 1 device, fp16, no questions."""
+    done = compile_cli(tiny_llama, tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "[Option" not in done.stdout  # nothing was asked
+    (record,) = tmp_path.glob("local/*/compile.json")
+    compiled = json.loads(record.read_text())
+    assert compiled["num_device"] == 1 and compiled["quantization"] is None
+    assert not record.parent.name.endswith(("w4a16", "w8a16"))  # the fp16 variant's folder
+
+
+def test_help_states_the_defaults():
+    text = " ".join(run_tool("hyperdex.tools.cli", "--help").stdout.split())
+    assert "a power of two (default 1)" in text
+    assert "(default none: fp16 weights)" in text
+    assert "(required; asked for on a terminal)" in text
 
 
 def test_exit_codes(tiny_llama, tmp_path):
@@ -149,6 +167,39 @@ def test_interactive_session_reasks_invalid_answers(tiny_llama, tmp_path):
     child.close()
     assert child.exitstatus == 0
     assert list(tmp_path.glob("local/*/compile.json"))
+
+
+def test_interactive_enter_takes_the_shown_defaults(tiny_llama, tmp_path):
+    """The prompts show their defaults; Enter takes them (1 device, no quantization). The
+    model has no default: Enter there asks again."""
+    pexpect = pytest.importorskip("pexpect")
+    child = pexpect.spawn(
+        sys.executable,
+        ["-m", "hyperdex.tools.cli", "--prefix", str(tmp_path), "--max-length", "64"],
+        env=ENV,
+        encoding="utf-8",
+        timeout=120,
+    )
+    child.logfile_read = transcript = io.StringIO()
+    child.expect("model id")
+    child.sendline("")  # no default: re-asked
+    child.expect("is required; please try again")
+    child.expect(r"model id \(or a local folder\): ")
+    child.sendline(str(tiny_llama))
+    child.expect_exact("Please enter the number of LPU devices [1]: ")
+    child.sendline("")
+    child.expect_exact("(none/w4a16/w8a16/rtn-w4a16/rtn-w8a16) [none]: ")
+    child.sendline("")
+    child.expect(r"for 1 device\(s\) into \S+\? \[Y/n\]")
+    child.sendline("")  # Enter confirms
+    child.expect("Compiled model at")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+    assert "not a number" not in transcript.getvalue()
+    (record,) = tmp_path.glob("local/*/compile.json")
+    compiled = json.loads(record.read_text())
+    assert compiled["num_device"] == 1 and compiled["quantization"] is None
 
 
 def test_objdump_on_a_corrupt_program(tmp_path):

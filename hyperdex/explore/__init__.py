@@ -12,15 +12,19 @@ through the instruction-level cost model (``hyperdex.tools.estimate``). docs/exp
 
 from __future__ import annotations
 
-from .core import ExploreResult, explore
-from .inputs.loader import (
-    available,
-    load_hardware,
-    load_model,
-    load_system,
-    load_technology,
-)
-from .outputs.pareto import pareto_front
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .core import ExploreResult, explore
+    from .inputs.loader import (
+        available,
+        load_hardware,
+        load_model,
+        load_system,
+        load_technology,
+    )
+    from .outputs.pareto import pareto_front
 
 __all__ = [
     "ExploreResult",
@@ -32,3 +36,30 @@ __all__ = [
     "load_technology",
     "pareto_front",
 ]
+
+# The names load lazily: ``hdex-explore`` (hyperdex.explore.cli) starts without PyYAML, so that
+# it can say which extra to install instead of failing on this package's import.
+_MODULES = {
+    "ExploreResult": ".core",
+    "explore": ".core",
+    "available": ".inputs.loader",
+    "load_hardware": ".inputs.loader",
+    "load_model": ".inputs.loader",
+    "load_system": ".inputs.loader",
+    "load_technology": ".inputs.loader",
+    "pareto_front": ".outputs.pareto",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _MODULES:
+        raise AttributeError(f"module 'hyperdex.explore' has no attribute {name!r}")
+    if _MODULES[name] != ".outputs.pareto":  # the inputs are YAML
+        from ..extras import require_extra
+
+        require_extra("hyperdex.explore", "explore", ["yaml"])
+    return getattr(importlib.import_module(_MODULES[name], __name__), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -4,6 +4,9 @@ hdex-explore -hw tpuv4 -m gpt3                  # presets by name, outputs under
 hdex-explore -hw my_chip.yaml -m config.json -s my_system.yaml
 hdex-explore --list                             # the shipped presets
 hdex-explore --validate                         # predictions vs published measurements
+
+It needs the ``explore`` extra (``pip install 'hyperdex[explore]'``): PyYAML for its inputs and
+matplotlib for its plots (not with ``--no-plots``). What is missing is named before any work.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import time
 from typing import Optional
 
 from ..errors import HyperdexError
+from ..extras import MissingExtraError, require_extra
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -39,7 +43,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         default="outputs",
         help="output folder (default ./outputs; results go to OUTPUTS/<hw>/)",
     )
-    parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    parser.add_argument(
+        "--no-plots", action="store_true", help="skip the PNG plots (then matplotlib is not needed)"
+    )
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--list", action="store_true", help="list the shipped presets")
     parser.add_argument(
@@ -48,6 +54,16 @@ def main(argv: Optional[list[str]] = None) -> int:
         help="print predictions against published measurements (MAPE)",
     )
     args = parser.parse_args(argv)
+    running = not (args.list or args.validate)
+    if running and (not args.hardware or not args.model):
+        parser.error("give -hw HARDWARE and -m MODEL (or --list / --validate)")
+    plots = running and not args.no_plots
+    try:  # before any work: a missing package must not stop a run halfway (CSVs, no plots)
+        require_extra("hdex-explore", "explore", ["yaml", "matplotlib"] if plots else ["yaml"])
+    except MissingExtraError as err:
+        hint = " (or --no-plots: no plots, no matplotlib)" if err.missing == ["matplotlib"] else ""
+        print(f"{err}{hint}", file=sys.stderr)
+        return 1
     if args.list:
         from .inputs.loader import KINDS, available
 
@@ -59,8 +75,6 @@ def main(argv: Optional[list[str]] = None) -> int:
 
         print(table(validate()))
         return 0
-    if not args.hardware or not args.model:
-        parser.error("give -hw HARDWARE and -m MODEL (or --list / --validate)")
     from .core import explore
 
     try:

@@ -13,6 +13,7 @@ from typing import Any, Optional, Union
 import numpy as np
 
 from ..errors import ConfigError
+from ..extras import require_extra
 from ..tools.progress import progress_bar
 from .hardware.chip import evaluate_chip, num
 from .hardware.tco import evaluate_server
@@ -138,6 +139,8 @@ def explore(
     """Sweeps ``hardware`` x ``system`` x ``model`` (each a preset name or a file; the model
     may be a HF config.json) and writes seed 004's outputs under ``out_dir/<hw>/`` (nothing
     is written when ``out_dir`` is None)."""
+    if plots and out_dir is not None:  # before any work, not after the CSVs are written
+        require_extra("explore(plots=True)", "explore", ["matplotlib"], why=" (or plots=False)")
     hw = load_hardware(hardware)
     mdl = load_model(model)
     sysin = load_system(system if system is not None else default_system(hw))

@@ -332,7 +332,7 @@ def _import_torch(path: Path) -> Any:
     except ImportError as e:
         raise CheckpointError(
             f"{path} is a PyTorch .bin checkpoint; reading it needs torch "
-            "(`pip install torch`), or use a safetensors version of the checkpoint "
+            "(`pip install 'hyperdex[torch]'`), or use a safetensors version of the checkpoint "
             "(model.safetensors), which hyperdex reads without torch"
         ) from e
     return torch

@@ -5,6 +5,9 @@ is compiled first if it was not). The device count comes from ``--num-lpu`` /
 ``NUM_LPU_DEVICES`` (default: the compile's); ``--num-gpu`` / ``NUM_GPU_DEVICES`` >= 1
 prefills in PyTorch (hybrid mode). The API key comes from ``--api-key`` or
 ``HDEX_API_KEY``; without one the server is open, so it listens on 127.0.0.1 by default.
+
+It needs the ``serve`` extra (starlette, uvicorn, pydantic; ``pip install 'hyperdex[serve]'``),
+and hybrid mode the ``torch`` extra too; what is missing is named before any work.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import Optional
 
 from .. import __version__
 from ..errors import HyperdexError
+from ..extras import MissingExtraError, require_extra
 
 EXIT_CODES = """exit codes:
   0    the server stopped normally (Ctrl-C or SIGTERM)
@@ -63,25 +67,31 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
-    try:
-        import uvicorn
-
-        from . import device_map_from_env, load_for_serving
-        from .openai_server import create_app
-    except ImportError as e:
-        print(
-            f"hdex-serve: {e}; install the server's dependencies: pip install 'hyperdex[serve]'",
-            file=sys.stderr,
-        )
-        return 1
     if args.max_queue < 1 or args.port < 0 or args.prefix_cache_gib < 0:
         print("hdex-serve: --max-queue must be >= 1, --port and sizes >= 0", file=sys.stderr)
         return 2
+    from . import device_map_from_env, load_for_serving
+
+    try:  # before any work (a compile, a model load): name the extra that is missing
+        device_map = device_map_from_env(args.num_lpu, args.num_gpu)
+        require_extra("hdex-serve", "serve")
+        if device_map and device_map.get("gpu"):
+            require_extra("hdex-serve", "torch", why=" for hybrid mode (NUM_GPU_DEVICES)")
+    except MissingExtraError as e:
+        print(e, file=sys.stderr)
+        return 1
+    except HyperdexError as e:
+        print(f"hdex-serve: {e}", file=sys.stderr)
+        return 1
+    import uvicorn
+
+    from .openai_server import create_app
+
     try:
         model, tokenizer = load_for_serving(
             args.model,
             prefix=args.prefix,
-            device_map=device_map_from_env(args.num_lpu, args.num_gpu),
+            device_map=device_map,
             max_length=args.max_length,
             backend=args.backend,
             num_threads=args.num_threads,

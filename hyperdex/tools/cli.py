@@ -1,8 +1,9 @@
 """``hdex-compile``: compile a Hugging Face model for LPU devices from the command line.
 
 On a terminal it asks for what the flags did not give (model id, number of devices,
-quantization) and re-asks on invalid answers. Without a terminal it never prompts: a missing
-value is an error naming its flag, or, with ``--yes``, takes its default.
+quantization), shows each default in brackets (Enter takes it) and re-asks on invalid answers.
+Without a terminal, or with ``--yes``, it never prompts: ``--model`` is required and the rest
+take their defaults (1 device, no quantization: fp16).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any, Callable, Optional
 
 from .. import __version__
 from ..errors import ConfigError, HyperdexError
+from ..extras import require_extra
 from ..paths import compiled_dir, default_prefix
 from .quantization import resolve_quantization
 
@@ -39,10 +41,14 @@ def banner() -> str:
     )
 
 
-def _ask(prompt: str, parse: Callable[[str], Any]) -> Any:
-    """Asks until `parse` accepts the answer (ValueError: say why, ask again)."""
+def _ask(prompt: str, parse: Callable[[str], Any], default: Any = None) -> Any:
+    """Asks until `parse` accepts the answer (ValueError: say why, ask again). With a
+    `default`, the prompt shows it in brackets and an empty answer takes it."""
+    shown = f"{prompt} [{default}]" if default is not None else prompt
     while True:
-        answer = input(f"[Option\t] {prompt}: ").strip()
+        answer = input(f"[Option\t] {shown}: ").strip()
+        if not answer and default is not None:
+            answer = str(default)
         try:
             return parse(answer)
         except ValueError as e:
@@ -93,14 +99,26 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--prefix", help=f"where compiled models go (default {default_prefix()})")
-    p.add_argument("--model", help="Hugging Face id (org/name) or a local HF model folder")
-    p.add_argument("--num-device", type=int, help="number of LPU devices, a power of two")
+    p.add_argument(
+        "--model",
+        help="Hugging Face id (org/name) or a local HF model folder (required; asked for on a "
+        "terminal)",
+    )
+    p.add_argument(
+        "--num-device",
+        type=int,
+        help=f"number of LPU devices, a power of two (default {DEFAULTS['num_device']})",
+    )
     p.add_argument(
         "--max-length",
         type=int,
         help="longest sequence, prompt + output (default: min(model limit, 2048))",
     )
-    p.add_argument("--quantization", help=f"weight format: {', '.join(QUANTIZATIONS)}")
+    p.add_argument(
+        "--quantization",
+        help=f"weight format: {', '.join(QUANTIZATIONS)} (default {DEFAULTS['quantization']}: "
+        "fp16 weights)",
+    )
     q = p.add_argument_group("quantization (GPTQ calibration)")
     q.add_argument(
         "--calibration-text",
@@ -135,7 +153,8 @@ def _parser() -> argparse.ArgumentParser:
         "-y",
         "--yes",
         action="store_true",
-        help="do not ask: take defaults for missing values and do not confirm",
+        help="do not ask (as without a terminal): take the defaults for missing values and "
+        "do not confirm",
     )
     verbosity = p.add_mutually_exclusive_group()
     verbosity.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -158,7 +177,7 @@ def _fill_missing(
         (
             "quantization",
             "--quantization",
-            f"Please enter the quantization ({'/'.join(QUANTIZATIONS)}, default none)",
+            f"Please enter the quantization ({'/'.join(QUANTIZATIONS)})",
             parse_quantization,
         ),
     )
@@ -170,15 +189,28 @@ def _fill_missing(
             except ValueError as e:
                 parser.error(f"{flag}: {e}")
             continue
-        if args.yes and attr in DEFAULTS:
+        if interactive:
+            setattr(args, attr, _ask(prompt, parse, DEFAULTS.get(attr)))
+        elif attr in DEFAULTS:
             setattr(args, attr, DEFAULTS[attr])
-        elif interactive:
-            setattr(args, attr, _ask(prompt, parse))
         else:
-            parser.error(
-                f"{flag} is required when stdin is not a terminal (or pass --yes to "
-                "take the defaults)"
-            )
+            why = "with --yes" if args.yes else "when stdin is not a terminal"
+            parser.error(f"{flag} is required {why} (it has no default)")
+
+
+def _check_dependencies(model: str) -> None:
+    """What the base install lacks for this model, checked before any work: a local folder
+    with only PyTorch .bin weights needs torch (safetensors weights need nothing more)."""
+    folder = Path(model)
+    if not folder.is_dir() or any(folder.glob("*.safetensors")):
+        return
+    if any(folder.glob("pytorch_model*.bin")):
+        require_extra(
+            "hdex-compile",
+            "torch",
+            why=" to read the PyTorch .bin checkpoint in "
+            f"{folder} (safetensors checkpoints need nothing more)",
+        )
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -191,6 +223,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(banner())
     try:
         _fill_missing(args, parser, interactive)
+        _check_dependencies(args.model)
         quantization = _quantization(args)
         variant = resolve_quantization(quantization)
         target = compiled_dir(args.model, args.prefix, variant.variant if variant else None)
