@@ -5,7 +5,20 @@
 #include "emu/kernels.h"
 
 #if defined(__x86_64__) || defined(__i386__)
+// GCC 12's AVX-512 intrinsics self-initialise their "undefined" pass-through
+// operands (`__m512 __Y = __Y;` in avx512fintrin.h, GCC bug 105593), which -Wall
+// reports (falsely) once they are inlined here, even though the header is a system
+// one. The warnings are located in the header, so ignoring them around its
+// #include only is enough; our own code keeps the warnings.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 #include <immintrin.h>
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
 
 #include <algorithm>
 #include <cstring>
@@ -13,13 +26,6 @@
 #include "common/fp16.h"
 
 #define HX_AVX512 __attribute__((target("avx512f,avx2,fma,f16c")))
-
-// GCC 12's AVX-512 intrinsics self-initialise their "undefined" pass-through
-// operands, which -Wall reports (falsely) once they are inlined here.
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#endif
 
 namespace hyperdex::emu::detail {
 

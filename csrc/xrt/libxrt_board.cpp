@@ -1,7 +1,9 @@
 // The Board interface over XRT's native C++ API (libxrt_coreutil): xrt::device,
 // xrt::xclbin, xrt::kernel, xrt::bo and xrt::run. Built only when CMake finds XRT.
 #include <dlfcn.h>
+#include <unistd.h>
 
+#include <cstdint>
 #include <cstdlib>
 #include <map>
 
@@ -93,8 +95,15 @@ class XrtBoard final : public Board {
 
   BufferHandle alloc(uint64_t bytes, int32_t group) override {
     const BufferHandle h = next_++;
+    // Whole pages: for host-backed buffers (the no-op device, software emulation) XRT
+    // hands the size as is to aligned_alloc(page size, size), and C11's aligned_alloc
+    // wants a multiple of the alignment (glibc lets it pass, AddressSanitizer does not).
+    // A board's buffers are page-granular anyway; callers only touch the bytes they asked for.
+    const long ps = sysconf(_SC_PAGESIZE);
+    const uint64_t page = ps > 0 ? uint64_t(ps) : 4096;
+    const uint64_t size = bytes % page == 0 || bytes > UINT64_MAX - page ? bytes : (bytes / page + 1) * page;
     bos_[h] = xrt_call("allocate " + std::to_string(bytes) + " bytes in bank " + std::to_string(group),
-                       [&] { return xrt::bo(device_, size_t(bytes), xrt::memory_group(group)); });
+                       [&] { return xrt::bo(device_, size_t(size), xrt::memory_group(group)); });
     return h;
   }
 

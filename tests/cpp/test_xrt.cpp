@@ -85,7 +85,9 @@ TEST(Xclbin, StubRoundTripsThroughTheReader) {
   for (uint32_t i = 0; i < abi.count(); ++i) {
     EXPECT_EQ(k->args[i].name, abi.name(i));
     EXPECT_EQ(k->args[i].global, abi.is_buffer(i));
-    if (i < kChannels) EXPECT_EQ(k->args[i].bank, int32_t(i));
+    if (i < kChannels) {
+      EXPECT_EQ(k->args[i].bank, int32_t(i));
+    }
   }
   EXPECT_EQ(k->args[abi.io_base()].size, 8u);
   EXPECT_EQ(x.metadata.at("hyperdex.preset"), "test");
