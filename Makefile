@@ -1,29 +1,60 @@
 # The two front-door commands (README.md): `make demo` and `make test`.
-# Both set up everything they need first (scripts/setup.sh, idempotent).
+# Both set up everything they need first (scripts/setup.sh, idempotent; versions from the lock,
+# constraints.txt). `make test-fast` is the inner loop; `make test-latest` / `make test-oldest`
+# look at the newest releases and at pyproject.toml's floors; `make lock` remakes the lock.
 PY := .venv/bin/python
-BUILD := build/cpp-tests
+CMAKE := .venv/bin/cmake -G Ninja -DCMAKE_MAKE_PROGRAM=$(CURDIR)/.venv/bin/ninja
+CTEST := .venv/bin/ctest --output-on-failure
+PYTEST := PATH=$(CURDIR)/.venv/bin:$$PATH HF_HUB_OFFLINE=1 HYPERDEX_PROGRESS=0 $(PY) -m pytest
+LINTED := hyperdex tests examples benchmarks scripts
 
-.PHONY: demo test setup cpp-test py-test lint clean
+.PHONY: demo test test-fast test-latest test-oldest lock setup lint cpp-test cpp-sanitize py-test clean
 
 demo: setup
 	$(PY) examples/quickstart.py
 
-test: setup cpp-test py-test
+test: setup lint cpp-test cpp-sanitize py-test
+
+# Under 3 minutes: lint, the C++ suite, and the Python tests not marked slow.
+test-fast: setup lint cpp-test
+	$(PYTEST) -q -m "not slow" tests
+
+test-latest:
+	python3 scripts/deps.py latest
+
+test-oldest:
+	python3 scripts/deps.py oldest
+
+lock:
+	python3 scripts/deps.py lock
 
 setup:
 	./scripts/setup.sh
 
+lint:
+	.venv/bin/ruff check $(LINTED)
+	.venv/bin/ruff format --check $(LINTED)
+
+# The core, the Python module's bindings and the GoogleTest suite with warnings as errors
+# (one build: the core compiles once), then the suite.
 cpp-test:
-	.venv/bin/cmake -S . -B $(BUILD) -G Ninja -DCMAKE_MAKE_PROGRAM=$(CURDIR)/.venv/bin/ninja \
-	    -DHYPERDEX_BUILD_PYTHON=OFF -DHYPERDEX_BUILD_TESTS=ON
-	.venv/bin/cmake --build $(BUILD)
-	.venv/bin/ctest --test-dir $(BUILD) --output-on-failure
+	$(CMAKE) -S . -B build/cpp-tests -DHYPERDEX_BUILD_PYTHON=ON -DHYPERDEX_BUILD_TESTS=ON \
+	    -DHYPERDEX_WERROR=ON -DPython_EXECUTABLE=$(CURDIR)/$(PY) \
+	    -Dpybind11_DIR=$$($(PY) -m pybind11 --cmakedir)
+	.venv/bin/cmake --build build/cpp-tests
+	$(CTEST) -j2 --test-dir build/cpp-tests
+
+# The same suite under AddressSanitizer and UndefinedBehaviorSanitizer (-O1: quick to build,
+# and the tests run as fast as at -O2).
+cpp-sanitize:
+	$(CMAKE) -S . -B build/cpp-sanitize -DHYPERDEX_BUILD_PYTHON=OFF -DHYPERDEX_BUILD_TESTS=ON \
+	    -DHYPERDEX_SANITIZE=address,undefined -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+	    "-DCMAKE_CXX_FLAGS_RELWITHDEBINFO=-O1 -g1"
+	.venv/bin/cmake --build build/cpp-sanitize
+	$(CTEST) -j2 --timeout 300 --test-dir build/cpp-sanitize
 
 py-test:
-	PATH=$(CURDIR)/.venv/bin:$$PATH HF_HUB_OFFLINE=1 HYPERDEX_PROGRESS=0 $(PY) -m pytest tests
-
-lint:
-	.venv/bin/ruff check hyperdex tests examples benchmarks
+	$(PYTEST) tests
 
 clean:
 	rm -rf build .venv

@@ -104,6 +104,7 @@ def test_calibration_and_evaluation_texts_do_not_overlap():
     assert not zen & shingles(data.evaluation_text(), 6)
 
 
+@pytest.mark.slow  # the real model's tokenizer over the whole text
 def test_texts_fill_the_default_calibration_with_the_real_tokenizer():
     try:
         from hyperdex.tools.real_weights import smollm2_hf_folder

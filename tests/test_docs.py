@@ -26,6 +26,7 @@ def test_the_readme_has_python_snippets():
     assert any(True for _ in snippets())
 
 
+@pytest.mark.slow  # a fresh interpreter each, several compile a real model
 @pytest.mark.parametrize("code", list(snippets()))
 def test_snippet_runs(code, tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HYPERDEX_PROGRESS": "0"}
@@ -40,6 +41,7 @@ def test_snippet_runs(code, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "notebook", sorted((ROOT / "examples").glob("*.ipynb")), ids=lambda p: p.name
 )

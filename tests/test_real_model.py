@@ -20,6 +20,8 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+pytestmark = pytest.mark.slow  # a real 135M-parameter model
+
 LOGIT_ATOL = 0.35  # ~1% of the logit range; fp16 rounding of 30 layers of activations
 TEXTS = [
     codecs.decode(this.s, "rot13"),  # The Zen of Python, by Tim Peters

@@ -19,6 +19,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach the hub, even by acc
 from hyperdex.errors import CheckpointError, ConfigError  # noqa: E402
 from hyperdex.tools import real_weights  # noqa: E402
 
+pytestmark = pytest.mark.slow  # a real 135M-parameter model
+
 
 def _smollm2_installed() -> bool:
     try:
