@@ -55,7 +55,7 @@ def cost_model_ms(path, prefix_len: int, suffix_len: int, host_gbps: float) -> d
     import json
 
     from hyperdex import _core
-    from hyperdex.tools.lowering import device_preset
+    from hyperdex.presets import device_preset
 
     if not hasattr(_core, "cost"):
         return {}

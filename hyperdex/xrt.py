@@ -133,8 +133,7 @@ def write_stub_xclbin(
     file, or a preset dict) and no bitstream: what XRT's no-op device needs. No board can run
     it."""
     from . import _core
-    from .presets import load_preset
-    from .tools.lowering import device_preset
+    from .presets import device_preset, load_preset
 
     data = load_preset(preset) if isinstance(preset, (str, Path)) else preset
     out = Path(path)

@@ -257,8 +257,8 @@ def test_corrupt_param_file(compiled: Path, damage: str) -> None:
 def test_corrupt_model_bin(compiled: Path, hf_folder: Path, where: str) -> None:
     """A flipped byte in ckpt/hyperdex_model.bin: whatever reads it says FormatError (the
     loaded model does not read it: the parameters are CRC-checked on their own)."""
+    from hyperdex.compiled.record import load_converted
     from hyperdex.formats import ModelFile
-    from hyperdex.tools.converter import load_converted
 
     f = compiled / "ckpt" / "hyperdex_model.bin"
     with ModelFile.open(f) as mf:
@@ -324,7 +324,7 @@ def test_memory_map_not_json(compiled: Path) -> None:
 def test_hyperdex_config_of_another_format_version(compiled: Path, loader: str) -> None:
     """BUG: ckpt/hyperdex_config.json with another format_version is accepted by
     AutoModelForCausalLM.from_pretrained and AutoConfig.from_pretrained (configuration.py
-    reads it with read_json and never calls converter.check_config_version); the compiler
+    reads it with read_json and never calls check_config_version); the compiler
     itself rejects such a file (load_converted). Expected: FormatError saying to recompile."""
     _edit_json(compiled / "ckpt" / "hyperdex_config.json", format_version=99)
     with pytest.raises(FormatError) as e:

@@ -174,7 +174,7 @@ def test_packaged_presets_source_every_number(name: str) -> None:
     preset = load_preset(name)
     assert unsourced_fields(preset) == [], f"{name}: numbers without a source"
     core = _core.DevicePreset()
-    from hyperdex.tools.lowering import device_preset
+    from hyperdex.presets import device_preset
 
     core = device_preset(preset)
     core.validate()
@@ -432,7 +432,7 @@ def test_generate_reports_estimated_board_time(compiled_llama: str, tmp_path: Pa
     assert s.new_tokens == 5 and s.decode_runs == 4  # the first new token comes from prefill
     assert s.estimated_decode_ms_per_token > 0 and s.estimated_time_to_first_token_ms > 0
     # The same runs priced directly: prefill of 7 tokens, decodes at positions 7..10.
-    from hyperdex.tools.lowering import device_preset
+    from hyperdex.presets import device_preset
 
     preset = device_preset(load_preset("u55c"))
     inst = Path(compiled_llama) / "inst"

@@ -10,8 +10,9 @@ import pytest
 from helpers import compile_model
 
 from hyperdex import _core
+from hyperdex.compiled.folder import read_memory_map
+from hyperdex.compiled.session import open_session
 from hyperdex.errors import ConfigError, DeviceError
-from hyperdex.transformers.loading import open_session, read_memory_map
 
 
 @pytest.fixture(scope="module")
@@ -126,12 +127,12 @@ def test_run_range_checks_its_arguments(session):
 
 def test_hooks_need_a_one_device_emulator(compiled, tmp_path):
     from hyperdex import xrt as xrt_env
-    from hyperdex.tools.lowering import device_preset
-    from hyperdex.transformers.loading import _session_config
+    from hyperdex.compiled.session import session_config
+    from hyperdex.presets import device_preset
 
     mm = read_memory_map(compiled)
     stub = xrt_env.write_stub_xclbin(tmp_path / "lpu.xclbin", mm["device_preset"])
-    config = _session_config(compiled, mm, mm["param_files"])
+    config = session_config(compiled, mm, mm["param_files"])
     preset = device_preset(mm["device_preset"])
     board = _core.Session.simulated_board(preset, config, str(stub), "lpu", 0.0)
     for call in (

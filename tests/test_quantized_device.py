@@ -14,11 +14,11 @@ import pytest
 from helpers import compile_model
 
 from hyperdex import _core
+from hyperdex.compiled.record import load_converted
+from hyperdex.compiled.session import open_session
 from hyperdex.errors import ConfigError
-from hyperdex.presets import load_preset
-from hyperdex.tools.converter import load_converted
-from hyperdex.tools.lowering import device_preset, memory_map_dict, model_spec
-from hyperdex.transformers.loading import open_session
+from hyperdex.presets import device_preset, load_preset
+from hyperdex.tools.lowering import memory_map_dict, model_spec
 
 LINEARS = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
 

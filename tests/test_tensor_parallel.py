@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 
 from hyperdex import _core
+from hyperdex.compiled.record import load_converted
 from hyperdex.errors import CapacityError, ConfigError
-from hyperdex.tools.converter import load_converted
 from hyperdex.tools.sharding import gather_tensors, head_slots, shard_tensors
 
 DEVICES = (1, 2, 4, 8)
@@ -282,9 +282,9 @@ def test_bad_device_counts(compiled: dict[str, dict[int, str]], tmp_path: Path, 
 
 def test_capacity_error_names_the_smallest_ring_that_fits() -> None:
     from hyperdex.arch.registry import model_traits
-    from hyperdex.presets import load_preset
+    from hyperdex.presets import device_preset, load_preset
     from hyperdex.tools.compiler import _check_capacity, _plan_shard
-    from hyperdex.tools.lowering import device_preset, model_spec
+    from hyperdex.tools.lowering import model_spec
 
     hf = {
         "architectures": ["LlamaForCausalLM"],

@@ -142,7 +142,7 @@ def test_a_build_without_xrt_says_how_to_get_one(compiled, monkeypatch):
 
 
 def test_xclbin_mismatches_and_absence(compiled, tmp_path, monkeypatch):
-    from hyperdex.tools.lowering import device_preset
+    from hyperdex.presets import device_preset
     from hyperdex.transformers import AutoModelForCausalLM
 
     monkeypatch.setattr(xrt_env, "has_xrt", lambda: True)

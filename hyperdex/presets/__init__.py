@@ -1,12 +1,16 @@
-"""Device presets: design points as data (JSON files here, or any file a user passes)."""
+"""Device presets: design points as data (JSON files here, or any file a user passes), and
+the C++ core's DevicePreset made from one."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Union
+from typing import TYPE_CHECKING, Any, Union
 
 from ..errors import ConfigError
+
+if TYPE_CHECKING:
+    from .. import _core
 
 PRESET_DIR = Path(__file__).parent
 _FIELDS = {
@@ -111,3 +115,37 @@ def load_preset(name_or_path: Union[str, Path]) -> dict[str, Any]:
             f"device preset {path}: sources names no field: {', '.join(sorted(stray))}"
         )
     return data
+
+
+def device_preset(preset: dict[str, Any]) -> _core.DevicePreset:
+    """The C++ core's DevicePreset from a preset's data (what load_preset returns)."""
+    from .. import _core  # here, so that loading a preset needs no C++ core
+
+    p = _core.DevicePreset()
+    p.name = preset["name"]
+    p.hbm_channels = int(preset["hbm_channels"])
+    p.hbm_channel_bytes = int(preset["hbm_channel_bytes"])
+    p.hbm_bandwidth_gbps = float(preset["hbm_bandwidth_gbps"])
+    p.clock_mhz = float(preset["clock_mhz"])
+    p.lmem_bytes = int(preset["lmem_bytes"])
+    p.mac_trees = int(preset["mac_trees"])
+    p.mac_lanes = int(preset["mac_lanes"])
+    p.vector_lanes = int(preset["vector_lanes"])
+    for key in (
+        "hbm_efficiency",
+        "hbm_latency_ns",
+        "ring_bandwidth_gbps",
+        "ring_latency_ns",
+        "run_overhead_us",
+    ):
+        setattr(p, key, float(preset[key]))
+    for key in (
+        "weight_buffer_bytes",
+        "issue_cycles",
+        "chain_cycles",
+        "mac_pipeline_cycles",
+        "vector_pipeline_cycles",
+    ):
+        setattr(p, key, int(preset[key]))
+    p.validate()
+    return p

@@ -78,8 +78,8 @@ def load_for_serving(
     """(model, tokenizer) for a compiled folder, or for the model id / HF folder given to
     ``compile()``. A model not compiled yet is compiled first (``max_length``, default 2048)
     when ``compile_if_needed``."""
+    from ..compiled.folder import resolve_compiled
     from ..transformers import AutoModelForCausalLM, AutoTokenizer
-    from ..transformers.loading import resolve_compiled
 
     try:
         folder = resolve_compiled(model, prefix)

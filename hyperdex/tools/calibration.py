@@ -37,9 +37,13 @@ from typing import Any, Iterator, Optional, Sequence
 import numpy as np
 
 from .. import _core
+from ..compiled.folder import TOKENIZER_FILES
+from ..compiled.record import HYPERDEX_CONFIG_NAME, HYPERDEX_MODEL_NAME, load_converted
+from ..compiled.session import open_session
 from ..errors import ConfigError
 from ..formats import ModelFile, write_model_file
-from .lowering import device_preset, memory_map_dict, model_spec
+from ..presets import device_preset, load_preset
+from .lowering import memory_map_dict, model_spec
 from .progress import progress_bar
 from .quantization import QuantizationConfig
 
@@ -106,9 +110,7 @@ def calibration_ids(
 
 
 def _tokenizer(folder: Optional[Path], default_text: bool) -> Any:
-    from ..transformers.tokenization import _TOKENIZER_FILES
-
-    if folder is None or not any((folder / f).is_file() for f in _TOKENIZER_FILES):
+    if folder is None or not any((folder / f).is_file() for f in TOKENIZER_FILES):
         what = "the shipped calibration text" if default_text else "a calibration text"
         raise ConfigError(
             f"the model has no tokenizer, so {what} cannot be tokenized; pass "
@@ -153,8 +155,6 @@ class _CalibrationDevice:
         prefill.save(str(workdir / "inst" / "prefill.bin"))
         decode.save(str(workdir / "inst" / "decode.bin"))
         memory_map = memory_map_dict(plan, roomy, 1, records)
-        from ..transformers.loading import open_session
-
         self.session, _ = open_session(workdir, memory_map, "emu")
         self.plan = plan
         self.chunk = int(prefill.max_tokens)
@@ -488,9 +488,6 @@ def quantize_converted(
     """Quantizes the fp16 conversion in ``src_dir`` into ``out_dir`` (hyperdex_config.json +
     hyperdex_model.bin, each written atomically); returns statistics (per-tensor GPTQ loss,
     per-layer seconds, calibration tokens)."""
-    from ..presets import load_preset
-    from .converter import HYPERDEX_CONFIG_NAME, HYPERDEX_MODEL_NAME, load_converted
-
     config, model_file = load_converted(src_dir, verify=False)
     if config.get("quantization"):
         raise ConfigError(

@@ -27,21 +27,17 @@ from typing import Any, Optional, Union
 
 from .. import __version__, _core
 from ..arch.registry import model_traits
+from ..compiled.folder import COMPILE_INFO_NAME, MEMORY_MAP_NAME
+from ..compiled.record import HYPERDEX_CONFIG_NAME, HYPERDEX_MODEL_NAME, load_converted
 from ..errors import CapacityError, ConfigError, FormatError
 from ..formats import ModelFile
 from ..formats.gptq_checkpoint import gptq_settings
 from ..paths import compiled_dir, is_local_model
-from ..presets import load_preset
+from ..presets import device_preset, load_preset
 from .calibration import quantize_converted
-from .converter import (
-    HYPERDEX_CONFIG_NAME,
-    HYPERDEX_MODEL_NAME,
-    AutoModelConverter,
-    load_converted,
-    read_hf_config,
-)
+from .converter import AutoModelConverter, read_hf_config
 from .fetch import copy_local, download, download_config
-from .lowering import device_preset, memory_map_dict, model_spec
+from .lowering import memory_map_dict, model_spec
 from .passes import PassesArg, core_passes, pass_options
 from .progress import progress_bar
 from .quantization import QuantizationConfig, resolve_quantization
@@ -49,8 +45,6 @@ from .sharding import shard_tensors
 
 log = logging.getLogger("hyperdex")
 
-COMPILE_INFO_NAME = "compile.json"
-MEMORY_MAP_NAME = "memory_map.json"
 DEFAULT_MAX_LENGTH = 2048
 MAX_DEVICES = 1024  # the largest ring compile() accepts (and a capacity error suggests)
 
@@ -64,8 +58,8 @@ QuantizationArg = Union[None, str, QuantizationConfig]
 def _formats() -> dict[str, int]:
     """Format versions of everything a compile writes: a stamp from an older hyperdex whose
     files another version would reject must not count as up to date."""
+    from ..compiled.record import CONFIG_FORMAT_VERSION
     from ..formats import MODEL_FILE_VERSION
-    from .converter import CONFIG_FORMAT_VERSION
 
     return {
         "config": CONFIG_FORMAT_VERSION,

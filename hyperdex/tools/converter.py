@@ -28,14 +28,17 @@ from ..arch.registry import (
     model_traits,
     rule_applies,
 )
+from ..compiled.record import (
+    CONFIG_FORMAT,
+    CONFIG_FORMAT_VERSION,
+    HYPERDEX_CONFIG_NAME,
+    HYPERDEX_MODEL_NAME,
+)
 from ..errors import CheckpointError, ConfigError
-from ..formats import HFCheckpoint, ModelFile, write_model_file
+from ..formats import HFCheckpoint, write_model_file
 from ..formats.gptq_checkpoint import GPTQImporter, gptq_importer
 from .progress import progress_bar
 
-HYPERDEX_CONFIG_NAME = "hyperdex_config.json"
-HYPERDEX_MODEL_NAME = "hyperdex_model.bin"
-CONFIG_FORMAT_VERSION = 1
 FP16_MAX = 65504.0
 FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
 
@@ -238,7 +241,7 @@ class AutoModelConverter:
         }
         config_bytes = (self.folder / "config.json").read_bytes()
         return {
-            "format": "hyperdex-config",
+            "format": CONFIG_FORMAT,
             "format_version": CONFIG_FORMAT_VERSION,
             "hyperdex_version": __version__,
             "architecture": self.hf_architecture,
@@ -299,26 +302,3 @@ def _write_json_atomic(path: Path, data: Any) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
     tmp.replace(path)
-
-
-def load_converted(folder: PathLike, verify: bool = True) -> tuple[dict[str, Any], ModelFile]:
-    """Opens a converted checkpoint: (hyperdex_config.json content, the model file)."""
-    folder = Path(folder)
-    cfg_path = folder / HYPERDEX_CONFIG_NAME
-    if not cfg_path.is_file():
-        raise CheckpointError(f"{folder} has no {HYPERDEX_CONFIG_NAME}; run the conversion first")
-    config = json.loads(cfg_path.read_text(encoding="utf-8"))
-    check_config_version(config, cfg_path)
-    return config, ModelFile.open(folder / HYPERDEX_MODEL_NAME, verify=verify)
-
-
-def check_config_version(config: dict[str, Any], path: Path) -> None:
-    from ..errors import FormatError
-
-    version = config.get("format_version")
-    if config.get("format") != "hyperdex-config" or version != CONFIG_FORMAT_VERSION:
-        raise FormatError(
-            f"{path} is format version {version!r}; this hyperdex ({__version__}) reads version "
-            f"{CONFIG_FORMAT_VERSION}. Recompile the model with this version "
-            "(AutoCompiler().compile(..., fast_compile=False))"
-        )

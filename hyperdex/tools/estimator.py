@@ -24,8 +24,8 @@ from typing import Any, Mapping, Optional, Union
 from .. import _core
 from ..arch.registry import model_traits
 from ..errors import CheckpointError, ConfigError, HyperdexError
-from ..presets import load_preset
-from .lowering import device_preset, model_spec
+from ..presets import device_preset, load_preset
+from .lowering import model_spec
 from .passes import PASSES, PassesArg, core_passes, describe, pass_options
 from .quantization import resolve_quantization
 

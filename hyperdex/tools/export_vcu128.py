@@ -25,6 +25,7 @@ from typing import Any, Iterator, Optional, Union
 import numpy as np
 
 from .. import __version__
+from ..compiled.record import HYPERDEX_CONFIG_NAME, HYPERDEX_MODEL_NAME, check_config_version
 from ..errors import ConfigError, FormatError
 from ..formats import ModelFile
 
@@ -142,8 +143,6 @@ class _Source:
 
 
 def _find_converted(folder: Path) -> _Source:
-    from .converter import HYPERDEX_CONFIG_NAME, HYPERDEX_MODEL_NAME, check_config_version
-
     # A compile quantized by hyperdex keeps ckpt/quantized/; a GPTQ import, ckpt/; a bare
     # conversion, the folder itself.
     for cand in (folder / "ckpt" / "quantized", folder / "ckpt", folder):
@@ -254,8 +253,6 @@ def export_vcu128(folder: PathLike, *, skip_lm_head: bool = False) -> Path:
     src = _find_converted(folder)
     q = _check_exportable(src.config, src.folder)
     model = src.config["model"]
-    from .converter import HYPERDEX_MODEL_NAME
-
     final = folder / EXPORT_DIR
     tmp = final.with_name(final.name + ".tmp")
     if tmp.exists():

@@ -1,11 +1,13 @@
-"""Bridges the Python descriptions (hyperdex_config.json, preset JSON) and the C++ core's
-structs, and writes the memory plan as ``config/memory_map.json``."""
+"""Bridges hyperdex_config.json and the C++ core's ModelSpec, and writes the memory plan as
+``config/memory_map.json``. (A preset's bridge is ``hyperdex.presets.device_preset``: the
+runtime needs it too.)"""
 
 from __future__ import annotations
 
 from typing import Any, Optional
 
 from .. import _core
+from ..compiled.folder import MEMORY_MAP_FORMAT
 from ..errors import ConfigError
 
 _NORMS = {"layernorm": _core.NormKind.LayerNorm, "rmsnorm": _core.NormKind.RmsNorm}
@@ -22,8 +24,6 @@ _POSITIONS = {
     "none": _core.PositionKind.None_,
 }
 _ROPE_STYLES = {"neox": _core.RopeStyle.Neox, "gptj": _core.RopeStyle.Gptj}
-
-MEMORY_MAP_FORMAT = "hyperdex-memory-map"
 
 
 def model_spec(config: dict[str, Any]) -> _core.ModelSpec:
@@ -92,37 +92,6 @@ def _quantization(s: _core.ModelSpec, q: Optional[dict[str, Any]]) -> None:
     s.weight_bits = int(bits)
     s.group_size = 0 if group == -1 else int(group)
     s.quantize_lm_head = bool(q.get("quantize_lm_head", False))
-
-
-def device_preset(preset: dict[str, Any]) -> _core.DevicePreset:
-    p = _core.DevicePreset()
-    p.name = preset["name"]
-    p.hbm_channels = int(preset["hbm_channels"])
-    p.hbm_channel_bytes = int(preset["hbm_channel_bytes"])
-    p.hbm_bandwidth_gbps = float(preset["hbm_bandwidth_gbps"])
-    p.clock_mhz = float(preset["clock_mhz"])
-    p.lmem_bytes = int(preset["lmem_bytes"])
-    p.mac_trees = int(preset["mac_trees"])
-    p.mac_lanes = int(preset["mac_lanes"])
-    p.vector_lanes = int(preset["vector_lanes"])
-    for key in (
-        "hbm_efficiency",
-        "hbm_latency_ns",
-        "ring_bandwidth_gbps",
-        "ring_latency_ns",
-        "run_overhead_us",
-    ):
-        setattr(p, key, float(preset[key]))
-    for key in (
-        "weight_buffer_bytes",
-        "issue_cycles",
-        "chain_cycles",
-        "mac_pipeline_cycles",
-        "vector_pipeline_cycles",
-    ):
-        setattr(p, key, int(preset[key]))
-    p.validate()
-    return p
 
 
 def memory_map_dict(

@@ -14,8 +14,7 @@ from typing import Any, Optional
 
 from .. import _core
 from ..errors import HyperdexError
-from ..presets import load_preset
-from .lowering import device_preset
+from ..presets import device_preset, load_preset
 
 
 def annotate(program: Any, text: str, preset: Any, position: int = 0) -> str:

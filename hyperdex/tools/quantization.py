@@ -14,7 +14,7 @@ from typing import Any, Optional, Sequence, Union
 
 from ..errors import ConfigError
 
-__all__ = ["QuantizationConfig", "resolve_quantization", "SCHEMES", "scheme_name"]
+__all__ = ["QuantizationConfig", "resolve_quantization", "SCHEMES"]
 
 METHODS = ("gptq", "rtn")
 DatasetArg = Union[None, str, Sequence[int], Sequence[Sequence[int]]]
@@ -231,14 +231,3 @@ def resolve_quantization(quantization: Any) -> Optional[QuantizationConfig]:
         f"quantization must be None (fp16), one of {', '.join(repr(s) for s in SCHEMES)}, or a "
         f"hyperdex.tools.QuantizationConfig; got {quantization!r}"
     )
-
-
-def scheme_name(recorded: Optional[dict[str, Any]]) -> Optional[str]:
-    """The short name of a recorded scheme (``hyperdex_config.json``'s ``quantization``)."""
-    if not recorded:
-        return None
-    if recorded.get("scheme"):
-        return str(recorded["scheme"])
-    base = f"w{recorded.get('bits')}a16"
-    method = recorded.get("method", "gptq")
-    return base if method in ("gptq", "gptq-import") else f"{method}-{base}"

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from ..tools.quantization import scheme_name
-from .loading import read_json, resolve_compiled
+from ..compiled.folder import COMPILE_INFO_NAME, read_json, resolve_compiled
+from ..compiled.record import HYPERDEX_CONFIG_NAME, check_config_version, scheme_name
 
 PathLike = Union[str, Path]
 
@@ -39,16 +39,14 @@ class LPUConfig:
 
     @classmethod
     def from_pretrained(cls, model_id: PathLike, prefix: Optional[PathLike] = None) -> LPUConfig:
-        from ..tools.converter import check_config_version
-
         folder = resolve_compiled(model_id, prefix)
-        converted_path = folder / "ckpt" / "hyperdex_config.json"
+        converted_path = folder / "ckpt" / HYPERDEX_CONFIG_NAME
         converted = read_json(converted_path, "converted config")
         check_config_version(converted, converted_path)
         return cls(
             folder,
             read_json(folder / "ckpt" / "config.json", "HF config"),
-            read_json(folder / "compile.json", "compile record"),
+            read_json(folder / COMPILE_INFO_NAME, "compile record"),
             converted,
         )
 

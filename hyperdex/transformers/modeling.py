@@ -11,18 +11,18 @@ from typing import Any, Iterator, Optional, Union
 
 import numpy as np
 
-from ..errors import ConfigError
-from .configuration import LPUConfig
-from .generation import GenerationConfig, GenerationSession
-from .loading import (
-    check_device_map,
-    hybrid_gpus,
+from ..compiled.folder import (
+    COMPILE_INFO_NAME,
     kv_regions,
-    open_session,
     read_json,
     read_memory_map,
     resolve_compiled,
 )
+from ..compiled.session import open_session
+from ..errors import ConfigError
+from .configuration import LPUConfig
+from .device_map import check_device_map, hybrid_gpus
+from .generation import GenerationConfig, GenerationSession
 from .prefix_cache import (
     DEFAULT_BLOCK_SIZE,
     DEFAULT_CAPACITY_BYTES,
@@ -428,7 +428,7 @@ class AutoModelForCausalLM:
         if unknown:
             raise TypeError(f"from_pretrained() got unexpected argument(s): {', '.join(unknown)}")
         folder = resolve_compiled(model_id, prefix)
-        compile_info = read_json(folder / "compile.json", "compile record")
+        compile_info = read_json(folder / COMPILE_INFO_NAME, "compile record")
         num_device = check_device_map(device_map, int(compile_info["num_device"]))
         if num_device > 1 and hybrid_gpus(device_map):
             raise ConfigError(

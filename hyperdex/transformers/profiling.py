@@ -92,8 +92,8 @@ class RunProfiler:
     def _ensure(self) -> Any:
         if self._profiler is None:
             from .. import _core
-            from ..tools.lowering import device_preset
-            from .loading import read_memory_map
+            from ..compiled.folder import read_memory_map
+            from ..presets import device_preset
 
             memory_map = read_memory_map(self.folder)
             self.num_device = int(memory_map.get("num_device", 1))

@@ -5,11 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Optional, Union
 
+from ..compiled.folder import TOKENIZER_FILES, resolve_compiled
 from ..errors import ConfigError
-from .loading import resolve_compiled
 
 PathLike = Union[str, Path]
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
 
 
 class AutoTokenizer:
@@ -27,13 +26,13 @@ class AutoTokenizer:
         import transformers
 
         path = Path(model_id).expanduser()
-        if any((path / f).is_file() for f in _TOKENIZER_FILES):
+        if any((path / f).is_file() for f in TOKENIZER_FILES):
             folder = path  # a plain HF folder works too
         else:
             folder = resolve_compiled(model_id, prefix) / "ckpt"
-        if not any((folder / f).is_file() for f in _TOKENIZER_FILES):
+        if not any((folder / f).is_file() for f in TOKENIZER_FILES):
             raise ConfigError(
-                f"{folder} holds no tokenizer files ({', '.join(_TOKENIZER_FILES)}): the source "
+                f"{folder} holds no tokenizer files ({', '.join(TOKENIZER_FILES)}): the source "
                 "checkpoint had none. Add the tokenizer files to the HF folder and recompile, or "
                 "pass token ids directly"
             )
