@@ -134,15 +134,20 @@ def test_help_lists_every_flag_and_the_exit_codes():
     assert "exit codes" in done.stdout and "130" in done.stdout
 
 
-def test_interactive_session_reasks_invalid_answers(tiny_llama, tmp_path):
-    pexpect = pytest.importorskip("pexpect")
-    child = pexpect.spawn(
+def _spawn_cli(pexpect, prefix):
+    """hdex-compile on a pseudo-terminal, asking for everything but the max length."""
+    return pexpect.spawn(
         sys.executable,
-        ["-m", "hyperdex.tools.cli", "--prefix", str(tmp_path), "--max-length", "64"],
+        ["-m", "hyperdex.tools.cli", "--prefix", str(prefix), "--max-length", "64"],
         env=ENV,
         encoding="utf-8",
         timeout=120,
     )
+
+
+def test_interactive_session_reasks_invalid_answers(tiny_llama, tmp_path):
+    pexpect = pytest.importorskip("pexpect")
+    child = _spawn_cli(pexpect, tmp_path)
     child.expect(r"hyperdex compiler \d+\.\d+\.\d+")
     child.expect("model id")
     child.sendline("not a valid id!")
@@ -173,13 +178,7 @@ def test_interactive_enter_takes_the_shown_defaults(tiny_llama, tmp_path):
     """The prompts show their defaults; Enter takes them (1 device, no quantization). The
     model has no default: Enter there asks again."""
     pexpect = pytest.importorskip("pexpect")
-    child = pexpect.spawn(
-        sys.executable,
-        ["-m", "hyperdex.tools.cli", "--prefix", str(tmp_path), "--max-length", "64"],
-        env=ENV,
-        encoding="utf-8",
-        timeout=120,
-    )
+    child = _spawn_cli(pexpect, tmp_path)
     child.logfile_read = transcript = io.StringIO()
     child.expect("model id")
     child.sendline("")  # no default: re-asked
