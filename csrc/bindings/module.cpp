@@ -395,9 +395,14 @@ PYBIND11_MODULE(_core, m) {
                         uint32_t logits, uint32_t bytes) {
         c.io = IoLayout{base, ids, argmax, logits, bytes};
       })
-      .def("add_kv_region", [](SessionConfig& c, uint64_t base, uint32_t row_bytes, uint32_t rows,
-                               uint32_t cols) { c.kv_regions.push_back(KvRegion{base, row_bytes, rows, cols}); },
-           py::arg("base"), py::arg("row_bytes"), py::arg("rows"), py::arg("cols"));
+      .def("add_kv_region",
+           [](SessionConfig& c, uint64_t base, uint32_t row_bytes, uint32_t rows, uint32_t cols,
+              const std::string& name) {
+             c.kv_regions.push_back(KvRegion{base, row_bytes, rows, cols, name});
+           },
+           py::arg("base"), py::arg("row_bytes"), py::arg("rows"), py::arg("cols"),
+           py::arg("name") = "",
+           "A KV cache region of the memory map; `name` (optional) is for error messages.");
 
   py::class_<Session>(m, "Session")
       .def_static(

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <map>
 
+#include "common/bounds.h"
 #include "common/error.h"
 #include "spec/model_spec.h"
 
@@ -26,24 +27,29 @@ struct Footprint {
   std::vector<Range> reads, writes;
 };
 
-Range operand_range(const isa::Operand& o, uint64_t width, uint64_t elem, uint32_t rows) {
-  const uint64_t stride = std::max<uint64_t>(o.stride, width);
-  const uint64_t end = o.offset + ((rows ? rows - 1 : 0) * stride + width) * elem;
-  return Range{o.space == isa::Space::Io ? Range::Io : Range::Lmem, o.offset, end};
+// An end past 2^64 (a program the device would refuse) saturates: such a range overlaps
+// everything after its start, which keeps the hazard decisions conservative.
+uint64_t end_or_max(Checked end) { return end.ok() ? end.value() : UINT64_MAX; }
+
+Range operand_range(const isa::Operand& o, Checked width, uint64_t elem, uint32_t rows) {
+  const Checked stride = width.ok() ? std::max<uint64_t>(o.stride, width.value()) : width;
+  const Checked end = Checked(o.offset) + (Checked(rows ? rows - 1 : 0) * stride + width) * elem;
+  return Range{o.space == isa::Space::Io ? Range::Io : Range::Lmem, o.offset, end_or_max(end)};
 }
 
 Range region_range(const isa::HbmRegion& r, uint32_t channels) {
-  return Range{Range::Hbm, r.base, r.base + ceil_div(r.rows, channels) * r.row_bytes};
+  return Range{Range::Hbm, r.base,
+               end_or_max(Checked(r.base) + Checked(ceil_div(r.rows, channels)) * r.row_bytes)};
 }
 
 // What each instruction reads and writes, for the largest run the program
 // allows (hazards are decided once per program, conservatively).
 Footprint footprint(const Instruction& in, uint32_t T, uint32_t C) {
   Footprint f;
-  auto rd = [&](const isa::Operand& o, uint64_t w, uint64_t e, uint32_t rows) {
+  auto rd = [&](const isa::Operand& o, Checked w, uint64_t e, uint32_t rows) {
     f.reads.push_back(operand_range(o, w, e, rows));
   };
-  auto wr = [&](const isa::Operand& o, uint64_t w, uint64_t e, uint32_t rows) {
+  auto wr = [&](const isa::Operand& o, Checked w, uint64_t e, uint32_t rows) {
     f.writes.push_back(operand_range(o, w, e, rows));
   };
   auto rd_hbm = [&](const isa::HbmRegion& r) {
@@ -73,9 +79,9 @@ Footprint footprint(const Instruction& in, uint32_t T, uint32_t C) {
       break;
     }
     case Opcode::Rope:
-      rd(in.dst, uint64_t(in.n) * in.k, 2, T);
+      rd(in.dst, Checked(in.n) * in.k, 2, T);
       rd_hbm(in.w0);
-      wr(in.dst, uint64_t(in.n) * in.k, 2, T);
+      wr(in.dst, Checked(in.n) * in.k, 2, T);
       break;
     case Opcode::KvStore:
       rd(in.a, in.n, 2, T);
@@ -84,10 +90,10 @@ Footprint footprint(const Instruction& in, uint32_t T, uint32_t C) {
       f.writes.push_back(region_range(in.w1, C));
       break;
     case Opcode::Attention:
-      rd(in.a, uint64_t(in.n) * in.k, 2, T);
+      rd(in.a, Checked(in.n) * in.k, 2, T);
       rd_hbm(in.w0);
       rd_hbm(in.w1);
-      wr(in.dst, uint64_t(in.n) * in.k, 2, T);
+      wr(in.dst, Checked(in.n) * in.k, 2, T);
       break;
     case Opcode::Add:
     case Opcode::Mul:

@@ -42,6 +42,13 @@ struct RingPosition {
 // the I/O region inside channel 0); `what` names the device in the message.
 void check_layout(const DeviceLayout& layout, const DevicePreset& preset, const std::string& what);
 
+// Whether a region striped over `channels` pseudo-channels (row r in channel r % channels
+// at byte base + (r / channels) * row_bytes) lies inside every channel's allocation in
+// `layout`: empty if it does, else why not (the channel and the numbers), for the caller's
+// message. Overflow-safe for any field values.
+std::string striped_region_problem(uint64_t base, uint64_t row_bytes, uint64_t rows,
+                                   uint32_t channels, const DeviceLayout& layout);
+
 class Device {
  public:
   virtual ~Device() = default;

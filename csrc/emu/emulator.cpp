@@ -6,6 +6,7 @@
 #include <limits>
 #include <sstream>
 
+#include "common/bounds.h"
 #include "common/error.h"
 #include "common/fp16.h"
 
@@ -94,15 +95,27 @@ void Emulator::allocate(const DeviceLayout& layout) {
   programs_ = {};
 }
 
+namespace {
+// "write of 8 bytes at offset 1234 lies outside pseudo-channel 0 (4096 bytes)"
+std::string outside_channel(const char* op, uint32_t channel, uint64_t offset, size_t bytes,
+                            const DeviceLayout& layout) {
+  std::string s = std::string(op) + " of " + std::to_string(bytes) + " bytes at offset " +
+                  std::to_string(offset) + " lies outside pseudo-channel " + std::to_string(channel);
+  if (channel < layout.channel_bytes.size())
+    s += " (" + std::to_string(layout.channel_bytes[channel]) + " bytes)";
+  return s;
+}
+}  // namespace
+
 void Emulator::write(uint32_t channel, uint64_t offset, const void* src, size_t bytes) {
-  if (channel >= hbm_.size() || offset + bytes > layout_.channel_bytes[channel])
-    throw DeviceError("write outside pseudo-channel " + std::to_string(channel));
+  if (channel >= hbm_.size() || !fits(offset, bytes, layout_.channel_bytes[channel]))
+    throw DeviceError(outside_channel("write", channel, offset, bytes, layout_));
   std::memcpy(hbm_[channel].get() + offset, src, bytes);
 }
 
 void Emulator::read(uint32_t channel, uint64_t offset, void* dst, size_t bytes) {
-  if (channel >= hbm_.size() || offset + bytes > layout_.channel_bytes[channel])
-    throw DeviceError("read outside pseudo-channel " + std::to_string(channel));
+  if (channel >= hbm_.size() || !fits(offset, bytes, layout_.channel_bytes[channel]))
+    throw DeviceError(outside_channel("read", channel, offset, bytes, layout_));
   std::memcpy(dst, hbm_[channel].get() + offset, bytes);
 }
 
@@ -116,23 +129,38 @@ void validate_program(const isa::Program& p, const DevicePreset& preset,
     throw FormatError("instruction " + std::to_string(i) + " (" + isa::opcode_name(p.code[i].op) +
                       ") " + why + "; the program does not match this memory layout, recompile");
   };
-  auto check_operand = [&](size_t i, const isa::Operand& o, uint64_t width, uint64_t elem,
-                           uint32_t rows) {
-    uint64_t stride = std::max<uint64_t>(o.stride, width);
-    uint64_t end = o.offset + ((rows ? rows - 1 : 0) * stride + width) * elem;
-    uint64_t limit = o.space == isa::Space::Io ? io_bytes : p.lmem_bytes;
-    if (o.stride < width && rows > 1) fail(i, "has an operand whose stride is below its width");
-    if (end > limit) fail(i, "reads or writes past its memory");
+  // Operand `name` holds `rows` token rows of `width` elements of `elem` bytes, row t at
+  // offset + t * stride elements: all of it must lie inside its memory.
+  auto check_operand = [&](size_t i, const char* name, const isa::Operand& o, Checked width,
+                           uint64_t elem, uint32_t rows) {
+    const bool io = o.space == isa::Space::Io;
+    const uint64_t limit = io ? io_bytes : p.lmem_bytes;
+    auto where = [&] {
+      return std::string("operand ") + name + " (" + (io ? "I/O" : "on-chip") + " offset " +
+             std::to_string(o.offset) + ", stride " + std::to_string(o.stride) + ", " +
+             std::to_string(rows) + " rows of " +
+             (width.ok() ? std::to_string(width.value()) : std::string("over 2^64")) + " x " +
+             std::to_string(elem) + " bytes)";
+    };
+    if (!width.ok()) fail(i, "has an " + where() + " wider than 2^64 bytes");
+    if (rows > 1 && o.stride < width.value())
+      fail(i, "has an " + where() + " whose stride is below its width");
+    const Checked span = (Checked(rows ? rows - 1 : 0) * o.stride + width) * elem;
+    if (!fits(Checked(o.offset), span, limit))
+      fail(i, "has an " + where() + " that reads or writes past its memory (" +
+                  std::to_string(limit) + " bytes)");
   };
-  auto check_region = [&](size_t i, const isa::HbmRegion& r, uint64_t row_need) {
-    if (r.rows == 0) fail(i, "names an empty HBM region");
-    if (row_need > r.row_bytes) fail(i, "reads rows longer than its HBM region's rows");
-    const uint32_t C = preset.hbm_channels;
-    for (uint32_t c = 0; c < C && c < r.rows; ++c) {
-      const uint64_t rows_here = (uint64_t(r.rows) - c + C - 1) / C;
-      if (c >= layout.channel_bytes.size() || r.base + rows_here * r.row_bytes > layout.channel_bytes[c])
-        fail(i, "names an HBM region past the allocation");
-    }
+  // Region `name` must have rows of at least `row_need` bytes and lie inside the allocation.
+  auto check_region = [&](size_t i, const char* name, const isa::HbmRegion& r, Checked row_need) {
+    const std::string what = std::string("HBM region ") + name + " (base " + std::to_string(r.base) +
+                             ", " + std::to_string(r.rows) + " rows of " +
+                             std::to_string(r.row_bytes) + " bytes)";
+    if (r.rows == 0) fail(i, "names an empty " + what);
+    if (!row_need.ok() || row_need.value() > r.row_bytes)
+      fail(i, "reads rows longer than the rows of its " + what);
+    const std::string why =
+        striped_region_problem(r.base, r.row_bytes, r.rows, preset.hbm_channels, layout);
+    if (!why.empty()) fail(i, "names an " + what + " past the allocation: " + why);
   };
   if (p.lmem_bytes > preset.lmem_bytes)
     throw CapacityError("the program needs " + std::to_string(p.lmem_bytes) +
@@ -143,99 +171,99 @@ void validate_program(const isa::Program& p, const DevicePreset& preset,
     const Instruction& in = p.code[i];
     switch (in.op) {
       case Opcode::Embed:
-        check_operand(i, in.dst, in.n, 2, T);
-        if (isa::EmbedSource(in.sub) == isa::EmbedSource::Tokens) check_operand(i, in.a, 1, 4, T);
-        check_region(i, in.w0, uint64_t(in.n) * 2);
+        check_operand(i, "dst", in.dst, in.n, 2, T);
+        if (isa::EmbedSource(in.sub) == isa::EmbedSource::Tokens) check_operand(i, "a", in.a, 1, 4, T);
+        check_region(i, "w0", in.w0, Checked(in.n) * 2);
         break;
       case Opcode::Norm:
-        check_operand(i, in.dst, in.n, 2, T);
-        check_operand(i, in.a, in.n, 2, T);
-        check_region(i, in.w0, 64);
-        if (in.flags & isa::kFlagHasBias) check_region(i, in.w1, 64);
+        check_operand(i, "dst", in.dst, in.n, 2, T);
+        check_operand(i, "a", in.a, in.n, 2, T);
+        check_region(i, "w0", in.w0, 64);
+        if (in.flags & isa::kFlagHasBias) check_region(i, "w1", in.w1, 64);
         if (uint64_t(in.w0.rows) * 32 < in.n) fail(i, "has a gamma shorter than n");
         break;
       case Opcode::MatMul: {
         // A GLU MATMUL streams gate rows then up rows: twice n weight rows and biases.
         const uint64_t rows = uint64_t(in.n) * ((in.flags & isa::kFlagGlu) ? 2 : 1);
-        check_operand(i, in.dst, in.n, (in.flags & isa::kFlagOutF32) ? 4 : 2, T);
-        check_operand(i, in.a, in.k, 2, T);
-        if (in.flags & isa::kFlagHasResidual) check_operand(i, in.b, in.n, 2, T);
+        check_operand(i, "dst", in.dst, in.n, (in.flags & isa::kFlagOutF32) ? 4 : 2, T);
+        check_operand(i, "a", in.a, in.k, 2, T);
+        if (in.flags & isa::kFlagHasResidual) check_operand(i, "b", in.b, in.n, 2, T);
         if (in.flags & isa::kFlagArgmax) {
           if (!(in.flags & isa::kFlagOutF32) || (in.flags & isa::kFlagHasResidual))
             fail(i, "fuses an argmax without fp32 logits, or with a residual");
-          check_operand(i, in.b, 1, 4, 1);
+          check_operand(i, "b", in.b, 1, 4, 1);
         }
         if (in.i0 == 0 || in.i0 == 16) {
           if (in.i1 != 0) fail(i, "has a group size for fp16 weights");
-          check_region(i, in.w0, uint64_t(in.k) * 2);
+          check_region(i, "w0", in.w0, Checked(in.k) * 2);
         } else {
           const isa::QRowFormat f{in.i0, in.i1, in.k};
           if (const std::string why = f.check(); !why.empty())
             fail(i, "has an invalid quantized weight format (" + why + ")");
-          check_region(i, in.w0, f.data_bytes());
+          check_region(i, "w0", in.w0, f.data_bytes());
         }
         if (in.w0.rows < rows) fail(i, "has fewer weight rows than outputs");
         if (in.flags & isa::kFlagHasBias) {
-          check_region(i, in.w1, 64);
+          check_region(i, "w1", in.w1, 64);
           if (uint64_t(in.w1.rows) * 32 < rows) fail(i, "has a bias shorter than n");
         }
         break;
       }
       case Opcode::Prefetch:
-        check_region(i, in.w0, 0);
-        if (!in.w1.empty()) check_region(i, in.w1, 0);
+        check_region(i, "w0", in.w0, 0);
+        if (!in.w1.empty()) check_region(i, "w1", in.w1, 0);
         break;
       case Opcode::AllReduce:
-        check_operand(i, in.dst, in.n, 2, T);
-        check_operand(i, in.a, in.n, 2, T);
-        if (in.flags & isa::kFlagHasResidual) check_operand(i, in.b, in.n, 2, T);
+        check_operand(i, "dst", in.dst, in.n, 2, T);
+        check_operand(i, "a", in.a, in.n, 2, T);
+        if (in.flags & isa::kFlagHasResidual) check_operand(i, "b", in.b, in.n, 2, T);
         if (in.flags & isa::kFlagHasBias) {
-          check_region(i, in.w1, 64);
+          check_region(i, "w1", in.w1, 64);
           if (uint64_t(in.w1.rows) * 32 < in.n) fail(i, "has a bias shorter than n");
         }
         if (in.i1 == 0) fail(i, "names a ring of 0 devices");
         break;
       case Opcode::AllGather: {
         const uint64_t elem = (in.flags & isa::kFlagOutF32) ? 4 : 2;
-        check_operand(i, in.dst, uint64_t(in.n) * std::max<uint32_t>(in.i1, 1), elem, T);
-        check_operand(i, in.a, in.n, elem, T);
+        check_operand(i, "dst", in.dst, Checked(in.n) * std::max<uint32_t>(in.i1, 1), elem, T);
+        check_operand(i, "a", in.a, in.n, elem, T);
         if (in.i1 == 0) fail(i, "names a ring of 0 devices");
         break;
       }
       case Opcode::Rope:
-        check_operand(i, in.dst, uint64_t(in.n) * in.k, 2, T);
+        check_operand(i, "dst", in.dst, Checked(in.n) * in.k, 2, T);
         if (in.i0 > in.k || in.i0 % 2) fail(i, "has rot_dim odd or above head_dim");
-        check_region(i, in.w0, uint64_t(in.i0) * 4);
+        check_region(i, "w0", in.w0, Checked(in.i0) * 4);
         break;
       case Opcode::KvStore:
-        check_operand(i, in.a, in.n, 2, T);
-        check_operand(i, in.b, in.n, 2, T);
-        check_region(i, in.w0, uint64_t(in.n) * 2);
-        check_region(i, in.w1, uint64_t(in.n) * 2);
+        check_operand(i, "a", in.a, in.n, 2, T);
+        check_operand(i, "b", in.b, in.n, 2, T);
+        check_region(i, "w0", in.w0, Checked(in.n) * 2);
+        check_region(i, "w1", in.w1, Checked(in.n) * 2);
         break;
       case Opcode::Attention:
         if (in.i0 == 0 || in.n % in.i0) fail(i, "has heads not a multiple of kv_heads");
-        check_operand(i, in.dst, uint64_t(in.n) * in.k, 2, T);
-        check_operand(i, in.a, uint64_t(in.n) * in.k, 2, T);
-        check_region(i, in.w0, uint64_t(in.i0) * in.k * 2);
-        check_region(i, in.w1, uint64_t(in.i0) * in.k * 2);
+        check_operand(i, "dst", in.dst, Checked(in.n) * in.k, 2, T);
+        check_operand(i, "a", in.a, Checked(in.n) * in.k, 2, T);
+        check_region(i, "w0", in.w0, Checked(in.i0) * in.k * 2);
+        check_region(i, "w1", in.w1, Checked(in.i0) * in.k * 2);
         break;
       case Opcode::Add:
       case Opcode::Mul:
-        check_operand(i, in.b, in.n, 2, T);
+        check_operand(i, "b", in.b, in.n, 2, T);
         [[fallthrough]];
       case Opcode::Act:
-        check_operand(i, in.dst, in.n, 2, T);
-        check_operand(i, in.a, in.n, 2, T);
+        check_operand(i, "dst", in.dst, in.n, 2, T);
+        check_operand(i, "a", in.a, in.n, 2, T);
         break;
       case Opcode::Bias:
-        check_operand(i, in.dst, in.n, 2, T);
-        check_operand(i, in.a, in.n, 2, T);
-        check_region(i, in.w1, 64);
+        check_operand(i, "dst", in.dst, in.n, 2, T);
+        check_operand(i, "a", in.a, in.n, 2, T);
+        check_region(i, "w1", in.w1, 64);
         break;
       case Opcode::Argmax:
-        check_operand(i, in.dst, 1, 4, 1);
-        check_operand(i, in.a, in.n, 4, T);
+        check_operand(i, "dst", in.dst, 1, 4, 1);
+        check_operand(i, "a", in.a, in.n, 4, T);
         break;
     }
   }
@@ -306,13 +334,13 @@ void Emulator::run_program(ProgramSlot slot, const RunArgs& run, size_t begin, s
 }
 
 void Emulator::read_lmem(uint64_t offset, void* dst, size_t bytes) const {
-  if (offset + bytes > lmem_bytes_ || offset + bytes < offset)
+  if (!fits(offset, bytes, lmem_bytes_))
     throw DeviceError("read outside on-chip memory (" + std::to_string(lmem_bytes_) + " bytes)");
   std::memcpy(dst, lmem_.get() + offset, bytes);
 }
 
 void Emulator::write_lmem(uint64_t offset, const void* src, size_t bytes) {
-  if (offset + bytes > lmem_bytes_ || offset + bytes < offset)
+  if (!fits(offset, bytes, lmem_bytes_))
     throw DeviceError("write outside on-chip memory (" + std::to_string(lmem_bytes_) + " bytes)");
   std::memcpy(lmem_.get() + offset, src, bytes);
 }

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <string>
 
+#include "common/bounds.h"
 #include "common/error.h"
 
 namespace hyperdex {
@@ -53,8 +54,10 @@ struct Buffers {
  private:
   Operand take(uint32_t width, uint32_t tokens) {
     Operand o{Space::Lmem, uint32_t(bytes), width};
-    bytes += uint64_t(width) * tokens * 2;
-    if (bytes > 0x7fffffffull) throw CapacityError("activation buffers exceed 2 GiB of on-chip memory");
+    const Checked end = Checked(width) * tokens * 2 + bytes;
+    if (!fits(0, end, 0x7fffffffull))
+      throw CapacityError("activation buffers exceed 2 GiB of on-chip memory");
+    bytes = end.value();
     return o;
   }
 };

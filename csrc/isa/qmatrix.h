@@ -29,10 +29,13 @@ struct QRowFormat {
   uint32_t cols = 0;   // input columns (k)
 
   uint32_t zero_point() const { return 1u << (bits - 1); }
-  uint32_t groups() const { return (cols + group - 1) / group; }
+  // In 64 bits: cols + group - 1 may not fit 32 (the results do).
+  uint32_t groups() const { return uint32_t((uint64_t(cols) + group - 1) / group); }
   // Input columns of group g: `group`, except a shorter last group.
   uint32_t group_len(uint32_t g) const { return g + 1 < groups() ? group : cols - g * group; }
-  uint32_t chunks() const { return (groups() + kQGroupsPerChunk - 1) / kQGroupsPerChunk; }
+  uint32_t chunks() const {
+    return uint32_t((uint64_t(groups()) + kQGroupsPerChunk - 1) / kQGroupsPerChunk);
+  }
   // Bytes of the codes of one group.
   uint64_t group_code_bytes() const { return uint64_t(group) * bits / 8; }
   // Byte offset of chunk c inside the row (chunks before it are all full; only the row's

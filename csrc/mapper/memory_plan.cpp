@@ -3,6 +3,7 @@
 #include <cmath>
 #include <sstream>
 
+#include "common/bounds.h"
 #include "common/crc32.h"
 #include "common/error.h"
 
@@ -55,7 +56,11 @@ class Planner {
         positions, width, {});
   }
   uint64_t cursor() const { return cursor_; }
-  void align_cursor() { cursor_ = align_up(cursor_, kSegmentAlign); }
+  void align_cursor() {
+    const Checked c = align_up_checked(cursor_, kSegmentAlign);
+    if (!c.ok()) throw CapacityError("the memory plan exceeds 2^64 bytes of a pseudo-channel");
+    cursor_ = c.value();
+  }
 
  private:
   void add(const std::string& name, RegionKind kind, uint32_t row_bytes, uint32_t rows, uint32_t cols,
@@ -68,7 +73,10 @@ class Planner {
     r.rows = rows;
     r.cols = cols;
     r.sources = std::move(sources);
-    cursor_ = align_up(cursor_ + r.bytes_per_channel(plan_.num_channels), kRowAlignBytes);
+    const Checked end =
+        align_up_checked(Checked(cursor_) + r.bytes_per_channel(plan_.num_channels), kRowAlignBytes);
+    if (!end.ok()) throw CapacityError("region " + name + " ends past 2^64 bytes of a pseudo-channel");
+    cursor_ = end.value();
     plan_.regions.push_back(std::move(r));
   }
 
@@ -209,12 +217,14 @@ MemoryPlan plan_memory(const ModelSpec& spec, const DevicePreset& preset, uint32
   plan.io.ids_offset = 0;
   plan.io.argmax_offset = uint32_t(align_up(uint64_t(max_tokens) * 4, kRowAlignBytes));
   plan.io.logits_offset = plan.io.argmax_offset + kRowAlignBytes;
-  uint64_t io_bytes = plan.io.logits_offset + uint64_t(max_tokens) * spec.logits_size() * 4;
-  if (io_bytes > 0x7fffffffull)
+  const Checked io_end = Checked(max_tokens) * spec.logits_size() * 4 + plan.io.logits_offset;
+  if (!fits(0, io_end, 0x7fffffffull))
     throw CapacityError("the I/O buffer for " + std::to_string(max_tokens) + " rows of " +
                         std::to_string(spec.logits_size()) + " logits exceeds 2 GiB");
-  plan.io.bytes = uint32_t(align_up(io_bytes, kSegmentAlign));
+  plan.io.bytes = uint32_t(align_up(io_end.value(), kSegmentAlign));
 
+  if (!(Checked(plan.io.base) + plan.io.bytes).ok())
+    throw CapacityError("the memory plan exceeds 2^64 bytes of a pseudo-channel");
   plan.channel_bytes.assign(plan.num_channels, plan.io.base);
   plan.channel_bytes[0] += plan.io.bytes;
 

@@ -45,8 +45,9 @@ struct Region {
   // Canonical tensors whose rows are concatenated into this region, in order.
   std::vector<std::string> sources;
 
+  // In 64 bits: rows + channels - 1 may not fit 32, and the product fits 64.
   uint64_t bytes_per_channel(uint32_t channels) const {
-    return uint64_t((rows + channels - 1) / channels) * row_bytes;
+    return (uint64_t(rows) + channels - 1) / channels * row_bytes;
   }
   isa::HbmRegion ref() const { return isa::HbmRegion{base, row_bytes, rows}; }
   bool quantized() const { return kind == RegionKind::QMatrix; }

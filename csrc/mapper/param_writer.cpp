@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <cstring>
 
+#include "common/bounds.h"
 #include "common/crc32.h"
 #include "common/error.h"
 #include "common/file_io.h"
@@ -48,11 +49,11 @@ class RegionRows {
                   "-bit weights: its file must hold u8 codes and fp16 scales; quantize it)"
             : " (this weight is not quantized on the device: the model file must hold it in "
               "fp16; was the model quantized with other options than it is compiled with?)";
-      uint64_t rows = 0;
+      Checked rows = 0;
       for (const auto& name : region.sources) {
         TensorView t = tensors(name);
         require_dtype(name, t, q ? DType::U8 : DType::F16, hint);
-        if (t.shape.size() != 2 || t.shape[1] != int64_t(region.cols))
+        if (t.shape.size() != 2 || t.shape[0] < 0 || t.shape[1] != int64_t(region.cols))
           throw SpecError("tensor " + name + " has shape " + shape_text(t.shape) +
                           ", the layout expects [rows, " + std::to_string(region.cols) + "]");
         Part part{t.data, uint64_t(t.shape[0]), nullptr, name};
@@ -71,18 +72,19 @@ class RegionRows {
         parts_.push_back(part);
         rows += uint64_t(t.shape[0]);
       }
-      if (rows != region.rows)
+      if (!rows.ok() || rows.value() != region.rows)
         throw SpecError("region " + region.name + " expects " + std::to_string(region.rows) +
-                        " rows from its tensors, they have " + std::to_string(rows));
+                        " rows from its tensors, they have " +
+                        (rows.ok() ? std::to_string(rows.value()) : std::string("over 2^64")));
     } else if (region.kind == RegionKind::Vector) {
       vector_.assign(uint64_t(region.rows) * kVectorRowElems, 0);
       uint64_t at = 0;
       for (const auto& name : region.sources) {
         TensorView t = tensors(name);
         require_dtype(name, t, DType::F16, "");
-        int64_t n = 1;
-        for (int64_t d : t.shape) n *= d;
-        if (t.shape.size() != 1 || at + uint64_t(n) > region.cols)
+        // One dimension, its length checked before it is used.
+        const int64_t n = t.shape.size() == 1 ? t.shape[0] : -1;
+        if (n < 0 || !fits(at, uint64_t(n), region.cols))
           throw SpecError("tensor " + name + " has shape " + shape_text(t.shape) +
                           ", the layout expects a vector fitting " + std::to_string(region.cols));
         std::memcpy(vector_.data() + at, t.data, size_t(n) * 2);

@@ -8,6 +8,7 @@
 #include <memory>
 #include <thread>
 
+#include "common/bounds.h"
 #include "common/crc32.h"
 #include "common/error.h"
 
@@ -25,7 +26,7 @@ void load_param_file(Device& dev, uint32_t channel, const ParamFile& pf, uint64_
   uint32_t crc = 0;
   size_t got;
   while ((got = std::fread(buf.data(), 1, buf.size(), f.get())) > 0) {
-    if (offset + got > expected_bytes) break;
+    if (!fits(offset, got, expected_bytes)) break;
     crc = crc32(buf.data(), got, crc);
     dev.write(channel, offset, buf.data(), got);
     offset += got;
@@ -37,9 +38,65 @@ void load_param_file(Device& dev, uint32_t channel, const ParamFile& pf, uint64_
   if (crc != pf.crc32) throw FormatError("parameter file " + pf.path + " is corrupt (CRC-32 mismatch)" + kRecompile);
 }
 
+std::string quoted_name(const KvRegion& r, size_t index) {
+  return "KV cache region " + (r.name.empty() ? "#" + std::to_string(index) : "'" + r.name + "'");
+}
+
 }  // namespace
 
+void check_session_config(const SessionConfig& config, uint32_t channels) {
+  auto bad = [](const std::string& why) {
+    throw FormatError("the memory map (config/memory_map.json) " + why + kRecompile);
+  };
+  const DeviceLayout& layout = config.layout;
+  const auto& ch = layout.channel_bytes;
+  if (ch.size() != channels)
+    bad("lists " + std::to_string(ch.size()) + " pseudo-channels (channel_bytes), the device has " +
+        std::to_string(channels));
+  if (ch.empty()) return;
+  if (!fits(layout.io_base, layout.io_bytes, ch[0]))
+    bad("puts segments.io (offset " + std::to_string(layout.io_base) + ", bytes " +
+        std::to_string(layout.io_bytes) + ") outside pseudo-channel 0 (channel_bytes[0] = " +
+        std::to_string(ch[0]) + ")");
+  for (size_t c = 0; c < ch.size(); ++c)
+    if (config.weights_bytes > ch[c])
+      bad("has a weight segment (segments.weights.bytes_per_channel = " +
+          std::to_string(config.weights_bytes) + ") larger than pseudo-channel " + std::to_string(c) +
+          " (channel_bytes[" + std::to_string(c) + "] = " + std::to_string(ch[c]) + ")");
+  for (size_t i = 0; i < config.kv_regions.size(); ++i) {
+    const KvRegion& r = config.kv_regions[i];
+    const std::string why = striped_region_problem(r.base, r.row_bytes, r.rows, channels, layout);
+    if (!why.empty())
+      bad("has a " + quoted_name(r, i) + " (offset " + std::to_string(r.base) + ", " +
+          std::to_string(r.rows) + " rows of " + std::to_string(r.row_bytes) +
+          " bytes) outside the device's memory: " + why);
+  }
+}
+
 namespace {
+
+// The host's buffers inside the I/O segment (token ids, argmax, logits) for runs of up to
+// `max_tokens` rows must lie inside it, as the layout places it in channel 0.
+void check_io_buffers(const SessionConfig& config, uint32_t max_tokens) {
+  const IoLayout& io = config.io;
+  const DeviceLayout& layout = config.layout;
+  auto check = [&](const char* field, uint32_t offset, Checked bytes) {
+    const bool inside_io = fits(Checked(offset), bytes, io.bytes);
+    const bool inside_layout = io.base >= layout.io_base &&
+                               fits(Checked(io.base - layout.io_base) + offset, bytes, layout.io_bytes);
+    if (!inside_io || !inside_layout)
+      throw FormatError("the memory map (config/memory_map.json) puts segments.io." +
+                        std::string(field) + " (" + std::to_string(offset) + ", " +
+                        (bytes.ok() ? std::to_string(bytes.value()) : std::string("over 2^64")) +
+                        " bytes for " + std::to_string(max_tokens) +
+                        " token rows) outside its I/O segment (offset " + std::to_string(io.base) +
+                        ", " + std::to_string(io.bytes) + " bytes)" + kRecompile);
+  };
+  check("ids_offset", io.ids_offset, Checked(max_tokens) * 4);
+  check("argmax_offset", io.argmax_offset, 4);
+  check("logits_offset", io.logits_offset, Checked(max_tokens) * config.vocab_size * 4);
+}
+
 std::vector<std::unique_ptr<Device>> one_device(std::unique_ptr<Device> device) {
   std::vector<std::unique_ptr<Device>> v;
   v.push_back(std::move(device));
@@ -77,11 +134,14 @@ void Session::load(Device& device, const SessionConfig& config) {
     throw FormatError("the compiled model has " + std::to_string(config.params.size()) +
                       " parameter files, the device has " + std::to_string(device.num_channels()) +
                       " HBM pseudo-channels; compile for this device preset");
+  isa::Program prefill = isa::load_program(config.prefill_path);
+  isa::Program decode = isa::load_program(config.decode_path);
+  // Every segment and region of the memory map inside the channels, before any of it is used.
+  check_session_config(config, device.num_channels());
+  check_io_buffers(config, std::max<uint32_t>({prefill.max_tokens, decode.max_tokens, 1}));
   device.allocate(config.layout);
   for (uint32_t c = 0; c < config.params.size(); ++c)
     load_param_file(device, c, config.params[c], config.weights_bytes);
-  isa::Program prefill = isa::load_program(config.prefill_path);
-  isa::Program decode = isa::load_program(config.decode_path);
   for (const isa::Program* p : {&prefill, &decode})
     if (p->plan_fingerprint != config.plan_fingerprint)
       throw FormatError("the programs in inst/ were made for another memory plan than config/" +
@@ -251,16 +311,19 @@ void Session::check_kv(uint32_t start, uint32_t n) const {
 // consecutive rows of the channel.
 template <typename Fn>
 void Session::for_kv_rows(uint32_t start, uint32_t n, Fn&& fn) {
-  const uint32_t C = devices_[0]->num_channels();
+  // In 64 bits: start + n and the first position of a channel may not fit 32 (check_kv
+  // bounds them by max_length; the positions themselves do fit).
+  const uint64_t C = devices_[0]->num_channels(), begin = start, end = uint64_t(start) + n;
   for (uint32_t r = 0; r < config_.kv_regions.size(); ++r) {
     const KvRegion& reg = config_.kv_regions[r];
     for (uint32_t c = 0; c < C; ++c) {
-      const uint32_t first = start + (c + C - start % C) % C;  // first position >= start in c
-      if (first >= start + n) continue;
-      const uint32_t count = (start + n - 1 - first) / C + 1;
+      const uint64_t first = begin + (c + C - begin % C) % C;  // first position >= start in c
+      if (first >= end) continue;
+      const uint64_t count = (end - 1 - first) / C + 1;
+      // Inside the region, which check_session_config placed inside the channel.
       for (uint32_t d = 0; d < devices_.size(); ++d)
-        fn(*devices_[d], d * device_kv_cols_, r, c, reg.base + uint64_t(first / C) * reg.row_bytes,
-           first, count);
+        fn(*devices_[d], d * device_kv_cols_, r, c, reg.base + (first / C) * reg.row_bytes,
+           uint32_t(first), uint32_t(count));
     }
   }
 }

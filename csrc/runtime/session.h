@@ -20,6 +20,7 @@ struct KvRegion {
   uint32_t row_bytes = 0;
   uint32_t rows = 0;  // positions (max_length)
   uint32_t cols = 0;  // fp16 values per position (kv_heads * head_dim)
+  std::string name;   // the memory map's name for it, for messages (may be empty)
 };
 
 // What the runtime needs from a compiled folder (config/memory_map.json).
@@ -34,6 +35,12 @@ struct SessionConfig {
   std::string prefill_path, decode_path;
   std::vector<KvRegion> kv_regions;     // in plan order; empty: no KV transfer
 };
+
+// Checks a device's config against itself and a device of `channels` pseudo-channels
+// before anything is allocated: every segment and region of the memory map (the I/O
+// region and its buffers, the weight segment, the KV cache regions) must lie inside the
+// channel sizes, with no sum that can wrap. FormatError naming the memory map's field.
+void check_session_config(const SessionConfig& config, uint32_t channels);
 
 class Session {
  public:

@@ -5,6 +5,7 @@
 #include <cstring>
 #include <thread>
 
+#include "common/bounds.h"
 #include "common/error.h"
 #include "emu/emulator.h"
 #include "xrt/xclbin.h"
@@ -143,8 +144,9 @@ void BoardDevice::flush(Buffer& b) {
 
 void BoardDevice::write(uint32_t channel, uint64_t offset, const void* src, size_t bytes) {
   check_usable();
-  if (channel >= banks_.size() || offset + bytes > layout_.channel_bytes[channel])
-    throw DeviceError("write outside pseudo-channel " + std::to_string(channel));
+  if (channel >= banks_.size() || !fits(offset, bytes, layout_.channel_bytes[channel]))
+    throw DeviceError("write of " + std::to_string(bytes) + " bytes at offset " + std::to_string(offset) +
+                      " lies outside pseudo-channel " + std::to_string(channel));
   if (bytes == 0) return;
   Buffer& b = banks_[channel];
   board_->write(b.bo, offset, src, bytes);
@@ -153,8 +155,9 @@ void BoardDevice::write(uint32_t channel, uint64_t offset, const void* src, size
 
 void BoardDevice::read(uint32_t channel, uint64_t offset, void* dst, size_t bytes) {
   check_usable();
-  if (channel >= banks_.size() || offset + bytes > layout_.channel_bytes[channel])
-    throw DeviceError("read outside pseudo-channel " + std::to_string(channel));
+  if (channel >= banks_.size() || !fits(offset, bytes, layout_.channel_bytes[channel]))
+    throw DeviceError("read of " + std::to_string(bytes) + " bytes at offset " + std::to_string(offset) +
+                      " lies outside pseudo-channel " + std::to_string(channel));
   if (bytes == 0) return;
   Buffer& b = banks_[channel];
   flush(b);  // a pending write must reach the device before the range comes back

@@ -3,6 +3,7 @@
 #include <cstring>
 #include <sstream>
 
+#include "common/bounds.h"
 #include "common/error.h"
 #include "xrt/xclbin.h"
 
@@ -83,7 +84,7 @@ void SimBoard::free(BufferHandle h) {
 
 void SimBoard::write(BufferHandle h, uint64_t offset, const void* src, size_t bytes) {
   Bo& b = bo(h);
-  if (offset + bytes > b.host.size()) throw DeviceError("simulated board: write past buffer");
+  if (!fits(offset, bytes, b.host.size())) throw DeviceError("simulated board: write past buffer");
   std::memcpy(b.host.data() + offset, src, bytes);
   BoardCall c{"write", h};
   c.offset = offset, c.bytes = bytes;
@@ -92,7 +93,7 @@ void SimBoard::write(BufferHandle h, uint64_t offset, const void* src, size_t by
 
 void SimBoard::read(BufferHandle h, uint64_t offset, void* dst, size_t bytes) {
   Bo& b = bo(h);
-  if (offset + bytes > b.host.size()) throw DeviceError("simulated board: read past buffer");
+  if (!fits(offset, bytes, b.host.size())) throw DeviceError("simulated board: read past buffer");
   std::memcpy(dst, b.host.data() + offset, bytes);
   BoardCall c{"read", h};
   c.offset = offset, c.bytes = bytes;
@@ -101,7 +102,7 @@ void SimBoard::read(BufferHandle h, uint64_t offset, void* dst, size_t bytes) {
 
 void SimBoard::sync(BufferHandle h, SyncDirection dir, uint64_t offset, size_t bytes) {
   Bo& b = bo(h);
-  if (offset + bytes > b.host.size()) throw DeviceError("simulated board: sync past buffer");
+  if (!fits(offset, bytes, b.host.size())) throw DeviceError("simulated board: sync past buffer");
   const bool to = dir == SyncDirection::ToDevice;
   if (to) std::memcpy(b.device.data() + offset, b.host.data() + offset, bytes);
   else std::memcpy(b.host.data() + offset, b.device.data() + offset, bytes);
@@ -210,10 +211,11 @@ void SimBoard::execute(Run& r) {
     }
     const uint32_t n = uint32_t(scalar(abi.n_instructions()));
     const auto& prog = buffer(abi.program()).device;
-    const size_t prog_bytes = isa::kProgramHeaderBytes + size_t(n) * isa::kInstructionBytes;
+    const Checked prog_bytes = Checked(n) * isa::kInstructionBytes + isa::kProgramHeaderBytes;
     try {
-      if (prog_bytes > prog.size()) throw FormatError("program buffer shorter than n_instructions");
-      isa::Program p = isa::deserialize(prog.data(), prog_bytes, "the program buffer");
+      if (!fits(0, prog_bytes, prog.size()))
+        throw FormatError("program buffer shorter than n_instructions");
+      isa::Program p = isa::deserialize(prog.data(), size_t(prog_bytes.value()), "the program buffer");
       const ProgramSlot slot =
           p.kind == isa::ProgramKind::Prefill ? ProgramSlot::Prefill : ProgramSlot::Decode;
       emu_->load_program(slot, p);

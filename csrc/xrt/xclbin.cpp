@@ -6,6 +6,7 @@
 #include <set>
 #include <sstream>
 
+#include "common/bounds.h"
 #include "common/crc32.h"
 #include "common/error.h"
 #include "common/file_io.h"
@@ -200,7 +201,7 @@ XclbinInfo parse_xclbin(const std::vector<uint8_t>& bytes, const std::string& wh
   const uint64_t length = get<uint64_t>(b + kAxlfHeader);
   const uint32_t count = get<uint32_t>(b + kAxlfHeader + 144);
   if (length > bytes.size()) throw bad("truncated (its header says " + std::to_string(length) + " bytes)");
-  if (kSectionTable + uint64_t(count) * kSectionHeaderBytes > bytes.size())
+  if (!fits(kSectionTable, Checked(count) * kSectionHeaderBytes, bytes.size()))
     throw bad("its section table runs past the end");
   XclbinInfo x;
   x.what = what;
@@ -211,7 +212,7 @@ XclbinInfo parse_xclbin(const std::vector<uint8_t>& bytes, const std::string& wh
     const uint8_t* h = b + kSectionTable + size_t(i) * kSectionHeaderBytes;
     Section s{get<uint32_t>(h), nullptr, get<uint64_t>(h + 32)};
     const uint64_t off = get<uint64_t>(h + 24);
-    if (off > bytes.size() || s.size > bytes.size() - off)
+    if (!fits(off, s.size, bytes.size()))
       throw bad("section " + std::to_string(i) + " lies outside the file");
     s.data = b + off;
     sections.push_back(s);
@@ -228,7 +229,8 @@ XclbinInfo parse_xclbin(const std::vector<uint8_t>& bytes, const std::string& wh
   const Section* xml = find(kEmbeddedMetadata);
   if (mem) {
     int32_t n = mem->size >= 8 ? get<int32_t>(mem->data) : -1;
-    if (n < 0 || 8 + uint64_t(n) * kMemDataBytes > mem->size) throw bad("MEM_TOPOLOGY is malformed");
+    if (n < 0 || !fits(8, Checked(uint64_t(n)) * kMemDataBytes, mem->size))
+      throw bad("MEM_TOPOLOGY is malformed");
     for (int32_t i = 0; i < n; ++i) {
       const uint8_t* m = mem->data + 8 + size_t(i) * kMemDataBytes;
       x.banks.push_back(XclbinBank{get_str(m + 24, 16), m[0], m[1] != 0,
@@ -238,7 +240,8 @@ XclbinInfo parse_xclbin(const std::vector<uint8_t>& bytes, const std::string& wh
   std::vector<std::string> ip_names;
   if (ips) {
     int32_t n = ips->size >= 8 ? get<int32_t>(ips->data) : -1;
-    if (n < 0 || 8 + uint64_t(n) * kIpDataBytes > ips->size) throw bad("IP_LAYOUT is malformed");
+    if (n < 0 || !fits(8, Checked(uint64_t(n)) * kIpDataBytes, ips->size))
+      throw bad("IP_LAYOUT is malformed");
     for (int32_t i = 0; i < n; ++i) {
       const uint8_t* d = ips->data + 8 + size_t(i) * kIpDataBytes;
       ip_names.push_back(get<uint32_t>(d) == kIpKernel ? get_str(d + 16, 64) : std::string());
@@ -283,7 +286,8 @@ XclbinInfo parse_xclbin(const std::vector<uint8_t>& bytes, const std::string& wh
     }
     if (!conn || first_ip < 0) continue;
     int32_t n = conn->size >= 4 ? get<int32_t>(conn->data) : -1;
-    if (n < 0 || 4 + uint64_t(n) * kConnectionBytes > conn->size) throw bad("CONNECTIVITY is malformed");
+    if (n < 0 || !fits(4, Checked(uint64_t(n)) * kConnectionBytes, conn->size))
+      throw bad("CONNECTIVITY is malformed");
     for (int32_t i = 0; i < n; ++i) {
       const uint8_t* c = conn->data + 4 + size_t(i) * kConnectionBytes;
       if (get<int32_t>(c + 4) != first_ip) continue;

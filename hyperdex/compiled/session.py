@@ -107,5 +107,11 @@ def session_config(
     config.prefill_path = str(folder / "inst" / "prefill.bin")
     config.decode_path = str(folder / "inst" / "decode.bin")
     for r in kv_regions(memory_map):  # the prefix cache and hybrid mode move KV rows
-        config.add_kv_region(int(r["offset"]), int(r["row_bytes"]), int(r["rows"]), int(r["cols"]))
+        config.add_kv_region(
+            int(r["offset"]),
+            int(r["row_bytes"]),
+            int(r["rows"]),
+            int(r["cols"]),
+            name=str(r.get("name", "")),  # errors then name the region
+        )
     return config

@@ -77,7 +77,7 @@ class CompiledTiny {
     config.decode_path = (dir / "decode.bin").string();
     for (const Region& r : plan.regions)
       if (r.kind == RegionKind::KvCache)
-        config.kv_regions.push_back(KvRegion{r.base, r.row_bytes, r.rows, r.cols});
+        config.kv_regions.push_back(KvRegion{r.base, r.row_bytes, r.rows, r.cols, r.name});
   }
   ~CompiledTiny() {
     std::error_code ec;
