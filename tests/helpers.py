@@ -242,6 +242,19 @@ def topk_gaps(row: np.ndarray, k: int) -> np.ndarray:
     return top[:-1] - top[1:]
 
 
+def reseal(folder: Path) -> None:
+    """Records the current checksums of a compiled folder's files in its compile.json, for a
+    test that edits a memory map (or another recorded file) on purpose to test the checks
+    behind the checksums (bounds checks of the core, ...). Without it, loading stops at the
+    checksum: "... was changed after the compile"."""
+    import json
+
+    from hyperdex.compiled.folder import COMPILE_INFO_NAME, seal_compile_info
+
+    info = json.loads((folder / COMPILE_INFO_NAME).read_text())
+    (folder / COMPILE_INFO_NAME).write_text(json.dumps(seal_compile_info(folder, info)))
+
+
 def flip_byte(path: Path, offset: int) -> None:
     data = bytearray(path.read_bytes())
     data[offset] ^= 0xFF

@@ -223,7 +223,7 @@ def test_compiled_folder_layout(compiled: Path, hf_folder: Path) -> None:
     leftovers = [
         str(p.relative_to(compiled))
         for p in compiled.rglob("*")
-        if p.name.endswith((".tmp", ".partial")) or ".tmp-" in p.name
+        if p.name.endswith((".tmp", ".partial")) or ".tmp-" in p.name or ".tmp." in p.name
     ]
     assert leftovers == []
 

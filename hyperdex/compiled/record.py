@@ -11,6 +11,7 @@ from typing import Any, Optional, Union
 from .. import __version__
 from ..errors import CheckpointError, FormatError
 from ..formats import ModelFile
+from .schema import Schema, check_fields, is_dict, is_dict_or_none, is_number, is_pos, is_str
 
 PathLike = Union[str, Path]
 
@@ -26,8 +27,13 @@ def load_converted(folder: PathLike, verify: bool = True) -> tuple[dict[str, Any
     cfg_path = folder / HYPERDEX_CONFIG_NAME
     if not cfg_path.is_file():
         raise CheckpointError(f"{folder} has no {HYPERDEX_CONFIG_NAME}; run the conversion first")
-    config = json.loads(cfg_path.read_text(encoding="utf-8"))
-    check_config_version(config, cfg_path)
+    try:
+        config = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise FormatError(f"{cfg_path} is corrupt: {e}; run the conversion again") from e
+    if not isinstance(config, dict):
+        raise FormatError(f"{cfg_path} is corrupt (not a JSON object); run the conversion again")
+    check_converted_config(config, cfg_path, "run the conversion again")
     return config, ModelFile.open(folder / HYPERDEX_MODEL_NAME, verify=verify)
 
 
@@ -39,6 +45,43 @@ def check_config_version(config: dict[str, Any], path: Path) -> None:
             f"{CONFIG_FORMAT_VERSION}. Recompile the model with this version "
             "(AutoCompiler().compile(..., fast_compile=False))"
         )
+
+
+# The fields of hyperdex_config.json that the compiler and the runtime read unconditionally.
+_CONFIG_FIELDS: Schema = {
+    "architecture": is_str,
+    "family": is_str,
+    "dtype": is_str,
+    "quantization": is_dict_or_none,
+    "tokens": is_dict,
+    "model": is_dict,
+    **{
+        f"model.{k}": is_pos
+        for k in (
+            "vocab_size",
+            "hidden_size",
+            "num_layers",
+            "num_heads",
+            "num_kv_heads",
+            "head_dim",
+            "intermediate_size",
+            "max_position_embeddings",
+        )
+    },
+    "model.norm": is_str,
+    "model.norm_eps": is_number,
+    "model.act": is_str,
+    "model.positions": is_str,
+}
+
+
+def check_converted_config(
+    config: dict[str, Any], path: Path, hint: str = "recompile the model"
+) -> None:
+    """hyperdex_config.json's format version, then the structure of the fields every reader
+    needs: a FormatError names the file and the field (ending with ``hint``)."""
+    check_config_version(config, path)
+    check_fields(config, _CONFIG_FIELDS, path, hint)
 
 
 def scheme_name(recorded: Optional[dict[str, Any]]) -> Optional[str]:

@@ -46,7 +46,8 @@ last, into space reserved before the data:
   1 MiB, about 7000 tensor entries; a 70B Llama has ~720). Should the header outgrow it,
   the data already written is shifted forward within the file (one extra copy, only then).
 
-The file is written to ``<name>.tmp-<random>`` in the destination folder, fsynced and
+The file is written to ``<name>.tmp.<pid>-<random>`` in the destination folder (see
+``hyperdex/formats/atomic.py``: a later compile removes it if the writer was killed), fsynced and
 renamed over ``path`` with `os.replace`, so ``path`` holds either the old file or the
 complete new one. On any exception, KeyboardInterrupt included, the temporary file is
 removed.
@@ -66,7 +67,6 @@ import json
 import math
 import mmap
 import os
-import secrets
 import struct
 import zlib
 from collections.abc import Sequence
@@ -79,6 +79,7 @@ from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple
 import numpy as np
 
 from hyperdex.errors import FormatError
+from hyperdex.formats.atomic import temp_path
 
 __all__ = [
     "MODEL_FILE_MAGIC",
@@ -204,7 +205,7 @@ def write_model_file(
         reserve = meta_len + (_DEFAULT_HEADER_RESERVE if header_reserve is None else header_reserve)
     data_offset = _align(_PREFIX.size + reserve)
 
-    tmp = path.with_name(f"{path.name}.tmp-{secrets.token_hex(6)}")
+    tmp = temp_path(path)
     fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     try:
         with os.fdopen(fd, "w+b") as f:

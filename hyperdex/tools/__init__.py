@@ -8,7 +8,13 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["AutoCompiler", "AutoModelConverter", "QuantizationConfig", "estimate"]
+__all__ = [
+    "AutoCompiler",
+    "AutoModelConverter",
+    "CompileLockTimeout",
+    "QuantizationConfig",
+    "estimate",
+]
 
 
 def __getattr__(name: str) -> Any:
@@ -20,6 +26,10 @@ def __getattr__(name: str) -> Any:
         from .converter import AutoModelConverter
 
         return AutoModelConverter
+    if name == "CompileLockTimeout":
+        from .locking import CompileLockTimeout
+
+        return CompileLockTimeout
     if name == "QuantizationConfig":
         from .quantization import QuantizationConfig
 

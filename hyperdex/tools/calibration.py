@@ -25,7 +25,6 @@ file layer by layer as they are made.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import shutil
@@ -42,6 +41,7 @@ from ..compiled.record import HYPERDEX_CONFIG_NAME, HYPERDEX_MODEL_NAME, load_co
 from ..compiled.session import open_session
 from ..errors import ConfigError
 from ..formats import ModelFile, write_model_file
+from ..formats.atomic import temp_path, write_json_atomic
 from ..presets import device_preset, load_preset
 from .lowering import memory_map_dict, model_spec
 from .progress import progress_bar
@@ -501,17 +501,29 @@ def quantize_converted(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     t = time.perf_counter()
-    with model_file:
-        write_model_file(
-            out_dir / HYPERDEX_MODEL_NAME,
-            quantize_tensors(
-                config, model_file, qconfig, preset, tokenizer_dir, progress=progress, stats=stats
-            ),
-            {"config": quantized_config},
-        )
+    # The emulated device's files go beside the output, under a temporary name that says
+    # whose they are: a compile killed while calibrating leaves them where the next compile
+    # of the folder removes them (hyperdex/formats/atomic.py), not in the system's temp dir.
+    work = temp_path(out_dir / ".calibration")
+    try:
+        with model_file:
+            write_model_file(
+                out_dir / HYPERDEX_MODEL_NAME,
+                quantize_tensors(
+                    config,
+                    model_file,
+                    qconfig,
+                    preset,
+                    tokenizer_dir,
+                    workdir=work,
+                    progress=progress,
+                    stats=stats,
+                ),
+                {"config": quantized_config},
+            )
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     stats["seconds"] = time.perf_counter() - t
-    tmp = out_dir / (HYPERDEX_CONFIG_NAME + ".tmp")
-    tmp.write_text(json.dumps(quantized_config, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(out_dir / HYPERDEX_CONFIG_NAME)
+    write_json_atomic(out_dir / HYPERDEX_CONFIG_NAME, quantized_config)
     log.info("Quantized %s (%s) in %.1f s", src_dir, qconfig.scheme, stats["seconds"])
     return stats

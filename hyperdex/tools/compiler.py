@@ -9,10 +9,18 @@ Phases (docs/architecture.md), each leaving files under ``<prefix>/<org>/<model>
             a ring) + ``config/memory_map.json``
 4. instgen  ``inst/prefill.bin`` + ``inst/decode.bin`` (and readable ``.lst`` listings)
 
-``compile.json`` is written last: a folder without it is not a finished compile. Every file
-is written under a temporary name and renamed, so an interrupted compile never leaves a file
-that looks complete. With ``fast_compile=True`` a phase is skipped when its outputs exist and
-were made from the same inputs (a hash of the inputs and options, recorded in a stamp).
+``compile.json`` is written last: a folder without it is not a finished compile. It records
+the size and CRC-32 of the JSON (and other small) files the runtime reads, which loading
+checks (hyperdex/compiled/folder.py). Every file is written under a temporary name
+(``<name>.tmp.<pid>-<random>``) and renamed, so an interrupted compile never leaves a file
+that looks complete. With ``fast_compile=True`` a phase is skipped when its outputs exist,
+were made from the same inputs (a hash of the inputs and options, recorded in a stamp) and
+are still what it wrote (their checksums, also in the stamp; a converted model's JSON must
+equal the config inside its hyperdex_model.bin).
+
+Phases 1-4 run holding the folder's lock (hyperdex/tools/locking.py): a second compile of the
+same folder waits for the first, and the compile that holds the lock first removes what a
+killed one left (temporary files of processes that no longer exist).
 """
 
 from __future__ import annotations
@@ -27,16 +35,24 @@ from typing import Any, Optional, Union
 
 from .. import __version__, _core
 from ..arch.registry import model_traits
-from ..compiled.folder import COMPILE_INFO_NAME, MEMORY_MAP_NAME
+from ..compiled.folder import (
+    COMPILE_FORMAT,
+    COMPILE_FORMAT_VERSION,
+    COMPILE_INFO_NAME,
+    MEMORY_MAP_NAME,
+    seal_compile_info,
+)
 from ..compiled.record import HYPERDEX_CONFIG_NAME, HYPERDEX_MODEL_NAME, load_converted
 from ..errors import CapacityError, ConfigError, FormatError
 from ..formats import ModelFile
+from ..formats.atomic import file_crc32, remove_stale_temps, write_json_atomic, write_text_atomic
 from ..formats.gptq_checkpoint import gptq_settings
 from ..paths import compiled_dir, is_local_model
 from ..presets import device_preset, load_preset
 from .calibration import quantize_converted
 from .converter import AutoModelConverter, read_hf_config
 from .fetch import copy_local, download, download_config
+from .locking import compile_lock
 from .lowering import memory_map_dict, model_spec
 from .passes import PassesArg, core_passes, pass_options
 from .progress import progress_bar
@@ -78,34 +94,89 @@ def _hash(*parts: Any) -> str:
     return h.hexdigest()
 
 
-def _stamp_matches(folder: Path, key: str, outputs: list[Path]) -> bool:
+def _checksums(folder: Path, files: list[Path]) -> dict[str, list[int]]:
+    """name (relative to the stamp's folder) -> [bytes, CRC-32] of each file."""
+    return {p.relative_to(folder).as_posix(): list(file_crc32(p)) for p in files}
+
+
+def _stamp_matches(
+    folder: Path, key: str, outputs: list[Path], checked: Optional[list[Path]] = None
+) -> bool:
+    """Whether the phase that writes ``outputs`` into ``folder`` is up to date: they exist,
+    the stamp was made from the same inputs (``key``), and each file of ``checked`` (small
+    ones: the JSON records, the programs) still has the size and CRC-32 the stamp recorded,
+    so an edited memory map or program is made again rather than kept."""
     stamp = folder / _STAMP
     if not stamp.is_file() or not all(p.is_file() for p in outputs):
         return False
     try:
-        return json.loads(stamp.read_text())["inputs"] == key
-    except (json.JSONDecodeError, KeyError):
+        data = json.loads(stamp.read_text())
+        if data["inputs"] != key:
+            return False
+        recorded = data["outputs"]
+    except (json.JSONDecodeError, KeyError, TypeError):
         return False
+    if not isinstance(recorded, dict):
+        return False
+    for name, now in _checksums(folder, checked or []).items():
+        if recorded.get(name) != now:
+            log.info("%s changed since it was written; making it again", folder / name)
+            return False
+    return True
 
 
-def _intact(model_file: Path) -> bool:
-    """Whether a converted model file passes every checksum (a corrupt one is stale)."""
+def _converted_current(folder: Path) -> bool:
+    """Whether a converted model (hyperdex_config.json + hyperdex_model.bin) is whole and
+    consistent: the model file passes every checksum, and hyperdex_config.json equals the
+    config the model file carries under its header CRC (an edited JSON is stale)."""
     try:
-        ModelFile.open(model_file, verify=True).close()
+        with ModelFile.open(folder / HYPERDEX_MODEL_NAME, verify=True) as model_file:
+            inside = model_file.metadata.get("config")
     except FormatError as e:
         log.info("The converted checkpoint is damaged (%s); converting again", e)
+        return False
+    try:
+        config = json.loads((folder / HYPERDEX_CONFIG_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        config = None
+    if config != inside:
+        log.info(
+            "%s differs from the config recorded in %s; converting again",
+            folder / HYPERDEX_CONFIG_NAME,
+            HYPERDEX_MODEL_NAME,
+        )
         return False
     return True
 
 
-def _write_stamp(folder: Path, key: str) -> None:
-    _write_json(folder / _STAMP, {"inputs": key, "hyperdex_version": __version__})
+def _param_sizes_match(out: Path, memory_map: Path) -> bool:
+    """Whether every parameter file the memory map lists has its recorded size (a cheap
+    check; the runtime checks their CRC-32s when it loads them)."""
+    try:
+        mm = json.loads(memory_map.read_text(encoding="utf-8"))
+        lists = [d["param_files"] for d in mm["devices"]] if "devices" in mm else []
+        for rec in [r for files in [mm["param_files"], *lists] for r in files]:
+            if (out / rec["file"]).stat().st_size != rec["bytes"]:
+                log.info("%s has another size than the memory map says", out / rec["file"])
+                return False
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return True
+
+
+def _write_stamp(folder: Path, key: str, checked: Optional[list[Path]] = None) -> None:
+    _write_json(
+        folder / _STAMP,
+        {
+            "inputs": key,
+            "hyperdex_version": __version__,
+            "outputs": _checksums(folder, checked or []),
+        },
+    )
 
 
 def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    write_json_atomic(path, data)
 
 
 def _check_num_device(num_device: Any) -> int:
@@ -263,6 +334,7 @@ class AutoCompiler:
         progress: bool = True,
         passes: PassesArg = None,
         export: Optional[str] = None,
+        lock_timeout: Optional[float] = None,
     ) -> str:
         """Runs phases 0-4 and returns the compiled model's folder. Per-phase wall times are
         left in ``self.last_timings`` (and compile.json). ``passes`` switches the map and
@@ -272,7 +344,11 @@ class AutoCompiler:
         128), ``"rtn-w4a16"`` (round to nearest) or a
         :class:`hyperdex.tools.QuantizationConfig`; a GPTQ checkpoint from the Hub is used as
         it is (pass None). ``export="vcu128"`` also writes seed 003's board files
-        (``export/vcu128/``, docs/formats.md; int4 with group 128 only)."""
+        (``export/vcu128/``, docs/formats.md; int4 with group 128 only).
+
+        One compile of a folder runs at a time: a second one waits for the first (and says
+        so, naming its process), then proceeds; ``lock_timeout`` (seconds, default None: no
+        limit) makes it give up with a ``CompileLockTimeout`` instead."""
         timings: dict[str, float] = {}
         self.last_timings = timings
         model_id = str(model_id) if isinstance(model_id, Path) else model_id
@@ -302,6 +378,14 @@ class AutoCompiler:
         for name, value in (("low_memory_usage", low_memory_usage), ("fast_compile", fast_compile)):
             if not isinstance(value, bool):
                 raise ConfigError(f"{name} must be True or False, got {value!r}")
+        if lock_timeout is not None and (
+            isinstance(lock_timeout, bool)
+            or not isinstance(lock_timeout, (int, float))
+            or not lock_timeout >= 0
+        ):
+            raise ConfigError(
+                f"lock_timeout must be a number of seconds >= 0 or None, got {lock_timeout!r}"
+            )
         pass_settings = pass_options(passes)
         core_pass_options = core_passes(pass_settings)
         preset = load_preset(type_device)
@@ -335,179 +419,202 @@ class AutoCompiler:
         timings["check"] = time.perf_counter() - t
 
         out.mkdir(parents=True, exist_ok=True)
-        (out / COMPILE_INFO_NAME).unlink(missing_ok=True)  # not finished until rewritten
+        # Phases 1-4 write the folder holding its lock: one compile of a folder at a time.
+        with compile_lock(out, model_id, lock_timeout):
+            # What a killed compile left: temporary files of processes that no longer exist.
+            remove_stale_temps(out, legacy=True)
+            (out / COMPILE_INFO_NAME).unlink(missing_ok=True)  # not finished until rewritten
 
-        # Phase 1: fetch.
-        t = announce("fetch")
-        if local:
-            src = Path(model_id).expanduser()
-            log.info("Copy %s into %s", src, ckpt)
-            copy_local(src, ckpt)
-        else:
-            log.info("Download %s into %s", model_id, ckpt)
-            download(str(model_id), ckpt, token=token)
-        weight_files = sorted(
-            p
-            for p in ckpt.iterdir()
-            if p.suffix in (".safetensors", ".bin") and p.name != HYPERDEX_MODEL_NAME
-        )
-        timings["fetch"] = time.perf_counter() - t
-
-        # Phase 2: convert.
-        t = announce("convert")
-        converted = [ckpt / HYPERDEX_CONFIG_NAME, ckpt / HYPERDEX_MODEL_NAME]
-        convert_key = _hash(
-            "convert",
-            __version__,
-            source_config,
-            [(p.name, _file_digest(p)) for p in weight_files],
-        )
-        if fast_compile and _stamp_matches(ckpt, convert_key, converted) and _intact(converted[1]):
-            log.info("The converted checkpoint is up to date (fast_compile)")
-        else:
-            AutoModelConverter(ckpt).save_pretrained(ckpt, progress=progress)
-            _write_stamp(ckpt, convert_key)
-        if low_memory_usage:
-            for p in weight_files:
-                p.unlink()
-            log.info("Removed the HF weights from %s (low_memory_usage)", ckpt)
-        timings["convert"] = time.perf_counter() - t
-
-        converted_dir = ckpt
-        if qconfig is not None:
-            t = announce("quantize")
-            converted_dir = ckpt / QUANTIZED_DIR
-            quantize_key = _hash(
-                "quantize", __version__, convert_key, qconfig.to_dict(), _dataset_digest(qconfig)
+            # Phase 1: fetch.
+            t = announce("fetch")
+            if local:
+                src = Path(model_id).expanduser()
+                log.info("Copy %s into %s", src, ckpt)
+                copy_local(src, ckpt)
+            else:
+                log.info("Download %s into %s", model_id, ckpt)
+                download(str(model_id), ckpt, token=token)
+            weight_files = sorted(
+                p
+                for p in ckpt.iterdir()
+                if p.suffix in (".safetensors", ".bin") and p.name != HYPERDEX_MODEL_NAME
             )
-            outputs = [converted_dir / HYPERDEX_CONFIG_NAME, converted_dir / HYPERDEX_MODEL_NAME]
+            timings["fetch"] = time.perf_counter() - t
+
+            # Phase 2: convert.
+            t = announce("convert")
+            converted = [ckpt / HYPERDEX_CONFIG_NAME, ckpt / HYPERDEX_MODEL_NAME]
+            convert_key = _hash(
+                "convert",
+                __version__,
+                source_config,
+                [(p.name, _file_digest(p)) for p in weight_files],
+            )
             if (
                 fast_compile
-                and _stamp_matches(converted_dir, quantize_key, outputs)
-                and _intact(outputs[1])
+                and _stamp_matches(ckpt, convert_key, converted, converted[:1])
+                and _converted_current(ckpt)
             ):
-                log.info("The quantized weights are up to date (fast_compile)")
+                log.info("The converted checkpoint is up to date (fast_compile)")
             else:
-                self.last_quantization = quantize_converted(
-                    ckpt, converted_dir, qconfig, preset, ckpt, progress
-                )
-                _write_stamp(converted_dir, quantize_key)
-            timings["quantize"] = time.perf_counter() - t
+                AutoModelConverter(ckpt).save_pretrained(ckpt, progress=progress)
+                _write_stamp(ckpt, convert_key, converted[:1])
+            if low_memory_usage:
+                for p in weight_files:
+                    p.unlink()
+                log.info("Removed the HF weights from %s (low_memory_usage)", ckpt)
+            timings["convert"] = time.perf_counter() - t
 
-        # Phase 3: map.
-        t = announce("map")
-        # Verified above (fast_compile) or just written: no second checksum pass.
-        config, model_file = load_converted(converted_dir, verify=False)
-        spec, max_tokens, plan = _plan_shard(
-            model_spec(config), core_preset, max_length, core_pass_options, num_device
-        )
-        param_dir, config_dir = where["param"], where["config"]
-        tensor_crcs = [(n, model_file.info(n).crc32) for n in model_file.names]
-        map_key = _hash(
-            "map", __version__, config, tensor_crcs, preset, max_length, num_device, pass_settings
-        )
-        memory_map = config_dir / MEMORY_MAP_NAME
-        # One device keeps param/hbm_chNN.bin; device d of a ring has param/devD/hbm_chNN.bin.
-        device_dirs = [
-            param_dir if num_device == 1 else param_dir / f"dev{d}" for d in range(num_device)
-        ]
-        param_files = [
-            d / _core.param_file_name(c) for d in device_dirs for c in range(plan.num_channels)
-        ]
-        if fast_compile and _stamp_matches(config_dir, map_key, [memory_map, *param_files]):
-            log.info("The parameter mapping is up to date (fast_compile)")
-        else:
-            for d in (param_dir, config_dir):
-                if d.exists():
-                    shutil.rmtree(d)
-                d.mkdir(parents=True)
-            tensors = {name: model_file[name] for name in model_file.names}
-            records: list[list[dict[str, Any]]] = []
-            total = plan.num_channels * num_device
-            with progress_bar(total, "map", "channel", enabled=progress) as bar:
-                for rank, ddir in enumerate(device_dirs):
-                    ddir.mkdir(exist_ok=True)
-                    shard = shard_tensors(
-                        config["model"],
-                        tensors,
-                        num_device,
-                        rank,
-                        quantization=config.get("quantization"),
+            converted_dir = ckpt
+            if qconfig is not None:
+                t = announce("quantize")
+                converted_dir = ckpt / QUANTIZED_DIR
+                quantize_key = _hash(
+                    "quantize",
+                    __version__,
+                    convert_key,
+                    qconfig.to_dict(),
+                    _dataset_digest(qconfig),
+                )
+                outputs = [
+                    converted_dir / HYPERDEX_CONFIG_NAME,
+                    converted_dir / HYPERDEX_MODEL_NAME,
+                ]
+                if (
+                    fast_compile
+                    and _stamp_matches(converted_dir, quantize_key, outputs, outputs[:1])
+                    and _converted_current(converted_dir)
+                ):
+                    log.info("The quantized weights are up to date (fast_compile)")
+                else:
+                    self.last_quantization = quantize_converted(
+                        ckpt, converted_dir, qconfig, preset, ckpt, progress
                     )
-                    files = _core.write_params(
-                        spec, plan, shard, str(ddir), lambda _c: bar.update(1)
-                    )
-                    del shard
-                    records.append(
-                        [
-                            {
-                                "file": (ddir / Path(f.path).name).relative_to(out).as_posix(),
-                                "bytes": f.bytes,
-                                "crc32": f.crc32,
-                            }
-                            for f in files
-                        ]
-                    )
-            del tensors
-            _write_json(
-                memory_map,
-                memory_map_dict(
-                    plan,
-                    preset,
-                    num_device,
-                    records[0],
-                    vocab_size=int(config["model"]["vocab_size"]),
-                    device_param_files=records if num_device > 1 else None,
-                    scratch_bytes=_core.lmem_bytes_per_token(spec) * max_tokens,
-                ),
+                    _write_stamp(converted_dir, quantize_key, outputs[:1])
+                timings["quantize"] = time.perf_counter() - t
+
+            # Phase 3: map.
+            t = announce("map")
+            # Verified above (fast_compile) or just written: no second checksum pass.
+            config, model_file = load_converted(converted_dir, verify=False)
+            spec, max_tokens, plan = _plan_shard(
+                model_spec(config), core_preset, max_length, core_pass_options, num_device
             )
-            _write_stamp(config_dir, map_key)
-        model_file.close()
-        timings["map"] = time.perf_counter() - t
-
-        # Phase 4: instgen.
-        t = announce("instgen")
-        inst_dir = where["inst"]
-        inst_key = _hash(
-            "instgen", __version__, json.loads(memory_map.read_text()), config, pass_settings
-        )
-        programs = [inst_dir / "prefill.bin", inst_dir / "decode.bin"]
-        if fast_compile and _stamp_matches(inst_dir, inst_key, programs):
-            log.info("The programs are up to date (fast_compile)")
-        else:
-            inst_dir.mkdir(exist_ok=True)
-            names = {r.base: r.name for r in plan.regions}
-            with progress_bar(len(programs), "instgen", "program", enabled=progress) as bar:
-                generated = _core.generate_programs(spec, plan, core_pass_options, num_device)
-                for program, path in zip(generated, programs):
-                    program.save(str(path))
-                    listing = path.with_suffix(".lst")
-                    tmp = listing.with_name(listing.name + ".tmp")
-                    tmp.write_text(program.disassemble(names))
-                    tmp.replace(listing)
-                    bar.update(1)
-            _write_stamp(inst_dir, inst_key)
-        timings["instgen"] = time.perf_counter() - t
-
-        if export == "vcu128":
-            t = time.perf_counter()
-            from .export_vcu128 import export_vcu128
-
-            skip_head = not (quant_record or {}).get("quantize_lm_head", False)
-            if skip_head:
-                log.warning(
-                    "The LM head is fp16 (quantize_lm_head=False): the VCU128 export leaves out "
-                    "its board files; quantize it too for a complete board image"
+            param_dir, config_dir = where["param"], where["config"]
+            tensor_crcs = [(n, model_file.info(n).crc32) for n in model_file.names]
+            map_key = _hash(
+                "map",
+                __version__,
+                config,
+                tensor_crcs,
+                preset,
+                max_length,
+                num_device,
+                pass_settings,
+            )
+            memory_map = config_dir / MEMORY_MAP_NAME
+            # One device keeps param/hbm_chNN.bin; device d of a ring has param/devD/hbm_chNN.bin.
+            device_dirs = [
+                param_dir if num_device == 1 else param_dir / f"dev{d}" for d in range(num_device)
+            ]
+            param_files = [
+                d / _core.param_file_name(c) for d in device_dirs for c in range(plan.num_channels)
+            ]
+            if (
+                fast_compile
+                and _stamp_matches(config_dir, map_key, [memory_map, *param_files], [memory_map])
+                and _param_sizes_match(out, memory_map)
+            ):
+                log.info("The parameter mapping is up to date (fast_compile)")
+            else:
+                for d in (param_dir, config_dir):
+                    if d.exists():
+                        shutil.rmtree(d)
+                    d.mkdir(parents=True)
+                tensors = {name: model_file[name] for name in model_file.names}
+                records: list[list[dict[str, Any]]] = []
+                total = plan.num_channels * num_device
+                with progress_bar(total, "map", "channel", enabled=progress) as bar:
+                    for rank, ddir in enumerate(device_dirs):
+                        ddir.mkdir(exist_ok=True)
+                        shard = shard_tensors(
+                            config["model"],
+                            tensors,
+                            num_device,
+                            rank,
+                            quantization=config.get("quantization"),
+                        )
+                        files = _core.write_params(
+                            spec, plan, shard, str(ddir), lambda _c: bar.update(1)
+                        )
+                        del shard
+                        records.append(
+                            [
+                                {
+                                    "file": (ddir / Path(f.path).name).relative_to(out).as_posix(),
+                                    "bytes": f.bytes,
+                                    "crc32": f.crc32,
+                                }
+                                for f in files
+                            ]
+                        )
+                del tensors
+                _write_json(
+                    memory_map,
+                    memory_map_dict(
+                        plan,
+                        preset,
+                        num_device,
+                        records[0],
+                        vocab_size=int(config["model"]["vocab_size"]),
+                        device_param_files=records if num_device > 1 else None,
+                        scratch_bytes=_core.lmem_bytes_per_token(spec) * max_tokens,
+                    ),
                 )
-            where_export = export_vcu128(out, skip_lm_head=skip_head)
-            log.info("Wrote seed 003's VCU128 board files into %s", where_export)
-            timings["export"] = time.perf_counter() - t
+                _write_stamp(config_dir, map_key, [memory_map])
+            model_file.close()
+            timings["map"] = time.perf_counter() - t
 
-        _write_json(
-            out / COMPILE_INFO_NAME,
-            {
-                "format": "hyperdex-compile",
-                "format_version": 1,
+            # Phase 4: instgen.
+            t = announce("instgen")
+            inst_dir = where["inst"]
+            inst_key = _hash(
+                "instgen", __version__, json.loads(memory_map.read_text()), config, pass_settings
+            )
+            programs = [inst_dir / "prefill.bin", inst_dir / "decode.bin"]
+            if fast_compile and _stamp_matches(inst_dir, inst_key, programs, programs):
+                log.info("The programs are up to date (fast_compile)")
+            else:
+                inst_dir.mkdir(exist_ok=True)
+                names = {r.base: r.name for r in plan.regions}
+                with progress_bar(len(programs), "instgen", "program", enabled=progress) as bar:
+                    generated = _core.generate_programs(spec, plan, core_pass_options, num_device)
+                    for program, path in zip(generated, programs):
+                        program.save(str(path))
+                        write_text_atomic(path.with_suffix(".lst"), program.disassemble(names))
+                        bar.update(1)
+                _write_stamp(inst_dir, inst_key, programs)
+            timings["instgen"] = time.perf_counter() - t
+
+            if export == "vcu128":
+                t = time.perf_counter()
+                from .export_vcu128 import export_vcu128
+
+                skip_head = not (quant_record or {}).get("quantize_lm_head", False)
+                if skip_head:
+                    log.warning(
+                        "The LM head is fp16 (quantize_lm_head=False): the VCU128 export leaves "
+                        "out its board files; quantize it too for a complete board image"
+                    )
+                where_export = export_vcu128(out, skip_lm_head=skip_head)
+                log.info("Wrote seed 003's VCU128 board files into %s", where_export)
+                timings["export"] = time.perf_counter() - t
+
+            # Last, with the checksums of the files as they are now (every phase has checked
+            # or written them above).
+            record = {
+                "format": COMPILE_FORMAT,
+                "format_version": COMPILE_FORMAT_VERSION,
                 "hyperdex_version": __version__,
                 "model_id": str(model_id),
                 "architecture": hf_name,
@@ -518,10 +625,10 @@ class AutoCompiler:
                 "low_memory_usage": low_memory_usage,
                 "passes": pass_settings,
                 "timings_s": {k: round(v, 3) for k, v in timings.items()},
-            },
-        )
-        log.info("Compiled %s into %s", model_id, out)
-        return str(out)
+            }
+            _write_json(out / COMPILE_INFO_NAME, seal_compile_info(out, record))
+            log.info("Compiled %s into %s", model_id, out)
+            return str(out)
 
     @staticmethod
     def _check_max_length(max_length: Any, model: dict[str, Any]) -> int:

@@ -36,6 +36,7 @@ from ..compiled.record import (
 )
 from ..errors import CheckpointError, ConfigError
 from ..formats import HFCheckpoint, write_model_file
+from ..formats.atomic import write_json_atomic
 from ..formats.gptq_checkpoint import GPTQImporter, gptq_importer
 from .progress import progress_bar
 
@@ -299,6 +300,4 @@ class AutoModelConverter:
 
 
 def _write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    write_json_atomic(path, data)

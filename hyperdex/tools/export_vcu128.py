@@ -28,6 +28,7 @@ from .. import __version__
 from ..compiled.record import HYPERDEX_CONFIG_NAME, HYPERDEX_MODEL_NAME, check_config_version
 from ..errors import ConfigError, FormatError
 from ..formats import ModelFile
+from ..formats.atomic import temp_path
 
 log = logging.getLogger("hyperdex")
 
@@ -254,9 +255,7 @@ def export_vcu128(folder: PathLike, *, skip_lm_head: bool = False) -> Path:
     q = _check_exportable(src.config, src.folder)
     model = src.config["model"]
     final = folder / EXPORT_DIR
-    tmp = final.with_name(final.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    tmp = temp_path(final)  # <final>.tmp.<pid>-<random>: a killed export's is removed later
     tmp.mkdir(parents=True)
     w = _Writer(tmp)
     mf = ModelFile.open(src.folder / HYPERDEX_MODEL_NAME, verify=True)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ..errors import CheckpointError
+from ..formats.atomic import temp_path
 
 # What a compile needs from a HF folder; anything else (README, images, other formats) stays.
 _WANTED_SUFFIXES = (".json", ".safetensors", ".bin", ".model", ".txt", ".tiktoken", ".jinja")
@@ -30,15 +31,18 @@ def copy_local(src: Path, dst: Path) -> list[str]:
     dst.mkdir(parents=True, exist_ok=True)
     for name in names:
         target = dst / name
-        tmp = dst / (name + ".partial")
-        tmp.unlink(missing_ok=True)
         if target.exists() and os.path.samefile(src / name, target):
             continue  # already linked (rename between two links of one file is a no-op)
+        tmp = temp_path(target)
         try:
-            os.link(src / name, tmp)
-        except OSError:
-            shutil.copyfile(src / name, tmp)
-        tmp.replace(target)
+            try:
+                os.link(src / name, tmp)
+            except OSError:
+                shutil.copyfile(src / name, tmp)
+            tmp.replace(target)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
     return names
 
 

@@ -42,6 +42,7 @@ from typing import Any, Callable, Dict, List, Optional, Union
 
 from hyperdex import __version__ as _hyperdex_version
 from hyperdex.errors import CheckpointError, ConfigError
+from hyperdex.formats.atomic import pid_alive
 from hyperdex.tools.progress import progress_bar
 
 logger = logging.getLogger(__name__)
@@ -421,22 +422,16 @@ def _partial_prefix(out_dir: pathlib.Path) -> str:
 
 def _remove_stale_partials(out_dir: pathlib.Path) -> None:
     """Delete partial folders left by killed conversions on this host (never a live one's)."""
-    if os.name != "posix" or not out_dir.parent.is_dir():
-        return  # os.kill(pid, 0) is not a liveness probe on Windows
+    if not out_dir.parent.is_dir():
+        return
     prefix = _partial_prefix(out_dir)
     for sibling in out_dir.parent.iterdir():
         if not sibling.name.startswith(prefix):
             continue
         pid_text = sibling.name[len(prefix) :].split("-", 1)[0]
-        if not pid_text.isdigit():
-            continue
-        try:
-            os.kill(int(pid_text), 0)
-        except ProcessLookupError:
+        if pid_text.isdigit() and not pid_alive(int(pid_text)):  # never a live one's
             logger.info("removing %s left by an interrupted conversion", sibling)
             _remove_tree(sibling)
-        except PermissionError:
-            pass  # alive, owned by someone else
 
 
 def _publish(partial: pathlib.Path, out_dir: pathlib.Path, done: Callable[[], bool]) -> None:
