@@ -4,8 +4,10 @@ Every wait is bounded in time; only loopback traffic."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -14,6 +16,7 @@ import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
@@ -48,32 +51,36 @@ def _http(base: str, path: str, body: bytes | None = None, key: str | None = KEY
         return e.code, json.loads(e.read())
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    path = compiled_smollm2(tmp_path_factory)
+_LOGS: dict[str, Path] = {}  # base URL -> the server's log
+
+
+@contextlib.contextmanager
+def _serving(path: Path, log_path: Path, *args: str, scheme: str = "http", context=None):
+    """(process, base URL) of hdex-serve on a free loopback port; stopped (SIGTERM) after."""
     port = _free_port()
-    log_path = tmp_path_factory.mktemp("serve") / "server.log"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HYPERDEX_PROGRESS": "0"}
     env.pop("HDEX_API_KEY", None)
     cmd = [sys.executable, "-m", "hyperdex.serving.cli", str(path), "--port", str(port)]
-    cmd += ["--served-model-name", NAME, "--api-key", KEY, "--log-level", "warning"]
+    cmd += ["--served-model-name", NAME, "--api-key", KEY, "--log-level", "warning", *args]
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
             cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
         )
-    base = f"http://127.0.0.1:{port}"
+    base = f"{scheme}://127.0.0.1:{port}"
+    _LOGS[base] = log_path
     deadline = time.monotonic() + START_TIMEOUT_S
     try:
         while True:
             try:
-                if _http(base, "/health", key=None)[0] == 200:
-                    break
+                with urllib.request.urlopen(base + "/health", timeout=5, context=context) as r:
+                    if r.status == 200:
+                        break
             except OSError:
                 pass
             if proc.poll() is not None or time.monotonic() > deadline:
                 pytest.fail(f"hdex-serve did not start:\n{log_path.read_text()}")
             time.sleep(0.2)
-        yield base
+        yield proc, base
     finally:
         proc.terminate()
         try:
@@ -81,6 +88,18 @@ def server(tmp_path_factory):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory) -> Path:
+    return compiled_smollm2(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def server(model_path, tmp_path_factory):
+    log_path = tmp_path_factory.mktemp("serve") / "server.log"
+    with _serving(model_path, log_path) as (_, base):
+        yield base
 
 
 @pytest.fixture()
@@ -293,3 +312,355 @@ def test_server_survives_a_burst_of_disconnects(server, client) -> None:
     assert generated < 4 * 200
     reply = client.completions.create(model=NAME, prompt="One, two,", max_tokens=3, temperature=0)
     assert reply.choices[0].text
+
+
+# -- hardening: request size, bad input, the event loop, flags, SIGTERM, TLS -----------------
+
+
+def _error_shape(status: int, body: dict, want: int) -> dict:
+    assert status == want, body
+    error = body["error"]
+    assert set(error) == {"message", "type", "param", "code"} and error["message"]
+    return error
+
+
+def _port_of(base: str) -> int:
+    return int(base.rsplit(":", 1)[1])
+
+
+def _raw_response(port: int, head: bytes, timeout: float = 30) -> tuple[int, dict]:
+    """Status and JSON body of a raw request that sends only ``head`` (no body)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as c:
+        c.sendall(head)
+        data = b""
+        while b"\r\n\r\n" not in data or len(data.split(b"\r\n\r\n", 1)[1]) < _length(data):
+            part = c.recv(65536)
+            if not part:
+                break
+            data += part
+    head_part, body = data.split(b"\r\n\r\n", 1)
+    return int(head_part.split()[1]), json.loads(body)
+
+
+def _length(data: bytes) -> int:
+    for line in data.split(b"\r\n\r\n", 1)[0].split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            return int(line.split(b":")[1])
+    return 1 << 30
+
+
+def _completion(prompt: str) -> bytes:
+    return json.dumps({"model": NAME, "prompt": prompt, "max_tokens": 2}).encode()
+
+
+def test_bodies_past_the_limit_get_413_without_being_read(server, client) -> None:
+    port = _port_of(server)
+    limit = 4 << 20  # the default
+    # a declared Content-Length past the limit: refused before a byte of the body is sent
+    head = (
+        b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+        + KEY.encode()
+        + b"\r\nContent-Type: application/json\r\nContent-Length: 100000000000\r\n\r\n"
+    )
+    error = _error_shape(*_raw_response(port, head), 413)
+    assert error["code"] == "request_too_large" and str(limit) in error["message"]
+
+    # a chunked body without a length: cut off once past the limit, while it is still coming
+    sent = [0]
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as c:
+        c.sendall(head.replace(b"Content-Length: 100000000000", b"Transfer-Encoding: chunked"))
+
+        def feed() -> None:
+            chunk = b"x" * 65536
+            with contextlib.suppress(OSError):
+                while sent[0] < 1 << 30:  # bounded; the answer comes long before
+                    c.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                    sent[0] += len(chunk)
+
+        feeder = threading.Thread(target=feed, daemon=True)
+        feeder.start()
+        answer = c.recv(65536)
+        assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+        assert sent[0] < 128 << 20  # 4 MiB + 16 MiB drained + buffers, not the 1 GiB
+        c.shutdown(socket.SHUT_RDWR)
+    feeder.join(10)
+
+    # a client that leaves halfway through its body: nothing to answer, nothing logged
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as c:
+        c.sendall(head.replace(b"100000000000", b"1000") + b'{"model": "smol')
+    # the openai client (keep-alive) and urllib (Connection: close: sends all, then reads)
+    with pytest.raises(openai.APIStatusError) as e:
+        client.completions.create(model=NAME, prompt="x" * (limit + 1), max_tokens=2)
+    assert e.value.status_code == 413
+    assert e.value.response.json()["error"]["code"] == "request_too_large"
+    error = _error_shape(*_http(server, "/v1/completions", _completion("y" * (5 << 20))), 413)
+    assert error["type"] == "invalid_request_error"
+    # just under the limit is read (and refused for its length in tokens, not its size)
+    status, body = _http(server, "/v1/completions", _completion("z" * (limit - 200)))
+    assert _error_shape(status, body, 400)["code"] == "context_length_exceeded"
+    assert _health(server)["status"] == "ok"
+
+
+def test_every_bad_body_gets_a_400(server) -> None:
+    nested = b"[" * 100_000 + b"]" * 100_000
+    cases = {
+        "lone surrogate in the prompt": b'{"model": "smollm2", "prompt": "a\\ud800b"}',
+        "lone low surrogate in a message": (
+            b'{"model": "smollm2", "messages": [{"role": "user", "content": "\\udc00"}]}'
+        ),
+        "surrogate in the model name": b'{"model": "\\ud800", "prompt": "hi"}',
+        "surrogate in a key": b'{"model": "smollm2", "prompt": "hi", "\\ud800": 1}',
+        "100k nested arrays": nested,
+        "100k nested objects": b'{"a":' * 100_000 + b"1" + b"}" * 100_000,
+        "deep inside a field": b'{"model": "smollm2", "prompt": ' + nested + b"}",
+        "4301-digit max_tokens": b'{"model": "smollm2", "prompt": "hi", "max_tokens": '
+        + b"9" * 4301
+        + b"}",
+        "4000-digit max_tokens": b'{"model": "smollm2", "prompt": "hi", "max_tokens": '
+        + b"9" * 4000
+        + b"}",
+        "4000-digit token id": b'{"model": "smollm2", "prompt": [' + b"7" * 4000 + b"]}",
+        "NaN": b'{"model": "smollm2", "prompt": "hi", "temperature": NaN}',
+        "Infinity": b'{"model": "smollm2", "prompt": "hi", "top_p": -Infinity}',
+        "1e999 penalty": b'{"model": "smollm2", "prompt": "hi", "repetition_penalty": 1e999}',
+        "1e999 temperature": b'{"model": "smollm2", "prompt": "hi", "temperature": 1e999}',
+        "prompt an object": b'{"model": "smollm2", "prompt": {"a": 1}}',
+        "prompt mixed": b'{"model": "smollm2", "prompt": [[1, 2], "x"]}',
+        "messages a string": b'{"model": "smollm2", "messages": "hi"}',
+        "message without role": b'{"model": "smollm2", "messages": [{"content": "hi"}]}',
+        "max_tokens a word": b'{"model": "smollm2", "prompt": "hi", "max_tokens": "ten"}',
+        "max_tokens a float": b'{"model": "smollm2", "prompt": "hi", "max_tokens": 2.5}',
+        "stop a number": b'{"model": "smollm2", "prompt": "hi", "stop": 5}',
+        "stream a list": b'{"model": "smollm2", "prompt": "hi", "stream": [1]}',
+        "stream_options a number": b'{"model": "smollm2", "prompt": "hi", "stream_options": 3}',
+        "image part": (
+            b'{"model": "smollm2", "messages": [{"role": "user", "content": '
+            b'[{"type": "image_url", "image_url": {"url": "x"}}]}]}'
+        ),
+        "template kwargs clash": (
+            b'{"model": "smollm2", "messages": [{"role": "user", "content": "hi"}], '
+            b'"chat_template_kwargs": {"tokenize": true}}'
+        ),
+        "not UTF-8": b'{"model": "smollm2", "prompt": "\xff\xfe"}',
+        "null": b"null",
+        "empty": b"",
+    }
+    before = _health(server)["requests"]
+    for what, body in cases.items():
+        for path in ("/v1/completions", "/v1/chat/completions"):
+            status, answer = _http(server, path, body)
+            error = _error_shape(status, answer, 400) if status == 400 else None
+            # the model name check (404) may come before a field the other route lacks
+            assert error is not None or (status == 404 and b'"model": "smollm2"' not in body), (
+                what,
+                path,
+                status,
+                answer,
+            )
+            if error is not None:
+                assert error["type"] == "invalid_request_error", (what, path)
+    after = _health(server)["requests"]
+    assert after["failed"] == before["failed"]  # none reached the device
+    assert "Traceback" not in _LOGS[server].read_text()
+
+
+def test_health_answers_while_a_huge_prompt_is_tokenized(model_path, tmp_path) -> None:
+    """Parsing and tokenizing run off the event loop: /health stays fast during a 10 MB prompt
+    (allowed here: the limit is raised), which takes seconds to tokenize."""
+    with _serving(model_path, tmp_path / "log", "--max-request-bytes", "16MiB") as (_, base):
+        _health(base)  # warm
+        body = _completion("hello world " * (10_000_000 // 12))
+        done: dict[str, object] = {}
+
+        def send() -> None:
+            done["answer"] = _http(base, "/v1/completions", body)
+
+        sender = threading.Thread(target=send)
+        sender.start()
+        times = []
+        deadline = time.monotonic() + 120
+        while sender.is_alive() and time.monotonic() < deadline:
+            t0 = time.perf_counter()
+            assert _http(base, "/health", key=None)[0] == 200
+            times.append(time.perf_counter() - t0)
+            time.sleep(0.02)
+        sender.join(60)
+        status, answer = done["answer"]
+        assert _error_shape(status, answer, 400)["code"] == "context_length_exceeded"
+        times.sort()
+        # a noisy 2-core machine: a few slow polls are allowed, a blocked loop is not
+        assert times[len(times) // 2] < 0.1 and times[-1] < 0.5, times
+        assert len(times) >= 5, times  # the prompt took long enough to measure anything
+
+
+def _cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HYPERDEX_PROGRESS": "0"}
+    return subprocess.run(
+        [sys.executable, "-m", "hyperdex.serving.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def test_flags_are_checked_before_the_model_loads(tmp_path) -> None:
+    from hyperdex.serving.cli import build_parser
+
+    missing = str(tmp_path / "no-such-model")  # loading it would fail with exit 1
+    for args, says in [
+        (["--port", "99999"], "--port"),
+        (["--port", "-1"], "--port"),
+        (["--port", "9" * 5000], "--port"),
+        (["--max-queue", "0"], "--max-queue"),
+        (["--max-request-bytes", "0"], "--max-request-bytes"),
+        (["--max-request-bytes", "4 parsecs"], "--max-request-bytes"),
+        (["--prefix-cache-gib", "nan"], "--prefix-cache-gib"),
+        (["--block-size", "0"], "--block-size"),
+        (["--num-threads", "-2"], "--num-threads"),
+        (["--ssl-keyfile", str(tmp_path / "k.pem")], "--ssl-certfile"),
+        (["--ssl-keyfile", missing, "--ssl-certfile", missing], "--ssl-certfile"),
+    ]:
+        done = _cli(missing, *args)
+        assert done.returncode == 2, (args, done.stderr)
+        assert "usage: hdex-serve" in done.stderr and says in done.stderr, (args, done.stderr)
+        assert "Traceback" not in done.stderr
+    parse = build_parser().parse_args
+    assert parse(["m"]).max_request_bytes == 4 << 20
+    assert parse(["m", "--max-request-bytes", "512KiB"]).max_request_bytes == 512 << 10
+    assert parse(["m", "--max-request-bytes", "16M"]).max_request_bytes == 16 << 20
+    assert parse(["m", "--max-request-bytes", "1000"]).max_request_bytes == 1000
+    # a busy port is found before loading too (else the model's error would come first)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        done = _cli(missing, "--port", str(busy.getsockname()[1]))
+    assert done.returncode == 1 and "cannot listen" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_sigterm_drains_and_exits_0(model_path, tmp_path) -> None:
+    """SIGTERM: no new connections; a request running finishes; one that would outlast the
+    grace period is cancelled in time to end properly (finish_reason "abort"); exit 0."""
+    with _serving(model_path, tmp_path / "log") as (proc, base):
+        c = openai.OpenAI(base_url=base + "/v1", api_key=KEY, max_retries=0, timeout=120)
+        kw = dict(model=NAME, temperature=0, extra_body={"ignore_eos": True})
+        results: dict[str, object] = {}
+
+        def short() -> None:  # running when SIGTERM comes: it finishes
+            results["short"] = c.completions.create(prompt="Count:", max_tokens=100, **kw)
+
+        def long() -> None:  # queued behind it, longer than the grace period: cancelled
+            stream = c.completions.create(prompt="Story:", max_tokens=1000, stream=True, **kw)
+            results["long"] = [p.choices[0] for p in stream if p.choices]
+
+        threads = [threading.Thread(target=short), threading.Thread(target=long)]
+        threads[0].start()
+        deadline = time.monotonic() + 30
+        while not _health(base)["running"]:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        threads[1].start()
+        while _health(base)["queued"] == 0:
+            assert time.monotonic() < deadline and threads[1].is_alive()
+            time.sleep(0.02)
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        threads[0].join(60)
+        assert results["short"].usage.completion_tokens == 100  # drained, not dropped
+        with pytest.raises(OSError):  # no new connections meanwhile
+            urllib.request.urlopen(base + "/health", timeout=5)
+        assert proc.wait(timeout=60) == 0
+        assert time.monotonic() - t0 < 10 + 5  # within uvicorn's grace period (and a margin)
+        threads[1].join(30)
+        assert not threads[1].is_alive()
+        choices = results["long"]
+        assert choices[-1].finish_reason == "abort" and 1 < len(choices) < 1000
+        c.close()
+    log = (tmp_path / "log").read_text()
+    assert "Traceback" not in log and "cancelled 1 request(s)" in log, log
+
+
+def _self_signed(folder: Path) -> tuple[Path, Path]:
+    """(certificate, key) for 127.0.0.1: with cryptography, else the openssl command."""
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    try:
+        import datetime
+        import ipaddress
+
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import NameOID
+    except ImportError:
+        import shutil
+
+        if shutil.which("openssl") is None:
+            pytest.skip("neither the cryptography package nor the openssl command is available")
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"]
+            + ["-nodes", "-keyout", str(key), "-out", str(cert), "-days", "2"]
+            + ["-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+        return cert, key
+    private = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(private.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=2))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(private, hashes.SHA256())
+    )
+    cert.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key.write_bytes(
+        private.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert, key
+
+
+def test_tls(model_path, tmp_path) -> None:
+    import ssl
+
+    cert, key = _self_signed(tmp_path)
+    trusted = ssl.create_default_context(cafile=str(cert))
+    args = ("--ssl-keyfile", str(key), "--ssl-certfile", str(cert))
+    with _serving(model_path, tmp_path / "log", *args, scheme="https", context=trusted) as (
+        _,
+        base,
+    ):
+        make = getattr(openai, "DefaultHttpx2Client", None) or openai.DefaultHttpxClient
+        http = make(verify=trusted)
+        c = openai.OpenAI(base_url=base + "/v1", api_key=KEY, max_retries=0, http_client=http)
+        try:
+            reply = c.chat.completions.create(
+                model=NAME, messages=_chat("Hi"), max_tokens=4, temperature=0
+            )
+            assert reply.choices[0].message.content
+        finally:
+            c.close()
+        with pytest.raises(urllib.error.URLError) as e:  # not trusted without the cert
+            urllib.request.urlopen(
+                base + "/health", timeout=10, context=ssl.create_default_context()
+            )
+        assert isinstance(e.value.reason, ssl.SSLCertVerificationError)
+        plain = base.replace("https://", "http://")
+        with pytest.raises(OSError):  # plain HTTP is not served
+            urllib.request.urlopen(plain + "/health", timeout=10)

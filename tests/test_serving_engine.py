@@ -90,6 +90,10 @@ def test_sampling_options() -> None:
         (dict(seed=-1), "seed"),
         (dict(stop=[""]), "stop"),
         (dict(repetition_penalty=0), "repetition_penalty"),
+        (dict(repetition_penalty=float("inf")), "repetition_penalty"),
+        (dict(repetition_penalty=float("nan")), "repetition_penalty"),
+        (dict(temperature=float("inf")), "temperature"),
+        (dict(top_p=float("nan")), "top_p"),
     ]:
         with pytest.raises(ValueError) as e:
             Sampling(**bad)
@@ -190,6 +194,37 @@ def test_engine_cancels_running_and_skips_queued_jobs() -> None:
     assert events["queued"] == [("done", None)]  # never ran
     assert events["next"][-1][1].completion_tokens == 50
     assert engine.stats.cancelled == 2 and engine.stats.completed == 1
+
+
+def test_engine_cancel_all_stops_the_running_job_and_the_queue() -> None:
+    """What a server that shuts down does once its grace period is nearly spent."""
+    model = FakeModel(delay=0.01)
+    engine = Engine(model, ByteTokenizer(), max_queue=4)
+    events: dict[str, list] = {"running": [], "a": [], "b": []}
+    done = {k: threading.Event() for k in events}
+
+    def sink(name):
+        def put(kind, payload):
+            events[name].append((kind, payload))
+            if kind != "delta":
+                done[name].set()
+
+        return put
+
+    engine.start()
+    try:
+        assert engine.submit(Job([ord("a")], Sampling(max_tokens=60), sink("running"), "x"))
+        assert model.started.wait(5)
+        for name in ("a", "b"):
+            assert engine.submit(Job([ord("a")], Sampling(max_tokens=60), sink(name), name))
+        assert engine.cancel_all() == 3
+        for name in events:
+            assert done[name].wait(10), name
+    finally:
+        engine.shutdown()
+    assert events["running"][-1][1].finish_reason == "cancelled"
+    assert events["a"] == events["b"] == [("done", None)]
+    assert engine.cancel_all() == 0 and len(engine.queue) == 0
 
 
 def test_device_map_from_env(monkeypatch) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import threading
 import time
 from collections import OrderedDict, deque
@@ -85,9 +86,10 @@ class Sampling:
             raise bad("top_p", f"must be a number in (0, 1], got {self.top_p!r}")
         if not is_int(self.top_k) or self.top_k < -1:
             raise bad("top_k", f"must be an integer >= -1 (0 or -1: off), got {self.top_k!r}")
-        if not is_num(self.repetition_penalty) or not self.repetition_penalty > 0:
+        if not is_num(self.repetition_penalty) or not 0 < self.repetition_penalty < math.inf:
             raise bad(
-                "repetition_penalty", f"must be a number > 0, got {self.repetition_penalty!r}"
+                "repetition_penalty",
+                f"must be a finite number > 0, got {self.repetition_penalty!r}",
             )
         if self.seed is not None and (not is_int(self.seed) or self.seed < 0):
             raise bad("seed", f"must be an integer >= 0, got {self.seed!r}")
@@ -332,6 +334,14 @@ class FairQueue:
             self._cond.notify()
             return True
 
+    def cancel_all(self) -> int:
+        """Cancels every queued job (the worker skips them); returns how many."""
+        with self._cond:
+            for jobs in self._by_client.values():
+                for job in jobs:
+                    job.cancel()
+            return self._count
+
     def get(self, timeout: float) -> Optional[Job]:
         """The next job (the next client in turn), or None after ``timeout`` seconds."""
         with self._cond:
@@ -381,6 +391,13 @@ class Engine:
     def submit(self, job: Job) -> bool:
         """Queues a job; False when the queue is full."""
         return self.queue.put(job)
+
+    def cancel_all(self) -> int:
+        """Cancels the running job and every queued one; returns how many."""
+        job = self.running
+        if job is not None:
+            job.cancel()
+        return self.queue.cancel_all() + (job is not None)
 
     def _work(self) -> None:
         while not self._stop.is_set():

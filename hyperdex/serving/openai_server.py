@@ -12,6 +12,10 @@ The device runs one sequence at a time: requests wait in a :class:`~.engine.Fair
 (round-robin over clients: the request's ``user``, else its address) for the engine's worker
 thread. A client that disconnects cancels its request, queued or running, so the device moves
 on to the next one.
+
+Bodies are limited in size (413 past ``max_request_bytes``, checked on Content-Length and while
+reading), and parsed, validated and tokenized on a small thread pool, never on the event loop:
+a huge prompt does not stall ``/health`` or other clients' streams.
 """
 
 from __future__ import annotations
@@ -21,14 +25,16 @@ import contextlib
 import hmac
 import json
 import logging
+import re
 import time
 import uuid
-from typing import Any, AsyncIterator, Optional, Union
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, AsyncIterator, Callable, Optional, TypeVar, Union
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
@@ -36,6 +42,12 @@ from ..transformers.streamers import format_sse
 from .engine import Engine, GenerationResult, Job, PromptTooLong, Sampling, token_budget
 
 log = logging.getLogger("hyperdex.serve")
+
+DEFAULT_MAX_REQUEST_BYTES = 4 << 20
+PREP_THREADS = 2  # parse + tokenize; bounds the memory that huge prompts take at once
+DRAIN_BYTES, DRAIN_S = 16 << 20, 5.0  # read and dropped past the limit before the 413
+_SURROGATE = re.compile("[\ud800-\udfff]")  # a lone one: valid pairs decode to one char
+T = TypeVar("T")
 
 
 # --------------------------------------------------------------------------------------------
@@ -143,6 +155,57 @@ def _unsupported(param: str, why: str) -> ApiError:
     return ApiError(400, f"{param}: {why}", param=param, code="unsupported_parameter")
 
 
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON (numbers must be finite)")
+
+
+def _load_json(raw: bytes) -> dict[str, Any]:
+    """The body as a JSON object; ApiError 400 for anything else, never another exception."""
+    try:
+        data = json.loads(raw, parse_constant=_reject_constant)
+    except RecursionError as e:  # Python's parser recurses per level
+        raise ApiError(400, "The JSON body is nested too deeply.") from e
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, ints past the digit limit
+        why = str(e)
+        if "integer string conversion" in why:
+            why = "a number has too many digits"
+        raise ApiError(
+            400,
+            f"We could not parse the JSON body of your request ({why}). The body must be "
+            "a JSON object.",
+        ) from e
+    if not isinstance(data, dict):
+        raise ApiError(400, "The request body must be a JSON object.")
+    _check_strings(data)
+    return data
+
+
+def _check_strings(data: Any) -> None:
+    """400 for a string holding a lone surrogate (JSON allows "\\ud800"): UTF-8 cannot carry
+    it, so the tokenizer, the error messages and the answer would fail on it."""
+    stack: list[tuple[Any, tuple[Any, ...]]] = [(data, ())]
+    while stack:
+        value, where = stack.pop()
+        if isinstance(value, str):
+            if not value.isascii() and _SURROGATE.search(value):
+                param = ".".join(map(str, where))
+                raise ApiError(
+                    400,
+                    f"Invalid value for '{param}': it holds a lone UTF-16 surrogate, which is "
+                    "not valid Unicode text.",
+                    param=param,
+                )
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                if _SURROGATE.search(k):
+                    raise ApiError(400, "A key in the request holds a lone UTF-16 surrogate.")
+                stack.append((v, (*where, k)))
+        elif isinstance(value, list):  # numbers (token ids: many) need no look
+            stack.extend(
+                (v, (*where, i)) for i, v in enumerate(value) if isinstance(v, (str, dict, list))
+            )
+
+
 def _validation_error(e: ValidationError) -> ApiError:
     err = e.errors()[0]
     param = ".".join(str(p) for p in err.get("loc", ())) or None
@@ -168,12 +231,23 @@ class OpenAIServer:
         served_model_name: str,
         api_key: Optional[str] = None,
         max_queue: int = 256,
+        max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
     ) -> None:
+        if max_request_bytes < 1:
+            raise ValueError(f"max_request_bytes must be >= 1, got {max_request_bytes}")
         self.model = model
         self.tokenizer = tokenizer
         self.name = served_model_name
         self.api_key = api_key or None
+        self.max_request_bytes = int(max_request_bytes)
         self.engine = Engine(model, tokenizer, max_queue=max_queue)
+        self.prep = ThreadPoolExecutor(PREP_THREADS, thread_name_prefix="hyperdex-prep")
+        self.loop: Optional[asyncio.AbstractEventLoop] = None  # set by the lifespan
+        self.stopping = False  # jobs were cancelled for shutdown: new ones are refused
+        self._shutdown_begun = False
+        # the first call settles a fast tokenizer's padding/truncation state (a mutation);
+        # made here, the prep threads only ever read it ("Already borrowed" otherwise)
+        tokenizer("warm-up")
         self.created = int(time.time())
 
     # -- checks ------------------------------------------------------------------------------
@@ -193,19 +267,58 @@ class OpenAIServer:
                 code="invalid_api_key",
             )
 
-    async def parse(self, request: Request, cls: type[_SamplingFields]) -> Any:
+    async def too_large(self, request: Request, declared: Optional[int] = None) -> ApiError:
+        """The 413. Up to DRAIN_BYTES more of the body are read first and dropped: a client
+        that sends its whole body before reading (urllib, curl with Connection: close) then
+        gets the 413 instead of a broken pipe. Larger bodies are cut off at once."""
+        if declared is None or declared <= self.max_request_bytes + DRAIN_BYTES:
+
+            async def drain() -> None:
+                drained = 0
+                async for chunk in request.stream():
+                    drained += len(chunk)
+                    if drained > DRAIN_BYTES:
+                        return
+
+            with contextlib.suppress(asyncio.TimeoutError, ClientDisconnect):
+                await asyncio.wait_for(drain(), DRAIN_S)
+        return ApiError(
+            413,
+            f"The request body is larger than this server's limit of {self.max_request_bytes} "
+            "bytes (hdex-serve --max-request-bytes).",
+            code="request_too_large",
+        )
+
+    async def read_body(self, request: Request) -> bytes:
+        """The body, refused with 413 from its Content-Length or as soon as it passes the limit;
+        never buffered past the limit."""
+        declared = request.headers.get("content-length")
+        if declared is not None:
+            if not declared.isdigit():
+                raise ApiError(400, "Content-Length must be a number of bytes.")
+            size = int(declared) if len(declared) <= 18 else 1 << 62
+            if size > self.max_request_bytes:
+                raise await self.too_large(request, size)
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > self.max_request_bytes:
+                raise await self.too_large(request)
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def prepare(self, request: Request, build: Callable[[bytes], T]) -> T:
+        """Checks the key, reads the body, then ``build(body)`` on the prep pool: JSON parsing,
+        validation and tokenization take long for big prompts and must not stall the loop."""
         self.check_key(request)
-        raw = await request.body()
         try:
-            data = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ApiError(
-                400,
-                f"We could not parse the JSON body of your request ({e}). The body must be "
-                "a JSON object.",
-            ) from e
-        if not isinstance(data, dict):
-            raise ApiError(400, "The request body must be a JSON object.")
+            raw = await self.read_body(request)
+        except ClientDisconnect:  # gone while sending: nobody reads the answer, nothing failed
+            raise ApiError(499, "client closed the request", code="client_closed") from None
+        return await asyncio.get_running_loop().run_in_executor(self.prep, build, raw)
+
+    def parse(self, raw: bytes, cls: type[_SamplingFields]) -> Any:
+        data = _load_json(raw)
         try:
             body = cls.model_validate(data)
         except ValidationError as e:
@@ -283,6 +396,8 @@ class OpenAIServer:
             with contextlib.suppress(RuntimeError):  # the loop is gone: nobody listens
                 loop.call_soon_threadsafe(events.put_nowait, (kind, payload))
 
+        if self.stopping:
+            raise self.not_run()
         job = Job(prompt_ids, sampling, sink, self.client_of(request, body))
         if not self.engine.submit(job):
             raise ApiError(
@@ -319,11 +434,42 @@ class OpenAIServer:
                     raise ApiError(500, f"generation failed: {payload}", type_="server_error")
                 if kind == "done":
                     if payload is None:
-                        raise ApiError(499, "the request was cancelled", code="cancelled")
+                        raise self.not_run()
                     return payload
         finally:
             watcher.cancel()
             job.cancel()  # no-op once done
+
+    def not_run(self) -> ApiError:
+        """Why a job was cancelled before it started (a client that went away reads nothing)."""
+        if self.stopping:
+            return ApiError(
+                503,
+                "The server is shutting down; retry the request.",
+                type_="server_error",
+                code="shutting_down",
+            )
+        return ApiError(499, "the request was cancelled", code="cancelled")
+
+    # -- shutdown ----------------------------------------------------------------------------
+
+    def begin_shutdown(self, cancel_after_s: float) -> None:
+        """The server stopped accepting connections (SIGTERM): requests in flight may finish,
+        but those still queued or running after ``cancel_after_s`` are cancelled, so every
+        handler answers (a stream ends with finish_reason "abort", a queued request gets 503)
+        before uvicorn's grace period runs out and it kills the handlers mid-response. Safe
+        from a signal handler; the first call counts."""
+        loop = self.loop
+        if loop is None or self._shutdown_begun:
+            return
+        self._shutdown_begun = True
+        loop.call_soon_threadsafe(loop.call_later, cancel_after_s, self.cancel_everything)
+
+    def cancel_everything(self) -> None:
+        self.stopping = True
+        n = self.engine.cancel_all()
+        if n:
+            log.warning("shutting down: cancelled %d request(s) still queued or running", n)
 
     @staticmethod
     def usage(results: list[GenerationResult]) -> dict[str, Any]:
@@ -398,8 +544,11 @@ class OpenAIServer:
             )
         return JSONResponse(self.model_card())
 
-    async def completions(self, request: Request) -> Response:
-        body: CompletionRequest = await self.parse(request, CompletionRequest)
+    def prepare_completion(
+        self, raw: bytes
+    ) -> tuple[CompletionRequest, Sampling, list[tuple[str, list[int]]]]:
+        """(body, sampling, [(prompt text, prompt ids)]) of a completions request (prep pool)."""
+        body: CompletionRequest = self.parse(raw, CompletionRequest)
         if body.logprobs:
             raise _unsupported("logprobs", "is not supported")
         if body.best_of not in (None, 1):
@@ -408,21 +557,25 @@ class OpenAIServer:
             raise _unsupported("suffix", "is not supported")
         sampling = self.sampling(body, body.max_tokens)
         prompts: list[tuple[str, list[int]]] = []
-        raw = body.prompt
-        items: list[Any] = [raw] if isinstance(raw, str) else list(raw)
+        prompt = body.prompt
+        items: list[Any] = [prompt] if isinstance(prompt, str) else list(prompt)
         if items and all(isinstance(t, int) for t in items):
             items = [items]
         if not items:
             raise ApiError(400, "prompt is empty", param="prompt")
         for item in items:
             if isinstance(item, str):
-                ids = self.tokenizer(item).input_ids
+                ids = self.tokenizer(item, return_attention_mask=False).input_ids
                 prompts.append((item, self.check_ids(list(ids), "prompt")))
             else:
                 ids = self.check_ids([int(t) for t in item], "prompt")
                 prompts.append((self.tokenizer.decode(ids), ids))
         for _, ids in prompts:
             self.check_budget(ids, sampling, "prompt")
+        return body, sampling, prompts
+
+    async def completions(self, request: Request) -> Response:
+        body, sampling, prompts = await self.prepare(request, self.prepare_completion)
         rid = f"cmpl-{uuid.uuid4().hex}"
         jobs = [self.submit(request, body, ids, sampling) for _, ids in prompts]
         base = {"id": rid, "object": "text_completion", "created": int(time.time())}
@@ -470,6 +623,9 @@ class OpenAIServer:
                         elif payload is not None:
                             results.append(payload)
                             yield chunk(i, "", self.finish_reason(payload))
+                        else:  # cancelled before it started: the server is stopping
+                            yield _event(self.not_run())
+                            return
                 if include_usage:
                     yield format_sse(
                         json.dumps({**base, "choices": [], "usage": self.usage(results)})
@@ -481,8 +637,9 @@ class OpenAIServer:
 
         return _sse(stream())
 
-    async def chat_completions(self, request: Request) -> Response:
-        body: ChatCompletionRequest = await self.parse(request, ChatCompletionRequest)
+    def prepare_chat(self, raw: bytes) -> tuple[ChatCompletionRequest, Sampling, list[int]]:
+        """(body, sampling, prompt ids) of a chat request (on the prep pool)."""
+        body: ChatCompletionRequest = self.parse(raw, ChatCompletionRequest)
         if body.logprobs:
             raise _unsupported("logprobs", "is not supported")
         if body.tools:
@@ -497,6 +654,10 @@ class OpenAIServer:
         sampling = self.sampling(body, max_tokens)
         ids = self.chat_prompt(body)
         self.check_budget(ids, sampling, "messages")
+        return body, sampling, ids
+
+    async def chat_completions(self, request: Request) -> Response:
+        body, sampling, ids = await self.prepare(request, self.prepare_chat)
         job, events = self.submit(request, body, ids, sampling)
         base = {
             "id": f"chatcmpl-{uuid.uuid4().hex}",
@@ -543,6 +704,9 @@ class OpenAIServer:
                         if include_usage:
                             usage = {**base, "choices": [], "usage": self.usage([payload])}
                             yield format_sse(json.dumps(usage))
+                    else:  # cancelled before it started: the server is stopping
+                        yield _event(self.not_run())
+                        return
                 yield format_sse("[DONE]")
             finally:
                 job.cancel()
@@ -580,7 +744,8 @@ class OpenAIServer:
             )
         except Exception as e:  # the template rejected the conversation (roles, order)
             raise ApiError(400, f"the chat template failed: {e}", param="messages") from e
-        return self.check_ids(list(tok(text, add_special_tokens=False).input_ids), "messages")
+        ids = tok(text, add_special_tokens=False, return_attention_mask=False).input_ids
+        return self.check_ids(list(ids), "messages")
 
 
 async def _drain(events: asyncio.Queue[tuple[str, Any]]) -> AsyncIterator[tuple[str, Any]]:
@@ -593,7 +758,10 @@ async def _drain(events: asyncio.Queue[tuple[str, Any]]) -> AsyncIterator[tuple[
 
 
 def _error_event(e: Exception) -> str:
-    err = ApiError(500, f"generation failed: {e}", type_="server_error")
+    return _event(ApiError(500, f"generation failed: {e}", type_="server_error"))
+
+
+def _event(err: ApiError) -> str:
     return format_sse(json.dumps(err.body())) + format_sse("[DONE]")
 
 
@@ -611,9 +779,12 @@ def create_app(
     served_model_name: str,
     api_key: Optional[str] = None,
     max_queue: int = 256,
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
 ) -> Starlette:
     """The ASGI application serving ``model`` (run it with uvicorn)."""
-    server = OpenAIServer(model, tokenizer, served_model_name, api_key, max_queue)
+    server = OpenAIServer(
+        model, tokenizer, served_model_name, api_key, max_queue, max_request_bytes
+    )
 
     def handle(fn: Any) -> Any:
         async def endpoint(request: Request) -> Response:
@@ -626,10 +797,12 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        server.loop = asyncio.get_running_loop()
         server.engine.start()
         try:
             yield
         finally:
+            server.prep.shutdown(wait=False, cancel_futures=True)
             await asyncio.get_running_loop().run_in_executor(None, server.engine.shutdown)
 
     async def http_error(request: Request, exc: Exception) -> Response:

@@ -3,6 +3,7 @@ the ``transformers`` calling conventions: ``model(input_ids).logits`` and ``gene
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from dataclasses import dataclass
@@ -90,9 +91,66 @@ class GenerateOutput:
     logits: Optional[tuple[Any, ...]] = None
 
 
+class DeviceGate:
+    """Who may use a model's device: one call at a time, a ``generate_yield`` generator from
+    its first step until it ends, is closed or is collected.
+
+    Calls from other threads wait their turn. A new call from the holder's own thread cannot
+    wait (the holder is suspended in that same thread: a deadlock), so it takes the device over
+    and the generation it interrupted fails when resumed. Holders are tokens, not a lock's
+    owning thread: a generator may be closed or collected on another thread than its own.
+    """
+
+    def __init__(self) -> None:
+        # reentrant: a generator collected inside acquire() releases from the same thread
+        self._cond = threading.Condition(threading.RLock())
+        self._held: list[object] = []  # tokens, the newest last; all of one thread
+        self._thread: Optional[int] = None
+        self._interrupted: set[object] = set()  # held tokens that a newer call took over
+
+    def acquire(self) -> object:
+        """Waits for the device; returns the token to :meth:`release` it with."""
+        me = threading.get_ident()
+        token = object()
+        with self._cond:
+            self._cond.wait_for(lambda: not self._held or self._thread == me)
+            self._interrupted.update(self._held)
+            self._held.append(token)
+            self._thread = me
+        return token
+
+    def release(self, token: object) -> bool:
+        """Gives the device back; False when ``token`` had been taken over (or released)."""
+        with self._cond:
+            if token not in self._held:
+                return False
+            self._held.remove(token)
+            interrupted = token in self._interrupted
+            self._interrupted.discard(token)
+            if not self._held:
+                self._thread = None
+                self._cond.notify_all()
+            return not interrupted
+
+    @contextlib.contextmanager
+    def hold(self) -> Iterator[object]:
+        token = self.acquire()
+        try:
+            yield token
+        finally:
+            self.release(token)
+
+
 class LPUModelForCausalLM:
     """A compiled causal LM loaded onto a device. Create with
-    ``AutoModelForCausalLM.from_pretrained``."""
+    ``AutoModelForCausalLM.from_pretrained``.
+
+    Thread-safe: calls on one model (forward, ``generate``, ``generate_yield``) from several
+    threads run one after another (:class:`DeviceGate`). A ``generate_yield`` generator holds
+    the device from its first step until it is exhausted, closed or garbage-collected, so
+    close one you abandon. A call from the thread holding a paused generator takes the device
+    over and the generator raises RuntimeError when resumed.
+    """
 
     def __init__(
         self,
@@ -110,7 +168,8 @@ class LPUModelForCausalLM:
         self.prefix_cache = prefix_cache  # None: prefix caching off
         self._kv = KVResidency(session, prefix_cache)  # what the device's KV cache holds
         self.hybrid = hybrid  # hybrid.HybridPrefill: the prompt is prefilled in PyTorch
-        self._lock = threading.Lock()  # one sequence at a time on a device
+        self._gate = DeviceGate()  # one call (or one paused generator) at a time
+        self._lock = threading.Lock()  # one device call at a time, with the _owner check
         self._tokenizer: Any = None
         self._owner: object = None  # the generation that holds the device's sequence
         self.generation_config = GenerationConfig.from_model_dir(folder / "ckpt")
@@ -155,7 +214,7 @@ class LPUModelForCausalLM:
         _check_attention_mask(attention_mask, ids.shape)
         self._check_room(ids.shape[1], 0)
         out = np.empty((ids.shape[0], ids.shape[1], self.vocab_size), dtype=np.float32)
-        with self._lock:
+        with self._gate.hold(), self._lock:
             self._owner = None
             self._stats.begin(profile)
             for b, row in enumerate(ids):
@@ -215,17 +274,18 @@ class LPUModelForCausalLM:
         record = flags["output_logits"] or flags["output_scores"]
         traces: list[list[tuple[np.ndarray, np.ndarray]]] = []
         rows = []
-        self._stats.begin(profile)
-        for row in ids:
-            trace: list[tuple[np.ndarray, np.ndarray]] = []
-            rows.append(
-                np.array(
-                    list(self._generate_row(row, config, streamer, trace if record else None)),
-                    dtype=np.int64,
+        with self._gate.hold():  # all rows and their stats in one turn
+            self._stats.begin(profile)
+            for row in ids:
+                trace: list[tuple[np.ndarray, np.ndarray]] = []
+                rows.append(
+                    np.array(
+                        list(self._generate_row(row, config, streamer, trace if record else None)),
+                        dtype=np.int64,
+                    )
                 )
-            )
-            traces.append(trace)
-        self.last_stats = self._stats.finish(self.backend)
+                traces.append(trace)
+            self.last_stats = self._stats.finish(self.backend)
         outputs = [np.concatenate([row, new]) for row, new in zip(ids, rows)]
         width = max(len(o) for o in outputs)
         pad = config.pad_token_id
@@ -267,17 +327,25 @@ class LPUModelForCausalLM:
         **kwargs: Any,
     ) -> Iterator[int]:
         """Yields each new token id as soon as the device produces it (batch 1); sets
-        ``last_stats`` when it ends (``profile`` as for generate)."""
+        ``last_stats`` when it ends (``profile`` as for generate).
+
+        The generator holds the device from its first step until it is exhausted, closed or
+        garbage-collected: other threads' calls on this model wait until then. A call from
+        this same thread meanwhile (another generator's first step included) takes the device
+        over, and this generator raises RuntimeError at its next step."""
         profile = kwargs.pop("profile", None)
         ids, _ = to_numpy_ids(input_ids, "input_ids", vocab_size=self.vocab_size)
         if ids.shape[0] != 1:
             raise ValueError("generate_yield() takes one sequence (batch 1)")
         config = self._config_for(generation_config, kwargs)
-        self._stats.begin(profile)
+        token = self._gate.acquire()
         try:
+            self._stats.begin(profile)
             yield from self._generate_row(ids[0], config, streamer)
         finally:
-            self.last_stats = self._stats.finish(self.backend)
+            # taken over: the stats (and the device) are someone else's now
+            if self._gate.release(token):
+                self.last_stats = self._stats.finish(self.backend)
 
     def _config_for(
         self, generation_config: Optional[GenerationConfig], kwargs: dict[str, Any]
@@ -318,9 +386,9 @@ class LPUModelForCausalLM:
             self._check_room(len(prompt), session.max_new_tokens)
             if session.done:
                 return
-            # The device holds one sequence. A generator may be suspended between tokens while
-            # other calls use the device, so the lock is taken per device call and a
-            # generation notices when another call has taken the sequence over.
+            # The device holds one sequence. The gate keeps other threads out, but a call from
+            # this thread may take the device over while a generator is suspended, so each
+            # device call checks that the sequence is still this generation's.
             owner = object()
             with self._lock:
                 self._owner = owner
