@@ -8,7 +8,8 @@ CTEST := .venv/bin/ctest --output-on-failure
 PYTEST := PATH=$(CURDIR)/.venv/bin:$$PATH HF_HUB_OFFLINE=1 HYPERDEX_PROGRESS=0 $(PY) -m pytest
 LINTED := hyperdex tests examples benchmarks scripts
 
-.PHONY: demo test test-fast test-latest test-oldest lock setup lint cpp-test cpp-sanitize py-test clean
+.PHONY: demo test test-fast test-latest test-oldest lock setup lint cpp-test cpp-sanitize py-test \
+	fuzz clean
 
 demo: setup
 	$(PY) examples/quickstart.py
@@ -52,6 +53,12 @@ cpp-sanitize:
 	    "-DCMAKE_CXX_FLAGS_RELWITHDEBINFO=-O1 -g1"
 	.venv/bin/cmake --build build/cpp-sanitize
 	$(CTEST) -j2 --timeout 300 --test-dir build/cpp-sanitize
+
+# The fuzz harnesses (tests/fuzz/README.md): libFuzzer targets (clang, build/fuzz) and the
+# Python readers' harnesses, each FUZZ_SECONDS over its seed corpus; findings in build/fuzz/findings/.
+FUZZ_SECONDS ?= 10
+fuzz: setup
+	tests/fuzz/run.sh --seconds $(FUZZ_SECONDS)
 
 py-test:
 	$(PYTEST) tests

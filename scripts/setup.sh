@@ -28,6 +28,16 @@ if [ ! -f /usr/include/xrt/xrt/xrt_device.h ] && [ ! -f /opt/xilinx/xrt/include/
     || echo "[setup] XRT is not available from apt here; building without the board backend"
 fi
 
+# clang with libFuzzer, for the fuzz harnesses (make fuzz, tests/fuzz/README.md). Debian's clang
+# only recommends the libFuzzer runtime, so it is named.
+if ! command -v clang++ >/dev/null || [ ! -f "$(clang++ -print-file-name=libclang_rt.fuzzer-x86_64.a)" ]; then
+  echo "[setup] installing clang and libFuzzer (clang libclang-rt-14-dev)"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq clang libclang-rt-14-dev >/dev/null \
+    || echo "[setup] clang is not available from apt here; make fuzz runs the Python harnesses only"
+fi
+
 if [ ! -x .venv/bin/python ]; then
   echo "[setup] creating .venv"
   python3 -m venv .venv

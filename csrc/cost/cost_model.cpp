@@ -16,6 +16,10 @@ using isa::Opcode;
 
 uint64_t ceil_div(uint64_t a, uint64_t b) { return (a + b - 1) / b; }
 
+// ALLREDUCE chunk counts up to this are priced chunk by chunk (compiled programs have a
+// handful); larger ones, which only a corrupt or hostile program has, in closed form.
+constexpr uint32_t kChunkLoopLimit = 1u << 16;
+
 // A byte range in one address space (on-chip memory, the I/O buffers, HBM).
 struct Range {
   enum Space : uint8_t { Lmem = 0, Io = 1, Hbm = 2 } space;
@@ -410,8 +414,19 @@ RunCost CostModel::run(const RunArgs& args) const {
             const double ps = start_of[size_t(producer)], pe = end[size_t(producer)];
             t = std::max(c.start_ns, ready_others);
             c.start_ns = std::max(t, ps + (pe - ps) / chunks + chain);
-            for (uint32_t k = 0; k < chunks; ++k)
-              t = std::max(t, ps + (pe - ps) * (k + 1) / chunks + chain) + per_chunk;
+            if (chunks <= kChunkLoopLimit) {
+              for (uint32_t k = 0; k < chunks; ++k)
+                t = std::max(t, ps + (pe - ps) * (k + 1) / chunks + chain) + per_chunk;
+            } else {
+              // The same recurrence in closed form, for chunk counts no compiled program has
+              // (i0 comes from the program file: up to 2^32 - 1, a loop of minutes). Chunk k is
+              // ready at ps + (pe - ps)(k + 1) / chunks + chain, linear in k, so the last one
+              // leaves at the latest of: t + chunks chunks, the first chunk's readiness +
+              // chunks chunks, the last chunk's readiness (pe + chain) + one chunk.
+              const double n = chunks;
+              t = std::max({t + n * per_chunk, ps + (pe - ps) / n + chain + n * per_chunk,
+                            pe + chain + per_chunk});
+            }
           } else {
             c.start_ns = std::max(c.start_ns, ready);
             t = c.start_ns + chunks * per_chunk;

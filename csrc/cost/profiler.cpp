@@ -1,6 +1,7 @@
 #include "cost/profiler.h"
 
 #include <algorithm>
+#include <cstdint>
 #include <cstdio>
 #include <sstream>
 
@@ -18,6 +19,16 @@ void json_string(std::ostringstream& s, const std::string& text) {
     else s << ch;
   }
   s << '"';
+}
+
+// Whole cycles of a span of `ns` for the trace. A program the device would refuse (the cost
+// model prices any program, e.g. for hdex-objdump) can give spans of 2^64 cycles and more, or
+// inf / NaN, whose conversion to an integer is undefined: those saturate.
+uint64_t whole_cycles(double ns, double cycle_ns) {
+  const double c = ns / cycle_ns + 0.5;
+  if (!(c >= 0.0)) return 0;
+  if (c >= 18446744073709551616.0) return UINT64_MAX;  // 2^64
+  return uint64_t(c);
 }
 
 }  // namespace
@@ -159,7 +170,7 @@ std::string Profiler::chrome_trace() const {
       s << ",\"cat\":\"" << (ev.program == uint8_t(isa::ProgramKind::Prefill) ? "prefill" : "decode")
         << "\",\"ts\":" << ev.begin_ns / 1000.0 << ",\"dur\":" << (ev.end_ns - ev.begin_ns) / 1000.0
         << ",\"args\":{\"instruction\":" << ev.index << ",\"run\":" << ev.run
-        << ",\"cycles\":" << uint64_t((ev.end_ns - ev.begin_ns) / cyc + 0.5) << ",\"bound\":\""
+        << ",\"cycles\":" << whole_cycles(ev.end_ns - ev.begin_ns, cyc) << ",\"bound\":\""
         << bound_name(Bound(ev.bound)) << "\"}}";
     }
   }

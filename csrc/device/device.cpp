@@ -19,6 +19,11 @@ void check_layout(const DeviceLayout& layout, const DevicePreset& preset, const 
     throw DeviceError("the I/O region (io_base " + std::to_string(layout.io_base) + ", io_bytes " +
                       std::to_string(layout.io_bytes) + ") lies outside pseudo-channel 0 (" +
                       std::to_string(layout.channel_bytes[0]) + " bytes)");
+  // Its buffers hold int32 ids and fp32 logits (and operands are aligned to their elements
+  // inside it), so the segment starts on a 64-byte line, as the memory plan places it.
+  if (layout.io_base % 64 != 0)
+    throw DeviceError("the I/O region (io_base " + std::to_string(layout.io_base) +
+                      ") does not start on a 64-byte boundary");
   // The kernel interface passes io_bytes as 32 bits (xrt/kernel_abi.h); operands address
   // under 2^31 bytes of it anyway.
   if (layout.io_bytes > UINT32_MAX)

@@ -149,6 +149,10 @@ void validate_program(const isa::Program& p, const DevicePreset& preset,
     if (!fits(Checked(o.offset), span, limit))
       fail(i, "has an " + where() + " that reads or writes past its memory (" +
                   std::to_string(limit) + " bytes)");
+    // Every row then starts on an element (check_layout aligns the I/O segment).
+    if (o.offset % elem != 0)
+      fail(i, "has an " + where() + " whose offset is not a multiple of its " +
+                  std::to_string(elem) + "-byte elements");
   };
   // Region `name` must have rows of at least `row_need` bytes and lie inside the allocation.
   auto check_region = [&](size_t i, const char* name, const isa::HbmRegion& r, Checked row_need) {
@@ -161,6 +165,10 @@ void validate_program(const isa::Program& p, const DevicePreset& preset,
     const std::string why =
         striped_region_problem(r.base, r.row_bytes, r.rows, preset.hbm_channels, layout);
     if (!why.empty()) fail(i, "names an " + what + " past the allocation: " + why);
+    // docs/isa.md: regions start on 64-byte lines and rows are multiples of 64 bytes, so
+    // every row is aligned for the fp16 and fp32 values read from it.
+    if (r.base % 64 != 0 || r.row_bytes % 64 != 0)
+      fail(i, "names an " + what + " whose base or row_bytes is not a multiple of 64 bytes");
   };
   if (p.lmem_bytes > preset.lmem_bytes)
     throw CapacityError("the program needs " + std::to_string(p.lmem_bytes) +
@@ -179,7 +187,10 @@ void validate_program(const isa::Program& p, const DevicePreset& preset,
         check_operand(i, "dst", in.dst, in.n, 2, T);
         check_operand(i, "a", in.a, in.n, 2, T);
         check_region(i, "w0", in.w0, 64);
-        if (in.flags & isa::kFlagHasBias) check_region(i, "w1", in.w1, 64);
+        if (in.flags & isa::kFlagHasBias) {
+          check_region(i, "w1", in.w1, 64);
+          if (uint64_t(in.w1.rows) * 32 < in.n) fail(i, "has a beta shorter than n");
+        }
         if (uint64_t(in.w0.rows) * 32 < in.n) fail(i, "has a gamma shorter than n");
         break;
       case Opcode::MatMul: {
@@ -240,6 +251,8 @@ void validate_program(const isa::Program& p, const DevicePreset& preset,
         check_operand(i, "b", in.b, in.n, 2, T);
         check_region(i, "w0", in.w0, Checked(in.n) * 2);
         check_region(i, "w1", in.w1, Checked(in.n) * 2);
+        // A run checks positions against the K cache's rows only.
+        if (in.w1.rows < in.w0.rows) fail(i, "has a V cache (w1) shorter than its K cache (w0)");
         break;
       case Opcode::Attention:
         if (in.i0 == 0 || in.n % in.i0) fail(i, "has heads not a multiple of kv_heads");
@@ -247,6 +260,7 @@ void validate_program(const isa::Program& p, const DevicePreset& preset,
         check_operand(i, "a", in.a, Checked(in.n) * in.k, 2, T);
         check_region(i, "w0", in.w0, Checked(in.i0) * in.k * 2);
         check_region(i, "w1", in.w1, Checked(in.i0) * in.k * 2);
+        if (in.w1.rows < in.w0.rows) fail(i, "has a V cache (w1) shorter than its K cache (w0)");
         break;
       case Opcode::Add:
       case Opcode::Mul:
@@ -260,6 +274,7 @@ void validate_program(const isa::Program& p, const DevicePreset& preset,
         check_operand(i, "dst", in.dst, in.n, 2, T);
         check_operand(i, "a", in.a, in.n, 2, T);
         check_region(i, "w1", in.w1, 64);
+        if (uint64_t(in.w1.rows) * 32 < in.n) fail(i, "has a bias shorter than n");
         break;
       case Opcode::Argmax:
         check_operand(i, "dst", in.dst, 1, 4, 1);
@@ -437,7 +452,10 @@ void Emulator::exec_norm(const Instruction& in, const RunArgs& run) {
 }
 
 void Emulator::exec_matmul(const Instruction& in, const RunArgs& run) {
-  const auto [first, count] = logit_rows(in, run);
+  // Not a structured binding: the epilogue's lambda captures `first`, which C++17 (and
+  // clang before 16) does not allow for a binding.
+  const std::pair<uint32_t, uint32_t> logit_range = logit_rows(in, run);
+  const uint32_t first = logit_range.first, count = logit_range.second;
   const uint32_t n = in.n, k = in.k;
   const size_t xs = (size_t(k) + 15) / 16 * 16;
   scratch_x_.resize(size_t(count) * xs);

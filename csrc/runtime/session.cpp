@@ -58,6 +58,10 @@ void check_session_config(const SessionConfig& config, uint32_t channels) {
     bad("puts segments.io (offset " + std::to_string(layout.io_base) + ", bytes " +
         std::to_string(layout.io_bytes) + ") outside pseudo-channel 0 (channel_bytes[0] = " +
         std::to_string(ch[0]) + ")");
+  // Its int32 and fp32 buffers need aligned addresses (check_layout refuses it too).
+  if (layout.io_base % 64 != 0)
+    bad("puts segments.io at offset " + std::to_string(layout.io_base) +
+        ", not on a 64-byte boundary");
   for (size_t c = 0; c < ch.size(); ++c)
     if (config.weights_bytes > ch[c])
       bad("has a weight segment (segments.weights.bytes_per_channel = " +
