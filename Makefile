@@ -14,7 +14,7 @@ LINTED := hyperdex tests examples benchmarks scripts
 demo: setup
 	$(PY) examples/quickstart.py
 
-test: setup lint cpp-test cpp-sanitize py-test
+test: setup lint cpp-test cpp-sanitize py-test fuzz
 
 # Under 3 minutes: lint, the C++ suite, and the Python tests not marked slow.
 test-fast: setup lint cpp-test
@@ -56,7 +56,7 @@ cpp-sanitize:
 
 # The fuzz harnesses (tests/fuzz/README.md): libFuzzer targets (clang, build/fuzz) and the
 # Python readers' harnesses, each FUZZ_SECONDS over its seed corpus; findings in build/fuzz/findings/.
-FUZZ_SECONDS ?= 10
+FUZZ_SECONDS ?= 5
 fuzz: setup
 	tests/fuzz/run.sh --seconds $(FUZZ_SECONDS)
 

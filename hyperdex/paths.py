@@ -23,7 +23,12 @@ def default_prefix() -> Path:
 
 
 def is_local_model(model_id: PathLike) -> bool:
-    return Path(model_id).expanduser().is_dir()
+    """Whether ``model_id`` names an existing folder (a name no file system can hold, too
+    long or with a NUL, or ``~user`` of no user, names none)."""
+    try:
+        return Path(model_id).expanduser().is_dir()
+    except (OSError, RuntimeError, ValueError):
+        return False
 
 
 def compiled_dir(

@@ -7,6 +7,7 @@ names the file and the field; fast_compile rebuilds what was edited (docs/format
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 from typing import Any, Callable, Dict
@@ -187,7 +188,49 @@ STRUCTURAL = {
         lambda d: d["model"].pop("num_kv_heads"),
         "model.num_kv_heads",
     ),
+    # fuzz findings: numbers past the C++ fields (a bare pybind TypeError in session_config)
+    "channel_bytes_past_uint64": (
+        "config/memory_map.json",
+        lambda d: d["channel_bytes"].__setitem__(0, 2**64),
+        "channel_bytes[0]",
+    ),
+    "param_file_bytes_past_uint64": (
+        "config/memory_map.json",
+        lambda d: d["param_files"][0].update(bytes=2**64),
+        "param_files[0].bytes",
+    ),
+    "param_file_crc_past_uint32": (
+        "config/memory_map.json",
+        lambda d: d["param_files"][0].update(crc32=2**32),
+        "param_files[0].crc32",
+    ),
+    "region_rows_past_uint32": (
+        "config/memory_map.json",
+        lambda d: d["regions"][0].update(rows=2**32),
+        "regions[0].rows",
+    ),
+    # fuzz findings: the device preset (a bare KeyError / TypeError / ValueError before)
+    "device_preset_key_missing": (
+        "config/memory_map.json",
+        lambda d: d["device_preset"].pop("vector_lanes"),
+        "device_preset.vector_lanes",
+    ),
+    "device_preset_key_a_string": (
+        "config/memory_map.json",
+        lambda d: d["device_preset"].update(mac_lanes="F16"),
+        "device_preset.mac_lanes",
+    ),
+    "device_preset_key_an_object": (
+        "config/memory_map.json",
+        lambda d: d["device_preset"].update(clock_mhz={}),
+        "device_preset.clock_mhz",
+    ),
     "num_device_a_string": ("compile.json", lambda d: d.update(num_device="1"), "num_device"),
+    "record_crc_past_uint32": (
+        "compile.json",
+        lambda d: d.update(record_crc32=2**32),
+        "record_crc32",
+    ),
     "files_missing": ("compile.json", _pop("files"), "files"),
     "file_record_without_crc": (
         "compile.json",
@@ -206,6 +249,22 @@ def test_structural_edit_names_the_file_and_the_field(folder: Path, edit: str) -
     msg = str(e.value)
     assert str(folder / rel) in msg and f"field {field!r}" in msg, msg
     assert "recompile" in msg, msg
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["[" * 5000 + "]" * 5000, '{"k": ' * 3000 + "1" + "}" * 3000, '{"a": ' + "1" * 5000 + "}"],
+    ids=["deep_list", "deep_object", "long_int"],
+)
+@pytest.mark.parametrize("rel", ["compile.json", "config/memory_map.json"])
+def test_hostile_json_is_a_format_error(folder: Path, rel: str, text: str) -> None:
+    """Nesting past the recursion limit, an integer past Python's digit limit (fuzz findings:
+    a bare RecursionError / ValueError from read_json and _verify_file before)."""
+    from hyperdex.compiled.folder import verify_compiled
+
+    (folder / rel).write_text(text)
+    with pytest.raises(FormatError, match=f"{re.escape(str(folder / rel))}.* is corrupt: not"):
+        verify_compiled(folder)
 
 
 def test_read_memory_map_checks_the_structure(folder: Path) -> None:

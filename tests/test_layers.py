@@ -21,7 +21,7 @@ PACKAGE = ROOT / "hyperdex"
 # other. A new module outside every unit fails test_every_module_has_a_layer.
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("hyperdex._core", "hyperdex._tested", "hyperdex.errors"),
-    ("hyperdex.extras", "hyperdex.paths", "hyperdex.versions"),
+    ("hyperdex.extras", "hyperdex.jsonfile", "hyperdex.paths", "hyperdex.versions"),
     ("hyperdex",),  # the root package alone (__version__), not what lies under it
     ("hyperdex.arch", "hyperdex.data", "hyperdex.formats", "hyperdex.presets"),
     ("hyperdex.xrt",),

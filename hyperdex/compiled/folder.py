@@ -20,9 +20,21 @@ from typing import Any, Callable, Optional, Union
 
 from .. import __version__
 from ..errors import ConfigError, FormatError
+from ..jsonfile import load_json
 from ..paths import compiled_dir
+from ..presets import check_preset
 from .record import HYPERDEX_CONFIG_NAME, check_converted_config, scheme_name
-from .schema import Schema, check_fields, is_bool, is_dict, is_dict_or_none, is_pos, is_str, is_uint
+from .schema import (
+    Schema,
+    check_fields,
+    is_bool,
+    is_dict,
+    is_dict_or_none,
+    is_pos32,
+    is_str,
+    is_u32,
+    is_uint,
+)
 
 PathLike = Union[str, Path]
 
@@ -70,13 +82,21 @@ def resolve_compiled(model_id: PathLike, prefix: Optional[PathLike] = None) -> P
 
 def read_json(path: Path, what: str) -> dict[str, Any]:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        raw = path.read_bytes()
     except FileNotFoundError as e:
         raise FormatError(f"{path} is missing; recompile the model") from e
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise FormatError(f"{path} ({what}) is corrupt: {e}; recompile the model") from e
+    except OSError as e:
+        raise FormatError(f"{path} ({what}) cannot be read ({e}); recompile the model") from e
+    return json_object(raw, path, "recompile the model", what)
+
+
+def json_object(raw: bytes, path: Path, hint: str, what: str = "") -> dict[str, Any]:
+    """The JSON object in ``raw`` (the bytes of ``path``); a FormatError naming the file and
+    ending with ``hint`` for anything else (:func:`load_json`: never another exception)."""
+    label = f"{path} ({what})" if what else str(path)
+    data = load_json(raw, lambda why: FormatError(f"{label} is corrupt: {why}; {hint}"))
     if not isinstance(data, dict):
-        raise FormatError(f"{path} ({what}) is corrupt; recompile the model")
+        raise FormatError(f"{label} is corrupt (not a JSON object); {hint}")
     return data
 
 
@@ -206,7 +226,7 @@ def verify_compiled(folder: Path) -> dict[str, Any]:
             raise FormatError(f"{path}: 'files' does not list {required}: {hint}")
     for i, rec in enumerate(info["files"]):
         rel = PurePosixPath(rec["file"])
-        if rel.is_absolute() or ".." in rel.parts or not rel.parts:
+        if rel.is_absolute() or ".." in rel.parts or not rel.parts or "\0" in rec["file"]:
             raise FormatError(
                 f"{path}: field 'files[{i}].file' must be a path inside the "
                 f"folder, got {rec['file']!r}: {hint}"
@@ -233,13 +253,7 @@ def _verify_file(folder: Path, rec: dict[str, Any], hint: str) -> None:
         raise FormatError(f"{path} cannot be read ({e}): {hint}") from e
     checker = _JSON_CHECKS.get(rec["file"])
     if checker is not None:
-        try:
-            doc = json.loads(data.decode("utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise FormatError(f"{path} is corrupt: {e}; {hint}") from e
-        if not isinstance(doc, dict):
-            raise FormatError(f"{path} is corrupt (not a JSON object); {hint}")
-        checker(doc, path, hint)
+        checker(json_object(data, path, hint), path, hint)
     crc = zlib.crc32(data)
     if len(data) != rec["bytes"] or crc != rec["crc32"]:
         raise FormatError(
@@ -251,49 +265,51 @@ def _verify_file(folder: Path, rec: dict[str, Any], hint: str) -> None:
 
 # -- structure ----------------------------------------------------------------------------------
 
-_FILE_RECORD: Schema = {"file": is_str, "bytes": is_uint, "crc32": is_uint}
+_FILE_RECORD: Schema = {"file": is_str, "bytes": is_uint, "crc32": is_u32}
 _COMPILE_FIELDS: Schema = {
     "hyperdex_version": is_str,
     "model_id": is_str,
     "architecture": is_str,
-    "num_device": is_pos,
-    "max_length": is_pos,
+    "num_device": is_pos32,
+    "max_length": is_pos32,
     "type_device": is_str,
     "quantization": is_dict_or_none,
     "low_memory_usage": is_bool,
     "passes": is_dict,
     "timings_s": is_dict,
     "files[]": _FILE_RECORD,
-    "record_crc32": is_uint,
+    "record_crc32": is_u32,
 }
+# Each number's kind is the C++ field it fills (SessionConfig, IoLayout, KvRegion,
+# DeviceLayout: session.py): 64-bit offsets and sizes, 32-bit counts.
 _REGION: Schema = {
     "name": is_str,
     "kind": is_str,
     "offset": is_uint,
-    "row_bytes": is_uint,
-    "rows": is_uint,
-    "cols": is_uint,
+    "row_bytes": is_u32,
+    "rows": is_u32,
+    "cols": is_u32,
 }
 _MEMORY_MAP_FIELDS: Schema = {
-    "fingerprint": is_uint,
+    "fingerprint": is_u32,
     "device_preset": is_dict,
-    "num_device": is_pos,
-    "num_channels": is_pos,
-    "max_length": is_pos,
-    "max_tokens": is_pos,
-    "vocab_size": is_pos,
-    "device_vocab_size": is_pos,
+    "num_device": is_pos32,
+    "num_channels": is_pos32,
+    "max_length": is_pos32,
+    "max_tokens": is_pos32,
+    "vocab_size": is_pos32,
+    "device_vocab_size": is_pos32,
     "segments.weights.bytes_per_channel": is_uint,
     "segments.io.offset": is_uint,
-    "segments.io.bytes": is_uint,
-    "segments.io.ids_offset": is_uint,
-    "segments.io.argmax_offset": is_uint,
-    "segments.io.logits_offset": is_uint,
+    "segments.io.bytes": is_u32,
+    "segments.io.ids_offset": is_u32,
+    "segments.io.argmax_offset": is_u32,
+    "segments.io.logits_offset": is_u32,
     "channel_bytes[]": is_uint,
     "regions[]": _REGION,
     "param_files[]": _FILE_RECORD,
 }
-_DEVICE: Schema = {"device": is_uint, "param_files[]": _FILE_RECORD}
+_DEVICE: Schema = {"device": is_u32, "param_files[]": _FILE_RECORD}
 
 
 def check_memory_map(mm: dict[str, Any], path: Path, hint: str = "recompile the model") -> None:
@@ -313,6 +329,13 @@ def check_memory_map(mm: dict[str, Any], path: Path, hint: str = "recompile the 
             "(AutoCompiler().compile(..., fast_compile=False))"
         )
     check_fields(mm, _MEMORY_MAP_FIELDS, path, hint)
+    check_preset(
+        mm["device_preset"],
+        str(path),
+        FormatError,
+        "device_preset.",
+        f"the file was edited or damaged after the compile: {hint}",
+    )
     if mm["num_device"] > 1:
         check_fields(mm, {"devices[]": _DEVICE}, path, hint)
 

@@ -12,12 +12,28 @@ from ..errors import FormatError
 _MISSING = object()
 
 
+# The C++ core holds these numbers in uint64_t / uint32_t fields: a larger one would not
+# convert (a bare TypeError from the bindings), so the record is corrupt.
+U64_MAX = 2**64 - 1
+U32_MAX = 2**32 - 1
+
+
 def is_uint(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+    """An integer that fits a uint64_t."""
+    return isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= U64_MAX
+
+
+def is_u32(v: Any) -> bool:
+    """An integer that fits a uint32_t (a CRC-32, a count or size the core holds in 32 bits)."""
+    return is_uint(v) and v <= U32_MAX
 
 
 def is_pos(v: Any) -> bool:
     return is_uint(v) and v > 0
+
+
+def is_pos32(v: Any) -> bool:
+    return is_u32(v) and v > 0
 
 
 def is_str(v: Any) -> bool:
@@ -45,8 +61,10 @@ def is_bool(v: Any) -> bool:
 
 
 _KINDS: dict[Callable[[Any], bool], str] = {
-    is_uint: "an integer >= 0",
-    is_pos: "an integer >= 1",
+    is_uint: "an integer from 0 to 2^64 - 1",
+    is_u32: "an integer from 0 to 2^32 - 1",
+    is_pos: "an integer from 1 to 2^64 - 1",
+    is_pos32: "an integer from 1 to 2^32 - 1",
     is_str: "a string",
     is_dict: "an object",
     is_list: "a list",

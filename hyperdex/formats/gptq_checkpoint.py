@@ -43,7 +43,7 @@ dtypes, zero points, ``g_idx`` and scales before any weight is unpacked, and who
 
 from __future__ import annotations
 
-import json
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +52,7 @@ from typing import Any, Callable, Iterator, Optional, Protocol, Sequence
 import numpy as np
 
 from hyperdex.errors import CheckpointError, ConfigError
+from hyperdex.jsonfile import load_json
 
 __all__ = [
     "GPTQ_FORMATS",
@@ -69,6 +70,8 @@ __all__ = [
 
 SUPPORTED_BITS = (4, 8)
 GPTQ_FORMATS = ("gptq", "gptq_v2")
+# g_idx is int32: no layer has more input columns, so no group is larger.
+_MAX_GROUP_SIZE = 2**31 - 1
 # Canonical projections of a block that GPTQ quantizes (those the model has).
 QUANTIZED_LINEARS = (
     "attn_q",
@@ -121,9 +124,10 @@ def _quantization_config(hf_config: dict[str, Any], folder: Optional[Path]) -> O
         # AutoGPTQ's own file, next to a config.json that does not repeat it.
         path = folder / _AUTOGPTQ_CONFIG
         try:
-            qc = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ConfigError(f"{path} is not valid JSON ({e}); download it again") from e
+            raw = path.read_bytes()
+        except OSError as e:
+            raise ConfigError(f"{path} cannot be read ({e}); download it again") from e
+        qc = load_json(raw, lambda why: ConfigError(f"{path} is {why}; download it again"))
         if isinstance(qc, dict):
             qc = {"quant_method": "gptq", **qc}
     if qc is None:
@@ -174,11 +178,11 @@ def gptq_settings(
     if (
         isinstance(group_size, bool)
         or not isinstance(group_size, int)
-        or not (group_size == -1 or group_size > 0)
+        or not (group_size == -1 or 0 < group_size <= _MAX_GROUP_SIZE)
     ):
         raise ConfigError(
             f"GPTQ quantization_config has group_size={group_size!r}; expected a positive "
-            "integer or -1 (one group per row)"
+            f"integer (at most {_MAX_GROUP_SIZE}) or -1 (one group per row)"
         )
     fmt = field("checkpoint_format", field("format", "gptq"))
     if not isinstance(fmt, str) or fmt.lower() not in GPTQ_FORMATS:
@@ -197,10 +201,21 @@ def gptq_settings(
         desc_act=bool(field("desc_act", False)),
         static_groups=bool(field("static_groups", False)),
         sym=None if sym is None else bool(sym),
-        damp_percent=float(damp) if isinstance(damp, (int, float)) else None,
+        damp_percent=_number_or_none(damp),
         dataset=dataset if isinstance(dataset, str) else None,
         lm_head=bool(field("lm_head", False)),
     )
+
+
+def _number_or_none(v: Any) -> Optional[float]:
+    """A finite number of the config as a float; None for anything else (informative only)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    try:
+        f = float(v)
+    except OverflowError:  # an integer past the float range
+        return None
+    return f if math.isfinite(f) else None
 
 
 # -- bit packing (the GPTQ layout; exported for tests and tools) -----------------------------

@@ -31,7 +31,6 @@ caller decides what a missing tied tensor means.
 from __future__ import annotations
 
 import difflib
-import json
 import math
 import mmap
 import os
@@ -45,6 +44,8 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple, Type, Union
 import numpy as np
 
 from hyperdex.errors import CheckpointError
+from hyperdex.formats.model_file import shape_problem
+from hyperdex.jsonfile import load_json
 
 __all__ = [
     "HFCheckpoint",
@@ -62,6 +63,7 @@ PT_WEIGHTS_INDEX_NAME = "pytorch_model.bin.index.json"
 # The reference safetensors implementation refuses headers above 100 MB; a larger length is
 # a corrupt length field, not a real header.
 _MAX_SAFETENSORS_HEADER = 100 * 1000 * 1000
+_MAX_FILE_NAME = 255  # bytes: a longer shard name is no file any file system can hold
 
 # safetensors dtype tag -> (our dtype name, bytes per element, numpy dtype or None when
 # numpy has no such type and we cannot convert it).
@@ -155,10 +157,9 @@ class _SafetensorsFile:
                 out[k] = v
             return out
 
-        try:
-            header = json.loads(raw.decode("utf-8"), object_pairs_hook=no_duplicates)
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise self._corrupt(f"header is not valid UTF-8 JSON ({e})") from e
+        header = load_json(
+            raw, lambda why: self._corrupt(f"header is {why}"), object_pairs_hook=no_duplicates
+        )
         if not isinstance(header, dict):
             raise self._corrupt(f"header is a JSON {type(header).__name__}, expected an object")
 
@@ -188,8 +189,9 @@ class _SafetensorsFile:
             dname, itemsize, npdt = _ST_DTYPES[tag]
             shape = entry["shape"]
             offs = entry["data_offsets"]
-            if not all(_is_uint(d) for d in shape):
-                raise self._corrupt(f"tensor '{name}' has invalid shape {shape!r}")
+            problem = shape_problem(shape, itemsize)
+            if problem:
+                raise self._corrupt(f"tensor '{name}' has invalid shape {shape!r}: {problem}")
             if len(offs) != 2 or not all(_is_uint(o) for o in offs):
                 raise self._corrupt(f"tensor '{name}' has invalid data_offsets {offs!r}")
             begin, end = offs
@@ -505,11 +507,17 @@ class HFCheckpoint:
 
 def _read_index(path: Path) -> Dict[str, str]:
     try:
-        index = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raw = path.read_bytes()
+    except OSError as e:
         raise CheckpointError(
             f"cannot read the shard index {path}: {e}; {_redownload(path)}"
         ) from e
+    index = load_json(
+        raw,
+        lambda why: CheckpointError(
+            f"cannot read the shard index {path}: {why}; {_redownload(path)}"
+        ),
+    )
     wm = index.get("weight_map") if isinstance(index, dict) else None
     if not isinstance(wm, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in wm.items()
@@ -520,10 +528,16 @@ def _read_index(path: Path) -> Dict[str, str]:
         )
     for shard in set(wm.values()):
         # Shards live next to the index; a path elsewhere is corrupt or hostile.
-        if Path(shard).name != shard or shard in ("", ".", ".."):
+        if (
+            Path(shard).name != shard
+            or shard in ("", ".", "..")
+            or "\0" in shard
+            or len(os.fsencode(shard)) > _MAX_FILE_NAME
+        ):
             raise CheckpointError(
-                f"shard index {path} names shard '{shard}', which is not a plain file name "
-                "in the checkpoint folder; the index is corrupt: download it again"
+                f"shard index {path} names shard {shard[:80]!r}, which is not a plain file "
+                f"name (at most {_MAX_FILE_NAME} bytes) in the checkpoint folder; the index is "
+                "corrupt: download it again"
             )
     return wm
 

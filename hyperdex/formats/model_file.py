@@ -74,12 +74,24 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple, Type, Union
+from typing import (
+    Any,
+    Dict,
+    Iterable,
+    Iterator,
+    List,
+    Mapping,
+    Optional,
+    Tuple,
+    Type,
+    Union,
+)
 
 import numpy as np
 
 from hyperdex.errors import FormatError
 from hyperdex.formats.atomic import temp_path
+from hyperdex.jsonfile import load_json
 
 __all__ = [
     "MODEL_FILE_MAGIC",
@@ -90,6 +102,7 @@ __all__ = [
     "ModelFile",
     "TensorInfo",
     "write_model_file",
+    "shape_problem",
 ]
 
 MODEL_FILE_MAGIC = b"HDXMODEL"
@@ -135,6 +148,31 @@ class TensorInfo:
             "nbytes": self.nbytes,
             "crc32": self.crc32,
         }
+
+
+# -- shapes read from a file (shared by the readers of tensor files) --------------------------
+
+# numpy's limit on a dimension and on an array's size (np.intp); a shape past it cannot be
+# mapped, whatever the file says its bytes are.
+MAX_ARRAY_BYTES = 2**63 - 1
+
+
+def shape_problem(shape: Any, itemsize: int = 1) -> Optional[str]:
+    """What is wrong with ``shape`` as an array's shape (None: nothing): a list of integers
+    >= 0 whose element count times ``itemsize`` fits numpy (:data:`MAX_ARRAY_BYTES`, every
+    dimension included, an empty array's too)."""
+    if not isinstance(shape, list):
+        return "it is not a list"
+    size = itemsize
+    for d in shape:
+        if isinstance(d, bool) or not isinstance(d, int) or d < 0:
+            return f"dimension {d!r} is not an integer >= 0"
+        if d > MAX_ARRAY_BYTES:
+            return f"dimension {d} is past 2^63 - 1"
+        size *= max(d, 1)
+        if size > MAX_ARRAY_BYTES:
+            return "it holds more than 2^63 - 1 bytes"
+    return None
 
 
 def _align(n: int) -> int:
@@ -485,10 +523,7 @@ def _parse(
     def bad(what: str) -> FormatError:
         return FormatError(f"{path} has a malformed header: {what}; {redo}")
 
-    try:
-        doc = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise bad(f"not UTF-8 JSON ({e})") from e
+    doc = load_json(raw, bad)
     if not (
         isinstance(doc, dict)
         and isinstance(doc.get("tensors"), list)
@@ -506,13 +541,14 @@ def _parse(
         offset, nbytes, crc = e.get("offset"), e.get("nbytes"), e.get("crc32")
         if not isinstance(name, str) or not name or name in infos:
             raise bad(f"tensor name {name!r} is missing, empty or repeated")
-        if dtype not in MODEL_FILE_DTYPES:
+        if not isinstance(dtype, str) or dtype not in MODEL_FILE_DTYPES:
             raise bad(
                 f"tensor '{name}' has dtype {dtype!r}, expected one of "
                 f"{', '.join(MODEL_FILE_DTYPES)}"
             )
-        if not isinstance(shape, list) or not all(_is_uint(d) for d in shape):
-            raise bad(f"tensor '{name}' has invalid shape {shape!r}")
+        problem = shape_problem(shape, MODEL_FILE_DTYPES[dtype].itemsize)
+        if problem:
+            raise bad(f"tensor '{name}' has invalid shape {shape!r}: {problem}")
         if not (_is_uint(offset) and _is_uint(nbytes) and _is_uint(crc) and crc <= _MAX_CRC):
             raise bad(
                 f"tensor '{name}' has invalid offset/nbytes/crc32 {offset!r}/{nbytes!r}/{crc!r}"

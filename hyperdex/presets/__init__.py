@@ -3,11 +3,12 @@ the C++ core's DevicePreset made from one."""
 
 from __future__ import annotations
 
-import json
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
-from ..errors import ConfigError
+from ..errors import ConfigError, HyperdexError
+from ..jsonfile import load_json
 
 if TYPE_CHECKING:
     from .. import _core
@@ -52,6 +53,10 @@ _MAY_BE_ZERO = (
     "ring_latency_ns",
     "run_overhead_us",
 )
+# The C++ DevicePreset's uint64_t fields; its other integers are uint32_t.
+_U64_FIELDS = ("hbm_channel_bytes", "lmem_bytes", "weight_buffer_bytes")
+_U64_MAX = 2**64 - 1
+_U32_MAX = 2**32 - 1
 NUMBER_FIELDS = tuple(k for k, kind in _FIELDS.items() if kind in (int, float))
 
 
@@ -78,33 +83,16 @@ def load_preset(name_or_path: Union[str, Path]) -> dict[str, Any]:
                 f"{', '.join(available_presets())}, or the path of a preset JSON file"
             )
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
+        raw = path.read_bytes()
+    except OSError as e:
         raise ConfigError(f"cannot read device preset {path}: {e}") from e
+    data = load_json(raw, lambda why: ConfigError(f"cannot read device preset {path}: {why}"))
+    if not isinstance(data, dict):
+        raise ConfigError(f"device preset {path} is not a JSON object")
     unknown = sorted(set(data) - set(_FIELDS))
     if unknown:
         raise ConfigError(f"device preset {path} has unknown field(s) {', '.join(unknown)}")
-    for key, kind in _FIELDS.items():
-        if key in _OPTIONAL:
-            if key in data and not isinstance(data[key], kind):
-                raise ConfigError(f"device preset {path}: {key} must be a {kind.__name__}")
-            continue
-        if key not in data:
-            raise ConfigError(f"device preset {path} lacks the field {key!r}")
-        value = data[key]
-        ok = (
-            isinstance(value, (int, float)) and not isinstance(value, bool)
-            if kind is float
-            else (isinstance(value, kind) and not isinstance(value, bool))
-        )
-        if not ok or (kind is not str and (value < 0 if key in _MAY_BE_ZERO else value <= 0)):
-            what = "a non-negative" if key in _MAY_BE_ZERO else "a positive"
-            raise ConfigError(f"device preset {path}: {key} must be {what} {kind.__name__}")
-    if data["hbm_efficiency"] > 1:
-        raise ConfigError(
-            f"device preset {path}: hbm_efficiency is the share of peak bandwidth a stream "
-            f"sustains, at most 1; got {data['hbm_efficiency']}"
-        )
+    check_preset(data, f"device preset {path}")
     stray = [
         k
         for k in data.get("sources", {})
@@ -117,10 +105,68 @@ def load_preset(name_or_path: Union[str, Path]) -> dict[str, Any]:
     return data
 
 
-def device_preset(preset: dict[str, Any]) -> _core.DevicePreset:
-    """The C++ core's DevicePreset from a preset's data (what load_preset returns)."""
+def check_preset(
+    data: Any,
+    where: str,
+    error: type[HyperdexError] = ConfigError,
+    field: str = "",
+    hint: str = "",
+) -> None:
+    """Raises ``error`` naming ``where`` and the field (``field`` + key: ``device_preset.``
+    when the preset is a memory map's) unless ``data`` holds every field of a preset with its
+    type and range (the C++ DevicePreset's: 32- or 64-bit unsigned, finite numbers)."""
+    tail = f"; {hint}" if hint else ""
+    if not isinstance(data, dict):
+        raise error(f"{where}: field {field.rstrip('.') or 'the preset'!r} must be an object{tail}")
+    for key, kind in _FIELDS.items():
+        name = f"{field}{key}"
+        if key not in data:
+            if key in _OPTIONAL:
+                continue
+            raise error(f"{where} lacks the field {name!r}{tail}")
+        value = data[key]
+        if kind in (str, dict):
+            if not isinstance(value, kind):
+                raise error(f"{where}: field {name!r} must be a {kind.__name__}{tail}")
+            continue
+        limit = _U64_MAX if key in _U64_FIELDS else _U32_MAX if kind is int else math.inf
+        ok = (
+            isinstance(value, (int, float)) and not isinstance(value, bool)
+            if kind is float
+            else (isinstance(value, kind) and not isinstance(value, bool))
+        )
+        if ok and kind is float:
+            try:
+                ok = math.isfinite(float(value))  # an integer past the float range: not
+            except OverflowError:
+                ok = False
+        if ok and (value > limit or (value < 0 if key in _MAY_BE_ZERO else value <= 0)):
+            ok = False
+        if not ok:
+            what = "a non-negative" if key in _MAY_BE_ZERO else "a positive"
+            bound = f" at most {limit}" if kind is int else " (finite)"
+            raise error(
+                f"{where}: field {name!r} must be {what} {kind.__name__}{bound}, got "
+                f"{_short(value)}{tail}"
+            )
+    if data["hbm_efficiency"] > 1:
+        raise error(
+            f"{where}: field '{field}hbm_efficiency' is the share of peak bandwidth a stream "
+            f"sustains, at most 1; got {data['hbm_efficiency']}{tail}"
+        )
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def device_preset(preset: dict[str, Any], where: str = "device preset") -> _core.DevicePreset:
+    """The C++ core's DevicePreset from a preset's data (what load_preset returns); a
+    ConfigError naming ``where`` and the field for data that is not a preset."""
     from .. import _core  # here, so that loading a preset needs no C++ core
 
+    check_preset(preset, where)
     p = _core.DevicePreset()
     p.name = preset["name"]
     p.hbm_channels = int(preset["hbm_channels"])

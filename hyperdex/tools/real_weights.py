@@ -32,6 +32,7 @@ import importlib.metadata
 import importlib.util
 import json
 import logging
+import math
 import os
 import pathlib
 import shutil
@@ -194,8 +195,33 @@ def _import_gguf() -> Any:
     return gguf
 
 
+# What gguf.GGUFReader and gguf.dequantize raise on a corrupt or hostile file (a bare
+# IndexError, KeyError, ... from the library's parsing): each becomes a CheckpointError.
+_GGUF_ERRORS = (ValueError, OSError, IndexError, KeyError, TypeError, OverflowError)
+_MAX_COUNT = 2**31 - 1  # sizes and counts of a config: int32 in every consumer
+
+
+def read_gguf(path: PathLike) -> Any:
+    """A ``gguf.GGUFReader`` of ``path``; a CheckpointError naming the file when it is not a
+    readable GGUF file (the reader's own exceptions, whatever their type)."""
+    gguf = _import_gguf()
+    try:
+        return gguf.GGUFReader(str(path))
+    except _GGUF_ERRORS as exc:
+        raise CheckpointError(
+            f"{path} is not a readable GGUF file ({type(exc).__name__}: {exc}); re-download "
+            "or reinstall it"
+        ) from exc
+
+
+def _reader_path(reader: Any) -> str:
+    """The file a GGUFReader reads (its memory map's), for messages."""
+    return str(getattr(getattr(reader, "data", None), "filename", None) or "the GGUF file")
+
+
 def _field(reader: Any, key: str, default: Any = None) -> Any:
-    """A scalar, string or array metadata value (``default`` when the key is absent)."""
+    """A scalar, string or array metadata value (``default`` when the key is absent); a
+    CheckpointError naming the file and the key when its value cannot be decoded."""
     import numpy as np
 
     gguf = _import_gguf()
@@ -212,49 +238,117 @@ def _field(reader: Any, key: str, default: Any = None) -> Any:
             return float(str(np.float32(part[0])))
         return part.tolist()[0]
 
-    if field.types[0] == value_type.ARRAY:
-        return [decode(field.parts[index], field.types[-1]) for index in field.data]
-    return decode(field.parts[field.data[0]], field.types[0])
+    try:
+        if field.types[0] == value_type.ARRAY:
+            return [decode(field.parts[index], field.types[-1]) for index in field.data]
+        return decode(field.parts[field.data[0]], field.types[0])
+    except _GGUF_ERRORS as exc:  # UnicodeDecodeError included (a ValueError)
+        raise CheckpointError(
+            f"{_reader_path(reader)}: GGUF metadata field {key!r} cannot be decoded "
+            f"({type(exc).__name__}: {exc}); the file is corrupt, re-download it"
+        ) from exc
+
+
+def _int_field(
+    reader: Any, key: str, default: Any = None, minimum: int = 1, required: bool = True
+) -> Optional[int]:
+    """An integer metadata value from ``minimum`` to 2^31 - 1 (``default`` when absent); a
+    CheckpointError naming the file and the key for anything else (None when absent and not
+    ``required``)."""
+    path = _reader_path(reader)
+    value = _field(reader, key, default)
+    if value is None:
+        if not required:
+            return None
+        raise CheckpointError(
+            f"{path}: GGUF metadata lacks {key!r}; the file is incomplete or not a llama.cpp "
+            "model, re-download it"
+        )
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int)
+        or not (minimum <= value <= _MAX_COUNT)
+    ):
+        raise CheckpointError(
+            f"{path}: GGUF metadata field {key!r} is {_short(value)}, expected an integer "
+            f"from {minimum} to {_MAX_COUNT}; the file is corrupt, re-download it"
+        )
+    return value
+
+
+def _float_field(reader: Any, key: str, default: float) -> float:
+    """A finite, positive number of the metadata (``default`` when absent); a CheckpointError
+    naming the file and the key for anything else."""
+    value = _field(reader, key, default)
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if ok:
+        try:
+            value = float(value)
+        except OverflowError:
+            ok = False
+    if not ok or not (math.isfinite(value) and value > 0):
+        raise CheckpointError(
+            f"{_reader_path(reader)}: GGUF metadata field {key!r} is {_short(value)}, "
+            "expected a finite number > 0; the file is corrupt, re-download it"
+        )
+    return value
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _llama_config(reader: Any, path: pathlib.Path, dtype: str) -> Dict[str, Any]:
-    """LlamaConfig keyword arguments from the GGUF metadata."""
+    """LlamaConfig keyword arguments from the GGUF metadata; a CheckpointError naming the file
+    and the key for metadata that is missing, undecodable or out of range."""
     arch = _field(reader, "general.architecture")
     if arch != "llama":
         raise CheckpointError(
-            f"{path}: GGUF architecture {arch!r} is not supported by this converter (only "
+            f"{path}: GGUF architecture {_short(arch)} is not supported by this converter (only "
             f"'llama', e.g. SmolLM2/Llama/Mistral-style files); convert the model to a Hugging "
             f"Face folder another way"
         )
     rope_scaling = _field(reader, "llama.rope.scaling.type")
     if rope_scaling not in (None, "none"):
         raise CheckpointError(
-            f"{path}: GGUF rope scaling {rope_scaling!r} is not supported by this converter; "
-            f"use a GGUF file without rope scaling"
+            f"{path}: GGUF rope scaling {_short(rope_scaling)} is not supported by this "
+            "converter; use a GGUF file without rope scaling"
         )
 
-    def required(key: str) -> Any:
-        value = _field(reader, f"llama.{key}")
-        if value is None:
-            raise CheckpointError(
-                f"{path}: GGUF metadata lacks 'llama.{key}'; the file is "
-                f"incomplete or not a llama.cpp model, re-download it"
-            )
+    def count(key: str, default: Any = None) -> int:
+        value = _int_field(reader, f"llama.{key}", default)
+        assert value is not None  # required
         return value
 
-    hidden = int(required("embedding_length"))
-    heads = int(required("attention.head_count"))
+    hidden = count("embedding_length")
+    heads = count("attention.head_count")
     kv_heads: Any = _field(reader, "llama.attention.head_count_kv", heads)
     if isinstance(kv_heads, list):
-        if len(set(kv_heads)) != 1:
+        if not kv_heads or len(set(map(repr, kv_heads))) != 1:
             raise CheckpointError(
-                f"{path}: per-layer KV head counts {sorted(set(kv_heads))} "
+                f"{path}: per-layer KV head counts {_short(kv_heads)} "
                 f"are not supported; use a model with one KV head count"
             )
         kv_heads = kv_heads[0]
-    head_dim = int(_field(reader, "llama.rope.dimension_count", hidden // heads))
+    if (
+        isinstance(kv_heads, bool)
+        or not isinstance(kv_heads, int)
+        or not (1 <= kv_heads <= heads and heads % kv_heads == 0)
+    ):
+        raise CheckpointError(
+            f"{path}: GGUF metadata field 'llama.attention.head_count_kv' is "
+            f"{_short(kv_heads)}, expected a divisor of the {heads} attention heads; the file "
+            "is corrupt, re-download it"
+        )
+    head_dim = count("rope.dimension_count", max(hidden // heads, 1))
     tokens = reader.fields.get("tokenizer.ggml.tokens")
-    vocab = _field(reader, "llama.vocab_size", len(tokens.data) if tokens is not None else None)
+    vocab = _int_field(
+        reader,
+        "llama.vocab_size",
+        len(tokens.data) if tokens is not None else None,
+        required=False,
+    )
     if vocab is None:
         raise CheckpointError(
             f"{path}: GGUF metadata has neither 'llama.vocab_size' nor a "
@@ -264,17 +358,17 @@ def _llama_config(reader: Any, path: pathlib.Path, dtype: str) -> Dict[str, Any]
     config: Dict[str, Any] = {
         "architectures": ["LlamaForCausalLM"],
         "model_type": "llama",
-        "vocab_size": int(vocab),
+        "vocab_size": vocab,
         "hidden_size": hidden,
-        "intermediate_size": int(required("feed_forward_length")),
-        "num_hidden_layers": int(required("block_count")),
+        "intermediate_size": count("feed_forward_length"),
+        "num_hidden_layers": count("block_count"),
         "num_attention_heads": heads,
-        "num_key_value_heads": int(kv_heads),
+        "num_key_value_heads": kv_heads,
         "head_dim": head_dim,
         "hidden_act": "silu",
-        "max_position_embeddings": int(required("context_length")),
-        "rms_norm_eps": float(_field(reader, "llama.attention.layer_norm_rms_epsilon", 1e-5)),
-        "rope_theta": float(_field(reader, "llama.rope.freq_base", 10000.0)),
+        "max_position_embeddings": count("context_length"),
+        "rms_norm_eps": _float_field(reader, "llama.attention.layer_norm_rms_epsilon", 1e-5),
+        "rope_theta": _float_field(reader, "llama.rope.freq_base", 10000.0),
         "attention_bias": "blk.0.attn_q.bias" in names,
         "mlp_bias": "blk.0.ffn_up.bias" in names,
         # GGUF omits output.weight exactly when the LM head shares the embedding.
@@ -287,14 +381,20 @@ def _llama_config(reader: Any, path: pathlib.Path, dtype: str) -> Dict[str, Any]
         ("padding", "pad_token_id"),
         ("unknown", "unk_token_id"),
     ):
-        token_id = _field(reader, f"tokenizer.ggml.{key}_token_id")
+        token_id = _int_field(reader, f"tokenizer.ggml.{key}_token_id", minimum=0, required=False)
         if token_id is not None:
-            config[name] = int(token_id)
+            config[name] = token_id
     return config
 
 
-def _unpermute_qk(weight: Any, n_head: int) -> Any:
+def _unpermute_qk(weight: Any, n_head: int, name: str = "") -> Any:
     # llama.cpp reorders Q/K rows from HF's rotate-half layout to interleaved RoPE pairs.
+    if weight.ndim < 1 or n_head < 1 or weight.shape[0] % (2 * n_head):
+        raise CheckpointError(
+            f"GGUF tensor {name!r} has shape {tuple(weight.shape)}: its rows cannot be split "
+            f"into {n_head} heads of rotary pairs; the file is corrupt or its head counts "
+            "disagree with its tensors"
+        )
     rows = weight.shape[0]
     return (
         weight.reshape(n_head, rows // n_head // 2, 2, *weight.shape[1:])
@@ -305,10 +405,11 @@ def _unpermute_qk(weight: Any, n_head: int) -> Any:
 
 def _hf_name(gguf_name: str) -> str:
     stem, _, suffix = gguf_name.rpartition(".")
-    if stem.startswith("blk."):
-        _, layer, module = stem.split(".", 2)
+    parts = stem.split(".", 2)
+    if parts[0] == "blk" and len(parts) == 3 and parts[1].isdecimal():
+        _, layer, module = parts
         if module in _LLAMA_LAYER_NAMES:
-            return f"model.layers.{layer}.{_LLAMA_LAYER_NAMES[module]}.{suffix}"
+            return f"model.layers.{int(layer)}.{_LLAMA_LAYER_NAMES[module]}.{suffix}"
     elif stem in _LLAMA_GLOBAL_NAMES:
         return f"{_LLAMA_GLOBAL_NAMES[stem]}.{suffix}"
     raise CheckpointError(
@@ -328,7 +429,14 @@ def _hf_tensors(reader: Any, config: Dict[str, Any], dtype: str) -> Dict[str, An
     with progress_bar(len(reader.tensors), "dequantizing GGUF tensors", unit="tensor") as bar:
         for tensor in reader.tensors:
             name = _hf_name(tensor.name)
-            weight = gguf.dequantize(tensor.data, tensor.tensor_type)
+            try:
+                weight = gguf.dequantize(tensor.data, tensor.tensor_type)
+            except (*_GGUF_ERRORS, NotImplementedError) as exc:
+                raise CheckpointError(
+                    f"{_reader_path(reader)}: GGUF tensor {tensor.name!r} cannot be dequantized "
+                    f"({type(exc).__name__}: {exc}); the file is corrupt or of an unsupported "
+                    "layout"
+                ) from exc
             expected = tuple(int(dim) for dim in reversed(tensor.shape))
             if tuple(weight.shape) != expected:
                 raise CheckpointError(
@@ -336,9 +444,9 @@ def _hf_tensors(reader: Any, config: Dict[str, Any], dtype: str) -> Dict[str, An
                     f"expected {expected}; the file is corrupt or of an unsupported layout"
                 )
             if tensor.name.endswith("attn_q.weight"):
-                weight = _unpermute_qk(weight, config["num_attention_heads"])
+                weight = _unpermute_qk(weight, config["num_attention_heads"], tensor.name)
             elif tensor.name.endswith("attn_k.weight"):
-                weight = _unpermute_qk(weight, config["num_key_value_heads"])
+                weight = _unpermute_qk(weight, config["num_key_value_heads"], tensor.name)
             # Copy: unquantized tensors are read-only views of the memory-mapped file.
             array = np.array(weight, dtype=np.float32, copy=True)
             tensors[name] = torch.from_numpy(array).to(torch_dtype).contiguous()
@@ -489,14 +597,8 @@ def gguf_to_hf_folder(
     partial.mkdir()
     started = time.perf_counter()
     try:
-        gguf = _import_gguf()
         logger.info("reading %s (%.1f MB)", gguf_path, source["size"] / 1e6)
-        try:
-            reader = gguf.GGUFReader(str(gguf_path))
-        except (ValueError, OSError) as exc:
-            raise CheckpointError(
-                f"{gguf_path} is not a readable GGUF file ({exc}); re-download or reinstall it"
-            ) from exc
+        reader = read_gguf(gguf_path)
         config = _llama_config(reader, gguf_path, dtype)
         tensors = _hf_tensors(reader, config, dtype)
         del reader

@@ -583,14 +583,10 @@ class GgufHarness(Harness):
         self.spec = json.loads(files["spec.json"])
 
     def read(self, data: bytes) -> None:
-        import gguf
 
         path = self.work / "model.gguf"
         path.write_bytes(data)
-        try:
-            reader = gguf.GGUFReader(str(path))
-        except (ValueError, OSError):
-            return  # gguf_to_hf_folder turns these into a CheckpointError
+        reader = self.rw.read_gguf(path)  # the reader's own errors become a CheckpointError
         config = self.rw._llama_config(reader, path, "float32")
         self.rw._hf_tensors(reader, config, "float32")
 
