@@ -131,11 +131,16 @@ def _is_real(value: Any) -> bool:
     return _is_int(value) or isinstance(value, (float, np.floating))
 
 
+_TOKEN_ID_LIMIT = 2**31
+
+
 def _check_token_id(name: str, value: Any) -> int:
     if not _is_int(value):
         raise TypeError(f"{name} must be a token id (an int >= 0), got {value!r}")
     if value < 0:
         raise ValueError(f"{name} must be a token id (an int >= 0), got {value}")
+    if value >= _TOKEN_ID_LIMIT:  # the device's token ids are int32
+        raise ValueError(f"{name} must be a token id below 2^31, got {value}")
     return int(value)
 
 
