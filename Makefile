@@ -9,7 +9,7 @@ PYTEST := PATH=$(CURDIR)/.venv/bin:$$PATH HF_HUB_OFFLINE=1 HYPERDEX_PROGRESS=0 $
 LINTED := hyperdex tests examples benchmarks scripts
 
 .PHONY: demo test test-fast test-latest test-oldest lock setup lint cpp-test cpp-sanitize py-test \
-	fuzz clean
+	fuzz stubs clean
 
 demo: setup
 	$(PY) examples/quickstart.py
@@ -59,6 +59,10 @@ cpp-sanitize:
 FUZZ_SECONDS ?= 5
 fuzz: setup
 	tests/fuzz/run.sh --seconds $(FUZZ_SECONDS)
+
+# The _core binding's type stubs (hyperdex/_core/*.pyi); tests/test_stubs.py checks they are current.
+stubs: setup
+	$(PY) scripts/stubs.py
 
 py-test:
 	$(PYTEST) tests

@@ -296,7 +296,7 @@ PYBIND11_MODULE(_core, m) {
       .def_readwrite("chunk_ring", &PassOptions::chunk_ring)
       .def("__eq__", &PassOptions::operator==);
   m.def("plan_memory", &plan_memory, py::arg("spec"), py::arg("preset"), py::arg("max_length"),
-        py::arg("max_tokens"), py::arg("passes") = PassOptions{});
+        py::arg("max_tokens"), py::arg_v("passes", PassOptions{}, "PassOptions()"));
   m.def("choose_max_tokens", &choose_max_tokens, py::arg("spec"), py::arg("preset"),
         py::arg("max_length"), py::arg("limit") = 128);
   m.def("lmem_bytes_per_token", &lmem_bytes_per_token);
@@ -372,7 +372,7 @@ PYBIND11_MODULE(_core, m) {
         Programs p = generate_programs(spec, plan, passes, devices);
         return py::make_tuple(p.prefill, p.decode);
       },
-      py::arg("spec"), py::arg("plan"), py::arg("passes") = PassOptions{}, py::arg("devices") = 1);
+      py::arg("spec"), py::arg("plan"), py::arg_v("passes", PassOptions{}, "PassOptions()"), py::arg("devices") = 1);
   m.def("shard_spec", &shard_spec, py::arg("spec"), py::arg("devices"),
         "One device's share of the model on a ring of `devices` (tensor parallelism).");
 
