@@ -162,11 +162,11 @@ def test_run_generation_budget_and_reasons() -> None:
         token_budget(model, 64, None)
 
 
-def test_engine_cancels_running_and_skips_queued_jobs() -> None:
-    model = FakeModel(delay=0.01)
-    engine = Engine(model, ByteTokenizer(), max_queue=4)
-    events: dict[str, list] = {"long": [], "queued": [], "next": []}
-    done = {k: threading.Event() for k in events}
+def _recording_sinks(*names: str):
+    """Per job name: the (kind, payload) events its sink got, an Event set when it ended, and
+    ``sink(name)``, the job's sink."""
+    events: dict[str, list] = {k: [] for k in names}
+    done = {k: threading.Event() for k in names}
 
     def sink(name):
         def put(kind, payload):
@@ -175,6 +175,14 @@ def test_engine_cancels_running_and_skips_queued_jobs() -> None:
                 done[name].set()
 
         return put
+
+    return events, done, sink
+
+
+def test_engine_cancels_running_and_skips_queued_jobs() -> None:
+    model = FakeModel(delay=0.01)
+    engine = Engine(model, ByteTokenizer(), max_queue=4)
+    events, done, sink = _recording_sinks("long", "queued", "next")
 
     jobs = {k: Job([ord("a")], Sampling(max_tokens=50), sink(k), client=k) for k in events}
     engine.start()
@@ -200,16 +208,7 @@ def test_engine_cancel_all_stops_the_running_job_and_the_queue() -> None:
     """What a server that shuts down does once its grace period is nearly spent."""
     model = FakeModel(delay=0.01)
     engine = Engine(model, ByteTokenizer(), max_queue=4)
-    events: dict[str, list] = {"running": [], "a": [], "b": []}
-    done = {k: threading.Event() for k in events}
-
-    def sink(name):
-        def put(kind, payload):
-            events[name].append((kind, payload))
-            if kind != "delta":
-                done[name].set()
-
-        return put
+    events, done, sink = _recording_sinks("running", "a", "b")
 
     engine.start()
     try:
