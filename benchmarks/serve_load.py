@@ -43,6 +43,7 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 KEY = "bench-key"
 NAME = "smollm2"
@@ -56,6 +57,32 @@ class Round:
     errors: list[str] = field(default_factory=list)
     tokens: int = 0
     wall: float = 0.0
+
+
+def start_server(path: Any, extra: list[str], **popen: Any) -> tuple[subprocess.Popen, str]:
+    """hdex-serve on `path` at a free loopback port, with the benchmark's name and key; returns
+    the process and its base URL."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "hyperdex.serving.cli", str(path), "--host", "127.0.0.1"]
+    cmd += ["--port", str(port), "--served-model-name", NAME, "--api-key", KEY]
+    cmd += ["--log-level", "warning", *extra]
+    return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, **popen), f"http://127.0.0.1:{port}"
+
+
+def wait_healthy(server: subprocess.Popen, base: str, deadline: float) -> bool:
+    """Polls /health until it answers 200 (True), the server exits or the deadline passes."""
+    while True:
+        try:
+            with urllib.request.urlopen(base + "/health", timeout=5) as r:
+                if r.status == 200:
+                    return True
+        except OSError:
+            pass
+        if server.poll() is not None or time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
 
 
 def rss_mb(pid: int) -> float:
@@ -159,25 +186,11 @@ def main() -> int:
         fast_compile=True,
         progress=False,
     )
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    base = f"http://127.0.0.1:{port}"
-    cmd = [sys.executable, "-m", "hyperdex.serving.cli", path, "--port", str(port)]
-    cmd += ["--served-model-name", NAME, "--api-key", KEY, "--log-level", "warning"]
-    server = subprocess.Popen(cmd, stdin=subprocess.DEVNULL)
+    server, base = start_server(path, [])
     try:
-        while True:
-            try:
-                with urllib.request.urlopen(base + "/health", timeout=5) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if server.poll() is not None or time.monotonic() - start > 180:
-                print("the server did not start", file=sys.stderr)
-                return 1
-            time.sleep(0.2)
+        if not wait_healthy(server, base, start + 180):
+            print("the server did not start", file=sys.stderr)
+            return 1
 
         def left() -> float:
             return max(1.0, args.deadline - (time.monotonic() - start))
@@ -616,36 +629,19 @@ def soak_main() -> int:
             fast_compile=True,
             progress=False,
         )
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        base = f"http://127.0.0.1:{port}"
-        cmd = [sys.executable, "-m", "hyperdex.serving.cli", str(path), "--host", "127.0.0.1"]
-        cmd += ["--port", str(port), "--served-model-name", NAME, "--api-key", KEY]
-        cmd += ["--prefix-cache-gib", str(args.prefix_cache_gib)]
-        cmd += ["--max-request-bytes", str(MAX_REQUEST_BYTES), "--log-level", "warning"]
-        cmd += ["--num-threads", str(args.num_threads)]
+        extra = ["--prefix-cache-gib", str(args.prefix_cache_gib)]
+        extra += ["--max-request-bytes", str(MAX_REQUEST_BYTES)]
+        extra += ["--num-threads", str(args.num_threads)]
         log_path = tmp / "server.log"
         with open(log_path, "w") as log:
-            server = subprocess.Popen(
-                cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
-            )
+            server, base = start_server(path, extra, stdout=log, stderr=subprocess.STDOUT)
         load_before = os.getloadavg()
         exit_code, exit_s = None, None
         try:
-            deadline = time.monotonic() + 180
-            while True:
-                try:
-                    with urllib.request.urlopen(base + "/health", timeout=5) as r:
-                        if r.status == 200:
-                            break
-                except OSError:
-                    pass
-                if server.poll() is not None or time.monotonic() > deadline:
-                    print("the server did not start:", log_path.read_text()[-3000:])
-                    keep_tmp = True
-                    return 1
-                time.sleep(0.2)
+            if not wait_healthy(server, base, time.monotonic() + 180):
+                print("the server did not start:", log_path.read_text()[-3000:])
+                keep_tmp = True
+                return 1
             capacity = (json.loads(urllib.request.urlopen(base + "/health").read()) or {}).get(
                 "prefix_cache"
             ) or {}
