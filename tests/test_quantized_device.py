@@ -191,7 +191,7 @@ def test_program_listing_and_instructions_show_the_format(converted, tmp_path):
     session, mm, plan = build(tmp_path / "q", qcfg, qt)
     names = {r.base: r.name for r in plan.regions}
     text = session.program("decode").disassemble(names)
-    assert "ISA v3" in text and "int4 group=32" in text
+    assert f"ISA v{_core.ISA_VERSION}" in text and "int4 group=32" in text
     mms = [d for d in session.program("decode").instructions() if d["op"] == "MATMUL"]
     by_name = {names[d["w0"][0]]: d for d in mms}
     assert (by_name["blk.0.ffn_gate_up"]["i0"], by_name["blk.0.ffn_gate_up"]["i1"]) == (4, 32)
@@ -312,15 +312,11 @@ def test_split_then_gather_gives_back_quantized_tensors(converted, devices):
 
 
 def test_padding_dequantizes_to_zero_and_errors_name_the_fix():
+    from hyperdex.arch.registry import model_traits
     from hyperdex.tools.sharding import gather_tensors, shard_tensors
 
-    model = {
-        "num_heads": 2,
-        "num_kv_heads": 2,
-        "head_dim": 8,
-        "intermediate_size": 28,
-        "vocab_size": 5,
-    }
+    gpt2 = {"architectures": ["GPT2LMHeadModel"], "vocab_size": 5, "n_embd": 16, "n_head": 2}
+    _, _, model = model_traits(dict(gpt2, n_inner=28, n_layer=1, n_positions=8))
     q = {"bits": 4, "group_size": 4}
     rng = np.random.default_rng(0)
     t = {

@@ -19,6 +19,7 @@
 #include "cost/profiler.h"
 #include "emu/emulator.h"
 #include "emu/kernels.h"
+#include "graph/layer_graph.h"
 #include "instgen/instgen.h"
 #include "isa/isa.h"
 #include "mapper/memory_plan.h"
@@ -179,7 +180,8 @@ PYBIND11_MODULE(_core, m) {
       .value("Relu", ActKind::Relu)
       .value("Gelu", ActKind::Gelu)
       .value("GeluTanh", ActKind::GeluTanh)
-      .value("Silu", ActKind::Silu);
+      .value("Silu", ActKind::Silu)
+      .value("Clip", ActKind::Clip);
   py::enum_<PositionKind>(m, "PositionKind")
       .value("None_", PositionKind::None)
       .value("Learned", PositionKind::Learned)
@@ -203,6 +205,11 @@ PYBIND11_MODULE(_core, m) {
       .def_readwrite("final_norm", &ModelSpec::final_norm)
       .def_readwrite("act", &ModelSpec::act)
       .def_readwrite("gated_mlp", &ModelSpec::gated_mlp)
+      .def_readwrite("parallel_block", &ModelSpec::parallel_block)
+      .def_readwrite("shared_norm", &ModelSpec::shared_norm)
+      .def_readwrite("qk_norm", &ModelSpec::qk_norm)
+      .def_readwrite("qk_norm_bias", &ModelSpec::qk_norm_bias)
+      .def_readwrite("clip_qkv", &ModelSpec::clip_qkv)
       .def_readwrite("qkv_bias", &ModelSpec::qkv_bias)
       .def_readwrite("attn_out_bias", &ModelSpec::attn_out_bias)
       .def_readwrite("mlp_bias", &ModelSpec::mlp_bias)
@@ -216,6 +223,8 @@ PYBIND11_MODULE(_core, m) {
       .def_readwrite("rope_attention_factor", &ModelSpec::rope_attention_factor)
       .def_readwrite("attn_scale", &ModelSpec::attn_scale)
       .def_readwrite("sliding_window", &ModelSpec::sliding_window)
+      .def_readwrite("layer_windows", &ModelSpec::layer_windows)
+      .def_readwrite("logit_scale", &ModelSpec::logit_scale)
       .def_readwrite("embed_scale", &ModelSpec::embed_scale)
       .def_readwrite("tie_word_embeddings", &ModelSpec::tie_word_embeddings)
       .def_readwrite("lm_head_rows", &ModelSpec::lm_head_rows)
@@ -295,6 +304,13 @@ PYBIND11_MODULE(_core, m) {
       .def_readwrite("fuse_argmax", &PassOptions::fuse_argmax)
       .def_readwrite("chunk_ring", &PassOptions::chunk_ring)
       .def("__eq__", &PassOptions::operator==);
+  py::class_<graph::Tensor>(m, "GraphTensor")
+      .def_readonly("name", &graph::Tensor::name)
+      .def_readonly("shape", &graph::Tensor::shape)
+      .def_property_readonly("split", [](const graph::Tensor& t) { return graph::split_name(t.split); })
+      .def_readonly("quantize", &graph::Tensor::quantize);
+  m.def("model_tensors", &graph::model_tensors, py::arg("spec"),
+        "The canonical tensors of a model (the layer graph's, unfused), in stream order.");
   m.def("plan_memory", &plan_memory, py::arg("spec"), py::arg("preset"), py::arg("max_length"),
         py::arg("max_tokens"), py::arg_v("passes", PassOptions{}, "PassOptions()"));
   m.def("choose_max_tokens", &choose_max_tokens, py::arg("spec"), py::arg("preset"),

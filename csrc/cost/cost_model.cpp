@@ -365,9 +365,14 @@ RunCost CostModel::run(const RunArgs& args) const {
         uint64_t elements = uint64_t(T) * in.n;
         uint32_t passes = 1;
         uint64_t params = 0;
+        uint64_t lane_slots = 0;  // elements plus the lanes left idle, when more
         if (in.op == Opcode::Norm) {
           passes = NormKind(in.sub) == NormKind::LayerNorm ? 3 : 2;  // (mean,) variance, scale
           params = vector_bytes(in.n) * ((in.flags & isa::kFlagHasBias) ? 2 : 1);
+          // By groups (ISA v4, k != 0): each group of k starts on fresh vector lanes, so a
+          // group narrower than the lanes (or not a multiple of them) leaves lanes idle.
+          if (in.k != 0 && in.k < in.n)
+            lane_slots = uint64_t(T) * ceil_div(in.n, in.k) * ceil_div(in.k, vl) * vl;
         } else if (in.op == Opcode::Rope) {
           elements = uint64_t(T) * in.n * in.i0;
           params = uint64_t(T) * in.w0.row_bytes;
@@ -376,8 +381,11 @@ RunCost CostModel::run(const RunArgs& args) const {
         } else if (in.op == Opcode::Argmax) {
           elements = in.n;  // the last logits row
         }
+        // ACT's activations (clip too) and the LM head's logit scale (MATMUL epilogue,
+        // inside mac_pipeline_cycles) cost the same whatever they compute.
         c.start_ns = std::max({ready, engine_free[size_t(Engine::Vector)], params_ready(params)});
-        c.end_ns = c.start_ns + vec_ns(elements * passes, passes);
+        if (lane_slots < elements) lane_slots = elements;
+        c.end_ns = c.start_ns + vec_ns(lane_slots * passes, passes);
         use(Engine::Vector, c.start_ns, c.end_ns);
         c.vector_ops = elements * passes;
         c.hbm_bytes = params;

@@ -19,7 +19,9 @@ using isa::Opcode;
 // fp16 rounding points of the spec: a value becomes fp16 and is read back.
 inline float round16(float v) { return half_to_float(float_to_half(v)); }
 
-float activate(ActKind act, float x) {
+// `bound`: the clip activation's f0 (ACT only; isa::instruction_problem keeps clip out of
+// every epilogue).
+float activate(ActKind act, float x, float bound = 0.0f) {
   switch (act) {
     case ActKind::None: return x;
     case ActKind::Relu: return x > 0.0f ? x : 0.0f;
@@ -29,6 +31,7 @@ float activate(ActKind act, float x) {
       return 0.5f * x * (1.0f + std::tanh(k * (x + 0.044715f * x * x * x)));
     }
     case ActKind::Silu: return x / (1.0f + std::exp(-x));
+    case ActKind::Clip: return std::min(std::max(x, -bound), bound);  // NaN stays NaN
   }
   return x;
 }
@@ -177,6 +180,11 @@ void validate_program(const isa::Program& p, const DevicePreset& preset,
   const uint32_t T = p.max_tokens;
   for (size_t i = 0; i < p.code.size(); ++i) {
     const Instruction& in = p.code[i];
+    // Fields that mean nothing in any layout (a NORM group width that does not divide n, a
+    // logit scale without fp32 results, clip in an epilogue): the program itself is wrong.
+    if (const std::string why = isa::instruction_problem(in); !why.empty())
+      throw FormatError("instruction " + std::to_string(i) + " (" + isa::opcode_name(in.op) + ") " +
+                        why + "; recompile the model");
     switch (in.op) {
       case Opcode::Embed:
         check_operand(i, "dst", in.dst, in.n, 2, T);
@@ -428,22 +436,28 @@ void Emulator::exec_norm(const Instruction& in, const RunArgs& run) {
   }
   if (ones_.size() < n) ones_.assign(n, 1.0f);
   const bool rms = NormKind(in.sub) == NormKind::RmsNorm;
+  // ISA v4: k != 0 normalises each group of k elements on its own (per-head q/k norms);
+  // gamma and beta still hold n values. validate_program has checked that k divides n.
+  const uint32_t g = in.k ? in.k : n;
   pool_.parallel_for(0, run.n_tokens, 1, [&](size_t lo, size_t hi) {
     std::vector<float> x(n), y(n);
     for (size_t t = lo; t < hi; ++t) {
       kern_.half_to_float_n(row16(in.a, uint32_t(t)), x.data(), n);
-      if (rms) {
-        float ms = kern_.dot_f32(x.data(), x.data(), n) / float(n);
-        float rstd = 1.0f / std::sqrt(ms + in.f0);
-        for (uint32_t j = 0; j < n; ++j) y[j] = (x[j] * rstd) * gamma[j];
-      } else {
-        float mean = kern_.dot_f32(x.data(), ones_.data(), n) / float(n);
-        for (uint32_t j = 0; j < n; ++j) x[j] -= mean;
-        float var = kern_.dot_f32(x.data(), x.data(), n) / float(n);
-        float rstd = 1.0f / std::sqrt(var + in.f0);
-        for (uint32_t j = 0; j < n; ++j) {
-          y[j] = (x[j] * rstd) * gamma[j];
-          if (!beta.empty()) y[j] += beta[j];
+      for (uint32_t j0 = 0; j0 < n; j0 += g) {
+        float* xg = x.data() + j0;
+        if (rms) {
+          float ms = kern_.dot_f32(xg, xg, g) / float(g);
+          float rstd = 1.0f / std::sqrt(ms + in.f0);
+          for (uint32_t j = j0; j < j0 + g; ++j) y[j] = (x[j] * rstd) * gamma[j];
+        } else {
+          float mean = kern_.dot_f32(xg, ones_.data(), g) / float(g);
+          for (uint32_t j = j0; j < j0 + g; ++j) x[j] -= mean;
+          float var = kern_.dot_f32(xg, xg, g) / float(g);
+          float rstd = 1.0f / std::sqrt(var + in.f0);
+          for (uint32_t j = j0; j < j0 + g; ++j) {
+            y[j] = (x[j] * rstd) * gamma[j];
+            if (!beta.empty()) y[j] += beta[j];
+          }
         }
       }
       kern_.float_to_half_n(y.data(), row16(in.dst, uint32_t(t)), n);
@@ -480,17 +494,21 @@ void Emulator::exec_matmul(const Instruction& in, const RunArgs& run) {
   }
   const ActKind act = ActKind(in.sub);
   if (in.flags & isa::kFlagOutF32) {
-    // The LM head: fp32 out, nothing rounded (docs/isa.md).
+    // The LM head: fp32 out, nothing rounded (docs/isa.md). ISA v4: f0 scales the results
+    // before the activation (Cohere's logit_scale); 0 and 1 leave them as they are.
+    const bool scaled = in.f0 != 0.0f && in.f0 != 1.0f;
     for (uint32_t t = 0; t < count; ++t) {
       float* dst = reinterpret_cast<float*>(addr(in.dst)) + size_t(t) * in.dst.stride;
       const float* y = scratch_y_.data() + size_t(t) * n;
       for (uint32_t j = 0; j < n; ++j) {
         float v = y[j];
         if (!bias.empty()) v += bias[j];
+        if (scaled) v *= in.f0;
         dst[j] = activate(act, v);
       }
     }
-    // The fused argmax reads the last row as ARGMAX would (same tie and NaN rules).
+    // The fused argmax reads the last row as ARGMAX would (same tie and NaN rules), so it
+    // sees the scaled values.
     if (in.flags & isa::kFlagArgmax)
       *reinterpret_cast<int32_t*>(addr(in.b)) = argmax_row(
           reinterpret_cast<const float*>(addr(in.dst)) + size_t(count - 1) * in.dst.stride, n);
@@ -633,7 +651,7 @@ void Emulator::exec_elementwise(const Instruction& in, const RunArgs& run) {
       switch (in.op) {
         case Opcode::Add: v = a + half_to_float(row16(in.b, t)[j]); break;
         case Opcode::Mul: v = a * half_to_float(row16(in.b, t)[j]); break;
-        case Opcode::Act: v = activate(act, a); break;
+        case Opcode::Act: v = activate(act, a, in.f0); break;
         case Opcode::Bias: v = a + bias[j]; break;
         default: break;
       }

@@ -5,6 +5,7 @@
 
 #include "common/bounds.h"
 #include "common/error.h"
+#include "graph/layer_graph.h"
 
 namespace hyperdex {
 namespace {
@@ -29,7 +30,7 @@ Operand shifted(Operand o, uint32_t elements) {
 // The activation buffers of one token row, in on-chip memory.
 struct Buffers {
   uint32_t hidden, normed, qkv, attn, ffn, proj;  // widths (elements, rounded to 32)
-  Operand x, y, qkv_buf, a, f1, f2, z;  // f2 = up, beside f1 in the same row (gated MLPs)
+  Operand x, y, qkv_buf, a, f1, z;  // f1: a gated MLP's gate | up in one row
   uint64_t bytes = 0;
 
   Buffers(const ModelSpec& s, uint32_t tokens) {
@@ -47,8 +48,20 @@ struct Buffers {
     // A gated MLP's gate and up outputs share a row (gate, then up), so one MATMUL
     // over the fused gate/up region can write both (PassOptions::fuse_gate_up).
     f1 = take(s.gated_mlp ? 2 * ffn : ffn, tokens);
-    f2 = s.gated_mlp ? shifted(f1, s.intermediate_size) : Operand{};
     z = proj ? take(proj, tokens) : Operand{};
+  }
+
+  Operand operator[](graph::Slot slot) const {
+    switch (slot.buf) {
+      case graph::Buf::X: return shifted(x, slot.elems);
+      case graph::Buf::Y: return shifted(y, slot.elems);
+      case graph::Buf::Qkv: return shifted(qkv_buf, slot.elems);
+      case graph::Buf::A: return shifted(a, slot.elems);
+      case graph::Buf::F1: return shifted(f1, slot.elems);
+      case graph::Buf::Z: return shifted(z, slot.elems);
+      case graph::Buf::None: break;
+    }
+    throw SpecError("layer graph: a step reads or writes no buffer");
   }
 
  private:
@@ -91,7 +104,8 @@ class Emitter {
     in.f0 = 1.0f;
     emit(in);
   }
-  void norm(const std::string& name, Operand dst, Operand src) {
+  // `n` elements normalised in groups of `group` (0: all n at once).
+  void norm(const std::string& name, Operand dst, Operand src, uint32_t n, uint32_t group) {
     Instruction in;
     in.op = Opcode::Norm;
     in.sub = uint8_t(s_.norm);
@@ -102,8 +116,20 @@ class Emitter {
       in.flags |= isa::kFlagHasBias;
       in.w1 = beta->ref();
     }
-    in.n = s_.hidden_size;
+    in.n = n;
+    in.k = group;
     in.f0 = s_.norm_eps;
+    emit(in);
+  }
+  // dst = clamp(dst, -bound, bound), an ACT of its own (docs/isa.md).
+  void clip(Operand x, uint32_t n, float bound) {
+    Instruction in;
+    in.op = Opcode::Act;
+    in.sub = uint8_t(ActKind::Clip);
+    in.dst = x;
+    in.a = x;
+    in.n = n;
+    in.f0 = bound;
     emit(in);
   }
   // dst = act(src . W^T + bias) (+ residual). With PassOptions::fuse_epilogue the
@@ -167,24 +193,18 @@ class Emitter {
     ar.i0 = std::max<uint32_t>(ar.i0, 1);
     emit(ar);
   }
-  // A gated MLP's gate and up projections into f1 (gate) and f2 (up, beside it),
-  // leaving act(gate) * up in f1.
-  void gated(const std::string& layer, Operand f1, Operand f2, Operand src) {
-    const uint32_t ff = s_.intermediate_size, H = s_.hidden_size;
-    if (!passes_.fuse_gate_up) {
-      linear(layer + "ffn_gate", f1, src, ff, H, s_.act);
-      linear(layer + "ffn_up", f2, src, ff, H);
-      binary(Opcode::Mul, f1, f1, f2, ff);
-      return;
-    }
-    const std::string name = layer + "ffn_gate_up";
+  // A gated MLP over the fused region `name` (gate rows, then up rows): act(gate) * up
+  // into f1, the up half's raw values beside it first when the epilogue is not fused.
+  void gated(const std::string& name, Operand f1, Operand src, uint32_t ff, uint32_t in_features,
+             ActKind act) {
+    const Operand f2 = shifted(f1, ff);
     const Region* bias = plan_.find_or_null(name + ".bias");
-    Instruction in = matmul(name, ff, H);
+    Instruction in = matmul(name, ff, in_features);
     in.a = src;
     in.dst = f1;
     if (passes_.fuse_epilogue) {
       in.flags |= isa::kFlagGlu;
-      in.sub = uint8_t(s_.act);
+      in.sub = uint8_t(act);
       if (bias) {
         in.flags |= isa::kFlagHasBias;
         in.w1 = bias->ref();
@@ -195,18 +215,19 @@ class Emitter {
     in.n = 2 * ff;  // both halves into f1 | f2 (one row), then the epilogue as instructions
     emit(in);
     if (bias) bias_add(f1, *bias, 2 * ff);
-    activation(f1, s_.act, ff);
+    activation(f1, act, ff);
     binary(Opcode::Mul, f1, f1, f2, ff);
   }
   // The LM head: fp32 logits into `logits`; its bias stays fused even without
   // fuse_epilogue (BIAS rounds to fp16, the head must not), and the argmax is
   // its epilogue with fuse_argmax, else an ARGMAX instruction.
-  void head(const std::string& weight, Operand logits, Operand src, uint32_t in_features,
-            Operand argmax_dst) {
-    Instruction in = matmul(weight, s_.logits_size(), in_features);
+  void head(const std::string& weight, Operand logits, Operand src, uint32_t rows,
+            uint32_t in_features, float scale, Operand argmax_dst) {
+    Instruction in = matmul(weight, rows, in_features);
     in.flags |= isa::kFlagOutF32 | isa::kFlagLogitRows;
     in.a = src;
     in.dst = logits;
+    if (scale != 1.0f) in.f0 = scale;
     if (const Region* b = plan_.find_or_null("output.bias")) {
       in.flags |= isa::kFlagHasBias;
       in.w1 = b->ref();
@@ -223,10 +244,10 @@ class Emitter {
     am.flags = isa::kFlagLogitRows;
     am.dst = argmax_dst;
     am.a = logits;
-    am.n = s_.logits_size();
+    am.n = rows;
     emit(am);
   }
-  void rope(Operand qk, uint32_t heads) {
+  void rope(const std::string& table, Operand qk, uint32_t heads) {
     Instruction in;
     in.op = Opcode::Rope;
     in.sub = uint8_t(s_.rope_style);
@@ -234,7 +255,7 @@ class Emitter {
     in.n = heads;
     in.k = s_.head_dim;
     in.i0 = s_.rope_dim;
-    in.w0 = region("rope_table");
+    in.w0 = region(table);
     emit(in);
   }
   void kv_store(const std::string& layer, Operand k, Operand v) {
@@ -247,7 +268,7 @@ class Emitter {
     in.n = s_.num_kv_heads * s_.head_dim;
     emit(in);
   }
-  void attention(const std::string& layer, Operand dst, Operand q) {
+  void attention(const std::string& layer, Operand dst, Operand q, uint32_t window) {
     Instruction in;
     in.op = Opcode::Attention;
     in.dst = dst;
@@ -255,7 +276,7 @@ class Emitter {
     in.n = s_.num_heads;
     in.k = s_.head_dim;
     in.i0 = s_.num_kv_heads;
-    in.i1 = s_.sliding_window;
+    in.i1 = window;
     in.f0 = s_.effective_attn_scale();
     in.w0 = region(layer + "k_cache");
     in.w1 = region(layer + "v_cache");
@@ -410,69 +431,42 @@ isa::Program generate_program(const ModelSpec& s, const MemoryPlan& plan, isa::P
   prog.lmem_bytes = buf.bytes;
   Emitter e(s, plan, passes, devices, prog);
 
-  const uint32_t H = s.hidden_size, hd = s.head_dim;
-  const uint32_t q = s.num_heads * hd, kv = s.num_kv_heads * hd;
   const Operand ids{Space::Io, plan.io.ids_offset, 1};
   const Operand logits{Space::Io, plan.io.logits_offset, s.logits_size()};
   const Operand argmax{Space::Io, plan.io.argmax_offset, 1};
 
-  // Embeddings.
-  if (s.has_projection()) {
-    e.embed_tokens(buf.z, ids);
-    e.linear("proj_in", buf.x, buf.z, H, s.embed_dim);
-  } else {
-    e.embed_tokens(buf.x, ids);
-  }
-  if (s.positions == PositionKind::Learned) e.embed_positions(buf.x);
-
-  for (uint32_t l = 0; l < s.num_layers; ++l) {
-    const std::string b = "blk." + std::to_string(l) + ".";
-    // Attention block. The normed input (y) is dead once Q/K/V exist, so an
-    // unfused epilogue uses it as scratch for the residual branches.
-    Operand attn_in = buf.x;
-    if (s.pre_norm) {
-      e.norm(b + "attn_norm", buf.y, buf.x);
-      attn_in = buf.y;
+  // The layer graph, step by step. An unfused epilogue's residual branches go through Y
+  // first: the graph reads Y only before them (the norms' outputs are consumed by then).
+  for (const graph::Step& st : graph::build_graph(s, passes).steps) {
+    switch (st.kind) {
+      case graph::StepKind::EmbedTokens: e.embed_tokens(buf[st.dst], ids); break;
+      case graph::StepKind::EmbedPositions: e.embed_positions(buf[st.dst]); break;
+      case graph::StepKind::Norm:
+        e.norm(st.weight, buf[st.dst], buf[st.src], st.n, st.group);
+        break;
+      case graph::StepKind::Linear:
+        e.linear(st.weight, buf[st.dst], buf[st.src], st.n, st.k, st.act);
+        break;
+      case graph::StepKind::GatedMlp:
+        e.gated(st.weight, buf[st.dst], buf[st.src], st.n, st.k, st.act);
+        break;
+      case graph::StepKind::Mul:
+        e.binary(Opcode::Mul, buf[st.dst], buf[st.dst], buf[st.src], st.n);
+        break;
+      case graph::StepKind::AddLinear:
+        e.residual_linear(st.weight, buf[st.dst], buf[st.src], st.n, st.k, buf.y);
+        break;
+      case graph::StepKind::Clip: e.clip(buf[st.dst], st.n, st.value); break;
+      case graph::StepKind::Rope: e.rope(st.weight, buf[st.dst], st.n); break;
+      case graph::StepKind::KvStore: e.kv_store(st.weight, buf[st.dst], buf[st.src]); break;
+      case graph::StepKind::Attention:
+        e.attention(st.weight, buf[st.dst], buf[st.src], st.n);
+        break;
+      case graph::StepKind::Head:
+        e.head(st.weight, logits, buf[st.src], st.n, st.k, st.value, argmax);
+        break;
     }
-    if (passes.fuse_qkv) {
-      e.linear(b + "attn_qkv", buf.qkv_buf, attn_in, q + 2 * kv, H);
-    } else {
-      e.linear(b + "attn_q", buf.qkv_buf, attn_in, q, H);
-      e.linear(b + "attn_k", shifted(buf.qkv_buf, q), attn_in, kv, H);
-      e.linear(b + "attn_v", shifted(buf.qkv_buf, q + kv), attn_in, kv, H);
-    }
-    if (s.positions == PositionKind::Rope) e.rope(buf.qkv_buf, s.num_heads + s.num_kv_heads);
-    e.kv_store(b, shifted(buf.qkv_buf, q), shifted(buf.qkv_buf, q + kv));
-    e.attention(b, buf.a, buf.qkv_buf);
-    e.residual_linear(b + "attn_output", buf.x, buf.a, H, q, buf.y);
-    if (!s.pre_norm) e.norm(b + "attn_norm", buf.x, buf.x);
-
-    // MLP block.
-    Operand mlp_in = buf.x;
-    if (s.pre_norm) {
-      e.norm(b + "ffn_norm", buf.y, buf.x);
-      mlp_in = buf.y;
-    }
-    if (s.gated_mlp) {
-      e.gated(b, buf.f1, buf.f2, mlp_in);
-    } else {
-      e.linear(b + "ffn_up", buf.f1, mlp_in, s.intermediate_size, H, s.act);
-    }
-    e.residual_linear(b + "ffn_down", buf.x, buf.f1, H, s.intermediate_size, buf.y);
-    if (!s.pre_norm) e.norm(b + "ffn_norm", buf.x, buf.x);
   }
-
-  // Head.
-  Operand head_in = buf.x;
-  if (s.final_norm) {
-    e.norm("output_norm", buf.y, buf.x);
-    head_in = buf.y;
-  }
-  if (s.has_projection()) {
-    e.linear("proj_out", buf.z, head_in, s.embed_dim, H);
-    head_in = buf.z;
-  }
-  e.head(s.separate_head() ? "output" : "tok_embd", logits, head_in, s.token_embed_dim(), argmax);
   if (passes.reorder) hoist_weight_streams(prog);
   return prog;
 }

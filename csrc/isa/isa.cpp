@@ -1,5 +1,6 @@
 #include "isa/isa.h"
 
+#include <cmath>
 #include <cstring>
 #include <sstream>
 
@@ -62,6 +63,14 @@ HbmRegion get_region(const uint8_t* p) {
 
 bool known_opcode(uint8_t op) { return op >= 1 && op <= kMaxOpcode; }
 
+std::string fmt_real(float f) {
+  std::ostringstream s;
+  s << f;
+  return s.str();
+}
+
+}  // namespace
+
 const char* act_name(uint8_t a) {
   switch (ActKind(a)) {
     case ActKind::None: return "none";
@@ -69,11 +78,47 @@ const char* act_name(uint8_t a) {
     case ActKind::Gelu: return "gelu";
     case ActKind::GeluTanh: return "gelu_tanh";
     case ActKind::Silu: return "silu";
+    case ActKind::Clip: return "clip";
   }
   return "?";
 }
 
-}  // namespace
+// docs/isa.md, per opcode. The operand and region checks need the memory layout and are
+// emu::validate_program's.
+std::string instruction_problem(const Instruction& in) {
+  const bool known_act = in.sub <= uint8_t(ActKind::Clip);
+  switch (in.op) {
+    case Opcode::Norm:
+      // ISA v4: k = 0 normalises the whole row, else each group of k elements on its own.
+      if (in.k != 0 && in.n % in.k != 0)
+        return "has n = " + std::to_string(in.n) +
+               " elements, not a multiple of its group width k = " + std::to_string(in.k);
+      break;
+    case Opcode::MatMul:
+      if (!known_act) return "has an unknown activation " + std::to_string(in.sub);
+      if (ActKind(in.sub) == ActKind::Clip)
+        return "has the epilogue activation clip; clip is an ACT-only activation";
+      // The GLU epilogue writes fp16 rows; the LM head's fp32 rows are never gated.
+      if ((in.flags & kFlagGlu) && (in.flags & kFlagOutF32))
+        return "combines GLU with OUT_F32, which is no encoding (a GLU result is fp16)";
+      // ISA v4: f0 scales the fp32 results of an OUT_F32 MATMUL (the logit scale).
+      if (in.flags & kFlagOutF32) {
+        if (!std::isfinite(in.f0) || in.f0 < 0.0f)
+          return "has a logit scale f0 = " + fmt_real(in.f0) + " (it must be finite and >= 0)";
+      } else if (in.f0 != 0.0f) {
+        return "has f0 = " + fmt_real(in.f0) +
+               " without OUT_F32 (a logit scale applies to fp32 results only; f0 must be 0)";
+      }
+      break;
+    case Opcode::Act:
+      if (!known_act) return "has an unknown activation " + std::to_string(in.sub);
+      if (ActKind(in.sub) == ActKind::Clip && !(std::isfinite(in.f0) && in.f0 > 0.0f))
+        return "has a clip bound f0 = " + fmt_real(in.f0) + " (it must be finite and > 0)";
+      break;
+    default: break;
+  }
+  return "";
+}
 
 const char* opcode_name(Opcode op) {
   switch (op) {
@@ -238,7 +283,9 @@ std::string disassemble(const Instruction& in, const RegionNamer* namer) {
       s << (NormKind(in.sub) == NormKind::RmsNorm ? " rms" : " layer") << " dst="
         << fmt_operand(in.dst) << " a=" << fmt_operand(in.a) << " gamma=" << fmt_region(in.w0, namer);
       if (in.flags & kFlagHasBias) s << " beta=" << fmt_region(in.w1, namer);
-      s << " n=" << in.n << " eps=" << in.f0;
+      s << " n=" << in.n;
+      if (in.k) s << " group=" << in.k;
+      s << " eps=" << in.f0;
       break;
     case Opcode::MatMul:
       s << " dst=" << fmt_operand(in.dst) << " a=" << fmt_operand(in.a)
@@ -249,6 +296,7 @@ std::string disassemble(const Instruction& in, const RegionNamer* namer) {
       if (in.flags & kFlagHasResidual) s << " residual=" << fmt_operand(in.b);
       flag(kFlagGlu, "glu");
       flag(kFlagOutF32, "f32");
+      if (in.f0 != 0.0f) s << " logit_scale=" << in.f0;
       flag(kFlagLogitRows, "logit_rows");
       if (in.flags & kFlagArgmax) s << " argmax=" << fmt_operand(in.b);
       break;
@@ -275,6 +323,7 @@ std::string disassemble(const Instruction& in, const RegionNamer* namer) {
     case Opcode::Act:
       s << " " << act_name(in.sub) << " dst=" << fmt_operand(in.dst) << " a=" << fmt_operand(in.a)
         << " n=" << in.n;
+      if (ActKind(in.sub) == ActKind::Clip) s << " bound=" << in.f0;
       break;
     case Opcode::Bias:
       s << " dst=" << fmt_operand(in.dst) << " a=" << fmt_operand(in.a)

@@ -1,4 +1,4 @@
-// The LPU instruction set, v3 (docs/isa.md is the specification; keep them in step).
+// The LPU instruction set, v4 (docs/isa.md is the specification; keep them in step).
 //
 // One instruction is one whole layer operation (a matrix stream, a norm, an
 // attention step), so a decode program is a few hundred instructions. Every
@@ -11,7 +11,9 @@
 
 namespace hyperdex::isa {
 
-constexpr uint32_t kIsaVersion = 3;  // 3: quantized MATMUL weights (i0 bits, i1 group)
+// 3: quantized MATMUL weights (i0 bits, i1 group). 4: NORM by groups (k), the logit scale of
+// an OUT_F32 MATMUL (f0), the clip activation of ACT (ActKind::Clip, bound f0).
+constexpr uint32_t kIsaVersion = 4;
 constexpr uint32_t kProgramFormatVersion = 1;
 constexpr char kProgramMagic[8] = {'H', 'D', 'X', 'P', 'R', 'O', 'G', '\0'};
 constexpr size_t kInstructionBytes = 96;
@@ -19,14 +21,15 @@ constexpr size_t kProgramHeaderBytes = 64;
 
 enum class Opcode : uint8_t {
   Embed = 1,      // dst[t] (+)= scale * table[row(t)]
-  Norm = 2,       // dst[t] = norm(a[t]) * gamma (+ beta)
-  MatMul = 3,     // dst[t] = epilogue(a[t] . W^T); i0/i1: quantized weights (bits, group)
+  Norm = 2,       // dst[t] = norm(a[t]) * gamma (+ beta); k != 0: each group of k on its own
+  MatMul = 3,     // dst[t] = epilogue(a[t] . W^T); i0/i1: quantized weights (bits, group);
+                  // OUT_F32: f0 scales the fp32 results (0 or 1: no scaling)
   Rope = 4,       // rotate heads of dst[t] in place
   KvStore = 5,    // K/V cache rows start_pos.. = a[t], b[t]
   Attention = 6,  // dst[t] = softmax(q k^T * scale) v over the cache, causal
   Add = 7,        // dst = a + b
   Mul = 8,        // dst = a * b
-  Act = 9,        // dst = act(a)
+  Act = 9,        // dst = act(a); Clip: clamp to [-f0, f0]
   Bias = 10,      // dst[t] = a[t] + bias
   Argmax = 11,    // dst (int32) = first index of max over a (fp32 logits row)
   Prefetch = 12,  // start streaming w0 (and w1) into the weight buffer; no values change
@@ -70,11 +73,11 @@ struct Instruction {
   uint8_t flags = 0;
   uint8_t sub = 0;  // ActKind, NormKind, RopeStyle or Embed source, per opcode
   uint32_t n = 0;   // primary width (output features, heads, elements)
-  uint32_t k = 0;   // secondary width (input features, head_dim)
+  uint32_t k = 0;   // secondary width (input features, head_dim, NORM group width)
   uint32_t i0 = 0;  // opcode-specific integers (kv heads, rope dims, position offset,
                     // MATMUL weight bits and group size)
   uint32_t i1 = 0;
-  float f0 = 0.0f;  // opcode-specific reals (eps, scale)
+  float f0 = 0.0f;  // opcode-specific reals (eps, scale, logit scale, clip bound)
   float f1 = 0.0f;
   Operand dst, a, b;
   HbmRegion w0, w1;
@@ -94,6 +97,14 @@ struct Program {
 enum class EmbedSource : uint8_t { Tokens = 0, Positions = 1 };
 
 const char* opcode_name(Opcode op);
+// "relu", "clip", ...; "?" for a value no ActKind has.
+const char* act_name(uint8_t act);
+
+// What is wrong with the fields of `in` that need no memory layout to check (docs/isa.md:
+// the NORM group width, the MATMUL logit scale, activations and the clip bound), in words
+// ("has ..."), or "" when nothing is. emu::validate_program runs it on every instruction
+// when a program is loaded, before the operand checks.
+std::string instruction_problem(const Instruction& in);
 
 // Binary encoding (little-endian, 96 bytes per instruction, docs/isa.md).
 void encode(const Instruction& inst, uint8_t out[kInstructionBytes]);

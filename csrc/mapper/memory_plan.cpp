@@ -6,6 +6,7 @@
 #include "common/bounds.h"
 #include "common/crc32.h"
 #include "common/error.h"
+#include "graph/layer_graph.h"
 
 namespace hyperdex {
 namespace {
@@ -34,16 +35,6 @@ class Planner {
   void vector(const std::string& name, std::vector<std::string> sources, uint32_t len) {
     add(name, RegionKind::Vector, kVectorRowElems * 2, (len + kVectorRowElems - 1) / kVectorRowElems,
         len, std::move(sources));
-  }
-  void norm(const std::string& name) {
-    vector(name + ".weight", {name + ".weight"}, spec_.hidden_size);
-    if (spec_.norm == NormKind::LayerNorm && spec_.norm_bias)
-      vector(name + ".bias", {name + ".bias"}, spec_.hidden_size);
-  }
-  void linear(const std::string& name, uint32_t out, uint32_t in, bool bias,
-              bool quantize = false) {
-    matrix(name, {name + ".weight"}, out, in, quantize);
-    if (bias) vector(name + ".bias", {name + ".bias"}, out);
   }
   void rope_table(uint32_t positions) {
     add("rope_table", RegionKind::RopeTable,
@@ -154,52 +145,16 @@ MemoryPlan plan_memory(const ModelSpec& spec, const DevicePreset& preset, uint32
   plan.max_tokens = max_tokens;
   plan.vocab_size = spec.logits_size();  // this device's logits (its LM-head rows)
 
-  const uint32_t H = spec.hidden_size, hd = spec.head_dim;
-  const uint32_t q_rows = spec.num_heads * hd, kv_rows = spec.num_kv_heads * hd;
   Planner p(spec, plan);
 
-  // Weights, in the order the programs stream them.
-  p.matrix("tok_embd", {"tok_embd.weight"}, spec.vocab_size, spec.token_embed_dim());
-  if (spec.positions == PositionKind::Learned)
-    p.matrix("pos_embd", {"pos_embd.weight"}, spec.learned_pos_rows, H);
-  if (spec.has_projection()) p.linear("proj_in", H, spec.embed_dim, false);
-  if (spec.positions == PositionKind::Rope) p.rope_table(max_length);
-  for (uint32_t l = 0; l < spec.num_layers; ++l) {
-    const std::string b = "blk." + std::to_string(l) + ".";
-    if (spec.pre_norm) p.norm(b + "attn_norm");
-    if (passes.fuse_qkv) {
-      p.matrix(b + "attn_qkv", {b + "attn_q.weight", b + "attn_k.weight", b + "attn_v.weight"},
-               q_rows + 2 * kv_rows, H, true);
-      if (spec.qkv_bias)
-        p.vector(b + "attn_qkv.bias", {b + "attn_q.bias", b + "attn_k.bias", b + "attn_v.bias"},
-                 q_rows + 2 * kv_rows);
-    } else {
-      p.linear(b + "attn_q", q_rows, H, spec.qkv_bias, true);
-      p.linear(b + "attn_k", kv_rows, H, spec.qkv_bias, true);
-      p.linear(b + "attn_v", kv_rows, H, spec.qkv_bias, true);
+  // Weights, in the order the programs stream them (the layer graph's order).
+  for (const graph::Weight& w : graph::build_graph(spec, passes).weights) {
+    switch (w.kind) {
+      case graph::WeightKind::Matrix: p.matrix(w.name, w.sources, w.rows, w.cols, w.quantize); break;
+      case graph::WeightKind::Vector: p.vector(w.name, w.sources, w.rows); break;
+      case graph::WeightKind::RopeTable: p.rope_table(max_length); break;
     }
-    p.linear(b + "attn_output", H, q_rows, spec.attn_out_bias, true);
-    if (!spec.pre_norm) p.norm(b + "attn_norm");
-    if (spec.pre_norm) p.norm(b + "ffn_norm");
-    const uint32_t ff = spec.intermediate_size;
-    if (spec.gated_mlp && passes.fuse_gate_up) {
-      // Gate rows then up rows: one stream for the GLU epilogue (docs/isa.md).
-      p.matrix(b + "ffn_gate_up", {b + "ffn_gate.weight", b + "ffn_up.weight"}, 2 * ff, H, true);
-      if (spec.mlp_bias)
-        p.vector(b + "ffn_gate_up.bias", {b + "ffn_gate.bias", b + "ffn_up.bias"}, 2 * ff);
-    } else {
-      if (spec.gated_mlp) p.linear(b + "ffn_gate", ff, H, spec.mlp_bias, true);
-      p.linear(b + "ffn_up", ff, H, spec.mlp_bias, true);
-    }
-    p.linear(b + "ffn_down", H, spec.intermediate_size, spec.mlp_bias, true);
-    if (!spec.pre_norm) p.norm(b + "ffn_norm");
   }
-  if (spec.final_norm) p.norm("output_norm");
-  if (spec.has_projection()) p.linear("proj_out", spec.embed_dim, H, false);
-  if (spec.separate_head())
-    p.matrix("output", {"output.weight"}, spec.logits_size(), spec.token_embed_dim(),
-             spec.quantize_lm_head);
-  if (spec.lm_head_bias) p.vector("output.bias", {"output.bias"}, spec.logits_size());
   p.align_cursor();
   plan.weights_bytes = p.cursor();
 

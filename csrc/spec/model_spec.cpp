@@ -36,6 +36,15 @@ void ModelSpec::validate() const {
     require(rope_inv_freq.size() == rope_dim / 2,
             "rope_inv_freq must have rope_dim/2 = " + std::to_string(rope_dim / 2) + " entries");
   }
+  require(layer_windows.empty() || layer_windows.size() == num_layers,
+          "layer_windows must be empty or have one entry per layer (" +
+              std::to_string(num_layers) + ")");
+  require(std::isfinite(clip_qkv) && clip_qkv >= 0.0f, "clip_qkv must be >= 0 (0: no clamp)");
+  require(std::isfinite(logit_scale) && logit_scale > 0.0f, "logit_scale must be > 0");
+  require(!shared_norm || parallel_block, "shared_norm needs parallel_block");
+  require(pre_norm || !parallel_block, "a parallel block is pre-norm");
+  require(!qk_norm_bias || (qk_norm && norm == NormKind::LayerNorm),
+          "qk_norm_bias needs qk_norm with LayerNorm");
   require(weight_bits == 16 || weight_bits == 8 || weight_bits == 4,
           "weight_bits must be 16 (fp16), 8 or 4, not " + std::to_string(weight_bits));
   require(quantized() || (group_size == 0 && !quantize_lm_head),

@@ -11,7 +11,7 @@ namespace hyperdex {
 
 enum class NormKind : uint8_t { LayerNorm = 0, RmsNorm = 1 };
 // Activations the vector/matrix engines implement (docs/isa.md).
-enum class ActKind : uint8_t { None = 0, Relu = 1, Gelu = 2, GeluTanh = 3, Silu = 4 };
+enum class ActKind : uint8_t { None = 0, Relu = 1, Gelu = 2, GeluTanh = 3, Silu = 4, Clip = 5 };
 enum class PositionKind : uint8_t { None = 0, Learned = 1, Rope = 2 };
 // Neox: rotate halves (x[i], x[i + rot/2]); Gptj: rotate adjacent pairs (x[2i], x[2i+1]).
 enum class RopeStyle : uint8_t { Neox = 0, Gptj = 1 };
@@ -35,6 +35,17 @@ struct ModelSpec {
   ActKind act = ActKind::GeluTanh;
   bool gated_mlp = false;    // act(gate(x)) * up(x), then down
 
+  // Attention and MLP both read the layer's input and add to it (GPT-J, GPT-NeoX,
+  // Falcon, Phi, Cohere): x += attn(norm(x)) + mlp(norm'(x)). With shared_norm the MLP
+  // reads the attention's normed input (one norm per layer), else its own ffn_norm.
+  bool parallel_block = false;
+  bool shared_norm = false;
+  // Per-head norm (this model's norm kind) of q and k after their projections, with
+  // per-head weights [heads * head_dim] (StableLM, Cohere, Phi); qk_norm_bias: a beta too.
+  bool qk_norm = false;
+  bool qk_norm_bias = false;
+  float clip_qkv = 0.0f;     // > 0: q, k, v clamped to [-clip_qkv, clip_qkv] (OLMo)
+
   bool qkv_bias = false;
   bool attn_out_bias = false;
   bool mlp_bias = false;
@@ -50,6 +61,9 @@ struct ModelSpec {
 
   float attn_scale = 0.0f;         // 0: 1/sqrt(head_dim)
   uint32_t sliding_window = 0;     // 0: full causal attention
+  // Per layer (empty: sliding_window for every layer): that layer's window, 0 = full.
+  std::vector<uint32_t> layer_windows;
+  float logit_scale = 1.0f;        // multiplies the fp32 logits (Cohere)
   float embed_scale = 1.0f;        // multiplies token embeddings (Gemma)
   bool tie_word_embeddings = false;
   uint32_t embed_dim = 0;          // OPT word_embed_proj_dim; 0 or == hidden: no projection
@@ -75,6 +89,9 @@ struct ModelSpec {
   bool separate_head() const { return !tie_word_embeddings || quantized_head(); }
   // The group size of a quantized matrix with `in` input columns.
   uint32_t group_for(uint32_t in) const { return group_size ? group_size : in; }
+  uint32_t window(uint32_t layer) const {
+    return layer_windows.empty() ? sliding_window : layer_windows.at(layer);
+  }
   // Throws SpecError naming the first inconsistent field.
   void validate() const;
 };

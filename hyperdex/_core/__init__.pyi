@@ -9,7 +9,7 @@ import typing
 import typing_extensions
 from . import cost
 from . import quant
-__all__: list[str] = ['ActKind', 'DeviceLayout', 'DevicePreset', 'HAS_XRT', 'ISA_VERSION', 'IoLayout', 'MemoryPlan', 'ModelSpec', 'NormKind', 'PLAN_FORMAT_VERSION', 'PROGRAM_FORMAT_VERSION', 'ParamFile', 'PassOptions', 'PositionKind', 'Program', 'ProgramKind', 'Region', 'RegionKind', 'RopeStyle', 'Session', 'SessionConfig', 'XRT_KERNEL_ABI_VERSION', 'check_xclbin', 'choose_max_tokens', 'cost', 'crc32', 'generate_programs', 'kernel_level', 'lmem_bytes_per_token', 'load_program', 'param_file_name', 'plan_memory', 'program_from_bytes', 'quant', 'rope_table_row', 'shard_spec', 'write_params', 'write_stub_xclbin', 'xclbin_info', 'xrt_boards', 'xrt_library_dir', 'xrt_missing_message', 'xrt_version']
+__all__: list[str] = ['ActKind', 'DeviceLayout', 'DevicePreset', 'GraphTensor', 'HAS_XRT', 'ISA_VERSION', 'IoLayout', 'MemoryPlan', 'ModelSpec', 'NormKind', 'PLAN_FORMAT_VERSION', 'PROGRAM_FORMAT_VERSION', 'ParamFile', 'PassOptions', 'PositionKind', 'Program', 'ProgramKind', 'Region', 'RegionKind', 'RopeStyle', 'Session', 'SessionConfig', 'XRT_KERNEL_ABI_VERSION', 'check_xclbin', 'choose_max_tokens', 'cost', 'crc32', 'generate_programs', 'kernel_level', 'lmem_bytes_per_token', 'load_program', 'model_tensors', 'param_file_name', 'plan_memory', 'program_from_bytes', 'quant', 'rope_table_row', 'shard_spec', 'write_params', 'write_stub_xclbin', 'xclbin_info', 'xrt_boards', 'xrt_library_dir', 'xrt_missing_message', 'xrt_version']
 class NormKind:
     """
     Members:
@@ -68,7 +68,10 @@ class ActKind:
       GeluTanh
     
       Silu
+    
+      Clip
     """
+    Clip: typing.ClassVar[ActKind]
     Gelu: typing.ClassVar[ActKind]
     GeluTanh: typing.ClassVar[ActKind]
     None_: typing.ClassVar[ActKind]
@@ -212,11 +215,15 @@ class ModelSpec:
     mlp_bias: bool
     norm: NormKind
     norm_bias: bool
+    parallel_block: bool
     positions: PositionKind
     pre_norm: bool
+    qk_norm: bool
+    qk_norm_bias: bool
     qkv_bias: bool
     quantize_lm_head: bool
     rope_style: RopeStyle
+    shared_norm: bool
     tie_word_embeddings: bool
     def __init__(self) -> None:
         ...
@@ -227,6 +234,12 @@ class ModelSpec:
         ...
     @attn_scale.setter
     def attn_scale(self, arg0: typing.SupportsFloat | typing.SupportsIndex) -> None:
+        ...
+    @property
+    def clip_qkv(self) -> float:
+        ...
+    @clip_qkv.setter
+    def clip_qkv(self, arg0: typing.SupportsFloat | typing.SupportsIndex) -> None:
         ...
     @property
     def embed_dim(self) -> int:
@@ -265,6 +278,12 @@ class ModelSpec:
     def intermediate_size(self, arg0: typing.SupportsInt | typing.SupportsIndex) -> None:
         ...
     @property
+    def layer_windows(self) -> list[int]:
+        ...
+    @layer_windows.setter
+    def layer_windows(self, arg0: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex]) -> None:
+        ...
+    @property
     def learned_pos_offset(self) -> int:
         ...
     @learned_pos_offset.setter
@@ -281,6 +300,12 @@ class ModelSpec:
         ...
     @lm_head_rows.setter
     def lm_head_rows(self, arg0: typing.SupportsInt | typing.SupportsIndex) -> None:
+        ...
+    @property
+    def logit_scale(self) -> float:
+        ...
+    @logit_scale.setter
+    def logit_scale(self, arg0: typing.SupportsFloat | typing.SupportsIndex) -> None:
         ...
     @property
     def norm_eps(self) -> float:
@@ -606,6 +631,19 @@ class PassOptions:
         ...
     def __init__(self) -> None:
         ...
+class GraphTensor:
+    @property
+    def name(self) -> str:
+        ...
+    @property
+    def quantize(self) -> bool:
+        ...
+    @property
+    def shape(self) -> list[int]:
+        ...
+    @property
+    def split(self) -> str:
+        ...
 class ParamFile:
     path: str
     @typing.overload
@@ -863,6 +901,10 @@ def lmem_bytes_per_token(arg0: ModelSpec) -> int:
     ...
 def load_program(path: str) -> Program:
     ...
+def model_tensors(spec: ModelSpec) -> list[GraphTensor]:
+    """
+    The canonical tensors of a model (the layer graph's, unfused), in stream order.
+    """
 def param_file_name(arg0: typing.SupportsInt | typing.SupportsIndex) -> str:
     ...
 def plan_memory(spec: ModelSpec, preset: DevicePreset, max_length: typing.SupportsInt | typing.SupportsIndex, max_tokens: typing.SupportsInt | typing.SupportsIndex, passes: PassOptions = ...) -> MemoryPlan:

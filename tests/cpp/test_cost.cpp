@@ -202,6 +202,50 @@ TEST(CostModel, LaterPositionsCostMoreAttention) {
   EXPECT_EQ(late.weight_bytes, early.weight_bytes);
 }
 
+// ISA v4: a NORM by groups makes the same passes; each group starts on fresh vector lanes,
+// so groups a multiple of the lanes wide cost what the whole row does and narrower ones more.
+// The clip activation and the LM head's logit scale cost what their v3 neighbours do.
+TEST(CostModel, GroupedNormClipAndLogitScaleArePriced) {
+  const DevicePreset p = round_preset();  // 16 vector lanes, 5 pipeline cycles, 1 ns cycles
+  auto norm_ns = [&](NormKind kind, uint32_t group, uint32_t tokens) {
+    Instruction in = vector_op(Opcode::Norm, 64, kB, kA, kA);
+    in.sub = uint8_t(kind);
+    in.k = group;
+    in.w0 = HbmRegion{0, 64, 2};
+    RunCost r = CostModel(program_of({in}, tokens), p).run(RunArgs{0, tokens});
+    EXPECT_EQ(r.instructions[0].vector_ops, uint64_t(tokens) * 64 * (kind == NormKind::RmsNorm ? 2 : 3));
+    return r.instructions[0].duration_ns();
+  };
+  // RMSNorm, 2 passes over 64 elements: 2 x 64 / 16 + 2 x 5 = 18 cycles.
+  EXPECT_NEAR(norm_ns(NormKind::RmsNorm, 0, 1), 18.0, 1e-9);
+  EXPECT_NEAR(norm_ns(NormKind::RmsNorm, 64, 1), 18.0, 1e-9);
+  EXPECT_NEAR(norm_ns(NormKind::RmsNorm, 16, 1), 18.0, 1e-9);
+  EXPECT_NEAR(norm_ns(NormKind::RmsNorm, 32, 1), 18.0, 1e-9);
+  // Groups of 8: 8 groups of one 16-lane vector each, half of it idle: 2 x 8 + 10 cycles.
+  EXPECT_NEAR(norm_ns(NormKind::RmsNorm, 8, 1), 26.0, 1e-9);
+  // LayerNorm, 3 passes, 4 token rows, groups of 24 (not a lane multiple; the cost model
+  // prices what it is given): ceil(64 / 24) = 3 groups x 2 vectors x 16 lanes x 4 rows.
+  EXPECT_NEAR(norm_ns(NormKind::LayerNorm, 24, 4), 3.0 * 3 * 2 * 4 + 15.0, 1e-9);
+  EXPECT_NEAR(norm_ns(NormKind::LayerNorm, 0, 4), 3.0 * 64 * 4 / 16 + 15.0, 1e-9);
+
+  Instruction relu = vector_op(Opcode::Act, 512, kB, kA, kA), clip = relu;
+  relu.sub = uint8_t(ActKind::Relu);
+  clip.sub = uint8_t(ActKind::Clip);
+  clip.f0 = 6.0f;
+  const double relu_ns = CostModel(program_of({relu}), p).run(RunArgs{}).time_ns;
+  EXPECT_NEAR(CostModel(program_of({clip}), p).run(RunArgs{}).time_ns, relu_ns, 1e-9);
+  EXPECT_NEAR(relu_ns, 512.0 / 16 + 5.0, 1e-9);
+
+  Instruction head = matmul(64, 512, 0, Operand{Space::Io, 0, 64}, kA), scaled = head;
+  head.flags = scaled.flags = kFlagOutF32 | kFlagArgmax;
+  head.b = scaled.b = Operand{Space::Io, 4096, 1};
+  scaled.f0 = 0.0625f;
+  const RunCost a = CostModel(program_of({head}), p).run(RunArgs{});
+  const RunCost b = CostModel(program_of({scaled}), p).run(RunArgs{});
+  EXPECT_NEAR(b.time_ns, a.time_ns, 1e-9);
+  EXPECT_EQ(b.hbm_bytes, a.hbm_bytes);
+}
+
 TEST(Profiler, PricesPrefillInChunksAndWritesATrace) {
   const ModelSpec s = hyperdex::testing::tiny_llama();
   DevicePreset p = hyperdex::testing::small_preset(4);

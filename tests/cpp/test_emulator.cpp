@@ -4,7 +4,9 @@
 
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <random>
+#include <string>
 
 #include "common/error.h"
 #include "common/fp16.h"
@@ -45,6 +47,30 @@ class EmuTest : public ::testing::Test {
   void put_ids(const std::vector<int32_t>& ids) {
     emu_->write(0, io_base_, ids.data(), ids.size() * 4);
   }
+  // n values in 32-element rows (NORM gamma and beta, biases), as docs/isa.md stripes them.
+  HbmRegion put_vector(uint64_t base, const std::vector<float>& v) {
+    std::vector<std::vector<float>> rows((v.size() + 31) / 32, std::vector<float>(32, 0.0f));
+    for (size_t j = 0; j < v.size(); ++j) rows[j / 32][j % 32] = v[j];
+    return put_rows(base, rows, 64);
+  }
+  std::vector<uint16_t> lmem_bits(const Operand& o, uint32_t t, uint32_t n) {
+    std::vector<uint16_t> h(n);
+    emu_->read_lmem(o.offset + uint64_t(t) * o.stride * 2, h.data(), n * 2);
+    return h;
+  }
+  // The FormatError message loading `code` gives, or "" when the program is accepted.
+  std::string rejection(const std::vector<Instruction>& code) {
+    Program p;
+    p.max_tokens = 8;
+    p.lmem_bytes = 1u << 16;
+    p.code = code;
+    try {
+      emu_->load_program(ProgramSlot::Prefill, p);
+    } catch (const FormatError& e) {
+      return e.what();
+    }
+    return "";
+  }
   std::vector<float> lmem_row(const Operand& o, uint32_t t, uint32_t n) {
     std::vector<uint16_t> h(n);
     emu_->read_lmem(o.offset + uint64_t(t) * o.stride * 2, h.data(), n * 2);
@@ -84,6 +110,31 @@ class EmuTest : public ::testing::Test {
 };
 
 float round16(float v) { return half_to_float(float_to_half(v)); }
+
+bool has(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
+
+// NORM of one row as docs/isa.md writes it, group by group (g = the group width, n for the
+// whole row): MAC-tree sums (the scalar kernel), one fp32 operation per step, one rounding.
+std::vector<uint16_t> norm_reference(const std::vector<float>& x, uint32_t g, bool rms, float eps,
+                                     const std::vector<float>& gamma, const std::vector<float>* beta) {
+  const Kernels& scalar = kernels_for(KernelLevel::Scalar);
+  const std::vector<float> ones(g, 1.0f);
+  std::vector<uint16_t> out(x.size());
+  for (size_t j0 = 0; j0 < x.size(); j0 += g) {
+    std::vector<float> d(x.data() + j0, x.data() + j0 + g);
+    if (!rms) {
+      const float mean = scalar.dot_f32(d.data(), ones.data(), g) / float(g);
+      for (float& v : d) v -= mean;
+    }
+    const float r = 1.0f / std::sqrt(scalar.dot_f32(d.data(), d.data(), g) / float(g) + eps);
+    for (uint32_t i = 0; i < g; ++i) {
+      float y = (d[i] * r) * gamma[j0 + i];
+      if (beta) y += (*beta)[j0 + i];
+      out[j0 + i] = float_to_half(y);
+    }
+  }
+  return out;
+}
 
 }  // namespace
 
@@ -229,4 +280,241 @@ TEST_F(EmuTest, InterruptStopsTheRun) {
   put_ids({1});
   emu_->set_interrupt_check([] { return true; });
   EXPECT_THROW(run({embed(Operand{Space::Lmem, 0, 32}, table, 32)}, RunArgs{0, 1}), Interrupted);
+}
+
+// ISA v4: NORM with k != 0 normalises each group of k elements (a head) on its own, with
+// gamma and beta over all n (per-head weights); k = 0 and k = n are the whole row.
+TEST_F(EmuTest, NormByGroupsNormalisesEachGroupOnItsOwn) {
+  const uint32_t T = 3, n = 64, k = 16;
+  auto x = random_rows(T, n, 21, 2.0f);
+  // Groups of very different scale and offset, so a whole-row norm gives other numbers.
+  for (auto& row : x)
+    for (uint32_t j = 0; j < n; ++j) row[j] = round16(row[j] * float(1 + j / k) + float(j / k) - 1.5f);
+  auto gamma = random_rows(1, n, 22)[0], beta = random_rows(1, n, 23)[0];
+  HbmRegion xt = put_rows(0, x, 128), gt = put_vector(4096, gamma), bt = put_vector(8192, beta);
+  put_ids({0, 1, 2});
+  const Operand X{Space::Lmem, 0, 64};
+  const Operand out[5] = {{Space::Lmem, 2048, 64}, {Space::Lmem, 4096, 64}, {Space::Lmem, 6144, 64},
+                          {Space::Lmem, 8192, 64}, {Space::Lmem, 10240, 64}};
+  auto norm = [&](Operand dst, NormKind kind, uint32_t group, bool bias) {
+    Instruction in;
+    in.op = Opcode::Norm;
+    in.sub = uint8_t(kind);
+    in.dst = dst;
+    in.a = X;
+    in.w0 = gt;
+    if (bias) {
+      in.flags = kFlagHasBias;
+      in.w1 = bt;
+    }
+    in.n = n;
+    in.k = group;
+    in.f0 = 1e-5f;
+    return in;
+  };
+  run({embed(X, xt, n), norm(out[0], NormKind::LayerNorm, k, true),
+       norm(out[1], NormKind::RmsNorm, k, false), norm(out[2], NormKind::LayerNorm, 0, true),
+       norm(out[3], NormKind::LayerNorm, n, true), norm(out[4], NormKind::RmsNorm, 32, false)},
+      RunArgs{0, T});
+  size_t differ = 0;
+  for (uint32_t t = 0; t < T; ++t) {
+    const auto ln = lmem_bits(out[0], t, n), rms = lmem_bits(out[1], t, n);
+    const auto whole = lmem_bits(out[2], t, n), all = lmem_bits(out[3], t, n);
+    const auto rms32 = lmem_bits(out[4], t, n);
+    EXPECT_EQ(ln, norm_reference(x[t], k, false, 1e-5f, gamma, &beta)) << "t=" << t;
+    EXPECT_EQ(rms, norm_reference(x[t], k, true, 1e-5f, gamma, nullptr)) << "t=" << t;
+    EXPECT_EQ(rms32, norm_reference(x[t], 32, true, 1e-5f, gamma, nullptr)) << "t=" << t;
+    EXPECT_EQ(whole, norm_reference(x[t], n, false, 1e-5f, gamma, &beta)) << "t=" << t;
+    EXPECT_EQ(all, whole) << "k = n is the whole row, t=" << t;
+    for (uint32_t j = 0; j < n; ++j) differ += ln[j] != whole[j];
+    // Each group has mean beta and unit RMS before gamma: check one group's statistics in double.
+    for (uint32_t g = 0; g < n / k; ++g) {
+      double m = 0, v = 0;
+      for (uint32_t j = g * k; j < (g + 1) * k; ++j) m += x[t][j];
+      m /= k;
+      for (uint32_t j = g * k; j < (g + 1) * k; ++j) v += (x[t][j] - m) * (x[t][j] - m);
+      const double rstd = 1.0 / std::sqrt(v / k + 1e-5);
+      for (uint32_t j = g * k; j < (g + 1) * k; ++j) {
+        const double want = (x[t][j] - m) * rstd * gamma[j] + beta[j];
+        EXPECT_NEAR(half_to_float(ln[j]), want, 4e-3 * (1 + std::fabs(want))) << "t=" << t << " j=" << j;
+      }
+    }
+  }
+  EXPECT_GT(differ, size_t(T) * n / 2);  // by groups is not the whole row
+}
+
+TEST_F(EmuTest, NormGroupWidthMustDivideN) {
+  HbmRegion gt = put_vector(4096, std::vector<float>(64, 1.0f));
+  Instruction in;
+  in.op = Opcode::Norm;
+  in.sub = uint8_t(NormKind::RmsNorm);
+  in.dst = Operand{Space::Lmem, 2048, 64};
+  in.a = Operand{Space::Lmem, 0, 64};
+  in.w0 = gt;
+  in.n = 64;
+  in.k = 24;
+  const Instruction ok = embed(in.a, put_rows(0, random_rows(1, 64, 24), 128), 64);
+  std::string msg = rejection({ok, in});
+  EXPECT_TRUE(has(msg, "instruction 1 (NORM)")) << msg;
+  EXPECT_TRUE(has(msg, "not a multiple of its group width k = 24")) << msg;
+  in.k = 128;  // wider than the row
+  EXPECT_TRUE(has(rejection({ok, in}), "instruction 1 (NORM)"));
+  in.k = 32;
+  EXPECT_EQ(rejection({ok, in}), "");
+}
+
+// ISA v4: an OUT_F32 MATMUL scales its fp32 results by f0 (0 and 1: not at all) after the
+// bias and before the activation, and its fused argmax sees the scaled values.
+TEST_F(EmuTest, LogitScaleScalesTheFp32ResultsBeforeActivationAndArgmax) {
+  const uint32_t T = 2, k = 40, n = 50;
+  auto x = random_rows(T, k, 31), w = random_rows(n, k, 32, 0.3f);
+  auto bias = random_rows(1, n, 33)[0];
+  HbmRegion xt = put_rows(0, x, 128), wt = put_rows(8192, w, 128), bt = put_vector(16384, bias);
+  put_ids({0, 1});
+  const Operand X{Space::Lmem, 0, 64}, Y{Space::Io, 8192, 64}, A{Space::Io, 4096, 1};
+  const Kernels& scalar = kernels_for(KernelLevel::Scalar);
+  std::vector<std::vector<float>> acc(T, std::vector<float>(n));  // dot + bias, fp32
+  for (uint32_t t = 0; t < T; ++t)
+    for (uint32_t j = 0; j < n; ++j) {
+      std::vector<uint16_t> wr(k);
+      for (uint32_t i = 0; i < k; ++i) wr[i] = float_to_half(w[j][i]);
+      acc[t][j] = scalar.dot_f16(wr.data(), x[t].data(), k) + bias[j];
+    }
+  auto first_max = [](const std::vector<float>& row) {
+    int32_t best = 0;
+    for (size_t j = 1; j < row.size(); ++j)
+      if (row[j] > row[size_t(best)]) best = int32_t(j);
+    return best;
+  };
+  // Runs the LM head with scale f0 and activation act; checks every logit bit for bit
+  // against `want(v)` of the reference and the argmax against the reference's.
+  auto check = [&](float f0, ActKind act, float (*want)(float, float)) {
+    Instruction mm;
+    mm.op = Opcode::MatMul;
+    mm.flags = kFlagOutF32 | kFlagHasBias | kFlagArgmax;
+    mm.sub = uint8_t(act);
+    mm.dst = Y;
+    mm.a = X;
+    mm.b = A;
+    mm.w0 = wt;
+    mm.w1 = bt;
+    mm.n = n;
+    mm.k = k;
+    mm.f0 = f0;
+    run({embed(X, xt, k), mm}, RunArgs{0, T});
+    std::vector<float> last(n);
+    for (uint32_t t = 0; t < T; ++t) {
+      std::vector<float> got(n);
+      emu_->read(0, io_base_ + Y.offset + uint64_t(t) * Y.stride * 4, got.data(), n * 4);
+      for (uint32_t j = 0; j < n; ++j) {
+        last[j] = want(acc[t][j], f0);
+        uint32_t a, b;
+        std::memcpy(&a, &got[j], 4);
+        std::memcpy(&b, &last[j], 4);
+        EXPECT_EQ(a, b) << "f0=" << f0 << " t=" << t << " j=" << j << ": " << got[j] << " vs " << last[j];
+      }
+    }
+    int32_t arg = -1;
+    emu_->read(0, io_base_ + A.offset, &arg, 4);
+    EXPECT_EQ(arg, first_max(last)) << "f0=" << f0;
+    return first_max(last);
+  };
+  auto plain = [](float v, float) { return v; };
+  auto scaled = [](float v, float s) { return v * s; };
+  auto silu_scaled = [](float v, float s) {
+    v = v * s;
+    return v / (1.0f + std::exp(-v));
+  };
+  const int32_t unscaled = check(0.0f, ActKind::None, plain);
+  EXPECT_EQ(check(1.0f, ActKind::None, plain), unscaled);
+  check(0.37f, ActKind::None, scaled);
+  check(30.0f, ActKind::Silu, silu_scaled);  // silu(v * s), not silu(v) * s
+  // Scaled past fp32, every positive logit is +inf: the argmax is the first of them, which
+  // the unscaled logits' argmax is not.
+  const int32_t overflowed = check(3e38f, ActKind::None, scaled);
+  EXPECT_NE(overflowed, unscaled);
+}
+
+TEST_F(EmuTest, LogitScaleAndClipAreChecked) {
+  Instruction mm;
+  mm.op = Opcode::MatMul;
+  mm.dst = Operand{Space::Lmem, 4096, 64};
+  mm.a = Operand{Space::Lmem, 0, 64};
+  mm.w0 = put_rows(8192, random_rows(8, 32, 34), 64);
+  mm.n = 8;
+  mm.k = 32;
+  EXPECT_EQ(rejection({mm}), "");
+  mm.f0 = 0.5f;  // a scale without fp32 results
+  std::string msg = rejection({mm});
+  EXPECT_TRUE(has(msg, "instruction 0 (MATMUL)") && has(msg, "without OUT_F32")) << msg;
+  mm.flags = kFlagOutF32;
+  EXPECT_EQ(rejection({mm}), "");
+  for (float bad : {-1.0f, std::numeric_limits<float>::infinity(),
+                    std::numeric_limits<float>::quiet_NaN()}) {
+    mm.f0 = bad;
+    msg = rejection({mm});
+    EXPECT_TRUE(has(msg, "instruction 0 (MATMUL)") && has(msg, "logit scale")) << msg;
+  }
+  mm.f0 = 0.0f;
+  mm.flags = 0;
+  mm.sub = uint8_t(ActKind::Clip);
+  msg = rejection({mm});
+  EXPECT_TRUE(has(msg, "instruction 0 (MATMUL)") && has(msg, "clip is an ACT-only activation")) << msg;
+  mm.sub = uint8_t(ActKind::Clip) + 1;
+  EXPECT_TRUE(has(rejection({mm}), "unknown activation 6"));
+
+  Instruction act;
+  act.op = Opcode::Act;
+  act.sub = uint8_t(ActKind::Clip);
+  act.dst = act.a = Operand{Space::Lmem, 0, 64};
+  act.n = 64;
+  act.f0 = 6.0f;
+  EXPECT_EQ(rejection({act}), "");
+  for (float bad : {0.0f, -2.0f, std::numeric_limits<float>::infinity(),
+                    std::numeric_limits<float>::quiet_NaN()}) {
+    act.f0 = bad;
+    msg = rejection({act});
+    EXPECT_TRUE(has(msg, "instruction 0 (ACT)") && has(msg, "clip bound")) << msg;
+  }
+  act.sub = 200;
+  EXPECT_TRUE(has(rejection({act}), "unknown activation 200"));
+}
+
+// ISA v4: ACT clip: dst = round(min(max(a, -f0), f0)); NaN stays NaN, -0 stays -0.
+TEST_F(EmuTest, ClipClampsToTheBound) {
+  const uint32_t T = 2, n = 48;
+  const float inf = std::numeric_limits<float>::infinity();
+  auto x = random_rows(T, n, 41, 3.0f);
+  const float special[] = {inf, -inf, std::numeric_limits<float>::quiet_NaN(), -0.0f, 0.0f,
+                           1.2998046875f, 1.30078125f, -1.2998046875f, -1.30078125f, 65504.0f};
+  for (size_t i = 0; i < sizeof(special) / sizeof(special[0]); ++i) x[0][i] = special[i];
+  HbmRegion xt = put_rows(0, x, 128);
+  put_ids({0, 1});
+  const Operand X{Space::Lmem, 0, 64}, Y{Space::Lmem, 4096, 64};
+  const float bound = 1.3f;  // not an fp16 value: a clamped input becomes round(1.3)
+  Instruction act;
+  act.op = Opcode::Act;
+  act.sub = uint8_t(ActKind::Clip);
+  act.dst = Y;
+  act.a = X;
+  act.n = n;
+  act.f0 = bound;
+  Instruction in_place = act;  // dst = a
+  in_place.dst = X;
+  run({embed(X, xt, n), act, in_place}, RunArgs{0, T});
+  size_t clamped = 0;
+  for (uint32_t t = 0; t < T; ++t) {
+    const auto got = lmem_bits(Y, t, n), again = lmem_bits(X, t, n);
+    for (uint32_t j = 0; j < n; ++j) {
+      const float a = half_to_float(float_to_half(x[t][j]));
+      const float c = std::isnan(a) ? a : a > bound ? bound : a < -bound ? -bound : a;
+      clamped += c != a;
+      EXPECT_EQ(got[j], float_to_half(c)) << "t=" << t << " j=" << j << " a=" << a;
+      EXPECT_EQ(again[j], got[j]) << "in place, t=" << t << " j=" << j;
+    }
+  }
+  EXPECT_EQ(lmem_bits(Y, 0, 10)[0], float_to_half(1.2998046875f));  // +inf -> round(1.3)
+  EXPECT_EQ(lmem_bits(Y, 0, 10)[3], 0x8000);                       // -0 stays -0
+  EXPECT_EQ(lmem_bits(Y, 0, 10)[5], float_to_half(1.2998046875f)); // below the bound: as is
+  EXPECT_GT(clamped, size_t(10));
 }

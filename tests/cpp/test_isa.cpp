@@ -2,10 +2,13 @@
 #include <gtest/gtest.h>
 
 #include <cstring>
+#include <limits>
 #include <random>
+#include <string>
 
 #include "common/error.h"
 #include "isa/isa.h"
+#include "spec/model_spec.h"
 
 using namespace hyperdex;
 using namespace hyperdex::isa;
@@ -17,7 +20,7 @@ Instruction random_instruction(std::mt19937& rng) {
   Instruction in;
   in.op = Opcode(1 + rng() % kMaxOpcode);
   in.flags = uint8_t(rng());
-  in.sub = uint8_t(rng() % 5);
+  in.sub = uint8_t(rng() % 7);  // every activation, and one past them
   in.n = u32(rng);
   in.k = u32(rng);
   in.i0 = u32(rng);
@@ -147,4 +150,123 @@ TEST(Isa, DisassemblyNamesEveryInstruction) {
   for (char c : text) lines += c == '\n';
   EXPECT_EQ(lines, p.code.size() + 1);  // a header line, then one per instruction
   EXPECT_NE(text.find("decode program"), std::string::npos);
+}
+
+TEST(Isa, ProgramsCarryIsaVersion4AndRefuseOthers) {
+  // v4 gave NORM k, the OUT_F32 MATMUL's f0 and ACT clip a meaning a v3 reader would ignore.
+  EXPECT_EQ(kIsaVersion, 4u);
+  auto bytes = serialize(sample_program());
+  EXPECT_EQ(bytes[12], 4);
+  for (uint8_t other : {uint8_t(3), uint8_t(5)}) {
+    auto b = bytes;
+    b[12] = other;  // the version is checked before the header checksum
+    try {
+      deserialize(b.data(), b.size(), "old.bin");
+      FAIL() << "read an ISA v" << int(other) << " program";
+    } catch (const FormatError& e) {
+      const std::string msg = e.what();
+      EXPECT_NE(msg.find("ISA v" + std::to_string(other)), std::string::npos) << msg;
+      EXPECT_NE(msg.find("reads format v1 / ISA v4"), std::string::npos) << msg;
+      EXPECT_NE(msg.find("recompile"), std::string::npos) << msg;
+    }
+  }
+}
+
+TEST(Isa, ListingShowsTheV4Fields) {
+  Instruction norm;
+  norm.op = Opcode::Norm;
+  norm.sub = uint8_t(NormKind::RmsNorm);
+  norm.n = 512;
+  norm.f0 = 1e-5f;
+  EXPECT_EQ(disassemble(norm).find("group="), std::string::npos);
+  norm.k = 64;
+  EXPECT_NE(disassemble(norm).find(" n=512 group=64 eps="), std::string::npos) << disassemble(norm);
+
+  Instruction head;
+  head.op = Opcode::MatMul;
+  head.flags = kFlagOutF32 | kFlagArgmax;
+  head.n = 1000;
+  head.k = 64;
+  EXPECT_EQ(disassemble(head).find("logit_scale"), std::string::npos);
+  head.f0 = 0.0625f;
+  EXPECT_NE(disassemble(head).find(" logit_scale=0.0625"), std::string::npos) << disassemble(head);
+
+  Instruction act;
+  act.op = Opcode::Act;
+  act.sub = uint8_t(ActKind::Clip);
+  act.n = 8;
+  act.f0 = 8.5f;
+  const std::string text = disassemble(act);
+  EXPECT_EQ(text.rfind("ACT clip ", 0), 0u) << text;
+  EXPECT_NE(text.find(" bound=8.5"), std::string::npos) << text;
+  act.sub = uint8_t(ActKind::Silu);
+  EXPECT_EQ(disassemble(act).find("bound"), std::string::npos);
+  EXPECT_STREQ(act_name(uint8_t(ActKind::Clip)), "clip");
+  EXPECT_STREQ(act_name(uint8_t(ActKind::Clip) + 1), "?");
+}
+
+TEST(Isa, InstructionProblemsOfTheV4Fields) {
+  const float nan = std::numeric_limits<float>::quiet_NaN(), inf = std::numeric_limits<float>::infinity();
+  Instruction norm;
+  norm.op = Opcode::Norm;
+  norm.n = 96;
+  for (uint32_t k : {0u, 1u, 32u, 48u, 96u}) {
+    norm.k = k;
+    EXPECT_EQ(instruction_problem(norm), "") << k;
+  }
+  for (uint32_t k : {5u, 64u, 97u, 192u}) {
+    norm.k = k;
+    EXPECT_EQ(instruction_problem(norm),
+              "has n = 96 elements, not a multiple of its group width k = " + std::to_string(k));
+  }
+
+  Instruction mm;
+  mm.op = Opcode::MatMul;
+  mm.flags = kFlagOutF32;
+  for (float f0 : {0.0f, -0.0f, 1.0f, 0.0625f, 3e38f}) {
+    mm.f0 = f0;
+    EXPECT_EQ(instruction_problem(mm), "") << f0;
+  }
+  for (float f0 : {-1.0f, -1e-30f, nan, inf, -inf}) {
+    mm.f0 = f0;
+    EXPECT_NE(instruction_problem(mm).find("logit scale"), std::string::npos) << f0;
+  }
+  mm.flags = kFlagHasBias;
+  mm.f0 = 1.0f;  // 1 means "no scaling" only where there is something to scale
+  EXPECT_NE(instruction_problem(mm).find("without OUT_F32"), std::string::npos);
+  mm.f0 = 0.0f;
+  EXPECT_EQ(instruction_problem(mm), "");
+  for (uint8_t act = 0; act < uint8_t(ActKind::Clip); ++act) {
+    mm.sub = act;
+    EXPECT_EQ(instruction_problem(mm), "") << int(act);
+  }
+  mm.sub = uint8_t(ActKind::Clip);
+  EXPECT_NE(instruction_problem(mm).find("clip is an ACT-only activation"), std::string::npos);
+  mm.sub = 6;
+  EXPECT_EQ(instruction_problem(mm), "has an unknown activation 6");
+  mm.sub = 0;
+  mm.flags = kFlagGlu | kFlagOutF32;  // a gated result is fp16: no encoding
+  EXPECT_NE(instruction_problem(mm).find("GLU with OUT_F32"), std::string::npos);
+
+  Instruction act;
+  act.op = Opcode::Act;
+  act.sub = uint8_t(ActKind::Clip);
+  for (float f0 : {1e-30f, 1.0f, 65504.0f, 1e30f}) {
+    act.f0 = f0;
+    EXPECT_EQ(instruction_problem(act), "") << f0;
+  }
+  for (float f0 : {0.0f, -0.0f, -1.0f, nan, inf}) {
+    act.f0 = f0;
+    EXPECT_NE(instruction_problem(act).find("clip bound"), std::string::npos) << f0;
+  }
+  act.sub = uint8_t(ActKind::Relu);
+  act.f0 = 0.0f;
+  EXPECT_EQ(instruction_problem(act), "");
+  // Other opcodes' k and f0 keep their own meanings (ATTN: head_dim, scale).
+  Instruction attn;
+  attn.op = Opcode::Attention;
+  attn.n = 8;
+  attn.k = 3;
+  attn.f0 = -2.0f;
+  EXPECT_EQ(instruction_problem(attn), "");
 }

@@ -377,7 +377,7 @@ TEST(QuantPlan, ProgramsCarryTheWeightFormat) {
   EXPECT_EQ(quantized, 2u * spec.num_layers * 4);  // qkv, output, gate_up, down: MATMUL + PREFETCH
   const std::string text = isa::disassemble(p.decode);
   EXPECT_NE(text.find("int4 group=16"), std::string::npos);
-  EXPECT_NE(text.find("ISA v3"), std::string::npos);
+  EXPECT_NE(text.find("ISA v" + std::to_string(isa::kIsaVersion)), std::string::npos);
   // Round trip through the binary encoding.
   const auto bytes = isa::serialize(p.decode);
   const isa::Program back = isa::deserialize(bytes.data(), bytes.size());
