@@ -127,7 +127,8 @@ CONFIGS: Dict[str, Tuple[Callable[[], Any], str]] = {
 
 
 def _is_norm(name: str) -> bool:
-    return "norm" in name or re.search(r"(^|\.)ln_(\d+|f)\.", name) is not None
+    # "...norm..." (Llama, OPT, Qwen2), GPT-2's ln_1/ln_2/ln_f, Falcon's ln_attn/ln_mlp.
+    return "norm" in name or re.search(r"(^|\.)ln_[a-z0-9]+\.", name) is not None
 
 
 def randomize(model: Any, seed: int, std: float = 0.15) -> None:

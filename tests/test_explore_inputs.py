@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import yaml
 
-from hyperdex.errors import ConfigError
+from hyperdex.errors import ConfigError, UnsupportedArchitectureError
 from hyperdex.explore import available, explore, load_hardware, load_model, load_system
 from hyperdex.explore.inputs.loader import PRESETS, load_technology
 from hyperdex.explore.inputs.sweep import Sweep
@@ -99,6 +99,84 @@ def test_hf_config_json_is_read_directly(tmp_path):
     assert f["model.positions"] == ["rope"] and m.name == "Meta-Llama-3-8B"
     r = explore("a100", folder / "config.json", out_dir=None, plots=False, progress=False)
     assert r.results["feasible"].all()
+
+
+def _hf_folder(tmp_path: Path, cfg: dict) -> Path:
+    folder = tmp_path / "hf"
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps(cfg))
+    return folder
+
+
+_OPT_350M = {
+    "architectures": ["OPTForCausalLM"],
+    "model_type": "opt",
+    "hidden_size": 1024,
+    "num_hidden_layers": 24,
+    "num_attention_heads": 16,
+    "ffn_dim": 4096,
+    "vocab_size": 50272,
+    "max_position_embeddings": 2048,
+    "word_embed_proj_dim": 512,
+    "do_layer_norm_before": False,
+    "activation_function": "relu",
+}
+
+
+def test_hf_config_is_read_by_the_architecture_registry(tmp_path):
+    """The explorer's model is the registry's (hyperdex.arch.registry.model_traits), the
+    description the compiler and the cost model read: sizes, norm, activation, positions."""
+    from hyperdex.arch.registry import model_traits
+
+    m = load_model(_hf_folder(tmp_path, _OPT_350M))
+    f = {k.split(".", 1)[1]: v[0] for k, v in m.sweep.fields.items()}
+    traits = model_traits(_OPT_350M)[2]
+    assert (f["num_layers"], f["d_model"], f["num_heads"], f["num_kv_heads"]) == (24, 1024, 16, 16)
+    assert (f["d_head"], f["d_ff"], f["vocab_size"], f["max_positions"]) == (64, 4096, 50272, 2048)
+    assert (f["norm"], f["activation"], f["positions"]) == ("layernorm", "relu", "learned")
+    assert f["gated_mlp"] is False and f["parallel_block"] is False
+    assert f["d_head"] == traits["head_dim"] and f["norm"] == traits["norm"]
+    assert "projection of embeddings ignored" in f["source"]
+
+
+def test_hf_config_without_model_type_is_read_by_its_architecture(tmp_path):
+    """The architecture names the family: a Llama config without "model_type" or "rope_theta"
+    is still gated, RMS-normed and rotary (a model_type table read it as a GPT-2)."""
+    cfg = {
+        "architectures": ["LlamaForCausalLM"],
+        "hidden_size": 2048,
+        "num_hidden_layers": 16,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "head_dim": 128,
+        "intermediate_size": 5632,
+        "vocab_size": 32000,
+        "max_position_embeddings": 2048,
+    }
+    f = load_model(_hf_folder(tmp_path, cfg)).sweep.fields
+    assert f["model.gated_mlp"] == [True] and f["model.norm"] == ["rmsnorm"]
+    assert f["model.positions"] == ["rope"] and f["model.activation"] == ["silu"]
+    assert f["model.d_head"] == [128] and f["model.num_kv_heads"] == [8]
+
+
+def test_hf_config_of_an_unsupported_architecture_names_the_supported_ones(tmp_path):
+    cfg = {
+        "architectures": ["RwkvForCausalLM"],
+        "model_type": "rwkv",
+        "hidden_size": 768,
+        "num_hidden_layers": 12,
+        "vocab_size": 50277,
+    }
+    folder = _hf_folder(tmp_path, cfg)
+    with pytest.raises(UnsupportedArchitectureError) as e:
+        load_model(folder)
+    msg = str(e.value)
+    assert str(folder / "config.json") in msg and "RwkvForCausalLM is not supported" in msg
+    assert "Supported architectures:" in msg and "LlamaForCausalLM" in msg
+    with pytest.raises(UnsupportedArchitectureError, match="names no 'architectures'"):
+        load_model(
+            _hf_folder(tmp_path / "bare", {k: v for k, v in cfg.items() if k != "architectures"})
+        )
 
 
 def test_unknown_field_names_the_nearest_valid_one(tmp_path):

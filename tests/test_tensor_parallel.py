@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from hyperdex import _core
+from hyperdex.arch.registry import model_traits
 from hyperdex.compiled.record import load_converted
 from hyperdex.errors import CapacityError, ConfigError
 from hyperdex.tools.sharding import gather_tensors, head_slots, shard_tensors
@@ -142,13 +143,17 @@ def test_padding_is_zero_and_kv_heads_are_replicated() -> None:
         ([3], [1]),
     ]
     # Padded rows are zeros: the gather refuses anything else.
-    full = {
-        "num_heads": 2,
-        "num_kv_heads": 2,
-        "head_dim": 2,
-        "intermediate_size": 3,
-        "vocab_size": 5,
-    }
+    _, _, full = model_traits(
+        {
+            "architectures": ["LlamaForCausalLM"],
+            "vocab_size": 5,
+            "hidden_size": 4,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "intermediate_size": 3,
+            "max_position_embeddings": 8,
+        }
+    )
     t = {
         "blk.0.ffn_up.weight": np.ones((3, 4), np.float16),
         "output.weight": np.ones((5, 4), np.float16),

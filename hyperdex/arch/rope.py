@@ -14,7 +14,7 @@ import numpy as np
 
 from ..errors import ConfigError
 
-SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
+SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3", "longrope")
 
 
 def rope_parameters(config: dict[str, Any]) -> dict[str, Any]:
@@ -25,10 +25,21 @@ def rope_parameters(config: dict[str, Any]) -> dict[str, Any]:
         params.update(config["rope_parameters"])
     if isinstance(config.get("rope_scaling"), dict):
         params.update(config["rope_scaling"])
-    if "rope_theta" not in params:
-        params["rope_theta"] = float(config.get("rope_theta", 10000.0))
+    if "rope_theta" not in params:  # GPT-NeoX's older configs call it rotary_emb_base
+        params["rope_theta"] = float(config.get("rope_theta", config.get("rotary_emb_base", 1e4)))
+    if "partial_rotary_factor" not in params:  # older configs: top level, or NeoX's rotary_pct
+        params["partial_rotary_factor"] = float(
+            config.get("partial_rotary_factor", config.get("rotary_pct", 1.0))
+        )
     rope_type = params.get("rope_type", params.get("type", "default")) or "default"
     params["rope_type"] = rope_type
+    if rope_type == "longrope":
+        params.setdefault(
+            "original_max_position_embeddings",
+            config.get("original_max_position_embeddings") or config["max_position_embeddings"],
+        )
+        # One table holds the short factors: positions up to here (docs/architecture.md).
+        params["longrope_short_positions"] = int(params["original_max_position_embeddings"])
     return params
 
 
@@ -46,6 +57,8 @@ def inverse_frequencies(
     exponents = np.arange(0, rotary_dim, 2, dtype=np.int64).astype(np.float32) / np.float32(
         rotary_dim
     )
+    if rope_type == "longrope":
+        return _longrope(params, base, exponents, rotary_dim, max_position_embeddings)
     inv_freq = (np.float32(1.0) / (base**exponents)).astype(np.float32)
     if rope_type == "linear":
         inv_freq = (inv_freq / np.float32(params["factor"])).astype(np.float32)
@@ -71,3 +84,27 @@ def _llama3(inv_freq: np.ndarray, p: dict[str, Any], max_positions: int) -> np.n
     smoothed = ((f32(1) - smooth) * scaled / f32(factor) + smooth * scaled).astype(f32)
     medium = ~(wavelen < high_freq_wavelen) & ~(wavelen > low_freq_wavelen)
     return np.where(medium, smoothed, scaled).astype(f32)
+
+
+def _longrope(
+    p: dict[str, Any], base: np.float32, exponents: np.ndarray, rotary_dim: int, max_positions: int
+) -> tuple[np.ndarray, float]:
+    """Phi-3's LongRoPE with its short factors (sequences up to the original context; the
+    compiler refuses a longer max_length) and its cos/sin scale."""
+    original = int(p["original_max_position_embeddings"])
+    short = np.asarray(p["short_factor"], dtype=np.float32)
+    if short.shape != (rotary_dim // 2,):
+        raise ConfigError(
+            f"rope_scaling short_factor has {short.size} entries; LongRoPE needs one per rotated "
+            f"pair ({rotary_dim // 2})"
+        )
+    factor = p.get("factor")
+    if factor is None:
+        factor = max_positions / original
+    attention_factor = p.get("attention_factor")
+    if attention_factor is None:
+        attention_factor = (
+            1.0 if factor <= 1.0 else math.sqrt(1 + math.log(factor) / math.log(original))
+        )
+    inv_freq = (np.float32(1.0) / (short * base**exponents)).astype(np.float32)
+    return inv_freq, float(attention_factor)

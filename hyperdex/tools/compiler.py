@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 from .. import __version__, _core
-from ..arch.registry import model_traits
+from ..arch.registry import max_length_limit, model_traits
 from ..compiled.folder import (
     COMPILE_FORMAT,
     COMPILE_FORMAT_VERSION,
@@ -632,7 +632,7 @@ class AutoCompiler:
 
     @staticmethod
     def _check_max_length(max_length: Any, model: dict[str, Any]) -> int:
-        limit = int(model["max_position_embeddings"])
+        limit, why = max_length_limit(model)
         if max_length is None:
             return min(limit, DEFAULT_MAX_LENGTH)
         if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1:
@@ -640,6 +640,6 @@ class AutoCompiler:
         if max_length > limit:
             raise ConfigError(
                 f"max_length={max_length} exceeds the model's {limit} positions "
-                "(max_position_embeddings); use max_length <= " + str(limit)
+                f"({why}); use max_length <= {limit}"
             )
         return max_length

@@ -20,14 +20,22 @@ import numpy as np
 
 from .. import __version__
 from ..arch.registry import (
+    ADD_ONE,
+    CONCAT,
     CONV1D_SPLIT,
+    FLATTEN,
+    GROUP_SPLIT,
+    HEAD_SPLIT,
+    ONES,
+    ROW_SPLIT,
+    TILE,
     TRANSPOSE,
     VECTOR_SPLIT,
     Architecture,
-    expected_tensors,
     model_traits,
     rule_applies,
 )
+from ..arch.spec import canonical_tensors
 from ..compiled.record import (
     CONFIG_FORMAT,
     CONFIG_FORMAT_VERSION,
@@ -48,11 +56,18 @@ PathLike = Union[str, Path]
 
 @dataclass(frozen=True)
 class _Planned:
-    """One HF tensor, the canonical tensors it becomes and how."""
+    """One HF tensor, the canonical tensors it becomes and how. A CONCAT joins ``parts``
+    (one HF tensor per head, ``hf_name`` the first); ONES reads no HF tensor."""
 
     hf_name: str
     canonical: tuple[str, ...]
     transform: str
+    parts: tuple[str, ...] = ()
+
+    def hf_names(self) -> tuple[str, ...]:
+        if self.transform == ONES:
+            return ()
+        return self.parts or (self.hf_name,)
 
 
 def read_hf_config(folder: Path) -> dict[str, Any]:
@@ -71,25 +86,52 @@ def read_hf_config(folder: Path) -> dict[str, Any]:
     return config
 
 
-def _hf_shape(transform: str, canonical: list[tuple[int, ...]]) -> tuple[int, ...]:
-    """The HF tensor shape that yields these canonical shapes under `transform`."""
+def _hf_shape(transform: str, canonical: list[tuple[int, ...]], head_dim: int) -> tuple[int, ...]:
+    """The HF tensor shape that yields these canonical shapes under `transform` (one part's,
+    for CONCAT)."""
     if transform == TRANSPOSE:
         return tuple(reversed(canonical[0]))
     if transform == CONV1D_SPLIT:  # Conv1D [in, out_q + out_k + out_v]
         return (canonical[0][1], sum(s[0] for s in canonical))
-    if transform == VECTOR_SPLIT:
-        return (sum(s[0] for s in canonical),)
+    if transform in (VECTOR_SPLIT, ROW_SPLIT, HEAD_SPLIT, GROUP_SPLIT):
+        return (sum(s[0] for s in canonical), *canonical[0][1:])
+    if transform in (TILE, CONCAT):
+        return (head_dim,)
+    if transform == FLATTEN:
+        return (canonical[0][0] // head_dim, head_dim)
     return canonical[0]
 
 
-def _apply(transform: str, array: np.ndarray, canonical: list[tuple[int, ...]]) -> list[np.ndarray]:
+def _apply(
+    transform: str, array: np.ndarray, canonical: list[tuple[int, ...]], head_dim: int
+) -> list[np.ndarray]:
     if transform == TRANSPOSE:
         return [np.ascontiguousarray(array.T)]
-    if transform in (CONV1D_SPLIT, VECTOR_SPLIT):
+    if transform in (CONV1D_SPLIT, VECTOR_SPLIT, ROW_SPLIT):
         cuts = np.cumsum([s[0] for s in canonical])[:-1]
         axis = 1 if transform == CONV1D_SPLIT else 0
         parts = np.split(array, cuts, axis=axis)
         return [np.ascontiguousarray(p.T if transform == CONV1D_SPLIT else p) for p in parts]
+    rest = array.shape[1:]
+    if transform == HEAD_SPLIT:  # [heads, (q, k, v), head_dim, ...]
+        heads = canonical[0][0] // head_dim
+        per = array.reshape(heads, 3, head_dim, *rest)
+        return [np.ascontiguousarray(per[:, j].reshape(heads * head_dim, *rest)) for j in range(3)]
+    if transform == GROUP_SPLIT:  # [kv heads, (q * group, k, v), head_dim, ...]
+        kv = canonical[1][0] // head_dim
+        group = canonical[0][0] // canonical[1][0]
+        per = array.reshape(kv, group + 2, head_dim, *rest)
+        return [
+            np.ascontiguousarray(per[:, :group].reshape(kv * group * head_dim, *rest)),
+            np.ascontiguousarray(per[:, group].reshape(kv * head_dim, *rest)),
+            np.ascontiguousarray(per[:, group + 1].reshape(kv * head_dim, *rest)),
+        ]
+    if transform == ADD_ONE:  # in fp32, rounded to fp16 once
+        return [array.astype(np.float32) + np.float32(1.0)]
+    if transform == TILE:
+        return [np.tile(array, canonical[0][0] // array.shape[0])]
+    if transform == FLATTEN:
+        return [array.reshape(-1)]
     return [array]
 
 
@@ -110,7 +152,8 @@ class AutoModelConverter:
             raise CheckpointError(f"{self.folder} is not a folder")
         self.hf_config = read_hf_config(self.folder)
         self.hf_architecture, self.arch, self.model = model_traits(self.hf_config)
-        self.shapes = expected_tensors(self.arch, self.model)
+        # What the layer graph reads: the tensors the HF rules must produce, by shape.
+        self.shapes = {name: shape for name, (shape, _) in canonical_tensors(self.model).items()}
         # A GPTQ checkpoint's codes and scales are imported as they are, never re-quantized
         # (hyperdex/formats/gptq_checkpoint.py); None for an unquantized checkpoint.
         self.gptq: Optional[GPTQImporter] = gptq_importer(
@@ -135,12 +178,27 @@ class AutoModelConverter:
         for rule in arch.tensors:
             if not rule_applies(rule, self.model):
                 continue
-            layers = range(self.model["num_layers"]) if "{i}" in rule.hf else [""]
+            layers = range(self.model["num_layers"]) if "{i}" in rule.canonical[0] else [""]
             for i in layers:
-                names = [n.replace("{i}", str(i)) for n in (rule.hf, *rule.canonical)]
-                yield _Planned(names[0], tuple(names[1:]), rule.transform)
+                hf = rule.hf.replace("{i}", str(i))
+                canonical = tuple(c.replace("{i}", str(i)) for c in rule.canonical)
+                parts: tuple[str, ...] = ()
+                if rule.transform == CONCAT:  # one HF tensor per head
+                    heads = self.shapes[canonical[0]][0] // self.model["head_dim"]
+                    parts = tuple(hf.replace("{h}", str(h)) for h in range(heads))
+                yield _Planned(hf, canonical, rule.transform, parts)
 
     def _check_tensors(self) -> list[_Planned]:
+        made = {c for p in self._rules() for c in p.canonical}
+        if made != set(self.shapes):
+            # The architecture table and the layer graph disagree: a hyperdex bug, not the
+            # checkpoint's fault.
+            raise ConfigError(
+                f"hyperdex's {self.arch.family} tensor table and its layer graph disagree for "
+                f"this config.json: the table makes {sorted(made - set(self.shapes))[:5]} "
+                f"that the graph does not read and lacks {sorted(set(self.shapes) - made)[:5]}; "
+                "please report it with the config.json"
+            )
         with HFCheckpoint.open(self.folder) as ckpt:
             present = set(ckpt.names())
             plan = list(self._rules())
@@ -150,21 +208,23 @@ class AutoModelConverter:
             # Some checkpoints (old GPT-2 exports) drop the "transformer." prefix.
             rename = self._prefix_fix(plan, present)
             missing, problems = [], []
+            hd = int(self.model["head_dim"])
             for p in plan:
-                name = rename.get(p.hf_name, p.hf_name)
-                if name not in present:
-                    missing.append(p.hf_name)
-                    continue
-                want = _hf_shape(p.transform, [self.shapes[c] for c in p.canonical])
-                got = tuple(ckpt.shape(name))
-                if got != want:
-                    problems.append(
-                        f"{name} has shape {list(got)}, config.json implies {list(want)}"
-                    )
-                dtype = ckpt.dtype(name)
-                if dtype not in FLOAT_DTYPES:
-                    problems.append(f"{name} has dtype {dtype}, expected a float dtype")
-            used = {rename.get(p.hf_name, p.hf_name) for p in plan} | quantized
+                want = _hf_shape(p.transform, [self.shapes[c] for c in p.canonical], hd)
+                for hf_name in p.hf_names():
+                    name = rename.get(hf_name, hf_name)
+                    if name not in present:
+                        missing.append(hf_name)
+                        continue
+                    got = tuple(ckpt.shape(name))
+                    if got != want:
+                        problems.append(
+                            f"{name} has shape {list(got)}, config.json implies {list(want)}"
+                        )
+                    dtype = ckpt.dtype(name)
+                    if dtype not in FLOAT_DTYPES:
+                        problems.append(f"{name} has dtype {dtype}, expected a float dtype")
+            used = {rename.get(n, n) for p in plan for n in p.hf_names()} | quantized
             ignored = [re.compile(pattern) for pattern in self.arch.ignored]
             unexpected = sorted(
                 n for n in present - used if not any(r.fullmatch(n) for r in ignored)
@@ -194,7 +254,7 @@ class AutoModelConverter:
     def _prefix_fix(plan: list[_Planned], present: set[str]) -> dict[str, str]:
         rename = {}
         for p in plan:
-            if p.hf_name not in present:
+            if p.transform != ONES and p.hf_name not in present:
                 for prefix in ("transformer.", "model."):
                     if p.hf_name.startswith(prefix) and p.hf_name[len(prefix) :] in present:
                         rename[p.hf_name] = p.hf_name[len(prefix) :]
@@ -203,9 +263,16 @@ class AutoModelConverter:
     # -- conversion ------------------------------------------------------------------------
 
     def _tensors(self, ckpt: HFCheckpoint, bar: Any) -> Iterator[tuple[str, np.ndarray]]:
+        hd = int(self.model["head_dim"])
         for p in self._plan:
-            name = self._rename.get(p.hf_name, p.hf_name)
-            data = ckpt.load(name)
+            shapes = [self.shapes[c] for c in p.canonical]
+            if p.transform == ONES:  # a parameter-free norm: its gain is 1
+                yield p.canonical[0], np.ones(shapes[0], dtype=np.float16)
+                bar.update(1)
+                continue
+            names = [self._rename.get(n, n) for n in p.hf_names()]
+            name = names[0]
+            data = np.concatenate([ckpt.load(n) for n in names]) if p.parts else ckpt.load(name)
             finite = np.isfinite(data)
             if not finite.all():
                 bad = int(data.size - np.count_nonzero(finite))
@@ -219,9 +286,7 @@ class AutoModelConverter:
                     f"tensor {name} has values up to {peak:.4g}, beyond fp16's {FP16_MAX}; this "
                     "model cannot run with fp16 weights"
                 )
-            for canonical, part in zip(
-                p.canonical, _apply(p.transform, data, [self.shapes[c] for c in p.canonical])
-            ):
+            for canonical, part in zip(p.canonical, _apply(p.transform, data, shapes, hd)):
                 yield canonical, part.astype(np.float16)
             bar.update(1)
         if self.gptq is not None:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Mapping, Optional, Union
 
 from .. import _core
-from ..arch.registry import model_traits
+from ..arch.registry import max_length_limit, model_traits
 from ..errors import CheckpointError, ConfigError, HyperdexError
 from ..presets import device_preset, load_preset
 from .lowering import model_spec
@@ -262,15 +262,12 @@ def estimate(
     settings = pass_options(passes)
     name, config = read_model_config(model, token)
     hf_name, _, traits = model_traits(config)
-    limit = int(traits["max_position_embeddings"])
+    limit, why = max_length_limit(traits)
     if max_length is None:
         max_length = max(min(limit, 2048), min(limit, prompt_len + new_tokens))
     max_length = _check_positive("max_length", max_length)
     if max_length > limit:
-        raise ConfigError(
-            f"max_length={max_length} exceeds the model's {limit} positions "
-            "(max_position_embeddings)"
-        )
+        raise ConfigError(f"max_length={max_length} exceeds the model's {limit} positions ({why})")
     if prompt_len + new_tokens > max_length:
         raise ConfigError(
             f"prompt_len + new_tokens = {prompt_len + new_tokens} exceed max_length={max_length}"

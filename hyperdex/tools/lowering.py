@@ -1,97 +1,16 @@
-"""Bridges hyperdex_config.json and the C++ core's ModelSpec, and writes the memory plan as
-``config/memory_map.json``. (A preset's bridge is ``hyperdex.presets.device_preset``: the
-runtime needs it too.)"""
+"""Writes the memory plan as ``config/memory_map.json``. (The model record's bridge to the
+core's ModelSpec is ``hyperdex.arch.spec.model_spec``, a preset's
+``hyperdex.presets.device_preset``: the explorer and the runtime need them too.)"""
 
 from __future__ import annotations
 
 from typing import Any, Optional
 
 from .. import _core
+from ..arch.spec import model_spec
 from ..compiled.folder import MEMORY_MAP_FORMAT
-from ..errors import ConfigError
 
-_NORMS = {"layernorm": _core.NormKind.LayerNorm, "rmsnorm": _core.NormKind.RmsNorm}
-_ACTS = {
-    "none": _core.ActKind.None_,
-    "relu": _core.ActKind.Relu,
-    "gelu": _core.ActKind.Gelu,
-    "gelu_tanh": _core.ActKind.GeluTanh,
-    "silu": _core.ActKind.Silu,
-}
-_POSITIONS = {
-    "learned": _core.PositionKind.Learned,
-    "rope": _core.PositionKind.Rope,
-    "none": _core.PositionKind.None_,
-}
-_ROPE_STYLES = {"neox": _core.RopeStyle.Neox, "gptj": _core.RopeStyle.Gptj}
-
-
-def model_spec(config: dict[str, Any]) -> _core.ModelSpec:
-    """The core's ModelSpec from hyperdex_config.json's content."""
-    m = config["model"]
-    s = _core.ModelSpec()
-    s.architecture = config["architecture"]
-    for key in (
-        "vocab_size",
-        "hidden_size",
-        "num_layers",
-        "num_heads",
-        "num_kv_heads",
-        "head_dim",
-        "intermediate_size",
-        "learned_pos_rows",
-        "learned_pos_offset",
-        "sliding_window",
-        "embed_dim",
-    ):
-        setattr(s, key, int(m[key]))
-    for key in (
-        "norm_bias",
-        "pre_norm",
-        "final_norm",
-        "gated_mlp",
-        "qkv_bias",
-        "attn_out_bias",
-        "mlp_bias",
-        "lm_head_bias",
-        "tie_word_embeddings",
-    ):
-        setattr(s, key, bool(m[key]))
-    s.norm = _NORMS[m["norm"]]
-    s.norm_eps = float(m["norm_eps"])
-    s.act = _ACTS[m["act"]]
-    s.positions = _POSITIONS[m["positions"]]
-    s.attn_scale = float(m["attn_scale"] or 0.0)
-    s.embed_scale = float(m["embed_scale"])
-    if m["positions"] == "rope":
-        s.rope_style = _ROPE_STYLES[m["rope_style"]]
-        s.rope_dim = int(m["rope_dim"])
-        s.rope_inv_freq = [float(x) for x in m["rope_inv_freq"]]
-        s.rope_attention_factor = float(m["rope_attention_factor"])
-    _quantization(s, config.get("quantization"))
-    s.validate()
-    return s
-
-
-def _quantization(s: _core.ModelSpec, q: Optional[dict[str, Any]]) -> None:
-    """The device's weight format from hyperdex_config.json's ``quantization`` (None: fp16).
-    Group size -1 (one scale per row) is 0 in the spec: each matrix's own input width."""
-    if q is None:
-        return
-    bits = q.get("bits")
-    if bits not in (4, 8):
-        raise ConfigError(f"quantization bits must be 4 or 8, got {bits!r}")
-    if not q.get("sym", True):
-        raise ConfigError(
-            "asymmetric quantization (sym=False) is not supported: the device format has no "
-            "zero points; quantize with sym=True"
-        )
-    group = q.get("group_size", 128)
-    if isinstance(group, bool) or not isinstance(group, int) or (group <= 0 and group != -1):
-        raise ConfigError(f"quantization group_size must be > 0 or -1, got {group!r}")
-    s.weight_bits = int(bits)
-    s.group_size = 0 if group == -1 else int(group)
-    s.quantize_lm_head = bool(q.get("quantize_lm_head", False))
+__all__ = ["memory_map_dict", "model_spec"]
 
 
 def memory_map_dict(

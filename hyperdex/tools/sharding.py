@@ -23,6 +23,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from ..arch.spec import canonical_tensors
 from ..errors import ConfigError, FormatError
 
 
@@ -50,6 +51,27 @@ def head_slots(model: Mapping[str, Any], devices: int, rank: int) -> tuple[list[
     r = rank - min(d for d in range(devices) if d * kv // devices == j)
     q_slots = [j * group + r * per + h if r * per + h < group else -1 for h in range(per)]
     return q_slots, [j]
+
+
+def _splits(model: Mapping[str, Any]) -> dict[str, str]:
+    """Canonical tensor name -> its split over devices (the layer graph's)."""
+    splits = {name: split for name, (_, split) in canonical_tensors(model).items()}
+    splits.setdefault("output.weight", "vocab_rows")  # tied: a slice of the table per device
+    return splits
+
+
+def _split_of(name: str, splits: Mapping[str, str]) -> str:
+    """The split of a tensor; a quantized weight's scales (``X.scales``) go with ``X.weight``."""
+    base = name[: -len("scales")] + "weight" if name.endswith(".scales") else name
+    if base not in splits:
+        raise FormatError(
+            f"{name} is not a tensor of this model: its layer graph has no {base}; the tensors "
+            "belong to another model record"
+        )
+    return splits[base]
+
+
+_ROW_PARALLEL = ("q_head_columns", "ffn_columns")
 
 
 def _rows(t: np.ndarray, slots: list[int], width: int, pad: int = 0) -> np.ndarray:
@@ -90,11 +112,11 @@ def _is_codes(name: str, tensors: Mapping[str, Any]) -> bool:
 
 
 def _row_parallel_columns(
-    model: Mapping[str, Any], kind: str, devices: int, rank: int
+    model: Mapping[str, Any], split: str, devices: int, rank: int
 ) -> np.ndarray:
-    """For a row-parallel projection (attn_output, ffn_down): the model input column each of
-    device ``rank``'s input columns holds (-1: padding)."""
-    if kind == "attn_output":
+    """For a row-parallel projection (split by query-head or MLP columns): the model input
+    column each of device ``rank``'s input columns holds (-1: padding)."""
+    if split == "q_head_columns":
         hd = int(model["head_dim"])
         q_slots, _ = head_slots(model, devices, rank)
         return np.array(
@@ -165,33 +187,34 @@ def shard_tensors(
     vocab = _share(int(model["vocab_size"]), devices)
     q_slots, kv_slots = head_slots(model, devices, rank)
     z = _zero_point(tensors, quantization)
+    splits = _splits(model)
     out: dict[str, np.ndarray] = {}
     for name, t in tensors.items():
-        parts = name.split(".")
-        kind = parts[2] if parts[0] == "blk" else parts[0]
+        split = _split_of(name, splits)
+        scales = name.endswith(".scales")
         # Padding: code z for codes; zeros for scales (so padding dequantizes to +0) and fp16.
         pad = z if z is not None and _is_codes(name, tensors) else 0
-        if kind in ("attn_output", "ffn_down") and parts[-1] == "scales":
+        if split in _ROW_PARALLEL and scales:
             continue  # with its codes below
-        if kind in ("attn_output", "ffn_down") and pad:
-            cols = _row_parallel_columns(model, kind, devices, rank)
-            scales = tensors[name[: -len("weight")] + "scales"]
+        if split in _ROW_PARALLEL and pad:
+            cols = _row_parallel_columns(model, split, devices, rank)
+            scale_name = name[: -len("weight")] + "scales"
             g = int((quantization or {}).get("group_size", -1))
             group = t.shape[1] if g == -1 else g  # the last group may be shorter (docs)
             groups = _column_groups(name, cols, group, t.shape[1], devices)
             out[name] = _take_columns(t, cols, pad)
-            out[name[: -len("weight")] + "scales"] = _take_columns(scales, groups, 0)
-        elif kind == "attn_q":
+            out[scale_name] = _take_columns(tensors[scale_name], groups, 0)
+        elif split == "q_head_rows":
             out[name] = _rows(t, q_slots, hd, pad)
-        elif kind in ("attn_k", "attn_v"):
+        elif split == "kv_head_rows":
             out[name] = _rows(t, kv_slots, hd, pad)
-        elif kind == "attn_output" and parts[-1] == "weight":
+        elif split == "q_head_columns":
             out[name] = np.ascontiguousarray(_rows(t.T, q_slots, hd).T)
-        elif kind in ("ffn_gate", "ffn_up"):
+        elif split == "ffn_rows":
             out[name] = _slice_rows(t, rank, ff, pad)
-        elif kind == "ffn_down" and parts[-1] == "weight":
+        elif split == "ffn_columns":
             out[name] = np.ascontiguousarray(_slice_rows(t.T, rank, ff).T)
-        elif kind == "output":
+        elif split == "vocab_rows":
             out[name] = _slice_rows(t, rank, vocab, pad)
         else:
             out[name] = t
@@ -250,16 +273,16 @@ def gather_tensors(
         full = full[:total]
         return np.ascontiguousarray(full.T) if transpose else full
 
-    def by_columns(name: str, kind: str) -> None:
+    def by_columns(name: str, split: str) -> None:
         """A quantized row-parallel weight and its scales, by the columns each device holds."""
         sname = name[: -len("weight")] + "scales"
-        inputs = hd * heads if kind == "attn_output" else ff_full
+        inputs = hd * heads if split == "q_head_columns" else ff_full
         first, first_s = shards[0][name], shards[0][sname]
         group = first.shape[1] // first_s.shape[1]
         full = np.full((first.shape[0], inputs), pad_of(name), dtype=first.dtype)
         full_s = np.zeros((first_s.shape[0], inputs // group), dtype=first_s.dtype)
         for d, shard in enumerate(shards):
-            cols = _row_parallel_columns(model, kind, devices, d)
+            cols = _row_parallel_columns(model, split, devices, d)
             groups = _column_groups(name, cols, group, inputs, devices)
             for src, dst, t, idx, pad in (
                 (shard[name], full, name, cols, pad_of(name)),
@@ -270,25 +293,25 @@ def gather_tensors(
                 dst[:, idx[idx >= 0]] = src[:, idx >= 0]
         out[name], out[sname] = full, full_s
 
+    splits = _splits(model)
     for name in shards[0]:
-        parts = name.split(".")
-        kind = parts[2] if parts[0] == "blk" else parts[0]
-        weight = parts[-1] == "weight"
-        if kind in ("attn_output", "ffn_down") and z is not None and parts[-1] == "scales":
+        split = _split_of(name, splits)
+        scales = name.endswith(".scales")
+        if split in _ROW_PARALLEL and z is not None and scales:
             continue  # with its codes
-        if kind in ("attn_output", "ffn_down") and weight and pad_of(name):
-            by_columns(name, kind)
-        elif kind == "attn_q":
+        if split in _ROW_PARALLEL and not scales and pad_of(name):
+            by_columns(name, split)
+        elif split == "q_head_rows":
             out[name] = by_slots(name, 0, heads, False)
-        elif kind in ("attn_k", "attn_v"):
+        elif split == "kv_head_rows":
             out[name] = by_slots(name, 1, kv, False)
-        elif kind == "attn_output" and weight:
+        elif split == "q_head_columns":
             out[name] = by_slots(name, 0, heads, True)
-        elif kind in ("ffn_gate", "ffn_up"):
+        elif split == "ffn_rows":
             out[name] = by_rows(name, ff_full, False)
-        elif kind == "ffn_down" and weight:
+        elif split == "ffn_columns":
             out[name] = by_rows(name, ff_full, True)
-        elif kind == "output":
+        elif split == "vocab_rows":
             out[name] = by_rows(name, vocab_full, False)
         else:
             for d, s in enumerate(shards[1:], 1):

@@ -1,6 +1,7 @@
 """Reads the four kinds of input (hardware, technology, system, model) from YAML files, from
 the presets shipped in ``hyperdex/explore/presets/``, or (models) from a Hugging Face
-``config.json``; checks them against the schema and returns their sweeps."""
+``config.json`` (read by the architecture registry, as the compiler reads it); checks them
+against the schema and returns their sweeps."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from typing import Any, Optional, Union
 
 import yaml
 
-from ...errors import ConfigError
+from ...arch.registry import model_traits
+from ...errors import ConfigError, UnsupportedArchitectureError
 from . import schema
 from .sweep import Sweep
 
@@ -145,68 +147,32 @@ def load_system(name_or_path: PathLike) -> Input:
     return _input("system", path, read_yaml(path), schema.SYSTEM)
 
 
-# HF config keys, in the order to try, for each model field.
-_HF_KEYS = {
-    "num_layers": ("num_hidden_layers", "n_layer", "num_layers"),
-    "d_model": ("hidden_size", "n_embd", "d_model"),
-    "num_heads": ("num_attention_heads", "n_head", "num_heads"),
-    "num_kv_heads": ("num_key_value_heads", "num_kv_heads", "multi_query_group_num"),
-    "d_head": ("head_dim",),
-    "d_ff": ("intermediate_size", "ffn_dim", "n_inner", "ffn_hidden_size"),
-    "vocab_size": ("vocab_size",),
-    "max_positions": ("max_position_embeddings", "n_positions", "seq_length"),
-}
-_GATED = (
-    "llama",
-    "mistral",
-    "mixtral",
-    "qwen2",
-    "gemma",
-    "gemma2",
-    "olmo",
-    "phi3",
-    "cohere",
-    "exaone",
-    "stablelm",
-    "starcoder2_gated",
-    "internlm",
-    "baichuan",
-)
-_ROPE = _GATED + ("gpt_neox", "gptj", "phi", "starcoder2", "falcon", "stablelm")
-
-
 def model_from_hf_config(config: dict[str, Any], name: str) -> dict[str, Any]:
-    """The explorer's model fields from a HF config.json (any causal LM that names its sizes
-    with the usual keys)."""
-    m: dict[str, Any] = {"name": name, "source": "Hugging Face config.json"}
-    for key, hf_keys in _HF_KEYS.items():
-        for k in hf_keys:
-            if config.get(k) is not None:
-                m[key] = config[k]
-                break
-    for key in ("num_layers", "d_model", "num_heads"):
-        if key not in m:
-            raise ConfigError(
-                f"config.json of {name} has no {key} (looked for {', '.join(_HF_KEYS[key])})"
-            )
-    mtype = str(config.get("model_type", "")).lower()
-    act = str(config.get("hidden_act") or config.get("activation_function") or "gelu").lower()
-    m["activation"] = {
-        "silu": "silu",
-        "swish": "silu",
-        "relu": "relu",
-        "gelu_new": "gelu_tanh",
-        "gelu_pytorch_tanh": "gelu_tanh",
-        "gelu_fast": "gelu_tanh",
-    }.get(act, "gelu")
-    m["gated_mlp"] = mtype in _GATED
-    m["norm"] = "rmsnorm" if mtype in _GATED else "layernorm"
-    m["positions"] = "rope" if (mtype in _ROPE or "rope_theta" in config) else "learned"
-    m["parallel_block"] = bool(config.get("parallel_attn") or config.get("use_parallel_residual"))
-    if config.get("multi_query") is True:
-        m["num_kv_heads"] = 1
-    if mtype == "opt" and config.get("word_embed_proj_dim") not in (None, m["d_model"]):
-        m["source"] += " (OPT projection of embeddings ignored: a small matrix)"
+    """The explorer's model fields from a HF config.json, read by the architecture registry
+    (``hyperdex.arch.registry.model_traits``), the one description the compiler and the cost
+    model use too: an architecture it does not support is an UnsupportedArchitectureError
+    that names the supported ones, and a config it cannot read is a ConfigError."""
+    _, _, traits = model_traits(config)
+    m: dict[str, Any] = {
+        "name": name,
+        "source": "Hugging Face config.json",
+        "num_layers": traits["num_layers"],
+        "d_model": traits["hidden_size"],
+        "num_heads": traits["num_heads"],
+        "num_kv_heads": traits["num_kv_heads"],
+        "d_head": traits["head_dim"],
+        "d_ff": traits["intermediate_size"],
+        "vocab_size": traits["vocab_size"],
+        "max_positions": traits["max_position_embeddings"],
+        "activation": traits["act"],
+        "gated_mlp": bool(traits["gated_mlp"]),
+        "norm": traits["norm"],
+        "positions": traits["positions"],
+        # Not every architecture record carries it: absent means one block after the other.
+        "parallel_block": bool(traits.get("parallel_block", False)),
+    }
+    if traits.get("embed_dim", traits["hidden_size"]) != traits["hidden_size"]:
+        m["source"] += " (projection of embeddings ignored: a small matrix)"
     return m
 
 
@@ -219,7 +185,10 @@ def load_model(name_or_path: PathLike) -> Input:
         except (OSError, json.JSONDecodeError) as e:
             raise ConfigError(f"cannot read {path}: {e}") from e
         name = str(config.get("_name_or_path") or path.parent.name or "model")
-        data = {"model": model_from_hf_config(config, Path(name).name)}
+        try:
+            data = {"model": model_from_hf_config(config, Path(name).name)}
+        except (ConfigError, UnsupportedArchitectureError) as e:
+            raise type(e)(f"{path}: {e}") from e
         inp = _input("model", path, data, schema.MODEL)
         inp.raw["hf_config"] = config
     else:

@@ -24,7 +24,8 @@ def hf_config(
     model: dict[str, Any], hf: Optional[dict[str, Any]], max_length: int
 ) -> dict[str, Any]:
     """The HF config the cost model reads: the model's own when it came from a config.json,
-    else the registry architecture that has the same shape (gated MLP: Llama; else OPT)."""
+    else the registry architecture that has the same shape (gated MLP: Llama; else OPT, or
+    StarCoder2 with grouped KV heads)."""
     if hf is not None:
         cfg = dict(hf)
         for key in ("max_position_embeddings", "n_positions"):
@@ -54,10 +55,20 @@ def hf_config(
         if model.get("d_head"):
             cfg["head_dim"] = int(model["d_head"])
         return cfg
-    if kv != heads:
-        raise HyperdexError(
-            "the cost model's architectures have no non-gated MLP with grouped KV heads"
-        )
+    if kv != heads:  # a non-gated MLP with grouped KV heads: StarCoder2's shape
+        return {
+            "architectures": ["Starcoder2ForCausalLM"],
+            "model_type": "starcoder2",
+            "hidden_size": d,
+            "intermediate_size": d_ff,
+            "num_hidden_layers": int(model["num_layers"]),
+            "num_attention_heads": heads,
+            "num_key_value_heads": kv,
+            "vocab_size": int(model["vocab_size"]),
+            "max_position_embeddings": positions,
+            "hidden_act": act,
+            **({"head_dim": int(model["d_head"])} if model.get("d_head") else {}),
+        }
     return {
         "architectures": ["OPTForCausalLM"],
         "model_type": "opt",

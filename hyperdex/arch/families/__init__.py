@@ -1,0 +1,42 @@
+"""The architecture table: one record per family of Hugging Face architectures, each in its
+own file. Adding an architecture made of known traits is one record here and one test case
+(docs/architecture.md, "Adding an architecture")."""
+
+from __future__ import annotations
+
+from ..types import Architecture
+from .cohere import COHERE
+from .exaone import EXAONE
+from .falcon import FALCON
+from .gemma import GEMMA
+from .gpt2 import GPT2
+from .gpt_bigcode import GPT_BIGCODE
+from .gpt_neox import GPT_NEOX
+from .gptj import GPTJ
+from .llama import LLAMA
+from .olmo import OLMO
+from .opt import OPT
+from .phi import PHI
+from .phi3 import PHI3
+from .qwen2 import QWEN2
+from .stablelm import STABLELM
+from .starcoder2 import STARCODER2
+
+ARCHITECTURES: tuple[Architecture, ...] = (
+    COHERE,
+    EXAONE,
+    FALCON,
+    GEMMA,
+    GPT2,
+    GPT_BIGCODE,
+    GPTJ,
+    GPT_NEOX,
+    LLAMA,
+    OLMO,
+    OPT,
+    PHI,
+    PHI3,
+    QWEN2,
+    STABLELM,
+    STARCODER2,
+)

@@ -1,0 +1,75 @@
+"""Tensor-name rules shared by the families that descend from Llama's naming
+(``model.layers.{i}.self_attn.q_proj`` ...), with the variations they use."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from ..types import COPY, TensorRule
+
+
+def norm_rules(hf: str, canonical: str, transform: str = COPY, when: Optional[str] = None):
+    """A norm's gain, and its beta when the model record's ``norm_bias`` is true."""
+    bias_when = "norm_bias" if when is None else f"{when}&norm_bias"
+    return (
+        TensorRule(hf + ".weight", (canonical + ".weight",), transform, when=when),
+        TensorRule(hf + ".bias", (canonical + ".bias",), when=bias_when),
+    )
+
+
+def linear_rules(hf: str, canonical: str, bias_when: Optional[str], when: Optional[str] = None):
+    """A projection's weight, and its bias when ``bias_when`` holds (None: never)."""
+    rules = (TensorRule(hf + ".weight", (canonical + ".weight",), when=when),)
+    if bias_when is not None:
+        rules += (TensorRule(hf + ".bias", (canonical + ".bias",), when=bias_when),)
+    return rules
+
+
+def llama_names(
+    *,
+    prefix: str = "model.layers.{i}.",
+    embed: str = "model.embed_tokens",
+    attn_norm: str = "input_layernorm",
+    ffn_norm: Optional[str] = "post_attention_layernorm",
+    final_norm: str = "model.norm",
+    norm_transform: str = COPY,
+    qkv: Optional[tuple[str, str, str]] = (
+        "self_attn.q_proj",
+        "self_attn.k_proj",
+        "self_attn.v_proj",
+    ),
+    attn_out: str = "self_attn.o_proj",
+    gate: Optional[str] = "mlp.gate_proj",
+    up: Optional[str] = "mlp.up_proj",
+    down: str = "mlp.down_proj",
+    head: str = "lm_head",
+) -> tuple[TensorRule, ...]:
+    """The rules of a Llama-named decoder. Biases follow the model record's ``qkv_bias``,
+    ``attn_out_bias``, ``mlp_bias``, ``norm_bias`` and ``lm_head_bias``; the MLP's own norm is
+    absent in a parallel block that shares the attention's (``shared_norm``)."""
+    p = prefix
+    rules: tuple[TensorRule, ...] = (TensorRule(embed + ".weight", ("tok_embd.weight",)),)
+    rules += norm_rules(p + attn_norm, "blk.{i}.attn_norm", norm_transform)
+    if qkv is not None:
+        for hf, c in zip(qkv, ("attn_q", "attn_k", "attn_v")):
+            rules += linear_rules(p + hf, f"blk.{{i}}.{c}", "qkv_bias")
+    rules += linear_rules(p + attn_out, "blk.{i}.attn_output", "attn_out_bias")
+    if ffn_norm is not None:
+        rules += norm_rules(p + ffn_norm, "blk.{i}.ffn_norm", norm_transform, when="!shared_norm")
+    if gate is not None:
+        rules += linear_rules(p + gate, "blk.{i}.ffn_gate", "mlp_bias")
+    if up is not None:
+        rules += linear_rules(p + up, "blk.{i}.ffn_up", "mlp_bias")
+    rules += linear_rules(p + down, "blk.{i}.ffn_down", "mlp_bias")
+    rules += norm_rules(final_norm, "output_norm", norm_transform)
+    rules += (
+        TensorRule(head + ".weight", ("output.weight",), when="untied"),
+        TensorRule(head + ".bias", ("output.bias",), when="lm_head_bias"),
+    )
+    return rules
+
+
+ROTARY_BUFFERS = (
+    r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq",
+    r"model\.rotary_emb\.inv_freq",
+)

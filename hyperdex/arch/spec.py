@@ -1,0 +1,119 @@
+"""The model record (hyperdex_config.json's ``model``, made by :func:`registry.model_traits`)
+as the C++ core's ModelSpec, and the layer graph's canonical tensors read back from it.
+
+The layer graph itself (csrc/graph/layer_graph.h) is the one description of what a model
+computes: the converter's expected tensors, the sharding rule of each tensor, the memory
+plan, the programs and the cost model all come from it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Optional
+
+from .. import _core
+from ..errors import ConfigError
+
+_NORMS = {"layernorm": _core.NormKind.LayerNorm, "rmsnorm": _core.NormKind.RmsNorm}
+_ACTS = {
+    "none": _core.ActKind.None_,
+    "relu": _core.ActKind.Relu,
+    "gelu": _core.ActKind.Gelu,
+    "gelu_tanh": _core.ActKind.GeluTanh,
+    "silu": _core.ActKind.Silu,
+}
+_POSITIONS = {
+    "learned": _core.PositionKind.Learned,
+    "rope": _core.PositionKind.Rope,
+    "none": _core.PositionKind.None_,
+}
+_ROPE_STYLES = {"neox": _core.RopeStyle.Neox, "gptj": _core.RopeStyle.Gptj}
+
+_INTS = (
+    "vocab_size",
+    "hidden_size",
+    "num_layers",
+    "num_heads",
+    "num_kv_heads",
+    "head_dim",
+    "intermediate_size",
+    "learned_pos_rows",
+    "learned_pos_offset",
+    "sliding_window",
+    "embed_dim",
+)
+_BOOLS = (
+    "norm_bias",
+    "pre_norm",
+    "final_norm",
+    "gated_mlp",
+    "qkv_bias",
+    "attn_out_bias",
+    "mlp_bias",
+    "lm_head_bias",
+    "tie_word_embeddings",
+)
+# Traits newer than the first records: a record without them has the core's default.
+_OPTIONAL_BOOLS = ("parallel_block", "shared_norm", "qk_norm", "qk_norm_bias")
+_OPTIONAL_FLOATS = ("clip_qkv", "logit_scale")
+
+
+def model_spec(config: Mapping[str, Any]) -> _core.ModelSpec:
+    """The core's ModelSpec from hyperdex_config.json's content (``architecture``, ``model``
+    and ``quantization``)."""
+    m = config["model"]
+    s = _core.ModelSpec()
+    s.architecture = config["architecture"]
+    for key in _INTS:
+        setattr(s, key, int(m[key]))
+    for key in _BOOLS:
+        setattr(s, key, bool(m[key]))
+    for key in _OPTIONAL_BOOLS:
+        if key in m:
+            setattr(s, key, bool(m[key]))
+    for key in _OPTIONAL_FLOATS:
+        if m.get(key) is not None:
+            setattr(s, key, float(m[key]))
+    if m.get("layer_windows"):
+        s.layer_windows = [int(w) for w in m["layer_windows"]]
+    s.norm = _NORMS[m["norm"]]
+    s.norm_eps = float(m["norm_eps"])
+    s.act = _ACTS[m["act"]]
+    s.positions = _POSITIONS[m["positions"]]
+    s.attn_scale = float(m["attn_scale"] or 0.0)
+    s.embed_scale = float(m["embed_scale"])
+    if m["positions"] == "rope":
+        s.rope_style = _ROPE_STYLES[m["rope_style"]]
+        s.rope_dim = int(m["rope_dim"])
+        s.rope_inv_freq = [float(x) for x in m["rope_inv_freq"]]
+        s.rope_attention_factor = float(m["rope_attention_factor"])
+    _quantization(s, config.get("quantization"))
+    s.validate()
+    return s
+
+
+def _quantization(s: _core.ModelSpec, q: Optional[Mapping[str, Any]]) -> None:
+    """The device's weight format from hyperdex_config.json's ``quantization`` (None: fp16).
+    Group size -1 (one scale per row) is 0 in the spec: each matrix's own input width."""
+    if q is None:
+        return
+    bits = q.get("bits")
+    if bits not in (4, 8):
+        raise ConfigError(f"quantization bits must be 4 or 8, got {bits!r}")
+    if not q.get("sym", True):
+        raise ConfigError(
+            "asymmetric quantization (sym=False) is not supported: the device format has no "
+            "zero points; quantize with sym=True"
+        )
+    group = q.get("group_size", 128)
+    if isinstance(group, bool) or not isinstance(group, int) or (group <= 0 and group != -1):
+        raise ConfigError(f"quantization group_size must be > 0 or -1, got {group!r}")
+    s.weight_bits = int(bits)
+    s.group_size = 0 if group == -1 else int(group)
+    s.quantize_lm_head = bool(q.get("quantize_lm_head", False))
+
+
+def canonical_tensors(model: Mapping[str, Any]) -> dict[str, tuple[tuple[int, ...], str]]:
+    """Canonical tensor name -> (shape, split over devices) of a model record, from the layer
+    graph, in the order the device streams them."""
+    spec = model_spec({"architecture": "", "model": model})
+    return {t.name: (tuple(int(d) for d in t.shape), t.split) for t in _core.model_tensors(spec)}
