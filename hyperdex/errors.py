@@ -11,8 +11,9 @@ class ConfigError(HyperdexError, ValueError):
     """A config (HF config.json, a preset, compile options) is invalid or inconsistent."""
 
 
-class UnsupportedArchitectureError(HyperdexError, ValueError):
-    """The checkpoint's architecture is not in the registry."""
+class UnsupportedArchitectureError(ConfigError):
+    """The checkpoint's architecture is not in the registry (a config value hyperdex cannot
+    honour, so a ConfigError too)."""
 
 
 class CheckpointError(HyperdexError):

@@ -183,14 +183,81 @@ def test_integer_weights(hf_folder: Path, tmp_path: Path, weights: Dict) -> None
 
 def test_unknown_architecture(hf_folder: Path, tmp_path: Path) -> None:
     folder = _copy(hf_folder, tmp_path)
-    _edit_json(folder / "config.json", architectures=["GPTNeoXForCausalLM"])
+    _edit_json(folder / "config.json", architectures=["RwkvForCausalLM"])
     with pytest.raises(UnsupportedArchitectureError) as e:
         _compile(folder, tmp_path)
     msg = str(e.value)
-    assert "GPTNeoXForCausalLM" in msg and "not supported" in msg
+    assert "RwkvForCausalLM" in msg and "not supported" in msg
+    assert "did you mean" not in msg, "no false hint from the shared ForCausalLM suffix"
     for name in ("GPT2LMHeadModel", "OPTForCausalLM", "LlamaForCausalLM", "Qwen2ForCausalLM"):
         assert name in msg, f"the message must list the supported {name}"
     assert not (tmp_path / "out").exists(), "rejected before any work"
+    assert isinstance(e.value, ConfigError)  # a config value hyperdex cannot honour
+    _edit_json(folder / "config.json", architectures=["GPTNeoxForCausalLM"])
+    with pytest.raises(UnsupportedArchitectureError, match="did you mean GPTNeoXForCausalLM"):
+        _compile(folder, tmp_path)
+
+
+@pytest.mark.parametrize(
+    "config, key",
+    [
+        (dict(architectures=["FalconForCausalLM"], alibi=True), "alibi=True"),
+        (
+            dict(
+                architectures=["LlamaForCausalLM"],
+                rope_parameters={"rope_type": "dynamic", "factor": 2.0, "rope_theta": 1e4},
+            ),
+            "'dynamic'",
+        ),
+        (
+            dict(
+                architectures=["GPTNeoXForCausalLM"],
+                rope_parameters={"rope_type": "default", "partial_rotary_factor": 0.1},
+            ),
+            "rotary_dim / partial_rotary_factor",
+        ),
+    ],
+)
+def test_a_config_value_the_graph_cannot_honour_is_refused_in_phase_0(
+    tmp_path: Path, config: dict, key: str
+) -> None:
+    """Refused from config.json alone (no weights needed), naming the key and value."""
+    from hyperdex.arch.registry import model_traits
+
+    base = dict(
+        vocab_size=50,
+        hidden_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        intermediate_size=96,
+        max_position_embeddings=64,
+    )
+    with pytest.raises(ConfigError) as e:
+        model_traits({**base, **config})
+    assert key in str(e.value)
+    if "dynamic" in key:
+        assert "longrope" in str(e.value), "the message lists what is supported"
+
+
+def test_tensors_that_disagree_with_the_traits_are_named(tmp_path: Path) -> None:
+    """A StableLM whose config asks for per-head q/k norms its checkpoint lacks."""
+    from transformers import StableLmConfig, StableLmForCausalLM
+
+    folder = tmp_path / "stablelm"
+    cfg = StableLmConfig(
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        vocab_size=50,
+        max_position_embeddings=64,
+    )
+    StableLmForCausalLM(cfg).save_pretrained(str(folder))
+    _edit_json(folder / "config.json", qk_layernorm=True)
+    with pytest.raises(CheckpointError) as e:
+        _compile(folder, tmp_path)
+    assert "model.layers.0.self_attn.q_layernorm.norms.0.weight" in str(e.value)
 
 
 def test_config_without_architectures(hf_folder: Path, tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ at near-ties (tested).
 
 from __future__ import annotations
 
+import inspect
 import logging
 import re
 from pathlib import Path
@@ -78,6 +79,10 @@ class HybridPrefill:
             .to(self.device)
             .eval()
         )
+        # transformers 5.2x renamed forward's past_key_values to cache (the old name warns,
+        # and goes in 5.40); older 5.x knows only past_key_values.
+        params = inspect.signature(self.model.forward).parameters
+        self._cache_arg = "cache" if "cache" in params else "past_key_values"
         self.num_kv_heads = int(num_kv_heads)
         self.head_dim = int(head_dim)
         # region index of (layer, 0 = K / 1 = V)
@@ -111,8 +116,8 @@ class HybridPrefill:
                 k, v = (self._to_torch(past[self._index[(layer, j)]], dtype) for j in (0, 1))
                 cache.update(k, v, layer)
         with torch.no_grad():
-            out = self.model(input_ids=ids, past_key_values=cache, use_cache=True)
-        cache = out.past_key_values
+            out = self.model(input_ids=ids, use_cache=True, **{self._cache_arg: cache})
+        cache = getattr(out, "cache", None) or out.past_key_values
         n = ids.shape[1]
         rows = np.empty((2 * self.num_layers, n, self.num_kv_heads * self.head_dim), np.float16)
         for layer in range(self.num_layers):
