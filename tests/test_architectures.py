@@ -74,6 +74,13 @@ import torch
 # -- the table: one entry per case -----------------------------------------------------------
 
 
+# What every Llama-keyed case shares: 2 layers, 128 positions, token 0 as BOS and no EOS (so
+# greedy runs all 32 steps).
+TINY: Dict[str, Any] = dict(
+    num_hidden_layers=2, max_position_embeddings=128, bos_token_id=0, eos_token_id=None
+)
+
+
 def _gpt2() -> Any:
     from transformers import GPT2Config
 
@@ -94,16 +101,13 @@ def _opt() -> Any:
 
     # OPT-350m's shape: post-norm blocks, no final norm, 48-wide embeddings projected to 64.
     return OPTConfig(
+        **TINY,
         hidden_size=64,
-        num_hidden_layers=2,
         ffn_dim=160,
         num_attention_heads=4,
         vocab_size=317,
-        max_position_embeddings=128,
         word_embed_proj_dim=48,
         do_layer_norm_before=False,
-        bos_token_id=0,
-        eos_token_id=None,
         pad_token_id=None,
         dropout=0.0,
     )
@@ -115,18 +119,15 @@ def _llama() -> Any:
     # GQA 6 over 2 and head_dim 24 while hidden/heads is 16 (q is 144 wide on a 96-wide
     # model), Llama-3 RoPE scaling, untied head.
     return LlamaConfig(
+        **TINY,
         hidden_size=96,
         intermediate_size=160,
-        num_hidden_layers=2,
         num_attention_heads=6,
         num_key_value_heads=2,
         head_dim=24,
         vocab_size=317,
-        max_position_embeddings=128,
         rope_scaling=dict(H.LLAMA3_ROPE),
         tie_word_embeddings=False,
-        bos_token_id=0,
-        eos_token_id=None,
     )
 
 
@@ -135,16 +136,13 @@ def _llama_mqa() -> Any:
 
     # Multi-query attention (one KV head for 4 query heads), tied head.
     return LlamaConfig(
+        **TINY,
         hidden_size=64,
         intermediate_size=96,
-        num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=1,
         vocab_size=251,
-        max_position_embeddings=128,
         tie_word_embeddings=True,
-        bos_token_id=0,
-        eos_token_id=None,
     )
 
 
@@ -153,17 +151,14 @@ def _mistral() -> Any:
 
     # A sliding window of 8 positions, shorter than the 20-token prompt.
     return MistralConfig(
+        **TINY,
         hidden_size=64,
         intermediate_size=96,
-        num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
         sliding_window=8,
         vocab_size=317,
-        max_position_embeddings=128,
         tie_word_embeddings=False,
-        bos_token_id=0,
-        eos_token_id=None,
     )
 
 
@@ -172,16 +167,13 @@ def _qwen2() -> Any:
 
     # Biases on q/k/v only, GQA 6 over 2, tied head.
     return Qwen2Config(
+        **TINY,
         hidden_size=96,
         intermediate_size=160,
-        num_hidden_layers=2,
         num_attention_heads=6,
         num_key_value_heads=2,
         vocab_size=251,
-        max_position_embeddings=128,
         tie_word_embeddings=True,
-        bos_token_id=0,
-        eos_token_id=None,
     )
 
 
@@ -196,16 +188,13 @@ def _gpt_neox(parallel: bool) -> Callable[[], Any]:
         # Rows of query_key_value grouped per head, rotary over a quarter of each 16-wide
         # head; the parallel residual reads two norms of the same input.
         return GPTNeoXConfig(
+            **TINY,
             hidden_size=64,
             intermediate_size=160,
-            num_hidden_layers=2,
             num_attention_heads=4,
             vocab_size=251,
-            max_position_embeddings=128,
             rope_parameters=_rope(0.25),
             use_parallel_residual=parallel,
-            bos_token_id=0,
-            eos_token_id=None,
         )
 
     return make
@@ -236,17 +225,14 @@ def _phi(qk: bool) -> Callable[[], Any]:
         # Parallel block off one LayerNorm, half the head rotated, biases everywhere (the LM
         # head's too), GQA 4 over 2; optionally a q/k LayerNorm shared by the heads.
         return PhiConfig(
+            **TINY,
             hidden_size=64,
             intermediate_size=144,
-            num_hidden_layers=2,
             num_attention_heads=4,
             num_key_value_heads=2,
             vocab_size=251,
-            max_position_embeddings=128,
             rope_parameters=_rope(0.5),
             qk_layernorm=qk,
-            bos_token_id=0,
-            eos_token_id=None,
         )
 
     return make
@@ -258,18 +244,15 @@ def _phi3() -> Any:
     # Fused qkv_proj and gate_up_proj rows, a window of 8 inside the prompt, 3/4 of each head
     # rotated (Phi-4-mini's shape), GQA 6 over 2.
     return Phi3Config(
+        **TINY,
         hidden_size=96,
         intermediate_size=128,
-        num_hidden_layers=2,
         num_attention_heads=6,
         num_key_value_heads=2,
         vocab_size=317,
-        max_position_embeddings=128,
         sliding_window=8,
         rope_parameters=_rope(0.75),
         pad_token_id=0,
-        bos_token_id=0,
-        eos_token_id=None,
     )
 
 
@@ -306,17 +289,14 @@ def _gemma() -> Any:
     # (1 + w) RMSNorm, embeddings times sqrt(64), multi-query attention with head_dim 32 on a
     # 64-wide model of 4 heads, GELU-tanh, tied.
     return GemmaConfig(
+        **TINY,
         hidden_size=64,
         intermediate_size=96,
-        num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=1,
         head_dim=32,
         vocab_size=251,
-        max_position_embeddings=128,
         pad_token_id=0,
-        bos_token_id=0,
-        eos_token_id=None,
     )
 
 
@@ -327,19 +307,16 @@ def _stablelm(variant: bool) -> Callable[[], Any]:
         # A quarter of each head rotated, GQA 6 over 2; the variant: a parallel residual off
         # one norm, per-head q/k LayerNorms (one HF module per head) and q/k/v biases.
         return StableLmConfig(
+            **TINY,
             hidden_size=96,
             intermediate_size=128,
-            num_hidden_layers=2,
             num_attention_heads=6,
             num_key_value_heads=2,
             vocab_size=317,
-            max_position_embeddings=128,
             rope_parameters=_rope(0.25),
             use_parallel_residual=variant,
             qk_layernorm=variant,
             use_qkv_bias=variant,
-            bos_token_id=0,
-            eos_token_id=None,
         )
 
     return make
@@ -350,16 +327,13 @@ def _starcoder2() -> Any:
 
     # LayerNorm, biases everywhere, GELU MLP, GQA 4 over 2, a window of 8 inside the prompt.
     return Starcoder2Config(
+        **TINY,
         hidden_size=64,
         intermediate_size=144,
-        num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
         vocab_size=251,
-        max_position_embeddings=128,
         sliding_window=8,
-        bos_token_id=0,
-        eos_token_id=None,
     )
 
 
@@ -370,16 +344,13 @@ def _falcon(new: bool) -> Callable[[], Any]:
         # 7B shape: multi-query, a parallel block off one norm, [q; k; v] rows. 40B shape
         # (new_decoder_architecture): 6 heads in 2 KV groups, rows per group, ln_attn + ln_mlp.
         return FalconConfig(
+            **TINY,
             hidden_size=96,
             ffn_hidden_size=160,
-            num_hidden_layers=2,
             num_attention_heads=6,
             num_kv_heads=2 if new else None,
             new_decoder_architecture=new,
             vocab_size=317,
-            max_position_embeddings=128,
-            bos_token_id=0,
-            eos_token_id=None,
         )
 
     return make
@@ -413,18 +384,15 @@ def _cohere(qk: bool) -> Callable[[], Any]:
         # A parallel block off one bias-free LayerNorm, interleaved rotary, logits times 0.5,
         # tied; optionally per-head q/k LayerNorms.
         return CohereConfig(
+            **TINY,
             hidden_size=64,
             intermediate_size=96,
-            num_hidden_layers=2,
             num_attention_heads=4,
             num_key_value_heads=2,
             vocab_size=317,
-            max_position_embeddings=128,
             logit_scale=0.5,
             use_qk_norm=qk,
             pad_token_id=0,
-            bos_token_id=0,
-            eos_token_id=None,
         )
 
     return make
@@ -435,17 +403,14 @@ def _olmo() -> Any:
 
     # LayerNorm without any parameters, q/k/v clamped to 0.4 (tight enough to clip).
     return OlmoConfig(
+        **TINY,
         hidden_size=64,
         intermediate_size=96,
-        num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
         vocab_size=251,
-        max_position_embeddings=128,
         clip_qkv=0.4,
         pad_token_id=0,
-        bos_token_id=0,
-        eos_token_id=None,
     )
 
 
@@ -454,18 +419,15 @@ def _qwen2_window() -> Any:
 
     # use_sliding_window: the window (8) on the layers from max_window_layers (1) on only.
     return Qwen2Config(
+        **TINY,
         hidden_size=64,
         intermediate_size=96,
-        num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
         vocab_size=251,
-        max_position_embeddings=128,
         use_sliding_window=True,
         sliding_window=8,
         max_window_layers=1,
-        bos_token_id=0,
-        eos_token_id=None,
     )
 
 
@@ -475,16 +437,13 @@ def _exaone() -> Any:
     # EXAONE 3.x is remote code: the reference is the Llama it is made of, saved under
     # EXAONE's names and config keys (REMOTE below).
     return LlamaConfig(
+        **TINY,
         hidden_size=64,
         intermediate_size=96,
-        num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
         vocab_size=317,
-        max_position_embeddings=128,
         tie_word_embeddings=False,
-        bos_token_id=0,
-        eos_token_id=None,
     )
 
 
@@ -790,8 +749,8 @@ def test_sliding_window_is_inside_the_prompt(zoo: Callable[[str], Case], name: s
 
     c = zoo(name)
     windows = hf_windows(c.hf)
-    traits = model_traits(c.config)[2]
-    assert (traits["layer_windows"] or [traits["sliding_window"]] * len(windows)) == windows
+    record = model_traits(c.config)[2]
+    assert list(record.layer_windows or [record.sliding_window] * len(windows)) == windows
     window = max(windows)
     if not window:
         return
@@ -978,24 +937,24 @@ def test_explorer_reads_the_registry(zoo: Callable[[str], Case], name: str) -> N
     from hyperdex.explore import load_model
 
     c = zoo(name)
-    _, _, traits = model_traits(c.config)
+    _, _, record = model_traits(c.config)
     inp = load_model(c.folder)
     assert inp.size == 1
     got = {k.split(".", 1)[1]: v[0] for k, v in inp.sweep.fields.items()}
     want = {
-        "num_layers": traits["num_layers"],
-        "d_model": traits["hidden_size"],
-        "num_heads": traits["num_heads"],
-        "num_kv_heads": traits["num_kv_heads"],
-        "d_head": traits["head_dim"],
-        "d_ff": traits["intermediate_size"],
-        "vocab_size": traits["vocab_size"],
-        "max_positions": traits["max_position_embeddings"],
-        "norm": traits["norm"],
-        "activation": traits["act"],
-        "gated_mlp": traits["gated_mlp"],
-        "positions": traits["positions"],
-        "parallel_block": bool(traits.get("parallel_block", False)),
+        "num_layers": record.num_layers,
+        "d_model": record.hidden_size,
+        "num_heads": record.num_heads,
+        "num_kv_heads": record.num_kv_heads,
+        "d_head": record.head_dim,
+        "d_ff": record.intermediate_size,
+        "vocab_size": record.vocab_size,
+        "max_positions": record.max_position_embeddings,
+        "norm": record.norm,
+        "activation": record.act,
+        "gated_mlp": record.gated_mlp,
+        "positions": record.positions,
+        "parallel_block": record.parallel_block,
     }
     assert {k: got[k] for k in want} == want
     # And the registry read the model transformers built: its sizes from the model itself (the
@@ -1013,4 +972,4 @@ def test_explorer_reads_the_registry(zoo: Callable[[str], Case], name: str) -> N
         "hidden_size": int(c.hf.config.hidden_size),
         "num_heads": int(c.hf.config.num_attention_heads),
     }
-    assert {k: traits[k] for k in built} == built
+    assert {k: getattr(record, k) for k in built} == built

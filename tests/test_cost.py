@@ -139,13 +139,13 @@ def floors_from_config(
     every weight matrix streams once at peak bandwidth, every MAC at full use. Independent of
     the cost model's own accounting."""
     _, _, m = model_traits(config)
-    H, hd, ff, V = m["hidden_size"], m["head_dim"], m["intermediate_size"], m["vocab_size"]
-    q, kv = m["num_heads"] * hd, m["num_kv_heads"] * hd
-    per_layer = (q + 2 * kv) * H + H * q + (3 if m["gated_mlp"] else 2) * H * ff
-    body = m["num_layers"] * per_layer
-    if m["embed_dim"] != H:
-        body += 2 * H * m["embed_dim"]
-    head = V * m["embed_dim"]
+    H, hd, ff, V = m.hidden_size, m.head_dim, m.intermediate_size, m.vocab_size
+    q, kv = m.num_heads * hd, m.num_kv_heads * hd
+    per_layer = (q + 2 * kv) * H + H * q + (3 if m.gated_mlp else 2) * H * ff
+    body = m.num_layers * per_layer
+    if m.embed_dim != H:
+        body += 2 * H * m.embed_dim
+    head = V * m.embed_dim
     # The ring shares every matrix (sizes that divide; the configs used here do).
     body, head = body / devices, head / devices
     bandwidth_ms = (body + head) * 2 / (preset["hbm_bandwidth_gbps"] * 1e9) * 1e3

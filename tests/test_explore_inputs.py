@@ -135,7 +135,7 @@ def test_hf_config_is_read_by_the_architecture_registry(tmp_path):
     assert (f["d_head"], f["d_ff"], f["vocab_size"], f["max_positions"]) == (64, 4096, 50272, 2048)
     assert (f["norm"], f["activation"], f["positions"]) == ("layernorm", "relu", "learned")
     assert f["gated_mlp"] is False and f["parallel_block"] is False
-    assert f["d_head"] == traits["head_dim"] and f["norm"] == traits["norm"]
+    assert f["d_head"] == traits.head_dim and f["norm"] == traits.norm
     assert "projection of embeddings ignored" in f["source"]
 
 

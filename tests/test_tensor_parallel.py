@@ -127,16 +127,14 @@ def H_spec(config: dict[str, Any]) -> Any:
 
 
 def test_padding_is_zero_and_kv_heads_are_replicated() -> None:
-    model = {"num_heads": 6, "num_kv_heads": 3, "head_dim": 2}
     # 3 KV heads on 2 devices: two each, the fourth is padding (with its query heads).
-    assert head_slots(model, 2, 0) == ([0, 1, 2, 3], [0, 1])
-    assert head_slots(model, 2, 1) == ([4, 5, -1, -1], [2, -1])
+    assert head_slots(6, 3, 2, 0) == ([0, 1, 2, 3], [0, 1])
+    assert head_slots(6, 3, 2, 1) == ([4, 5, -1, -1], [2, -1])
     # 3 KV heads on 8 devices: each KV head on 2 or 3 devices, its 2 query heads split.
-    slots = [head_slots(model, 8, d) for d in range(8)]
+    slots = [head_slots(6, 3, 8, d) for d in range(8)]
     assert [kv for _, kv in slots] == [[0], [0], [0], [1], [1], [1], [2], [2]]
     assert sorted(h for q, _ in slots for h in q if h >= 0) == list(range(6))
-    gqa = {"num_heads": 4, "num_kv_heads": 2, "head_dim": 2}
-    assert [head_slots(gqa, 4, d) for d in range(4)] == [
+    assert [head_slots(4, 2, 4, d) for d in range(4)] == [
         ([0], [0]),
         ([1], [0]),
         ([2], [1]),

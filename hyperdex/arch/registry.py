@@ -9,11 +9,13 @@ known traits means adding a record to the table (and a tiny-model test), not cod
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 from typing import Any
 
 from ..errors import ConfigError, UnsupportedArchitectureError
 from .families import ARCHITECTURES
+from .record import ModelRecord
 from .types import (
     ACTIVATIONS,
     ADD_ONE,
@@ -50,6 +52,7 @@ __all__ = [
     "TRANSPOSE",
     "VECTOR_SPLIT",
     "Architecture",
+    "ModelRecord",
     "TensorRule",
     "lookup",
     "max_length_limit",
@@ -116,7 +119,7 @@ def _positive_int(value: Any, what: str) -> int:
     return value
 
 
-def model_traits(config: Config) -> tuple[str, Architecture, dict[str, Any]]:
+def model_traits(config: Config) -> tuple[str, Architecture, ModelRecord]:
     """Reads a HF config into hyperdex's model record (the ``model`` section of
     hyperdex_config.json). Raises ConfigError for missing, inconsistent or unsupported
     values, naming the key."""
@@ -221,21 +224,24 @@ def model_traits(config: Config) -> tuple[str, Architecture, dict[str, Any]]:
             rope_inv_freq=[float(x) for x in inv_freq],
             rope_attention_factor=factor,
         )
-    return hf_name, arch, model
+    # What is no field of the record is a switch of the family's renaming rules.
+    fields = {f.name for f in dataclasses.fields(ModelRecord)}
+    model["layout"] = {k: bool(model.pop(k)) for k in list(model) if k not in fields}
+    return hf_name, arch, ModelRecord.from_dict(model, f"{hf_name}'s model record")
 
 
-def max_length_limit(model: dict[str, Any]) -> tuple[int, str]:
+def max_length_limit(model: ModelRecord) -> tuple[int, str]:
     """The longest sequence a compiled model may hold, and what sets it."""
-    short = (model.get("rope_parameters") or {}).get("longrope_short_positions")
+    short = model.rope_parameters.get("longrope_short_positions")
     if short:
         return int(short), (
             "LongRoPE: past original_max_position_embeddings transformers switches to the "
             "long factors mid-sequence, which one rotary table cannot follow"
         )
-    return int(model["max_position_embeddings"]), "max_position_embeddings"
+    return model.max_position_embeddings, "max_position_embeddings"
 
 
-def rule_applies(rule: TensorRule, model: dict[str, Any]) -> bool:
+def rule_applies(rule: TensorRule, model: ModelRecord) -> bool:
     """Whether a rule's condition holds: a record key, "untied", "projection", a "!" in front
     negates, "a&b" needs both."""
     if rule.when is None:
@@ -243,11 +249,11 @@ def rule_applies(rule: TensorRule, model: dict[str, Any]) -> bool:
     return all(_holds(term, model) for term in rule.when.split("&"))
 
 
-def _holds(term: str, model: dict[str, Any]) -> bool:
+def _holds(term: str, model: ModelRecord) -> bool:
     if term.startswith("!"):
         return not _holds(term[1:], model)
     if term == "untied":
-        return not model["tie_word_embeddings"]
+        return not model.tie_word_embeddings
     if term == "projection":
-        return model["embed_dim"] != model["hidden_size"]
-    return bool(model.get(term))
+        return model.has_projection
+    return model.holds(term)

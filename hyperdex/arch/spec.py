@@ -12,6 +12,7 @@ from typing import Any, Mapping, Optional
 
 from .. import _core
 from ..errors import ConfigError
+from .record import ModelRecord, as_record
 
 _NORMS = {"layernorm": _core.NormKind.LayerNorm, "rmsnorm": _core.NormKind.RmsNorm}
 _ACTS = {
@@ -46,46 +47,41 @@ _BOOLS = (
     "pre_norm",
     "final_norm",
     "gated_mlp",
+    "parallel_block",
+    "shared_norm",
     "qkv_bias",
     "attn_out_bias",
     "mlp_bias",
     "lm_head_bias",
+    "qk_norm",
+    "qk_norm_bias",
     "tie_word_embeddings",
 )
-# Traits newer than the first records: a record without them has the core's default.
-_OPTIONAL_BOOLS = ("parallel_block", "shared_norm", "qk_norm", "qk_norm_bias")
-_OPTIONAL_FLOATS = ("clip_qkv", "logit_scale")
+_FLOATS = ("norm_eps", "embed_scale", "logit_scale")
+# Record fields the core does not read: the Python side's (the rope parameters as the HF
+# config wrote them, the position limit, the converter's layout switches).
+PYTHON_ONLY = ("max_position_embeddings", "rope_parameters", "layout")
 
 
 def model_spec(config: Mapping[str, Any]) -> _core.ModelSpec:
-    """The core's ModelSpec from hyperdex_config.json's content (``architecture``, ``model``
-    and ``quantization``)."""
-    m = config["model"]
+    """The core's ModelSpec from hyperdex_config.json's content: ``architecture``, ``model``
+    (a ModelRecord, or its JSON form) and ``quantization``."""
+    m = as_record(config["model"], "hyperdex_config.json's model")
     s = _core.ModelSpec()
     s.architecture = config["architecture"]
-    for key in _INTS:
-        setattr(s, key, int(m[key]))
-    for key in _BOOLS:
-        setattr(s, key, bool(m[key]))
-    for key in _OPTIONAL_BOOLS:
-        if key in m:
-            setattr(s, key, bool(m[key]))
-    for key in _OPTIONAL_FLOATS:
-        if m.get(key) is not None:
-            setattr(s, key, float(m[key]))
-    if m.get("layer_windows"):
-        s.layer_windows = [int(w) for w in m["layer_windows"]]
-    s.norm = _NORMS[m["norm"]]
-    s.norm_eps = float(m["norm_eps"])
-    s.act = _ACTS[m["act"]]
-    s.positions = _POSITIONS[m["positions"]]
-    s.attn_scale = float(m["attn_scale"] or 0.0)
-    s.embed_scale = float(m["embed_scale"])
-    if m["positions"] == "rope":
-        s.rope_style = _ROPE_STYLES[m["rope_style"]]
-        s.rope_dim = int(m["rope_dim"])
-        s.rope_inv_freq = [float(x) for x in m["rope_inv_freq"]]
-        s.rope_attention_factor = float(m["rope_attention_factor"])
+    for key in _INTS + _BOOLS + _FLOATS:
+        setattr(s, key, getattr(m, key))
+    s.layer_windows = list(m.layer_windows)
+    s.clip_qkv = m.clip_qkv or 0.0
+    s.attn_scale = m.attn_scale or 0.0
+    s.norm = _NORMS[m.norm]
+    s.act = _ACTS[m.act]
+    s.positions = _POSITIONS[m.positions]
+    if m.positions == "rope":
+        s.rope_style = _ROPE_STYLES[m.rope_style or "neox"]
+        s.rope_dim = m.rope_dim
+        s.rope_inv_freq = list(m.rope_inv_freq)
+        s.rope_attention_factor = m.rope_attention_factor
     _quantization(s, config.get("quantization"))
     s.validate()
     return s
@@ -112,7 +108,7 @@ def _quantization(s: _core.ModelSpec, q: Optional[Mapping[str, Any]]) -> None:
     s.quantize_lm_head = bool(q.get("quantize_lm_head", False))
 
 
-def canonical_tensors(model: Mapping[str, Any]) -> dict[str, tuple[tuple[int, ...], str]]:
+def canonical_tensors(model: ModelRecord) -> dict[str, tuple[tuple[int, ...], str]]:
     """Canonical tensor name -> (shape, split over devices) of a model record, from the layer
     graph, in the order the device streams them."""
     spec = model_spec({"architecture": "", "model": model})

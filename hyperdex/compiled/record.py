@@ -9,9 +9,10 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 from .. import __version__
-from ..errors import CheckpointError, FormatError
+from ..arch.record import ModelRecord
+from ..errors import CheckpointError, ConfigError, FormatError
 from ..formats import ModelFile
-from .schema import Schema, check_fields, is_dict, is_dict_or_none, is_number, is_pos, is_str
+from .schema import Schema, check_fields, is_dict, is_dict_or_none, is_str
 
 PathLike = Union[str, Path]
 
@@ -54,24 +55,7 @@ _CONFIG_FIELDS: Schema = {
     "dtype": is_str,
     "quantization": is_dict_or_none,
     "tokens": is_dict,
-    "model": is_dict,
-    **{
-        f"model.{k}": is_pos
-        for k in (
-            "vocab_size",
-            "hidden_size",
-            "num_layers",
-            "num_heads",
-            "num_kv_heads",
-            "head_dim",
-            "intermediate_size",
-            "max_position_embeddings",
-        )
-    },
-    "model.norm": is_str,
-    "model.norm_eps": is_number,
-    "model.act": is_str,
-    "model.positions": is_str,
+    "model": is_dict,  # its fields: hyperdex.arch.record.ModelRecord checks them
 }
 
 
@@ -82,6 +66,10 @@ def check_converted_config(
     needs: a FormatError names the file and the field (ending with ``hint``)."""
     check_config_version(config, path)
     check_fields(config, _CONFIG_FIELDS, path, hint)
+    try:
+        ModelRecord.from_dict(config["model"], str(path), prefix="model.")
+    except ConfigError as e:
+        raise FormatError(f"{e}; the file was edited or damaged: {hint}") from e
 
 
 def scheme_name(recorded: Optional[dict[str, Any]]) -> Optional[str]:

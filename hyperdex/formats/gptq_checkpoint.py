@@ -326,7 +326,11 @@ class GPTQImporter:
     the model file) and `quantization_section` (for hyperdex_config.json)."""
 
     def __init__(
-        self, settings: GPTQSettings, hf_architecture: str, family: str, model: dict[str, Any]
+        self,
+        settings: GPTQSettings,
+        hf_architecture: str,
+        family: str,
+        lm_head_shape: tuple[int, int],
     ) -> None:
         if family not in IMPORT_FAMILIES:
             raise ConfigError(
@@ -336,7 +340,7 @@ class GPTQImporter:
             )
         self.settings = settings
         self.hf_architecture = hf_architecture
-        self.model = model
+        self.lm_head_shape = lm_head_shape  # [vocab, embed_dim]: a tied head has no tensor
         self.entries: list[_Quantized] = []
         self._checked = False
 
@@ -388,7 +392,7 @@ class GPTQImporter:
                 )
             shape = shapes.get(target)
             if shape is None:  # the tied LM head
-                shape = (self.model["vocab_size"], self.model["embed_dim"])
+                shape = self.lm_head_shape
             out, cols = shape
             entry = _Quantized(prefix, target[: -len(".weight")], out, cols, True)
             found = self._check_linear(ckpt, present, entry, problems)
@@ -598,11 +602,11 @@ def gptq_importer(
     folder: Optional[Path],
     hf_architecture: str,
     family: str,
-    model: dict[str, Any],
+    lm_head_shape: tuple[int, int],
 ) -> Optional[GPTQImporter]:
     """The converter's entry point: None for an unquantized checkpoint, else the importer
     (ConfigError for a quantization the device cannot run)."""
     settings = gptq_settings(hf_config, folder)
     if settings is None:
         return None
-    return GPTQImporter(settings, hf_architecture, family, model)
+    return GPTQImporter(settings, hf_architecture, family, lm_head_shape)

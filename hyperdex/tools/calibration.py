@@ -36,6 +36,7 @@ from typing import Any, Iterator, Optional, Sequence
 import numpy as np
 
 from .. import _core
+from ..arch.record import as_record
 from ..compiled.folder import TOKENIZER_FILES
 from ..compiled.record import HYPERDEX_CONFIG_NAME, HYPERDEX_MODEL_NAME, load_converted
 from ..compiled.session import open_session
@@ -162,9 +163,10 @@ class _CalibrationDevice:
         self.io_ids = int(plan.io.base + plan.io.ids_offset)
         self.code = prefill.instructions()
         self.regions = {int(r.base): r for r in plan.regions}
-        self.width = int(config["model"]["hidden_size"])
+        model = as_record(config["model"])
+        self.width = model.hidden_size
         self._live: dict[tuple[int, int, int], list[tuple[int, int]]] = {}
-        self._find_layers(int(config["model"]["num_layers"]))
+        self._find_layers(model.num_layers)
 
     def region_of(self, inst: dict[str, Any], key: str = "w0") -> Optional[Any]:
         base, _, rows = inst[key]
@@ -365,7 +367,7 @@ def quantize_tensors(
                 bar.update(1)
         return
 
-    vocab = int(config["model"]["vocab_size"])
+    vocab = as_record(config["model"]).vocab_size
     samples = calibration_ids(qconfig, tokenizer_dir, vocab)
     stats["calibration_tokens"] = sum(len(s) for s in samples)
     own_dir = workdir is None

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 from .. import __version__, _core
+from ..arch.record import ModelRecord, as_record
 from ..arch.registry import max_length_limit, model_traits
 from ..compiled.folder import (
     COMPILE_FORMAT,
@@ -566,7 +567,7 @@ class AutoCompiler:
                         preset,
                         num_device,
                         records[0],
-                        vocab_size=int(config["model"]["vocab_size"]),
+                        vocab_size=as_record(config["model"]).vocab_size,
                         device_param_files=records if num_device > 1 else None,
                         scratch_bytes=_core.lmem_bytes_per_token(spec) * max_tokens,
                     ),
@@ -631,7 +632,7 @@ class AutoCompiler:
             return str(out)
 
     @staticmethod
-    def _check_max_length(max_length: Any, model: dict[str, Any]) -> int:
+    def _check_max_length(max_length: Any, model: ModelRecord) -> int:
         limit, why = max_length_limit(model)
         if max_length is None:
             return min(limit, DEFAULT_MAX_LENGTH)

@@ -157,7 +157,11 @@ class AutoModelConverter:
         # A GPTQ checkpoint's codes and scales are imported as they are, never re-quantized
         # (hyperdex/formats/gptq_checkpoint.py); None for an unquantized checkpoint.
         self.gptq: Optional[GPTQImporter] = gptq_importer(
-            self.hf_config, self.folder, self.hf_architecture, self.arch.family, self.model
+            self.hf_config,
+            self.folder,
+            self.hf_architecture,
+            self.arch.family,
+            (self.model.vocab_size, self.model.embed_dim),
         )
         if self.gptq is not None and self.quantization is not None:
             raise ConfigError(
@@ -178,13 +182,13 @@ class AutoModelConverter:
         for rule in arch.tensors:
             if not rule_applies(rule, self.model):
                 continue
-            layers = range(self.model["num_layers"]) if "{i}" in rule.canonical[0] else [""]
+            layers = range(self.model.num_layers) if "{i}" in rule.canonical[0] else [""]
             for i in layers:
                 hf = rule.hf.replace("{i}", str(i))
                 canonical = tuple(c.replace("{i}", str(i)) for c in rule.canonical)
                 parts: tuple[str, ...] = ()
                 if rule.transform == CONCAT:  # one HF tensor per head
-                    heads = self.shapes[canonical[0]][0] // self.model["head_dim"]
+                    heads = self.shapes[canonical[0]][0] // self.model.head_dim
                     parts = tuple(hf.replace("{h}", str(h)) for h in range(heads))
                 yield _Planned(hf, canonical, rule.transform, parts)
 
@@ -208,7 +212,7 @@ class AutoModelConverter:
             # Some checkpoints (old GPT-2 exports) drop the "transformer." prefix.
             rename = self._prefix_fix(plan, present)
             missing, problems = [], []
-            hd = int(self.model["head_dim"])
+            hd = self.model.head_dim
             for p in plan:
                 want = _hf_shape(p.transform, [self.shapes[c] for c in p.canonical], hd)
                 for hf_name in p.hf_names():
@@ -263,7 +267,7 @@ class AutoModelConverter:
     # -- conversion ------------------------------------------------------------------------
 
     def _tensors(self, ckpt: HFCheckpoint, bar: Any) -> Iterator[tuple[str, np.ndarray]]:
-        hd = int(self.model["head_dim"])
+        hd = self.model.head_dim
         for p in self._plan:
             shapes = [self.shapes[c] for c in p.canonical]
             if p.transform == ONES:  # a parameter-free norm: its gain is 1
@@ -314,7 +318,7 @@ class AutoModelConverter:
             "family": self.arch.family,
             "dtype": "float16",
             "quantization": None if self.gptq is None else self.gptq.quantization_section(),
-            "model": self.model,
+            "model": self.model.to_dict(),
             "tokens": tokens,
             "source": {
                 "config_sha256": hashlib.sha256(config_bytes).hexdigest(),

@@ -25,6 +25,7 @@ from typing import Any, Iterator, Optional, Union
 import numpy as np
 
 from .. import __version__
+from ..arch.record import ModelRecord, as_record
 from ..compiled.record import HYPERDEX_CONFIG_NAME, HYPERDEX_MODEL_NAME, check_config_version
 from ..errors import ConfigError, FormatError
 from ..formats import ModelFile
@@ -171,23 +172,22 @@ def _check_exportable(config: dict[str, Any], where: Path) -> dict[str, Any]:
             f"group_size={q.get('group_size')}; seed 003's VCU128 format is int4 with group "
             f"size {GROUP} only: compile with quantization='w4a16' (4 bits, group 128)"
         )
-    check_model_exportable(config.get("architecture"), config["model"])
+    check_model_exportable(config.get("architecture"), as_record(config["model"]))
     return q
 
 
-def check_model_exportable(architecture: Any, model: dict[str, Any]) -> None:
+def check_model_exportable(architecture: Any, model: ModelRecord) -> None:
     """What the board format needs of the model itself, checkable before any compile work:
     a Qwen2/Llama-style block whose linear layers' input widths are whole groups of 128."""
-    if not (model.get("gated_mlp") and model.get("norm") == "rmsnorm"):
+    if not (model.gated_mlp and model.norm == "rmsnorm"):
         raise ConfigError(
             f"{architecture} is not a Qwen2/Llama-style model (RMSNorm, gated "
             "MLP), the block seed 003's board implements; the VCU128 export supports those only"
         )
     widths = {
-        "hidden_size (q/k/v, gate/up inputs)": int(model["hidden_size"]),
-        "num_heads x head_dim (attention output input)": int(model["num_heads"])
-        * int(model["head_dim"]),
-        "intermediate_size (down projection input)": int(model["intermediate_size"]),
+        "hidden_size (q/k/v, gate/up inputs)": model.hidden_size,
+        "num_heads x head_dim (attention output input)": model.num_heads * model.head_dim,
+        "intermediate_size (down projection input)": model.intermediate_size,
     }
     bad = {k: v for k, v in widths.items() if v % GROUP}
     if bad:
@@ -234,7 +234,7 @@ class _Writer:
 
 def _linears(config: dict[str, Any], mf: ModelFile) -> Iterator[tuple[str, str, str, str]]:
     """(canonical prefix, seed block folder, folder stem, file stem) of every matrix."""
-    for i in range(int(config["model"]["num_layers"])):
+    for i in range(as_record(config["model"]).num_layers):
         for name, folder, stem in _LINEARS:
             prefix = f"blk.{i}.{name}"
             if prefix + ".weight" in mf.names:
@@ -253,7 +253,7 @@ def export_vcu128(folder: PathLike, *, skip_lm_head: bool = False) -> Path:
     folder = Path(folder)
     src = _find_converted(folder)
     q = _check_exportable(src.config, src.folder)
-    model = src.config["model"]
+    model = as_record(src.config["model"])
     final = folder / EXPORT_DIR
     tmp = temp_path(final)  # <final>.tmp.<pid>-<random>: a killed export's is removed later
     tmp.mkdir(parents=True)
@@ -298,7 +298,7 @@ def export_vcu128(folder: PathLike, *, skip_lm_head: bool = False) -> Path:
                 tensor=bias if bias in names else None,
                 elements=out,
             )
-        for i in range(int(model["num_layers"])):
+        for i in range(model.num_layers):
             for norm, stem in (("attn_norm", "LN0"), ("ffn_norm", "LN1")):
                 name = f"blk.{i}.{norm}"
                 w.write(
@@ -306,7 +306,7 @@ def export_vcu128(folder: PathLike, *, skip_lm_head: bool = False) -> Path:
                     _norm_bytes(mf[name + ".weight"], _optional(mf, name + ".bias")),
                     kind="norm",
                     tensor=name + ".weight",
-                    elements=int(model["hidden_size"]),
+                    elements=model.hidden_size,
                 )
         w.write(
             "OutLayer/LN_DDR_bin/LN_wt_in_DDR.bin",
@@ -316,7 +316,7 @@ def export_vcu128(folder: PathLike, *, skip_lm_head: bool = False) -> Path:
             ),
             kind="norm",
             tensor="output_norm.weight",
-            elements=int(model["hidden_size"]),
+            elements=model.hidden_size,
         )
         embed = np.ascontiguousarray(mf["tok_embd.weight"].astype("<f2")).reshape(-1)
         part = embed.size // EMBEDDING_PARTS
@@ -344,9 +344,9 @@ def export_vcu128(folder: PathLike, *, skip_lm_head: bool = False) -> Path:
             "line_bytes": LINE_BYTES,
             "chunk_inputs": CHUNK_INPUTS,
             "embedding_parts": EMBEDDING_PARTS,
-            "num_layers": int(model["num_layers"]),
-            "hidden_size": int(model["hidden_size"]),
-            "vocab_size": int(model["vocab_size"]),
+            "num_layers": model.num_layers,
+            "hidden_size": model.hidden_size,
+            "vocab_size": model.vocab_size,
             "embedding_shape": list(mf.info("tok_embd.weight").shape),
             "lm_head": "int4" if head_quantized else None,
             "files": w.files,

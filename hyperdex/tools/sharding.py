@@ -23,6 +23,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from ..arch.record import ModelRecord, as_record
 from ..arch.spec import canonical_tensors
 from ..errors import ConfigError, FormatError
 
@@ -31,14 +32,13 @@ def _share(n: int, devices: int) -> int:
     return (n + devices - 1) // devices
 
 
-def head_slots(model: Mapping[str, Any], devices: int, rank: int) -> tuple[list[int], list[int]]:
+def head_slots(heads: int, kv: int, devices: int, rank: int) -> tuple[list[int], list[int]]:
     """(query heads, KV heads) device ``rank`` holds, as model head indices; -1 is padding.
 
     Each device keeps whole GQA groups, so a device's ATTN group equals the model's. With at
     least as many KV heads as devices, device d holds ceil(K/N) KV heads and their query
     heads; with fewer, the devices d with d*K//N == j share KV head j (replicated) and split
     its query heads."""
-    heads, kv = int(model["num_heads"]), int(model["num_kv_heads"])
     group = heads // kv
     if kv >= devices:
         kv_d = _share(kv, devices)
@@ -53,7 +53,7 @@ def head_slots(model: Mapping[str, Any], devices: int, rank: int) -> tuple[list[
     return q_slots, [j]
 
 
-def _splits(model: Mapping[str, Any]) -> dict[str, str]:
+def _splits(model: ModelRecord) -> dict[str, str]:
     """Canonical tensor name -> its split over devices (the layer graph's)."""
     splits = {name: split for name, (_, split) in canonical_tensors(model).items()}
     splits.setdefault("output.weight", "vocab_rows")  # tied: a slice of the table per device
@@ -111,18 +111,16 @@ def _is_codes(name: str, tensors: Mapping[str, Any]) -> bool:
     return name.endswith(".weight") and name[: -len("weight")] + "scales" in tensors
 
 
-def _row_parallel_columns(
-    model: Mapping[str, Any], split: str, devices: int, rank: int
-) -> np.ndarray:
+def _row_parallel_columns(model: ModelRecord, split: str, devices: int, rank: int) -> np.ndarray:
     """For a row-parallel projection (split by query-head or MLP columns): the model input
     column each of device ``rank``'s input columns holds (-1: padding)."""
     if split == "q_head_columns":
-        hd = int(model["head_dim"])
-        q_slots, _ = head_slots(model, devices, rank)
+        hd = model.head_dim
+        q_slots, _ = head_slots(model.num_heads, model.num_kv_heads, devices, rank)
         return np.array(
             [s * hd + i if s >= 0 else -1 for s in q_slots for i in range(hd)], dtype=np.int64
         )
-    full = int(model["intermediate_size"])
+    full = model.intermediate_size
     ff = _share(full, devices)
     cols = np.arange(rank * ff, (rank + 1) * ff, dtype=np.int64)
     return np.where(cols < full, cols, -1)
@@ -171,7 +169,7 @@ def _take_columns(t: np.ndarray, cols: np.ndarray, pad: int) -> np.ndarray:
 
 
 def shard_tensors(
-    model: Mapping[str, Any],
+    model: ModelRecord | Mapping[str, Any],
     tensors: Mapping[str, np.ndarray],
     devices: int,
     rank: int,
@@ -182,10 +180,11 @@ def shard_tensors(
     ``quantization`` (hyperdex_config.json's record) for the padding code."""
     if devices == 1:
         return dict(tensors)
-    hd = int(model["head_dim"])
-    ff = _share(int(model["intermediate_size"]), devices)
-    vocab = _share(int(model["vocab_size"]), devices)
-    q_slots, kv_slots = head_slots(model, devices, rank)
+    model = as_record(model)
+    hd = model.head_dim
+    ff = _share(model.intermediate_size, devices)
+    vocab = _share(model.vocab_size, devices)
+    q_slots, kv_slots = head_slots(model.num_heads, model.num_kv_heads, devices, rank)
     z = _zero_point(tensors, quantization)
     splits = _splits(model)
     out: dict[str, np.ndarray] = {}
@@ -224,7 +223,7 @@ def shard_tensors(
 
 
 def gather_tensors(
-    model: Mapping[str, Any],
+    model: ModelRecord | Mapping[str, Any],
     shards: list[Mapping[str, np.ndarray]],
     quantization: Optional[Mapping[str, Any]] = None,
 ) -> dict[str, np.ndarray]:
@@ -235,10 +234,11 @@ def gather_tensors(
     if devices == 1:
         return dict(shards[0])
     z = _zero_point(shards[0], quantization)
-    hd = int(model["head_dim"])
-    heads, kv = int(model["num_heads"]), int(model["num_kv_heads"])
-    ff_full, vocab_full = int(model["intermediate_size"]), int(model["vocab_size"])
-    slots = [head_slots(model, devices, d) for d in range(devices)]
+    model = as_record(model)
+    hd = model.head_dim
+    heads, kv = model.num_heads, model.num_kv_heads
+    ff_full, vocab_full = model.intermediate_size, model.vocab_size
+    slots = [head_slots(heads, kv, devices, d) for d in range(devices)]
     out: dict[str, np.ndarray] = {}
 
     def pad_of(name: str) -> int:

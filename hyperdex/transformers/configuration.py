@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Optional, Union
 
+from ..arch.record import ModelRecord, as_record
 from ..compiled.folder import COMPILE_INFO_NAME, read_json, resolve_compiled
 from ..compiled.record import HYPERDEX_CONFIG_NAME, check_config_version, scheme_name
 
@@ -35,7 +36,9 @@ class LPUConfig:
         self.quantization_config: Optional[dict[str, Any]] = recorded or None
         self.architecture: str = hyperdex_config["architecture"]
         self.hyperdex_version: str = compile_info.get("hyperdex_version", "")
-        self.model: dict[str, Any] = hyperdex_config["model"]
+        # The model record, typed (hyperdex.arch.record).
+        where = "hyperdex_config.json's model"
+        self.model: ModelRecord = as_record(hyperdex_config["model"], where)
 
     @classmethod
     def from_pretrained(cls, model_id: PathLike, prefix: Optional[PathLike] = None) -> LPUConfig:

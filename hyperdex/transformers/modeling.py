@@ -527,8 +527,8 @@ class AutoModelForCausalLM:
                 folder,
                 gpus,
                 [r["name"] for r in kv_regions(memory_map)],
-                int(config.model["num_kv_heads"]),
-                int(config.model["head_dim"]),
+                config.model.num_kv_heads,
+                config.model.head_dim,
             )
             log.info("hyperdex: hybrid mode, prefill with %s", hybrid.describe)
         cache = None

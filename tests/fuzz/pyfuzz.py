@@ -467,7 +467,8 @@ class GptqHarness(Harness):
         if settings is None:
             return
         info = self.plan_info
-        importer = g.GPTQImporter(settings, "LlamaForCausalLM", "llama", info["model"])
+        head = (info["model"]["vocab_size"], info["model"]["embed_dim"])  # a tied LM head's
+        importer = g.GPTQImporter(settings, "LlamaForCausalLM", "llama", head)
         plan = [g._Plain(hf, tuple(canon)) for hf, canon in info["plan"]]
         shapes = {k: tuple(v) for k, v in info["shapes"].items()}
         with self.HFCheckpoint.open(folder) as ck:

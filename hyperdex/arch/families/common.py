@@ -3,9 +3,22 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 from ..types import COPY, TensorRule
+
+# The config keys of GPT-2 and the families that kept them (GPT-J, GPTBigCode).
+GPT2_CONFIG_KEYS: dict[str, Any] = dict(
+    vocab_size=("vocab_size",),
+    hidden_size=("n_embd", "hidden_size"),
+    num_layers=("n_layer", "num_hidden_layers"),
+    num_heads=("n_head", "num_attention_heads"),
+    num_kv_heads=("n_head", "num_attention_heads"),
+    intermediate_size=("n_inner",),
+    max_positions=("n_positions", "max_position_embeddings"),
+    norm_eps=("layer_norm_epsilon",),
+    activation=("activation_function",),
+)
 
 
 def norm_rules(hf: str, canonical: str, transform: str = COPY, when: Optional[str] = None):

@@ -39,7 +39,7 @@ def _traits(c: Config) -> dict[str, Any]:
         "shared_norm": parallel and not _two_norms(c),
         "falcon_two_norms": _two_norms(c),
         "falcon_one_norm": not _two_norms(c),
-        "falcon_" + layout: True,
+        **{f"falcon_{s}": s == layout for s in ("row_split", "head_split", "group_split")},
     }
 
 

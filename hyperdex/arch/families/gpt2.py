@@ -3,19 +3,12 @@
 from __future__ import annotations
 
 from ..types import CONV1D_SPLIT, TRANSPOSE, VECTOR_SPLIT, Architecture, TensorRule
+from .common import GPT2_CONFIG_KEYS
 
 GPT2 = Architecture(
     family="gpt2",
     hf_names=("GPT2LMHeadModel",),
-    vocab_size=("vocab_size",),
-    hidden_size=("n_embd", "hidden_size"),
-    num_layers=("n_layer", "num_hidden_layers"),
-    num_heads=("n_head", "num_attention_heads"),
-    num_kv_heads=("n_head", "num_attention_heads"),
-    intermediate_size=("n_inner",),
-    max_positions=("n_positions", "max_position_embeddings"),
-    norm_eps=("layer_norm_epsilon",),
-    activation=("activation_function",),
+    **GPT2_CONFIG_KEYS,
     norm="layernorm",
     positions="learned",
     gated_mlp=False,

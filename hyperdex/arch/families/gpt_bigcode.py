@@ -5,7 +5,7 @@ per head otherwise) and learned positions."""
 from __future__ import annotations
 
 from ..types import HEAD_SPLIT, ROW_SPLIT, Architecture, TensorRule
-from .common import linear_rules, norm_rules
+from .common import GPT2_CONFIG_KEYS, linear_rules, norm_rules
 
 _P = "transformer.h.{i}."
 _QKV = ("blk.{i}.attn_q.weight", "blk.{i}.attn_k.weight", "blk.{i}.attn_v.weight")
@@ -14,16 +14,8 @@ _QKV_BIAS = ("blk.{i}.attn_q.bias", "blk.{i}.attn_k.bias", "blk.{i}.attn_v.bias"
 GPT_BIGCODE = Architecture(
     family="gpt_bigcode",
     hf_names=("GPTBigCodeForCausalLM",),
-    vocab_size=("vocab_size",),
-    hidden_size=("n_embd", "hidden_size"),
-    num_layers=("n_layer", "num_hidden_layers"),
-    num_heads=("n_head", "num_attention_heads"),
-    num_kv_heads=("n_head",),
+    **GPT2_CONFIG_KEYS,
     kv_heads_of=lambda c: 1 if c.get("multi_query", True) else int(c["n_head"]),
-    intermediate_size=("n_inner",),
-    max_positions=("n_positions", "max_position_embeddings"),
-    norm_eps=("layer_norm_epsilon",),
-    activation=("activation_function",),
     norm="layernorm",
     positions="learned",
     gated_mlp=False,

@@ -4,22 +4,14 @@ the first ``rotary_dim`` dims, no q/k/v/o biases, a biased MLP and LM head."""
 from __future__ import annotations
 
 from ..types import Architecture, TensorRule
-from .common import linear_rules, norm_rules
+from .common import GPT2_CONFIG_KEYS, linear_rules, norm_rules
 
 _P = "transformer.h.{i}."
 
 GPTJ = Architecture(
     family="gptj",
     hf_names=("GPTJForCausalLM",),
-    vocab_size=("vocab_size",),
-    hidden_size=("n_embd", "hidden_size"),
-    num_layers=("n_layer", "num_hidden_layers"),
-    num_heads=("n_head", "num_attention_heads"),
-    num_kv_heads=("n_head", "num_attention_heads"),
-    intermediate_size=("n_inner",),
-    max_positions=("n_positions", "max_position_embeddings"),
-    norm_eps=("layer_norm_epsilon",),
-    activation=("activation_function",),
+    **GPT2_CONFIG_KEYS,
     norm="layernorm",
     positions="rope",
     gated_mlp=False,

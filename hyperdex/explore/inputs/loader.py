@@ -152,26 +152,25 @@ def model_from_hf_config(config: dict[str, Any], name: str) -> dict[str, Any]:
     (``hyperdex.arch.registry.model_traits``), the one description the compiler and the cost
     model use too: an architecture it does not support is an UnsupportedArchitectureError
     that names the supported ones, and a config it cannot read is a ConfigError."""
-    _, _, traits = model_traits(config)
+    _, _, record = model_traits(config)
     m: dict[str, Any] = {
         "name": name,
         "source": "Hugging Face config.json",
-        "num_layers": traits["num_layers"],
-        "d_model": traits["hidden_size"],
-        "num_heads": traits["num_heads"],
-        "num_kv_heads": traits["num_kv_heads"],
-        "d_head": traits["head_dim"],
-        "d_ff": traits["intermediate_size"],
-        "vocab_size": traits["vocab_size"],
-        "max_positions": traits["max_position_embeddings"],
-        "activation": traits["act"],
-        "gated_mlp": bool(traits["gated_mlp"]),
-        "norm": traits["norm"],
-        "positions": traits["positions"],
-        # Not every architecture record carries it: absent means one block after the other.
-        "parallel_block": bool(traits.get("parallel_block", False)),
+        "num_layers": record.num_layers,
+        "d_model": record.hidden_size,
+        "num_heads": record.num_heads,
+        "num_kv_heads": record.num_kv_heads,
+        "d_head": record.head_dim,
+        "d_ff": record.intermediate_size,
+        "vocab_size": record.vocab_size,
+        "max_positions": record.max_position_embeddings,
+        "activation": record.act,
+        "gated_mlp": record.gated_mlp,
+        "norm": record.norm,
+        "positions": record.positions,
+        "parallel_block": record.parallel_block,
     }
-    if traits.get("embed_dim", traits["hidden_size"]) != traits["hidden_size"]:
+    if record.has_projection:
         m["source"] += " (projection of embeddings ignored: a small matrix)"
     return m
 

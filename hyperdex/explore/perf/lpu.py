@@ -37,10 +37,9 @@ def hf_config(
     d_ff = int(model.get("d_ff") or 4 * d)
     positions = max(int(model["max_positions"]), max_length)
     act = {"gelu_tanh": "gelu_new"}.get(model["activation"], model["activation"])
-    if model["gated_mlp"]:
+    if model["gated_mlp"] or kv != heads:
+        # Llama's keys, which StarCoder2 (a non-gated MLP with grouped KV heads) shares.
         cfg: dict[str, Any] = {
-            "architectures": ["LlamaForCausalLM"],
-            "model_type": "llama",
             "hidden_size": d,
             "intermediate_size": d_ff,
             "num_hidden_layers": int(model["num_layers"]),
@@ -49,26 +48,13 @@ def hf_config(
             "vocab_size": int(model["vocab_size"]),
             "max_position_embeddings": positions,
             "hidden_act": act,
-            "rms_norm_eps": 1e-5,
             "tie_word_embeddings": False,
         }
         if model.get("d_head"):
             cfg["head_dim"] = int(model["d_head"])
-        return cfg
-    if kv != heads:  # a non-gated MLP with grouped KV heads: StarCoder2's shape
-        return {
-            "architectures": ["Starcoder2ForCausalLM"],
-            "model_type": "starcoder2",
-            "hidden_size": d,
-            "intermediate_size": d_ff,
-            "num_hidden_layers": int(model["num_layers"]),
-            "num_attention_heads": heads,
-            "num_key_value_heads": kv,
-            "vocab_size": int(model["vocab_size"]),
-            "max_position_embeddings": positions,
-            "hidden_act": act,
-            **({"head_dim": int(model["d_head"])} if model.get("d_head") else {}),
-        }
+        if model["gated_mlp"]:
+            return dict(cfg, architectures=["LlamaForCausalLM"], model_type="llama")
+        return dict(cfg, architectures=["Starcoder2ForCausalLM"], model_type="starcoder2")
     return {
         "architectures": ["OPTForCausalLM"],
         "model_type": "opt",
