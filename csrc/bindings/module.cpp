@@ -210,6 +210,8 @@ PYBIND11_MODULE(_core, m) {
       .def_readwrite("qk_norm", &ModelSpec::qk_norm)
       .def_readwrite("qk_norm_bias", &ModelSpec::qk_norm_bias)
       .def_readwrite("clip_qkv", &ModelSpec::clip_qkv)
+      .def_readwrite("branch_input_norm", &ModelSpec::branch_input_norm)
+      .def_readwrite("branch_output_norm", &ModelSpec::branch_output_norm)
       .def_readwrite("qkv_bias", &ModelSpec::qkv_bias)
       .def_readwrite("attn_out_bias", &ModelSpec::attn_out_bias)
       .def_readwrite("mlp_bias", &ModelSpec::mlp_bias)
@@ -225,6 +227,10 @@ PYBIND11_MODULE(_core, m) {
       .def_readwrite("sliding_window", &ModelSpec::sliding_window)
       .def_readwrite("layer_windows", &ModelSpec::layer_windows)
       .def_readwrite("logit_scale", &ModelSpec::logit_scale)
+      .def_readwrite("attn_softcap", &ModelSpec::attn_softcap)
+      .def_readwrite("final_logit_softcap", &ModelSpec::final_logit_softcap)
+      .def_readwrite("layer_rope", &ModelSpec::layer_rope)
+      .def_readwrite("rope_local_inv_freq", &ModelSpec::rope_local_inv_freq)
       .def_readwrite("embed_scale", &ModelSpec::embed_scale)
       .def_readwrite("tie_word_embeddings", &ModelSpec::tie_word_embeddings)
       .def_readwrite("lm_head_rows", &ModelSpec::lm_head_rows)
@@ -696,7 +702,8 @@ PYBIND11_MODULE(_core, m) {
     d["metadata"] = x.metadata;
     return d;
   }, py::arg("path"));
-  m.def("rope_table_row", &rope_table_row);
+  m.def("rope_table_row", &rope_table_row, py::arg("spec"), py::arg("position"),
+        py::arg("table") = 1);
 
   // The cost model and profiler (docs/cost-model.md).
   auto cost_mod = m.def_submodule("cost", "How long a device built to a preset takes to run a program");

@@ -381,8 +381,9 @@ RunCost CostModel::run(const RunArgs& args) const {
         } else if (in.op == Opcode::Argmax) {
           elements = in.n;  // the last logits row
         }
-        // ACT's activations (clip too) and the LM head's logit scale (MATMUL epilogue,
-        // inside mac_pipeline_cycles) cost the same whatever they compute.
+        // ACT's activations (clip too) and the LM head's logit scale and soft-cap (MATMUL
+        // epilogue, inside mac_pipeline_cycles) cost the same whatever they compute; so does
+        // ATTN's score soft-cap (its vector work is per score either way).
         c.start_ns = std::max({ready, engine_free[size_t(Engine::Vector)], params_ready(params)});
         if (lane_slots < elements) lane_slots = elements;
         c.end_ns = c.start_ns + vec_ns(lane_slots * passes, passes);

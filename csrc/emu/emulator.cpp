@@ -495,8 +495,10 @@ void Emulator::exec_matmul(const Instruction& in, const RunArgs& run) {
   const ActKind act = ActKind(in.sub);
   if (in.flags & isa::kFlagOutF32) {
     // The LM head: fp32 out, nothing rounded (docs/isa.md). ISA v4: f0 scales the results
-    // before the activation (Cohere's logit_scale); 0 and 1 leave them as they are.
+    // before the activation (Cohere's logit_scale); 0 and 1 leave them as they are; then f1
+    // soft-caps them, cap * tanh(v / cap) (Gemma 2's final_logit_softcapping).
     const bool scaled = in.f0 != 0.0f && in.f0 != 1.0f;
+    const float cap = in.f1;
     for (uint32_t t = 0; t < count; ++t) {
       float* dst = reinterpret_cast<float*>(addr(in.dst)) + size_t(t) * in.dst.stride;
       const float* y = scratch_y_.data() + size_t(t) * n;
@@ -504,6 +506,7 @@ void Emulator::exec_matmul(const Instruction& in, const RunArgs& run) {
         float v = y[j];
         if (!bias.empty()) v += bias[j];
         if (scaled) v *= in.f0;
+        if (cap > 0.0f) v = cap * std::tanh(v / cap);
         dst[j] = activate(act, v);
       }
     }

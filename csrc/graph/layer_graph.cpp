@@ -28,9 +28,13 @@ class Builder {
     // Tables first: the programs index them, so they sit before the layers.
     if (s_.positions == PositionKind::Learned)
       matrix("pos_embd", {"pos_embd.weight"}, s_.learned_pos_rows, H, Split::Replicated, false);
-    if (s_.positions == PositionKind::Rope)
-      declare({"rope_table", WeightKind::RopeTable, 0, s_.rope_dim / 2, {}, Split::Replicated,
-               false});
+    for (uint32_t table = 1; table <= 2; ++table) {
+      bool used = false;
+      for (uint32_t l = 0; l < s_.num_layers; ++l) used = used || s_.rope_of(l) == table;
+      if (used)
+        declare({rope_table_name(table), WeightKind::RopeTable, 0, s_.rope_dim / 2, {},
+                 Split::Replicated, false});
+    }
 
     Step embed = step(StepKind::EmbedTokens, "tok_embd");
     embed.dst = {s_.has_projection() ? Buf::Z : Buf::X};
@@ -56,7 +60,7 @@ class Builder {
 
     // Attention. The normed input (y) is dead once Q/K/V exist.
     Slot attn_in = x;
-    if (s_.pre_norm) {
+    if (s_.pre_norm && s_.branch_input_norm) {
       norm(b + "attn_norm", y, x, H);
       attn_in = y;
     }
@@ -86,8 +90,8 @@ class Builder {
       norm(b + "attn_k_norm", at(qkv, q), at(qkv, q), kv, hd, s_.qk_norm_bias,
            Split::KvHeadRows);
     }
-    if (s_.positions == PositionKind::Rope) {
-      Step rope = step(StepKind::Rope, "rope_table");
+    if (const uint32_t table = s_.rope_of(l)) {
+      Step rope = step(StepKind::Rope, rope_table_name(table));
       rope.dst = qkv;
       rope.n = s_.num_heads + s_.num_kv_heads;
       add(rope);
@@ -100,6 +104,7 @@ class Builder {
     attn.dst = a;
     attn.src = qkv;
     attn.n = s_.window(l);
+    attn.value = s_.attn_softcap;
     add(attn);
 
     if (s_.parallel_block) {
@@ -112,15 +117,16 @@ class Builder {
                  Split::FfnColumns);
       return;
     }
-    add_linear(b + "attn_output", a, H, q, s_.attn_out_bias, Split::QHeadColumns);
+    branch_out(b + "attn_output", b + "attn_post_norm", a, q, s_.attn_out_bias,
+               Split::QHeadColumns);
     if (!s_.pre_norm) norm(b + "attn_norm", x, x, H);
     Slot mlp_in = x;
-    if (s_.pre_norm) {
+    if (s_.pre_norm && s_.branch_input_norm) {
       norm(b + "ffn_norm", y, x, H);
       mlp_in = y;
     }
     mlp(b, mlp_in);
-    add_linear(b + "ffn_down", {Buf::F1}, H, s_.intermediate_size, s_.mlp_bias,
+    branch_out(b + "ffn_down", b + "ffn_post_norm", {Buf::F1}, s_.intermediate_size, s_.mlp_bias,
                Split::FfnColumns);
     if (!s_.pre_norm) norm(b + "ffn_norm", x, x, H);
   }
@@ -180,6 +186,7 @@ class Builder {
     head.n = s_.logits_size();
     head.k = s_.token_embed_dim();
     head.value = s_.logit_scale;
+    head.cap = s_.final_logit_softcap;
     add(head);
   }
 
@@ -242,6 +249,28 @@ class Builder {
     st.act = act;
     add(st);
   }
+  // A branch's row-parallel output projection into the residual stream: added directly, or
+  // (branch_output_norm) reduced into Y, normed there by `post_norm`, then added.
+  void branch_out(const std::string& name, const std::string& post_norm, Slot src, uint32_t in,
+                  bool bias, Split split) {
+    const uint32_t H = s_.hidden_size;
+    if (!s_.branch_output_norm) return add_linear(name, src, H, in, bias, split);
+    matrix(name, {name + ".weight"}, H, in, split, true);
+    if (bias) vector(name + ".bias", {name + ".bias"}, H, Split::Replicated);
+    Step st = step(StepKind::ReduceLinear, name);
+    st.dst = {Buf::Y};
+    st.src = src;
+    st.n = H;
+    st.k = in;
+    add(st);
+    norm(post_norm, {Buf::Y}, {Buf::Y}, H);
+    Step sum = step(StepKind::Add);
+    sum.dst = {Buf::X};
+    sum.src = {Buf::Y};
+    sum.n = H;
+    add(sum);
+  }
+
   // A row-parallel projection added to the residual stream (its bias added once).
   void add_linear(const std::string& name, Slot src, uint32_t out, uint32_t in, bool bias,
                   Split split) {
@@ -274,6 +303,10 @@ const char* split_name(Split s) {
     case Split::VocabRows: return "vocab_rows";
   }
   return "?";
+}
+
+const char* rope_table_name(uint32_t table) {
+  return table == 2 ? "rope_table_local" : "rope_table";
 }
 
 const Weight* Graph::find(const std::string& name) const {

@@ -36,7 +36,8 @@ const char* split_name(Split s);
 enum class WeightKind : uint8_t {
   Matrix = 0,     // [rows, cols] fp16 (quantized when `quantize` and the spec says so)
   Vector = 1,     // [rows] fp16 parameters (norm gains, biases)
-  RopeTable = 2,  // the rotary table: rows = positions, made by the compiler
+  RopeTable = 2,  // a rotary table: rows = positions, made by the compiler (two with a
+                  // local one: "rope_table" and "rope_table_local")
 };
 
 // One region of weights the programs stream: canonical tensors concatenated by rows.
@@ -81,6 +82,9 @@ enum class StepKind : uint8_t {
   GatedMlp,        // dst = act(src . Wg^T + bg) * (src . Wu^T + bu): `weight` holds gate | up rows
   Mul,             // dst = dst * src (an unfused gated MLP's product)
   AddLinear,       // X += src . W^T + bias (an all-reduce of partial sums on a ring)
+  ReduceLinear,    // dst = src . W^T + bias, summed over the ring (a row-parallel branch
+                   // whose output is normed before it is added)
+  Add,             // dst += src
   Clip,            // dst = clamp(dst, -value, value)
   Rope,            // rotate `n` heads of dst in place
   KvStore,         // this layer's K/V cache rows = k, v (`dst` = k, `src` = v)
@@ -97,7 +101,8 @@ struct Step {
   uint32_t group = 0;  // Norm: elements per normalised group (0: all n)
   uint32_t layer = 0;
   ActKind act = ActKind::None;
-  float value = 0.0f;  // Clip: the bound; Head: the logit scale
+  float value = 0.0f;  // Clip: the bound; Head: the logit scale; Attention: the soft-cap
+  float cap = 0.0f;    // Head: the final logits' soft-cap
 };
 
 struct Graph {
@@ -114,5 +119,8 @@ Graph build_graph(const ModelSpec& spec, const PassOptions& passes);
 // The canonical tensors of `spec`: the weights of its unfused graph, one per source,
 // without the tied LM head and the compiler-made rope table. Their order is stream order.
 std::vector<Tensor> model_tensors(const ModelSpec& spec);
+
+// The rotary table of `table` (1: "rope_table", 2: "rope_table_local").
+const char* rope_table_name(uint32_t table);
 
 }  // namespace hyperdex::graph

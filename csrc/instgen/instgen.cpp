@@ -173,12 +173,18 @@ class Emitter {
     mm.a = src;
     mm.dst = scratch;
     emit(mm);
+    Instruction ar = all_reduce(weight, x, scratch, out, true);
+    ar.b = x;
+    emit(ar);
+  }
+  // dst = the ring's sum of `partial` (+ the bias of `weight`, + b with `residual`), chunked.
+  Instruction all_reduce(const std::string& weight, Operand dst, Operand partial, uint32_t out,
+                         bool residual) const {
     Instruction ar;
     ar.op = Opcode::AllReduce;
-    ar.dst = x;
-    ar.a = scratch;
-    ar.b = x;
-    ar.flags = isa::kFlagHasResidual;
+    ar.dst = dst;
+    ar.a = partial;
+    if (residual) ar.flags = isa::kFlagHasResidual;
     if (const Region* bias = plan_.find_or_null(weight + ".bias")) {
       ar.flags |= isa::kFlagHasBias;
       ar.w1 = bias->ref();
@@ -191,7 +197,18 @@ class Emitter {
                                               (out + 31) / 32))
                 : 1;
     ar.i0 = std::max<uint32_t>(ar.i0, 1);
-    emit(ar);
+    return ar;
+  }
+  // dst = src . W^T + bias, the whole sum on a ring (an ALLREDUCE of the partial sums, its
+  // bias added once), for a branch whose output is normed before it joins the residual.
+  void reduce_linear(const std::string& weight, Operand dst, Operand src, uint32_t out,
+                     uint32_t in_features) {
+    if (devices_ == 1) return linear(weight, dst, src, out, in_features);
+    Instruction mm = matmul(weight, out, in_features);
+    mm.a = src;
+    mm.dst = dst;
+    emit(mm);
+    emit(all_reduce(weight, dst, dst, out, false));
   }
   // A gated MLP over the fused region `name` (gate rows, then up rows): act(gate) * up
   // into f1, the up half's raw values beside it first when the epilogue is not fused.
@@ -222,12 +239,13 @@ class Emitter {
   // fuse_epilogue (BIAS rounds to fp16, the head must not), and the argmax is
   // its epilogue with fuse_argmax, else an ARGMAX instruction.
   void head(const std::string& weight, Operand logits, Operand src, uint32_t rows,
-            uint32_t in_features, float scale, Operand argmax_dst) {
+            uint32_t in_features, float scale, float softcap, Operand argmax_dst) {
     Instruction in = matmul(weight, rows, in_features);
     in.flags |= isa::kFlagOutF32 | isa::kFlagLogitRows;
     in.a = src;
     in.dst = logits;
     if (scale != 1.0f) in.f0 = scale;
+    in.f1 = softcap;
     if (const Region* b = plan_.find_or_null("output.bias")) {
       in.flags |= isa::kFlagHasBias;
       in.w1 = b->ref();
@@ -268,7 +286,8 @@ class Emitter {
     in.n = s_.num_kv_heads * s_.head_dim;
     emit(in);
   }
-  void attention(const std::string& layer, Operand dst, Operand q, uint32_t window) {
+  void attention(const std::string& layer, Operand dst, Operand q, uint32_t window,
+                 float softcap) {
     Instruction in;
     in.op = Opcode::Attention;
     in.dst = dst;
@@ -278,6 +297,7 @@ class Emitter {
     in.i0 = s_.num_kv_heads;
     in.i1 = window;
     in.f0 = s_.effective_attn_scale();
+    in.f1 = softcap;
     in.w0 = region(layer + "k_cache");
     in.w1 = region(layer + "v_cache");
     emit(in);
@@ -456,14 +476,20 @@ isa::Program generate_program(const ModelSpec& s, const MemoryPlan& plan, isa::P
       case graph::StepKind::AddLinear:
         e.residual_linear(st.weight, buf[st.dst], buf[st.src], st.n, st.k, buf.y);
         break;
+      case graph::StepKind::ReduceLinear:
+        e.reduce_linear(st.weight, buf[st.dst], buf[st.src], st.n, st.k);
+        break;
+      case graph::StepKind::Add:
+        e.binary(Opcode::Add, buf[st.dst], buf[st.dst], buf[st.src], st.n);
+        break;
       case graph::StepKind::Clip: e.clip(buf[st.dst], st.n, st.value); break;
       case graph::StepKind::Rope: e.rope(st.weight, buf[st.dst], st.n); break;
       case graph::StepKind::KvStore: e.kv_store(st.weight, buf[st.dst], buf[st.src]); break;
       case graph::StepKind::Attention:
-        e.attention(st.weight, buf[st.dst], buf[st.src], st.n);
+        e.attention(st.weight, buf[st.dst], buf[st.src], st.n, st.value);
         break;
       case graph::StepKind::Head:
-        e.head(st.weight, logits, buf[st.src], st.n, st.k, st.value, argmax);
+        e.head(st.weight, logits, buf[st.src], st.n, st.k, st.value, st.cap, argmax);
         break;
     }
   }

@@ -102,13 +102,21 @@ std::string instruction_problem(const Instruction& in) {
       if ((in.flags & kFlagGlu) && (in.flags & kFlagOutF32))
         return "combines GLU with OUT_F32, which is no encoding (a GLU result is fp16)";
       // ISA v4: f0 scales the fp32 results of an OUT_F32 MATMUL (the logit scale).
+      // f1 soft-caps them (Gemma 2's final_logit_softcapping).
       if (in.flags & kFlagOutF32) {
         if (!std::isfinite(in.f0) || in.f0 < 0.0f)
           return "has a logit scale f0 = " + fmt_real(in.f0) + " (it must be finite and >= 0)";
-      } else if (in.f0 != 0.0f) {
-        return "has f0 = " + fmt_real(in.f0) +
-               " without OUT_F32 (a logit scale applies to fp32 results only; f0 must be 0)";
+        if (!std::isfinite(in.f1) || in.f1 < 0.0f)
+          return "has a logit soft-cap f1 = " + fmt_real(in.f1) + " (it must be finite and >= 0)";
+      } else if (in.f0 != 0.0f || in.f1 != 0.0f) {
+        return "has f0 = " + fmt_real(in.f0) + ", f1 = " + fmt_real(in.f1) +
+               " without OUT_F32 (the logit scale and soft-cap apply to fp32 results only; "
+               "both must be 0)";
       }
+      break;
+    case Opcode::Attention:
+      if (!std::isfinite(in.f1) || in.f1 < 0.0f)
+        return "has a score soft-cap f1 = " + fmt_real(in.f1) + " (it must be finite and >= 0)";
       break;
     case Opcode::Act:
       if (!known_act) return "has an unknown activation " + std::to_string(in.sub);
@@ -297,6 +305,7 @@ std::string disassemble(const Instruction& in, const RegionNamer* namer) {
       flag(kFlagGlu, "glu");
       flag(kFlagOutF32, "f32");
       if (in.f0 != 0.0f) s << " logit_scale=" << in.f0;
+      if (in.f1 != 0.0f) s << " softcap=" << in.f1;
       flag(kFlagLogitRows, "logit_rows");
       if (in.flags & kFlagArgmax) s << " argmax=" << fmt_operand(in.b);
       break;
@@ -314,6 +323,7 @@ std::string disassemble(const Instruction& in, const RegionNamer* namer) {
         << " kv_heads=" << in.i0 << " head_dim=" << in.k << " scale=" << in.f0
         << " kcache=" << fmt_region(in.w0, namer) << " vcache=" << fmt_region(in.w1, namer);
       if (in.i1) s << " window=" << in.i1;
+      if (in.f1 != 0.0f) s << " softcap=" << in.f1;
       break;
     case Opcode::Add:
     case Opcode::Mul:

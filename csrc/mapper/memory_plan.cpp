@@ -36,8 +36,8 @@ class Planner {
     add(name, RegionKind::Vector, kVectorRowElems * 2, (len + kVectorRowElems - 1) / kVectorRowElems,
         len, std::move(sources));
   }
-  void rope_table(uint32_t positions) {
-    add("rope_table", RegionKind::RopeTable,
+  void rope_table(const std::string& name, uint32_t positions) {
+    add(name, RegionKind::RopeTable,
         uint32_t(align_up(uint64_t(spec_.rope_dim / 2) * 8, kRowAlignBytes)), positions,
         spec_.rope_dim / 2, {});
   }
@@ -152,7 +152,7 @@ MemoryPlan plan_memory(const ModelSpec& spec, const DevicePreset& preset, uint32
     switch (w.kind) {
       case graph::WeightKind::Matrix: p.matrix(w.name, w.sources, w.rows, w.cols, w.quantize); break;
       case graph::WeightKind::Vector: p.vector(w.name, w.sources, w.rows); break;
-      case graph::WeightKind::RopeTable: p.rope_table(max_length); break;
+      case graph::WeightKind::RopeTable: p.rope_table(w.name, max_length); break;
     }
   }
   p.align_cursor();

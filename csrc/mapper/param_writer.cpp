@@ -129,7 +129,7 @@ class RegionRows {
         std::memcpy(out, vector_.data() + uint64_t(r) * kVectorRowElems, kVectorRowElems * 2);
         break;
       case RegionKind::RopeTable: {
-        auto v = rope_table_row(spec_, r);
+        auto v = rope_table_row(spec_, r, region_.name == "rope_table_local" ? 2 : 1);
         std::memcpy(out, v.data(), v.size() * 4);
         break;
       }
@@ -185,13 +185,19 @@ std::string param_file_name(uint32_t channel) {
   return name;
 }
 
-std::vector<float> rope_table_row(const ModelSpec& spec, uint32_t position) {
-  // As transformers does it: the angle is an fp32 product, cos/sin of it in fp32.
+std::vector<float> rope_table_row(const ModelSpec& spec, uint32_t position, uint32_t table) {
+  // As transformers does it: the angle is an fp32 product, cos/sin of it in fp32. The local
+  // table (Gemma 3's sliding layers) has its own frequencies and no attention factor.
+  const bool local = table == 2;
+  const std::vector<float>& inv_freq = local ? spec.rope_local_inv_freq : spec.rope_inv_freq;
+  const float factor = local ? 1.0f : spec.rope_attention_factor;
+  if (inv_freq.size() < spec.rope_dim / 2)
+    throw SpecError("rotary table " + std::to_string(table) + " has no frequencies");
   std::vector<float> row(size_t(spec.rope_dim / 2) * 2);
   for (uint32_t i = 0; i < spec.rope_dim / 2; ++i) {
-    float angle = float(position) * spec.rope_inv_freq[i];
-    row[2 * i] = float(std::cos(double(angle))) * spec.rope_attention_factor;
-    row[2 * i + 1] = float(std::sin(double(angle))) * spec.rope_attention_factor;
+    float angle = float(position) * inv_freq[i];
+    row[2 * i] = float(std::cos(double(angle))) * factor;
+    row[2 * i + 1] = float(std::sin(double(angle))) * factor;
   }
   return row;
 }

@@ -42,6 +42,6 @@ std::vector<ParamFile> write_params(const ModelSpec& spec, const MemoryPlan& pla
                                     const std::function<void(uint32_t)>& on_channel_done = {});
 
 // The fp32 (cos, sin) table rows the RopeTable region holds (row = position).
-std::vector<float> rope_table_row(const ModelSpec& spec, uint32_t position);
+std::vector<float> rope_table_row(const ModelSpec& spec, uint32_t position, uint32_t table = 1);
 
 }  // namespace hyperdex

@@ -14,6 +14,12 @@ void require(bool ok, const std::string& what) {
 
 }  // namespace
 
+bool ModelSpec::uses_local_rope() const {
+  for (uint32_t t : layer_rope)
+    if (t == 2) return true;
+  return false;
+}
+
 float ModelSpec::effective_attn_scale() const {
   return attn_scale != 0.0f ? attn_scale : 1.0f / std::sqrt(float(head_dim));
 }
@@ -42,6 +48,23 @@ void ModelSpec::validate() const {
   require(std::isfinite(clip_qkv) && clip_qkv >= 0.0f, "clip_qkv must be >= 0 (0: no clamp)");
   require(std::isfinite(logit_scale) && logit_scale > 0.0f, "logit_scale must be > 0");
   require(!shared_norm || parallel_block, "shared_norm needs parallel_block");
+  require(!branch_output_norm || (pre_norm && !parallel_block),
+          "branch_output_norm needs sequential pre-norm blocks");
+  require(branch_input_norm || branch_output_norm,
+          "a block without input norms needs branch_output_norm");
+  require(std::isfinite(attn_softcap) && attn_softcap >= 0.0f &&
+              std::isfinite(final_logit_softcap) && final_logit_softcap >= 0.0f,
+          "soft-caps must be >= 0 (0: none)");
+  require(layer_rope.empty() || layer_rope.size() == num_layers,
+          "layer_rope must be empty or have one entry per layer (" + std::to_string(num_layers) +
+              ")");
+  for (uint32_t t : layer_rope)
+    require(t <= 2 && (t == 0 || positions == PositionKind::Rope),
+            "layer_rope entries are 0 (none), 1 or 2 (rotary tables of a RoPE model)");
+  if (uses_local_rope())
+    require(rope_local_inv_freq.size() == rope_dim / 2,
+            "rope_local_inv_freq must have rope_dim/2 = " + std::to_string(rope_dim / 2) +
+                " entries");
   require(pre_norm || !parallel_block, "a parallel block is pre-norm");
   require(!qk_norm_bias || (qk_norm && norm == NormKind::LayerNorm),
           "qk_norm_bias needs qk_norm with LayerNorm");

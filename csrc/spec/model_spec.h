@@ -45,6 +45,10 @@ struct ModelSpec {
   bool qk_norm = false;
   bool qk_norm_bias = false;
   float clip_qkv = 0.0f;     // > 0: q, k, v clamped to [-clip_qkv, clip_qkv] (OLMo)
+  // Pre-norm blocks: whether a branch reads norm(x) (false: x itself, OLMo 2), and whether
+  // its output is normed before it is added (Gemma 2/3's sandwich, OLMo 2, EXAONE 4).
+  bool branch_input_norm = true;
+  bool branch_output_norm = false;
 
   bool qkv_bias = false;
   bool attn_out_bias = false;
@@ -58,12 +62,18 @@ struct ModelSpec {
   uint32_t rope_dim = 0;           // rotated dims per head (<= head_dim)
   std::vector<float> rope_inv_freq;  // rope_dim / 2 entries (scaling already applied)
   float rope_attention_factor = 1.0f;  // multiplies cos and sin (YaRN-style scaling)
+  // Per layer: 0 no rotary (NoPE layers: SmolLM3, Cohere 2's global ones), 1 the rotary
+  // table, 2 the local table (Gemma 3's sliding layers, their own base). Empty: all 1.
+  std::vector<uint32_t> layer_rope;
+  std::vector<float> rope_local_inv_freq;  // the local table's (rope_dim / 2 entries)
 
   float attn_scale = 0.0f;         // 0: 1/sqrt(head_dim)
   uint32_t sliding_window = 0;     // 0: full causal attention
   // Per layer (empty: sliding_window for every layer): that layer's window, 0 = full.
   std::vector<uint32_t> layer_windows;
   float logit_scale = 1.0f;        // multiplies the fp32 logits (Cohere)
+  float attn_softcap = 0.0f;       // > 0: scores = cap * tanh(scores / cap) (Gemma 2)
+  float final_logit_softcap = 0.0f;  // > 0: logits = cap * tanh(logits / cap) (Gemma 2)
   float embed_scale = 1.0f;        // multiplies token embeddings (Gemma)
   bool tie_word_embeddings = false;
   uint32_t embed_dim = 0;          // OPT word_embed_proj_dim; 0 or == hidden: no projection
@@ -92,6 +102,12 @@ struct ModelSpec {
   uint32_t window(uint32_t layer) const {
     return layer_windows.empty() ? sliding_window : layer_windows.at(layer);
   }
+  // The rotary table layer `layer` uses (0: none).
+  uint32_t rope_of(uint32_t layer) const {
+    if (positions != PositionKind::Rope) return 0;
+    return layer_rope.empty() ? 1 : layer_rope.at(layer);
+  }
+  bool uses_local_rope() const;
   // Throws SpecError naming the first inconsistent field.
   void validate() const;
 };

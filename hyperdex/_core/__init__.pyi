@@ -209,6 +209,8 @@ class ModelSpec:
     act: ActKind
     architecture: str
     attn_out_bias: bool
+    branch_input_norm: bool
+    branch_output_norm: bool
     final_norm: bool
     gated_mlp: bool
     lm_head_bias: bool
@@ -236,6 +238,12 @@ class ModelSpec:
     def attn_scale(self, arg0: typing.SupportsFloat | typing.SupportsIndex) -> None:
         ...
     @property
+    def attn_softcap(self) -> float:
+        ...
+    @attn_softcap.setter
+    def attn_softcap(self, arg0: typing.SupportsFloat | typing.SupportsIndex) -> None:
+        ...
+    @property
     def clip_qkv(self) -> float:
         ...
     @clip_qkv.setter
@@ -252,6 +260,12 @@ class ModelSpec:
         ...
     @embed_scale.setter
     def embed_scale(self, arg0: typing.SupportsFloat | typing.SupportsIndex) -> None:
+        ...
+    @property
+    def final_logit_softcap(self) -> float:
+        ...
+    @final_logit_softcap.setter
+    def final_logit_softcap(self, arg0: typing.SupportsFloat | typing.SupportsIndex) -> None:
         ...
     @property
     def group_size(self) -> int:
@@ -276,6 +290,12 @@ class ModelSpec:
         ...
     @intermediate_size.setter
     def intermediate_size(self, arg0: typing.SupportsInt | typing.SupportsIndex) -> None:
+        ...
+    @property
+    def layer_rope(self) -> list[int]:
+        ...
+    @layer_rope.setter
+    def layer_rope(self, arg0: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex]) -> None:
         ...
     @property
     def layer_windows(self) -> list[int]:
@@ -348,6 +368,12 @@ class ModelSpec:
         ...
     @rope_inv_freq.setter
     def rope_inv_freq(self, arg0: collections.abc.Sequence[typing.SupportsFloat | typing.SupportsIndex]) -> None:
+        ...
+    @property
+    def rope_local_inv_freq(self) -> list[float]:
+        ...
+    @rope_local_inv_freq.setter
+    def rope_local_inv_freq(self, arg0: collections.abc.Sequence[typing.SupportsFloat | typing.SupportsIndex]) -> None:
         ...
     @property
     def sliding_window(self) -> int:
@@ -911,7 +937,7 @@ def plan_memory(spec: ModelSpec, preset: DevicePreset, max_length: typing.Suppor
     ...
 def program_from_bytes(arg0: bytes) -> Program:
     ...
-def rope_table_row(arg0: ModelSpec, arg1: typing.SupportsInt | typing.SupportsIndex) -> list[float]:
+def rope_table_row(spec: ModelSpec, position: typing.SupportsInt | typing.SupportsIndex, table: typing.SupportsInt | typing.SupportsIndex = 1) -> list[float]:
     ...
 def shard_spec(spec: ModelSpec, devices: typing.SupportsInt | typing.SupportsIndex) -> ModelSpec:
     """

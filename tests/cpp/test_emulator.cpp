@@ -518,3 +518,224 @@ TEST_F(EmuTest, ClipClampsToTheBound) {
   EXPECT_EQ(lmem_bits(Y, 0, 10)[5], float_to_half(1.2998046875f)); // below the bound: as is
   EXPECT_GT(clamped, size_t(10));
 }
+
+// ISA v4: an OUT_F32 MATMUL soft-caps its fp32 results with f1 > 0, v = f1 * tanh(v / f1),
+// after the bias and the f0 logit scale and before the activation; the fused argmax sees
+// the capped values. Every logit is checked bit for bit against a scalar reference.
+TEST_F(EmuTest, LogitSoftCapFollowsTheScaleAndPrecedesActivationAndArgmax) {
+  const uint32_t T = 3, k = 40, n = 50;
+  auto x = random_rows(T, k, 51, 2.0f), w = random_rows(n, k, 52, 0.5f);
+  auto bias = random_rows(1, n, 53)[0];
+  HbmRegion xt = put_rows(0, x, 128), wt = put_rows(8192, w, 128), bt = put_vector(16384, bias);
+  put_ids({0, 1, 2});
+  const Operand X{Space::Lmem, 0, 64}, Y{Space::Io, 8192, 64}, A{Space::Io, 4096, 1};
+  const Kernels& scalar = kernels_for(KernelLevel::Scalar);
+  std::vector<std::vector<float>> acc(T, std::vector<float>(n));  // dot + bias, fp32
+  for (uint32_t t = 0; t < T; ++t)
+    for (uint32_t j = 0; j < n; ++j) {
+      std::vector<uint16_t> wr(k);
+      for (uint32_t i = 0; i < k; ++i) wr[i] = float_to_half(w[j][i]);
+      acc[t][j] = scalar.dot_f16(wr.data(), x[t].data(), k) + bias[j];
+    }
+  auto first_max = [](const std::vector<float>& row) {
+    int32_t best = 0;
+    for (size_t j = 1; j < row.size(); ++j)
+      if (row[j] > row[size_t(best)]) best = int32_t(j);
+    return best;
+  };
+  // The reference of docs/isa.md: bias (in acc), scale, cap, activation; all fp32.
+  auto reference = [](float v, float f0, float f1, ActKind act) {
+    if (f0 != 0.0f && f0 != 1.0f) v = v * f0;
+    if (f1 > 0.0f) v = f1 * std::tanh(v / f1);
+    if (act == ActKind::Silu) v = v / (1.0f + std::exp(-v));
+    return v;
+  };
+  // Runs the head with (f0, f1, act); checks every logit's bits and the fused argmax, and
+  // returns the last row.
+  auto check = [&](float f0, float f1, ActKind act) {
+    Instruction mm;
+    mm.op = Opcode::MatMul;
+    mm.flags = kFlagOutF32 | kFlagHasBias | kFlagArgmax;
+    mm.sub = uint8_t(act);
+    mm.dst = Y;
+    mm.a = X;
+    mm.b = A;
+    mm.w0 = wt;
+    mm.w1 = bt;
+    mm.n = n;
+    mm.k = k;
+    mm.f0 = f0;
+    mm.f1 = f1;
+    run({embed(X, xt, k), mm}, RunArgs{0, T});
+    std::vector<float> last(n);
+    for (uint32_t t = 0; t < T; ++t) {
+      std::vector<float> got(n);
+      emu_->read(0, io_base_ + Y.offset + uint64_t(t) * Y.stride * 4, got.data(), n * 4);
+      for (uint32_t j = 0; j < n; ++j) {
+        last[j] = reference(acc[t][j], f0, f1, act);
+        uint32_t a, b;
+        std::memcpy(&a, &got[j], 4);
+        std::memcpy(&b, &last[j], 4);
+        EXPECT_EQ(a, b) << "f0=" << f0 << " f1=" << f1 << " t=" << t << " j=" << j << ": "
+                        << got[j] << " vs " << last[j];
+      }
+    }
+    int32_t arg = -1;
+    emu_->read(0, io_base_ + A.offset, &arg, 4);
+    EXPECT_EQ(arg, first_max(last)) << "f0=" << f0 << " f1=" << f1;
+    return last;
+  };
+  float spread = 0.0f;  // the logits are well away from 0: a cap of 2 bends them
+  for (float v : acc[T - 1]) spread = std::max(spread, std::fabs(v));
+  ASSERT_GT(spread, 4.0f);
+
+  const auto plain = check(0.0f, 0.0f, ActKind::None);
+  const auto capped = check(0.0f, 2.0f, ActKind::None);
+  size_t bent = 0;
+  for (uint32_t j = 0; j < n; ++j) {
+    EXPECT_LE(std::fabs(capped[j]), 2.0f) << j;
+    EXPECT_EQ(capped[j] > 0.0f, plain[j] > 0.0f) << j;  // odd and monotone
+    bent += std::fabs(capped[j] - plain[j]) > 0.1f;
+  }
+  EXPECT_GT(bent, size_t(n) / 4);
+  // The scale comes first: cap(v * 4) is not cap(v) * 4 (the latter could reach 8).
+  const auto scaled = check(4.0f, 2.0f, ActKind::None);
+  for (uint32_t j = 0; j < n; ++j) EXPECT_LE(std::fabs(scaled[j]), 2.0f) << j;
+  // The activation comes last: silu(cap(v * s)), not cap(silu(v * s)).
+  check(0.5f, 3.0f, ActKind::Silu);
+  // A tiny cap saturates tanh to exactly +-1: every clearly positive logit becomes the cap,
+  // and the argmax is the first of them, not the uncapped argmax.
+  const auto saturated = check(0.0f, 1e-3f, ActKind::None);
+  const int32_t uncapped_arg = first_max(plain), saturated_arg = first_max(saturated);
+  EXPECT_FLOAT_EQ(saturated[size_t(uncapped_arg)], 1e-3f);
+  EXPECT_NE(saturated_arg, uncapped_arg);
+  EXPECT_FLOAT_EQ(saturated[size_t(saturated_arg)], 1e-3f);
+}
+
+// ATTN with f1 > 0 soft-caps each scaled score, s = f1 * tanh(s / f1), before the softmax:
+// bit for bit against the scalar kernels, and within rounding of a double reference.
+TEST_F(EmuTest, AttentionSoftCapsTheScoresBeforeTheSoftmax) {
+  const uint32_t T = 6, heads = 4, kv = 2, hd = 16;
+  auto q = random_rows(T, heads * hd, 61, 2.0f), k = random_rows(T, kv * hd, 62, 2.0f),
+       v = random_rows(T, kv * hd, 63);
+  HbmRegion qt = put_rows(0, q, 128), kt = put_rows(4096, k, 64), vt = put_rows(8192, v, 64);
+  HbmRegion kc{16384, 64, 16}, vc{32768, 64, 16};
+  put_ids({0, 1, 2, 3, 4, 5});
+  const Operand Q{Space::Lmem, 0, 64}, K{Space::Lmem, 1024, 32}, V{Space::Lmem, 2048, 32};
+  const Operand O{Space::Lmem, 4096, 64}, P{Space::Lmem, 6144, 64};  // capped, uncapped
+  Instruction store;
+  store.op = Opcode::KvStore;
+  store.a = K;
+  store.b = V;
+  store.w0 = kc;
+  store.w1 = vc;
+  store.n = kv * hd;
+  const float scale = 0.25f, cap = 1.5f;
+  Instruction attn;
+  attn.op = Opcode::Attention;
+  attn.dst = O;
+  attn.a = Q;
+  attn.n = heads;
+  attn.k = hd;
+  attn.i0 = kv;
+  attn.f0 = scale;
+  attn.f1 = cap;
+  attn.w0 = kc;
+  attn.w1 = vc;
+  Instruction plain = attn;
+  plain.dst = P;
+  plain.f1 = 0.0f;
+  run({embed(Q, qt, heads * hd), embed(K, kt, kv * hd), embed(V, vt, kv * hd), store, attn, plain},
+      RunArgs{0, T});
+
+  const Kernels& scalar = kernels_for(KernelLevel::Scalar);
+  size_t capped_scores = 0, differ = 0;
+  for (uint32_t t = 0; t < T; ++t) {
+    const auto got = lmem_bits(O, t, heads * hd), uncapped = lmem_bits(P, t, heads * hd);
+    for (uint32_t h = 0; h < heads; ++h) {
+      const uint32_t g = h / (heads / kv);
+      // As docs/isa.md: the MAC-tree dot, * f0, the cap, max-subtracted exp, a sequential
+      // sum, p_j = e_j / sum, fused multiply-adds in ascending j, one rounding.
+      std::vector<float> s(t + 1);
+      std::vector<double> sd(t + 1);
+      float best = -std::numeric_limits<float>::infinity();
+      for (uint32_t j = 0; j <= t; ++j) {
+        std::vector<uint16_t> key(hd);
+        for (uint32_t i = 0; i < hd; ++i) key[i] = float_to_half(k[j][g * hd + i]);
+        const float raw = scalar.dot_f16(key.data(), q[t].data() + h * hd, hd) * scale;
+        s[j] = cap * std::tanh(raw / cap);
+        capped_scores += std::fabs(raw) > cap;
+        best = std::max(best, s[j]);
+        double d = 0;
+        for (uint32_t i = 0; i < hd; ++i) d += double(q[t][h * hd + i]) * k[j][g * hd + i];
+        sd[j] = cap * std::tanh(d * scale / cap);
+      }
+      float sum = 0.0f;
+      for (float& e : s) {
+        e = std::exp(e - best);
+        sum += e;
+      }
+      std::vector<float> acc(hd, 0.0f);
+      for (uint32_t j = 0; j <= t; ++j)
+        for (uint32_t i = 0; i < hd; ++i)
+          acc[i] = std::fma(s[j] / sum, round16(v[j][g * hd + i]), acc[i]);
+      double mx = -1e30, dsum = 0;
+      for (double e : sd) mx = std::max(mx, e);
+      for (double& e : sd) dsum += (e = std::exp(e - mx));
+      for (uint32_t i = 0; i < hd; ++i) {
+        EXPECT_EQ(got[h * hd + i], float_to_half(acc[i])) << "t=" << t << " h=" << h << " i=" << i;
+        double o = 0;
+        for (uint32_t j = 0; j <= t; ++j) o += sd[j] / dsum * v[j][g * hd + i];
+        EXPECT_NEAR(half_to_float(got[h * hd + i]), o, 2e-3 * (1 + std::fabs(o)));
+        differ += got[h * hd + i] != uncapped[h * hd + i];
+      }
+    }
+  }
+  EXPECT_GT(capped_scores, size_t(10));  // the cap bends many scores
+  EXPECT_GT(differ, size_t(T) * heads * hd / 4);  // and changes the output
+}
+
+// The loader refuses a soft-cap that is negative or not finite (ATTN, OUT_F32 MATMUL) and
+// any f1 on a MATMUL without OUT_F32, naming the instruction and the field.
+TEST_F(EmuTest, SoftCapsAreChecked) {
+  Instruction mm;
+  mm.op = Opcode::MatMul;
+  mm.dst = Operand{Space::Lmem, 4096, 64};
+  mm.a = Operand{Space::Lmem, 0, 64};
+  mm.w0 = put_rows(8192, random_rows(8, 32, 64), 64);
+  mm.n = 8;
+  mm.k = 32;
+  mm.f1 = 30.0f;  // a soft-cap without fp32 results
+  std::string msg = rejection({mm});
+  EXPECT_TRUE(has(msg, "instruction 0 (MATMUL)") && has(msg, "f1 = 30") && has(msg, "without OUT_F32"))
+      << msg;
+  mm.flags = kFlagOutF32;
+  EXPECT_EQ(rejection({mm}), "");
+  for (float bad : {-1.0f, std::numeric_limits<float>::infinity(),
+                    std::numeric_limits<float>::quiet_NaN()}) {
+    mm.f1 = bad;
+    msg = rejection({mm});
+    EXPECT_TRUE(has(msg, "instruction 0 (MATMUL)") && has(msg, "logit soft-cap")) << msg;
+  }
+
+  Instruction attn;
+  attn.op = Opcode::Attention;
+  attn.dst = Operand{Space::Lmem, 4096, 64};
+  attn.a = Operand{Space::Lmem, 0, 64};
+  attn.n = 4;
+  attn.k = 16;
+  attn.i0 = 2;
+  attn.f0 = 0.25f;
+  attn.w0 = HbmRegion{16384, 64, 16};
+  attn.w1 = HbmRegion{32768, 64, 16};
+  for (float ok : {0.0f, 50.0f}) {
+    attn.f1 = ok;
+    EXPECT_EQ(rejection({attn}), "") << ok;
+  }
+  for (float bad : {-50.0f, std::numeric_limits<float>::infinity(),
+                    std::numeric_limits<float>::quiet_NaN()}) {
+    attn.f1 = bad;
+    msg = rejection({attn});
+    EXPECT_TRUE(has(msg, "instruction 0 (ATTN)") && has(msg, "score soft-cap")) << msg;
+  }
+}

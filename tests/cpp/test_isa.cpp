@@ -270,3 +270,89 @@ TEST(Isa, InstructionProblemsOfTheV4Fields) {
   attn.f0 = -2.0f;
   EXPECT_EQ(instruction_problem(attn), "");
 }
+
+// ISA v4 (same release as f0): f1 soft-caps an OUT_F32 MATMUL's fp32 results and ATTN's
+// scores; each must be finite and >= 0 (0: no cap), and a MATMUL without OUT_F32 has none.
+TEST(Isa, InstructionProblemsOfTheSoftCaps) {
+  const float nan = std::numeric_limits<float>::quiet_NaN(), inf = std::numeric_limits<float>::infinity();
+  Instruction mm;
+  mm.op = Opcode::MatMul;
+  mm.flags = kFlagOutF32 | kFlagArgmax;
+  for (float f1 : {0.0f, -0.0f, 1e-30f, 30.0f, 3e38f}) {
+    mm.f1 = f1;
+    EXPECT_EQ(instruction_problem(mm), "") << f1;
+    mm.f0 = 0.25f;  // with a logit scale as well
+    EXPECT_EQ(instruction_problem(mm), "") << f1;
+    mm.f0 = 0.0f;
+  }
+  for (float f1 : {-1.0f, -1e-30f, nan, inf, -inf}) {
+    mm.f1 = f1;
+    const std::string why = instruction_problem(mm);
+    EXPECT_NE(why.find("logit soft-cap f1"), std::string::npos) << f1 << ": " << why;
+    EXPECT_NE(why.find("finite and >= 0"), std::string::npos) << why;
+  }
+  mm.f1 = 30.0f;
+  mm.f0 = -1.0f;  // the scale is checked too, whatever the cap
+  EXPECT_NE(instruction_problem(mm).find("logit scale"), std::string::npos);
+
+  // Without OUT_F32 both f0 and f1 must be 0: a soft-cap needs fp32 results to cap.
+  mm.flags = kFlagHasBias;
+  mm.f0 = 0.0f;
+  for (float f1 : {30.0f, 1.0f, -1.0f, nan}) {
+    mm.f1 = f1;
+    const std::string why = instruction_problem(mm);
+    EXPECT_NE(why.find("without OUT_F32"), std::string::npos) << f1 << ": " << why;
+  }
+  mm.f1 = 0.0f;
+  EXPECT_EQ(instruction_problem(mm), "");
+  mm.flags = kFlagGlu;  // a GLU MATMUL too
+  mm.f1 = 2.0f;
+  EXPECT_NE(instruction_problem(mm).find("without OUT_F32"), std::string::npos);
+
+  Instruction attn;
+  attn.op = Opcode::Attention;
+  attn.n = 8;
+  attn.k = 16;
+  attn.i0 = 2;
+  attn.f0 = 0.25f;
+  for (float f1 : {0.0f, -0.0f, 1e-30f, 50.0f, 3e38f}) {
+    attn.f1 = f1;
+    EXPECT_EQ(instruction_problem(attn), "") << f1;
+  }
+  for (float f1 : {-50.0f, -1e-30f, nan, inf, -inf}) {
+    attn.f1 = f1;
+    const std::string why = instruction_problem(attn);
+    EXPECT_NE(why.find("score soft-cap f1"), std::string::npos) << f1 << ": " << why;
+  }
+  // Other opcodes keep their own f1 (none is checked): an ADD with f1 = -1 is fine.
+  Instruction add;
+  add.op = Opcode::Add;
+  add.f1 = -1.0f;
+  EXPECT_EQ(instruction_problem(add), "");
+}
+
+TEST(Isa, ListingShowsTheSoftCaps) {
+  Instruction head;
+  head.op = Opcode::MatMul;
+  head.flags = kFlagOutF32 | kFlagArgmax;
+  head.n = 1000;
+  head.k = 64;
+  EXPECT_EQ(disassemble(head).find("softcap"), std::string::npos) << disassemble(head);
+  head.f1 = 30.0f;
+  EXPECT_NE(disassemble(head).find(" softcap=30"), std::string::npos) << disassemble(head);
+  head.f0 = 0.0625f;
+  const std::string both = disassemble(head);
+  EXPECT_NE(both.find(" logit_scale=0.0625 softcap=30"), std::string::npos) << both;
+
+  Instruction attn;
+  attn.op = Opcode::Attention;
+  attn.n = 8;
+  attn.k = 16;
+  attn.i0 = 2;
+  attn.f0 = 0.25f;
+  EXPECT_EQ(disassemble(attn).find("softcap"), std::string::npos) << disassemble(attn);
+  attn.f1 = 50.0f;
+  const std::string text = disassemble(attn);
+  EXPECT_EQ(text.rfind("ATTN ", 0), 0u) << text;
+  EXPECT_NE(text.find(" softcap=50"), std::string::npos) << text;
+}
