@@ -67,7 +67,7 @@ def render() -> str:
                 + " | ".join(
                     [
                         f"`{name}`",
-                        f"{arch.family} (families/{arch.family}.py)",
+                        arch.family,
                         *cells,
                         ", ".join(mine) or "-",
                         ", ".join(arch.examples) or "-",

@@ -57,7 +57,7 @@ def test_json_round_trip_and_the_spec_it_makes() -> None:
         (dict(head_dim="16"), "'head_dim' must be an integer in \\[1, 2\\^32\\), found '16'"),
         (dict(num_layers=2**32), "'num_layers' must be an integer in"),
         (dict(gated_mlp=1), "'gated_mlp' must be true or false"),
-        (dict(layer_windows=[4, -1]), "'layer_windows' must be a list of window sizes"),
+        (dict(layer_windows=[4, -1]), "'layer_windows' must be a list of integers"),
         (dict(clip_qkv="big"), "'clip_qkv' must be a number"),
         (dict(norm_eps=float("inf")), "'norm_eps' must be a finite number"),
         (dict(swa=True), "'swa' is none this hyperdex knows"),

@@ -48,6 +48,13 @@ class ModelRecord:
     qk_norm: bool = False
     qk_norm_bias: bool = False
     clip_qkv: Optional[float] = None
+    branch_input_norm: bool = True  # pre-norm blocks: a branch reads norm(x) (else x)
+    branch_output_norm: bool = False  # x += norm(branch): Gemma 2/3, EXAONE 4
+    attn_softcap: float = 0.0  # Gemma 2's attn_logit_softcapping (0: none)
+    final_logit_softcap: float = 0.0  # Gemma 2's final_logit_softcapping (0: none)
+    # Folded into the output projections' weights by the converter (Granite's
+    # residual_multiplier): x += m * branch.
+    residual_scale: float = 1.0
     learned_pos_rows: int = 0
     learned_pos_offset: int = 0
     attn_scale: Optional[float] = None  # None: 1/sqrt(head_dim)
@@ -62,6 +69,10 @@ class ModelRecord:
     rope_parameters: dict[str, Any] = field(default_factory=dict)
     rope_inv_freq: tuple[float, ...] = ()
     rope_attention_factor: float = 1.0
+    # Per layer: 0 no rotary, 1 the rotary table, 2 the local one (empty: all 1), and the
+    # local table's frequencies (Gemma 3's sliding layers).
+    layer_rope: tuple[int, ...] = ()
+    rope_local_inv_freq: tuple[float, ...] = ()
     # Switches of the converter's renaming rules (e.g. Falcon's QKV layout): no trait of the
     # graph, so the core never sees them.
     layout: dict[str, bool] = field(default_factory=dict)
@@ -91,8 +102,8 @@ class ModelRecord:
     def to_dict(self) -> dict[str, Any]:
         """The JSON form (hyperdex_config.json's ``model``)."""
         out = dataclasses.asdict(self)
-        out["layer_windows"] = list(self.layer_windows)
-        out["rope_inv_freq"] = list(self.rope_inv_freq)
+        for name in ("layer_windows", "rope_inv_freq", "layer_rope", "rope_local_inv_freq"):
+            out[name] = list(getattr(self, name))
         return out
 
     def holds(self, key: str) -> bool:
@@ -127,7 +138,15 @@ _INT = _POSITIVE | {
     "embed_dim",
     "rope_dim",
 }
-_FLOAT = {"norm_eps", "embed_scale", "logit_scale", "rope_attention_factor"}
+_FLOAT = {
+    "norm_eps",
+    "embed_scale",
+    "logit_scale",
+    "rope_attention_factor",
+    "attn_softcap",
+    "final_logit_softcap",
+    "residual_scale",
+}
 _OPTIONAL_FLOAT = {"clip_qkv", "attn_scale"}
 _STR = {"norm", "act", "positions"}
 
@@ -157,13 +176,13 @@ def _typed(name: str, value: Any, where: str, prefix: str) -> Any:
         if not isinstance(value, str):
             raise bad("a string")
         return value
-    if name == "layer_windows":
+    if name in ("layer_windows", "layer_rope"):
         if not isinstance(value, (list, tuple)) or not all(
             isinstance(w, int) and not isinstance(w, bool) and 0 <= w <= _U32_MAX for w in value
         ):
-            raise bad("a list of window sizes (integers in [0, 2^32))")
+            raise bad("a list of integers in [0, 2^32)")
         return tuple(value)
-    if name == "rope_inv_freq":
+    if name in ("rope_inv_freq", "rope_local_inv_freq"):
         if not isinstance(value, (list, tuple)) or not all(
             isinstance(x, (int, float)) and not isinstance(x, bool) for x in value
         ):

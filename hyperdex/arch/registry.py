@@ -19,6 +19,7 @@ from .record import ModelRecord
 from .types import (
     ACTIVATIONS,
     ADD_ONE,
+    ADD_ONE_TILE,
     CONCAT,
     CONV1D_SPLIT,
     COPY,
@@ -27,6 +28,7 @@ from .types import (
     HEAD_SPLIT,
     ONES,
     ROW_SPLIT,
+    SCALE_RESIDUAL,
     TILE,
     TRANSPOSE,
     VECTOR_SPLIT,
@@ -39,6 +41,7 @@ from .types import first as _first
 __all__ = [
     "ACTIVATIONS",
     "ADD_ONE",
+    "ADD_ONE_TILE",
     "ARCHITECTURES",
     "CONCAT",
     "CONV1D_SPLIT",
@@ -48,6 +51,7 @@ __all__ = [
     "HEAD_SPLIT",
     "ONES",
     "ROW_SPLIT",
+    "SCALE_RESIDUAL",
     "TILE",
     "TRANSPOSE",
     "VECTOR_SPLIT",
@@ -204,10 +208,18 @@ def model_traits(config: Config) -> tuple[str, Architecture, ModelRecord]:
     model["layer_windows"] = windows
     rotary_dim = model.pop("rotary_dim", None)
     rope_style = model.pop("rope_style", "neox")
+    layer_rope = [int(t) for t in model.pop("layer_rope", None) or ()]
+    if layer_rope and len(layer_rope) != num_layers:
+        raise ConfigError(
+            f"config.json sets rotary positions for {len(layer_rope)} layers; the model has "
+            f"{num_layers}"
+        )
+    if all(t == 1 for t in layer_rope):
+        layer_rope = []  # every layer rotates with the one table
     if arch.positions == "rope":
         from .rope import inverse_frequencies, rope_parameters
 
-        params = rope_parameters(config)
+        params, local = rope_parameters(config)
         if rotary_dim is None:
             rotary_dim = int(model["head_dim"] * float(params["partial_rotary_factor"]))
         rotary_dim = int(rotary_dim)
@@ -223,7 +235,19 @@ def model_traits(config: Config) -> tuple[str, Architecture, ModelRecord]:
             rope_parameters=params,
             rope_inv_freq=[float(x) for x in inv_freq],
             rope_attention_factor=factor,
+            layer_rope=layer_rope,
         )
+        if 2 in layer_rope:  # the local table (Gemma 3's sliding layers)
+            if local is None:
+                raise ConfigError(f"{hf_name}'s config.json gives no local rotary parameters")
+            local_freq, local_factor = inverse_frequencies(local, rotary_dim, max_positions)
+            if local_factor != 1.0:
+                raise ConfigError(
+                    f"the local rotary parameters ({local['rope_type']}) scale cos and sin; "
+                    "hyperdex's local table has no attention factor: use default or linear"
+                )
+            model["rope_local_inv_freq"] = [float(x) for x in local_freq]
+            model["rope_parameters"] = dict(params, local=local)
     # What is no field of the record is a switch of the family's renaming rules.
     fields = {f.name for f in dataclasses.fields(ModelRecord)}
     model["layout"] = {k: bool(model.pop(k)) for k in list(model) if k not in fields}

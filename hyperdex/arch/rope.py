@@ -8,7 +8,7 @@ and sin. The arithmetic mirrors transformers' ``modeling_rope_utils`` in float32
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 
@@ -17,9 +17,30 @@ from ..errors import ConfigError
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3", "longrope")
 
 
-def rope_parameters(config: dict[str, Any]) -> dict[str, Any]:
+def rope_parameters(config: dict[str, Any]) -> tuple[dict[str, Any], Optional[dict[str, Any]]]:
     """The RoPE parameters of a HF config.json, in either transformers 4 (``rope_theta`` and
-    ``rope_scaling``) or transformers 5 (``rope_parameters``) form."""
+    ``rope_scaling``) or transformers 5 (``rope_parameters``) form: (those of the model, or of
+    its full-attention layers; those of its sliding layers where they have their own, as
+    Gemma 3's do, else None)."""
+    given = config.get("rope_parameters")
+    if isinstance(given, dict) and isinstance(given.get("full_attention"), dict):
+        # transformers 5: one set per layer type.
+        local = given.get("sliding_attention")
+        main = _one_set(dict(config, rope_parameters=given["full_attention"]))
+        return main, None if not isinstance(local, dict) else _one_set(
+            dict(config, rope_parameters=local, rope_scaling=None)
+        )
+    main = _one_set(config)
+    if config.get("rope_local_base_freq") is not None:  # Gemma 3, transformers 4 form
+        local = _one_set(
+            {"rope_theta": config["rope_local_base_freq"], "partial_rotary_factor": 1.0}
+        )
+        local["partial_rotary_factor"] = main["partial_rotary_factor"]
+        return main, local
+    return main, None
+
+
+def _one_set(config: dict[str, Any]) -> dict[str, Any]:
     params: dict[str, Any] = {}
     if isinstance(config.get("rope_parameters"), dict):
         params.update(config["rope_parameters"])

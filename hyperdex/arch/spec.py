@@ -55,12 +55,14 @@ _BOOLS = (
     "lm_head_bias",
     "qk_norm",
     "qk_norm_bias",
+    "branch_input_norm",
+    "branch_output_norm",
     "tie_word_embeddings",
 )
-_FLOATS = ("norm_eps", "embed_scale", "logit_scale")
+_FLOATS = ("norm_eps", "embed_scale", "logit_scale", "attn_softcap", "final_logit_softcap")
 # Record fields the core does not read: the Python side's (the rope parameters as the HF
 # config wrote them, the position limit, the converter's layout switches).
-PYTHON_ONLY = ("max_position_embeddings", "rope_parameters", "layout")
+PYTHON_ONLY = ("max_position_embeddings", "rope_parameters", "layout", "residual_scale")
 
 
 def model_spec(config: Mapping[str, Any]) -> _core.ModelSpec:
@@ -82,6 +84,8 @@ def model_spec(config: Mapping[str, Any]) -> _core.ModelSpec:
         s.rope_dim = m.rope_dim
         s.rope_inv_freq = list(m.rope_inv_freq)
         s.rope_attention_factor = m.rope_attention_factor
+        s.layer_rope = list(m.layer_rope)
+        s.rope_local_inv_freq = list(m.rope_local_inv_freq)
     _quantization(s, config.get("quantization"))
     s.validate()
     return s

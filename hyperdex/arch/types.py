@@ -26,6 +26,8 @@ HEAD_SPLIT = "head_split"  # rows per head [h0: q k v | h1: q k v | ...] (GPT-Ne
 GROUP_SPLIT = "group_split"  # rows per KV group [q.. q k v | ...] (Falcon new architecture)
 ADD_ONE = "add_one"  # Gemma's RMSNorm multiplies by (1 + w): the canonical gain is 1 + w
 TILE = "tile"  # one head's norm gain shared by all heads (Phi's qk LayerNorm)
+ADD_ONE_TILE = "add_one_tile"  # both: Gemma 3's (1 + w) q/k RMSNorm shared by the heads
+SCALE_RESIDUAL = "scale_residual"  # times the record's residual_scale (Granite's multiplier)
 CONCAT = "concat"  # one HF tensor per head ("{h}") -> one canonical (StableLM's qk norm)
 ONES = "ones"  # no HF tensor: a parameter-free norm's gain of ones (OLMo)
 

@@ -21,6 +21,7 @@ import numpy as np
 from .. import __version__
 from ..arch.registry import (
     ADD_ONE,
+    ADD_ONE_TILE,
     CONCAT,
     CONV1D_SPLIT,
     FLATTEN,
@@ -28,6 +29,7 @@ from ..arch.registry import (
     HEAD_SPLIT,
     ONES,
     ROW_SPLIT,
+    SCALE_RESIDUAL,
     TILE,
     TRANSPOSE,
     VECTOR_SPLIT,
@@ -95,7 +97,7 @@ def _hf_shape(transform: str, canonical: list[tuple[int, ...]], head_dim: int) -
         return (canonical[0][1], sum(s[0] for s in canonical))
     if transform in (VECTOR_SPLIT, ROW_SPLIT, HEAD_SPLIT, GROUP_SPLIT):
         return (sum(s[0] for s in canonical), *canonical[0][1:])
-    if transform in (TILE, CONCAT):
+    if transform in (TILE, ADD_ONE_TILE, CONCAT):
         return (head_dim,)
     if transform == FLATTEN:
         return (canonical[0][0] // head_dim, head_dim)
@@ -103,7 +105,11 @@ def _hf_shape(transform: str, canonical: list[tuple[int, ...]], head_dim: int) -
 
 
 def _apply(
-    transform: str, array: np.ndarray, canonical: list[tuple[int, ...]], head_dim: int
+    transform: str,
+    array: np.ndarray,
+    canonical: list[tuple[int, ...]],
+    head_dim: int,
+    residual_scale: float = 1.0,
 ) -> list[np.ndarray]:
     if transform == TRANSPOSE:
         return [np.ascontiguousarray(array.T)]
@@ -126,10 +132,14 @@ def _apply(
             np.ascontiguousarray(per[:, group].reshape(kv * head_dim, *rest)),
             np.ascontiguousarray(per[:, group + 1].reshape(kv * head_dim, *rest)),
         ]
-    if transform == ADD_ONE:  # in fp32, rounded to fp16 once
-        return [array.astype(np.float32) + np.float32(1.0)]
-    if transform == TILE:
+    if transform in (ADD_ONE, ADD_ONE_TILE):  # in fp32, rounded to fp16 once
+        array = array.astype(np.float32) + np.float32(1.0)
+        if transform == ADD_ONE:
+            return [array]
+    if transform in (TILE, ADD_ONE_TILE):
         return [np.tile(array, canonical[0][0] // array.shape[0])]
+    if transform == SCALE_RESIDUAL:  # in fp32, rounded to fp16 once
+        return [array.astype(np.float32) * np.float32(residual_scale)]
     if transform == FLATTEN:
         return [array.reshape(-1)]
     return [array]
@@ -290,7 +300,8 @@ class AutoModelConverter:
                     f"tensor {name} has values up to {peak:.4g}, beyond fp16's {FP16_MAX}; this "
                     "model cannot run with fp16 weights"
                 )
-            for canonical, part in zip(p.canonical, _apply(p.transform, data, shapes, hd)):
+            parts = _apply(p.transform, data, shapes, hd, self.model.residual_scale)
+            for canonical, part in zip(p.canonical, parts):
                 yield canonical, part.astype(np.float16)
             bar.update(1)
         if self.gptq is not None:

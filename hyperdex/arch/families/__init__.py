@@ -6,37 +6,50 @@ from __future__ import annotations
 
 from ..types import Architecture
 from .cohere import COHERE
+from .cohere2 import COHERE2
 from .exaone import EXAONE
+from .exaone4 import EXAONE4
 from .falcon import FALCON
 from .gemma import GEMMA
+from .gemma2 import GEMMA2, GEMMA3
 from .gpt2 import GPT2
 from .gpt_bigcode import GPT_BIGCODE
 from .gpt_neox import GPT_NEOX
 from .gptj import GPTJ
+from .granite import GRANITE
 from .llama import LLAMA
 from .olmo import OLMO
 from .opt import OPT
 from .phi import PHI
 from .phi3 import PHI3
 from .qwen2 import QWEN2
+from .qwen3 import QWEN3
+from .smollm3 import SMOLLM3
 from .stablelm import STABLELM
 from .starcoder2 import STARCODER2
 
 ARCHITECTURES: tuple[Architecture, ...] = (
     COHERE,
+    COHERE2,
     EXAONE,
+    EXAONE4,
     FALCON,
     GEMMA,
+    GEMMA2,
+    GEMMA3,
     GPT2,
     GPT_BIGCODE,
     GPTJ,
     GPT_NEOX,
+    GRANITE,
     LLAMA,
     OLMO,
     OPT,
     PHI,
     PHI3,
     QWEN2,
+    QWEN3,
+    SMOLLM3,
     STABLELM,
     STARCODER2,
 )

@@ -30,11 +30,13 @@ def norm_rules(hf: str, canonical: str, transform: str = COPY, when: Optional[st
     )
 
 
-def linear_rules(hf: str, canonical: str, bias_when: Optional[str], when: Optional[str] = None):
+def linear_rules(
+    hf: str, canonical: str, bias_when: Optional[str], transform: str = COPY
+) -> tuple[TensorRule, ...]:
     """A projection's weight, and its bias when ``bias_when`` holds (None: never)."""
-    rules = (TensorRule(hf + ".weight", (canonical + ".weight",), when=when),)
+    rules = (TensorRule(hf + ".weight", (canonical + ".weight",), transform),)
     if bias_when is not None:
-        rules += (TensorRule(hf + ".bias", (canonical + ".bias",), when=bias_when),)
+        rules += (TensorRule(hf + ".bias", (canonical + ".bias",), transform, bias_when),)
     return rules
 
 
@@ -56,24 +58,37 @@ def llama_names(
     up: Optional[str] = "mlp.up_proj",
     down: str = "mlp.down_proj",
     head: str = "lm_head",
+    post_norms: Optional[tuple[str, str]] = None,
+    qk_norms: Optional[tuple[str, str]] = None,
+    qk_norm_transform: str = COPY,
+    out_transform: str = COPY,
 ) -> tuple[TensorRule, ...]:
     """The rules of a Llama-named decoder. Biases follow the model record's ``qkv_bias``,
     ``attn_out_bias``, ``mlp_bias``, ``norm_bias`` and ``lm_head_bias``; the MLP's own norm is
     absent in a parallel block that shares the attention's (``shared_norm``)."""
     p = prefix
     rules: tuple[TensorRule, ...] = (TensorRule(embed + ".weight", ("tok_embd.weight",)),)
-    rules += norm_rules(p + attn_norm, "blk.{i}.attn_norm", norm_transform)
+    rules += norm_rules(p + attn_norm, "blk.{i}.attn_norm", norm_transform, "branch_input_norm")
     if qkv is not None:
         for hf, c in zip(qkv, ("attn_q", "attn_k", "attn_v")):
             rules += linear_rules(p + hf, f"blk.{{i}}.{c}", "qkv_bias")
-    rules += linear_rules(p + attn_out, "blk.{i}.attn_output", "attn_out_bias")
+    rules += linear_rules(p + attn_out, "blk.{i}.attn_output", "attn_out_bias", out_transform)
     if ffn_norm is not None:
-        rules += norm_rules(p + ffn_norm, "blk.{i}.ffn_norm", norm_transform, when="!shared_norm")
+        when = "!shared_norm&branch_input_norm"
+        rules += norm_rules(p + ffn_norm, "blk.{i}.ffn_norm", norm_transform, when=when)
+    if post_norms is not None:  # each branch's output, normed before it is added
+        for hf, c in zip(post_norms, ("attn_post_norm", "ffn_post_norm")):
+            rules += norm_rules(p + hf, f"blk.{{i}}.{c}", norm_transform)
+    if qk_norms is not None:  # per head, before RoPE
+        for hf, c in zip(qk_norms, ("attn_q_norm", "attn_k_norm")):
+            rules += (
+                TensorRule(p + hf + ".weight", (f"blk.{{i}}.{c}.weight",), qk_norm_transform),
+            )
     if gate is not None:
         rules += linear_rules(p + gate, "blk.{i}.ffn_gate", "mlp_bias")
     if up is not None:
         rules += linear_rules(p + up, "blk.{i}.ffn_up", "mlp_bias")
-    rules += linear_rules(p + down, "blk.{i}.ffn_down", "mlp_bias")
+    rules += linear_rules(p + down, "blk.{i}.ffn_down", "mlp_bias", out_transform)
     rules += norm_rules(final_norm, "output_norm", norm_transform)
     rules += (
         TensorRule(head + ".weight", ("output.weight",), when="untied"),
