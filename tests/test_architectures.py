@@ -23,7 +23,7 @@ ring), head_dim apart from hidden/heads, grouped (6 heads over 2 KV heads) and m
 blocks, a sliding window shorter than the prompt, and biases on q/k/v.
 
 Each model is compiled once per (device count, quantization) in a module-scoped cache; the
-whole file (34 cases, 345 tests) runs in about a minute on 2 cores. Measured worst error of
+whole file (35 cases, 355 tests) runs in about a minute on 2 cores. Measured worst error of
 each case, as a fraction of its check's allowance (1.0 would fail; tolerances defined below);
 the greedy and top-5 checks pass in every case:
 
@@ -62,6 +62,7 @@ the greedy and top-5 checks pass in every case:
     cohere2                    0.13   0.08   0.12   0.50   0.18
     exaone4                    0.17   0.14   0.11   0.80   0.22
     phi4_mini                  0.12   0.07   0.07   0.50   0.18
+    olmo2                      0.14   0.08   0.08   0.50   0.18
 """
 
 from __future__ import annotations
@@ -624,6 +625,22 @@ def _exaone4() -> Any:
     )
 
 
+def _olmo2() -> Any:
+    from transformers import Olmo2Config
+
+    # Norms after each branch only; q and k RMS-normed over all their heads (6 q heads over
+    # 2 KV heads: on 4 devices each KV head is on 2, and the ring counts it twice).
+    return Olmo2Config(
+        **TINY,
+        hidden_size=96,
+        intermediate_size=128,
+        num_attention_heads=6,
+        num_key_value_heads=2,
+        vocab_size=317,
+        pad_token_id=0,
+    )
+
+
 def _phi4_mini() -> Any:
     from transformers import Phi3Config
 
@@ -694,6 +711,7 @@ CASES: Dict[str, Callable[[], Any]] = {
     "cohere2": _cohere2,
     "exaone4": _exaone4,
     "phi4_mini": _phi4_mini,
+    "olmo2": _olmo2,
 }
 
 # -- tolerances ------------------------------------------------------------------------------

@@ -17,7 +17,15 @@ from hyperdex.errors import ConfigError, FormatError
 
 # ModelSpec fields that are no trait of the model: the device's share of it and its weight
 # format (set from the quantization record and shard_spec), and the informational name.
-_SPEC_ONLY = {"architecture", "lm_head_rows", "weight_bits", "group_size", "quantize_lm_head"}
+_SPEC_ONLY = {
+    "architecture",
+    "lm_head_rows",
+    "weight_bits",
+    "group_size",
+    "quantize_lm_head",
+    "q_norm_count",
+    "k_norm_count",
+}
 
 _LLAMA = {
     "architectures": ["LlamaForCausalLM"],

@@ -388,6 +388,17 @@ RunCost CostModel::run(const RunArgs& args) const {
         if (lane_slots < elements) lane_slots = elements;
         c.end_ns = c.start_ns + vec_ns(lane_slots * passes, passes);
         use(Engine::Vector, c.start_ns, c.end_ns);
+        // RING_STATS: between the two passes the rows' sums of squares (4 bytes each) go
+        // round the ring and back, 2(N-1) hops, while the vector engine waits.
+        if (in.op == Opcode::Norm && (in.flags & isa::kFlagRingStats) && in.i1 > 1) {
+          const uint32_t N = in.i1;
+          const double ring = 2.0 * (N - 1) *
+                              (p.ring_latency_ns + double(T) * 4.0 / p.ring_bandwidth_gbps);
+          const double start = std::max(c.end_ns, engine_free[size_t(Engine::Ring)]);
+          use(Engine::Ring, start, start + ring);
+          c.end_ns = start + ring;
+          use(Engine::Vector, c.start_ns, c.end_ns);  // held until the sums are back
+        }
         c.vector_ops = elements * passes;
         c.hbm_bytes = params;
         c.bound = Bound::Vector;

@@ -439,6 +439,19 @@ void Emulator::exec_norm(const Instruction& in, const RunArgs& run) {
   // ISA v4: k != 0 normalises each group of k elements on its own (per-head q/k norms);
   // gamma and beta still hold n values. validate_program has checked that k divides n.
   const uint32_t g = in.k ? in.k : n;
+  // RING_STATS: each row's sum of squares is the ring's (summed in ring order, as an
+  // all-reduce sums), over i0 elements in all.
+  std::vector<float> ring_ms;
+  if (in.flags & isa::kFlagRingStats) {
+    std::vector<float> x(n);
+    ring_ms.resize(run.n_tokens);
+    for (uint32_t t = 0; t < run.n_tokens; ++t) {
+      kern_.half_to_float_n(row16(in.a, t), x.data(), n);
+      ring_ms[t] = kern_.dot_f32(x.data(), x.data(), n);
+    }
+    ring_ms = ring_sum(in, std::move(ring_ms));
+    for (float& s : ring_ms) s /= float(in.i0);
+  }
   pool_.parallel_for(0, run.n_tokens, 1, [&](size_t lo, size_t hi) {
     std::vector<float> x(n), y(n);
     for (size_t t = lo; t < hi; ++t) {
@@ -446,7 +459,7 @@ void Emulator::exec_norm(const Instruction& in, const RunArgs& run) {
       for (uint32_t j0 = 0; j0 < n; j0 += g) {
         float* xg = x.data() + j0;
         if (rms) {
-          float ms = kern_.dot_f32(xg, xg, g) / float(g);
+          float ms = ring_ms.empty() ? kern_.dot_f32(xg, xg, g) / float(g) : ring_ms[t];
           float rstd = 1.0f / std::sqrt(ms + in.f0);
           for (uint32_t j = j0; j < j0 + g; ++j) y[j] = (x[j] * rstd) * gamma[j];
         } else {
@@ -703,6 +716,42 @@ void Emulator::exec_ring(const Instruction& in, const RunArgs& run) {
       if (residual) v = v + half_to_float(row16(in.b, t)[j]);
       row16(in.dst, t)[j] = float_to_half(v);
     }
+}
+
+// The sum over the ring of each device's `partial` (fp32, one value per row), in the ring
+// order of ring_allreduce, so every device holds the same total.
+std::vector<float> Emulator::ring_sum(const Instruction& in, std::vector<float> partial) {
+  const uint32_t rank = ring_position().rank, size = ring_position().size;
+  if (in.i1 != size)
+    throw DeviceError(std::string(isa::opcode_name(in.op)) + " sums over a ring of " +
+                      std::to_string(in.i1) + " devices; this emulator is in a ring of " +
+                      std::to_string(size));
+  if (size == 1) return partial;
+  const size_t bytes = partial.size() * sizeof(float);
+  auto exchange = [&](bool send_first) {
+    if (send_first) {
+      std::vector<uint8_t> msg(bytes);
+      std::memcpy(msg.data(), partial.data(), bytes);
+      link_->send(rank, run_id_, std::move(msg));
+      return;
+    }
+    std::vector<uint8_t> got = link_->receive(rank, run_id_);
+    if (got.size() != bytes) throw DeviceError("ring link: a statistic of the wrong size");
+    std::vector<float> v(partial.size());
+    std::memcpy(v.data(), got.data(), bytes);
+    partial = std::move(v);
+  };
+  std::vector<float> own = partial;
+  if (rank > 0) {
+    exchange(false);  // the running sum so far
+    for (size_t i = 0; i < own.size(); ++i) partial[i] += own[i];
+  }
+  exchange(true);  // on round the ring; the last device starts the total back round
+  if (rank + 1 < size) {
+    exchange(false);  // the total
+    if (rank + 2 < size) exchange(true);
+  }
+  return partial;
 }
 
 // Per chunk of columns: the fp32 partial sums travel 0 -> 1 -> ... -> N-1, each device

@@ -76,6 +76,7 @@ class Emulator final : public Device {
   void exec_argmax(const isa::Instruction& in, const RunArgs& run);
   void exec_ring(const isa::Instruction& in, const RunArgs& run);
   void ring_allreduce(const isa::Instruction& in, uint32_t first, uint32_t count);
+  std::vector<float> ring_sum(const isa::Instruction& in, std::vector<float> partial);
   void ring_allgather(const isa::Instruction& in, uint32_t first, uint32_t count);
 
   uint8_t* addr(const isa::Operand& o);

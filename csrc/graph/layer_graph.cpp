@@ -86,9 +86,12 @@ class Builder {
       add(clip);
     }
     if (s_.qk_norm) {
-      norm(b + "attn_q_norm", qkv, qkv, q, hd, s_.qk_norm_bias, Split::QHeadRows);
-      norm(b + "attn_k_norm", at(qkv, q), at(qkv, q), kv, hd, s_.qk_norm_bias,
+      const uint32_t group = s_.qk_norm_whole ? 0 : hd;
+      norm(b + "attn_q_norm", qkv, qkv, q, group, s_.qk_norm_bias, Split::QHeadRows);
+      if (s_.qk_norm_whole) g_.steps.back().count = s_.q_norm_count;
+      norm(b + "attn_k_norm", at(qkv, q), at(qkv, q), kv, group, s_.qk_norm_bias,
            Split::KvHeadRows);
+      if (s_.qk_norm_whole) g_.steps.back().count = s_.k_norm_count;
     }
     if (const uint32_t table = s_.rope_of(l)) {
       Step rope = step(StepKind::Rope, rope_table_name(table));

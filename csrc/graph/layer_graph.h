@@ -99,6 +99,8 @@ struct Step {
   uint32_t n = 0;      // output features / width / heads / window
   uint32_t k = 0;      // input features
   uint32_t group = 0;  // Norm: elements per normalised group (0: all n)
+  uint32_t count = 0;  // Norm: the ring-wide element count its statistics divide by (0: n,
+                       // statistics local); qk_norm_whole on a shard
   uint32_t layer = 0;
   ActKind act = ActKind::None;
   float value = 0.0f;  // Clip: the bound; Head: the logit scale; Attention: the soft-cap

@@ -105,7 +105,8 @@ class Emitter {
     emit(in);
   }
   // `n` elements normalised in groups of `group` (0: all n at once).
-  void norm(const std::string& name, Operand dst, Operand src, uint32_t n, uint32_t group) {
+  void norm(const std::string& name, Operand dst, Operand src, uint32_t n, uint32_t group,
+            uint32_t ring_count = 0) {
     Instruction in;
     in.op = Opcode::Norm;
     in.sub = uint8_t(s_.norm);
@@ -119,6 +120,11 @@ class Emitter {
     in.n = n;
     in.k = group;
     in.f0 = s_.norm_eps;
+    if (ring_count && devices_ > 1) {  // statistics over the ring's split rows
+      in.flags |= isa::kFlagRingStats;
+      in.i0 = ring_count;
+      in.i1 = devices_;
+    }
     emit(in);
   }
   // dst = clamp(dst, -bound, bound), an ACT of its own (docs/isa.md).
@@ -429,6 +435,18 @@ ModelSpec shard_spec(const ModelSpec& spec, uint32_t devices) {
     d.num_heads = (group + sharing - 1) / sharing;
   }
   d.intermediate_size = share(spec.intermediate_size);
+  if (spec.qk_norm_whole) {
+    // The ring sums the norms' statistics: q heads are each on one device (padding is zero),
+    // a KV head on devices/K of them when there are fewer KV heads than devices.
+    if (spec.num_kv_heads < devices && devices % spec.num_kv_heads)
+      throw SpecError("a q/k norm over the whole projection on " + std::to_string(devices) +
+                      " devices needs the " + std::to_string(spec.num_kv_heads) +
+                      " KV heads replicated evenly: use a device count they divide");
+    const uint32_t replicas =
+        spec.num_kv_heads < devices ? devices / spec.num_kv_heads : 1;
+    d.q_norm_count = spec.num_heads * spec.head_dim;
+    d.k_norm_count = spec.num_kv_heads * spec.head_dim * replicas;
+  }
   // The embedding table stays whole (a token may be any id); the LM head is a vocabulary
   // slice, a copy of the table's rows when tied.
   d.lm_head_rows = share(spec.vocab_size);
@@ -462,7 +480,7 @@ isa::Program generate_program(const ModelSpec& s, const MemoryPlan& plan, isa::P
       case graph::StepKind::EmbedTokens: e.embed_tokens(buf[st.dst], ids); break;
       case graph::StepKind::EmbedPositions: e.embed_positions(buf[st.dst]); break;
       case graph::StepKind::Norm:
-        e.norm(st.weight, buf[st.dst], buf[st.src], st.n, st.group);
+        e.norm(st.weight, buf[st.dst], buf[st.src], st.n, st.group, st.count);
         break;
       case graph::StepKind::Linear:
         e.linear(st.weight, buf[st.dst], buf[st.src], st.n, st.k, st.act);

@@ -93,6 +93,16 @@ std::string instruction_problem(const Instruction& in) {
       if (in.k != 0 && in.n % in.k != 0)
         return "has n = " + std::to_string(in.n) +
                " elements, not a multiple of its group width k = " + std::to_string(in.k);
+      // RING_STATS: an RMS norm of the whole row whose mean square is the ring's: i1 devices,
+      // i0 elements in all (the ring's rows, each counted as often as it is replicated).
+      if (in.flags & kFlagRingStats) {
+        if (NormKind(in.sub) != NormKind::RmsNorm || in.k != 0)
+          return "sums its statistics over the ring, which only an RMS norm of the whole row "
+                 "(k = 0) does";
+        if (in.i1 == 0 || in.i0 == 0)
+          return "sums its statistics over the ring but has i1 = " + std::to_string(in.i1) +
+                 " devices and i0 = " + std::to_string(in.i0) + " elements (both must be > 0)";
+      }
       break;
     case Opcode::MatMul:
       if (!known_act) return "has an unknown activation " + std::to_string(in.sub);
@@ -294,6 +304,7 @@ std::string disassemble(const Instruction& in, const RegionNamer* namer) {
       s << " n=" << in.n;
       if (in.k) s << " group=" << in.k;
       s << " eps=" << in.f0;
+      if (in.flags & kFlagRingStats) s << " ring=" << in.i1 << " count=" << in.i0;
       break;
     case Opcode::MatMul:
       s << " dst=" << fmt_operand(in.dst) << " a=" << fmt_operand(in.a)

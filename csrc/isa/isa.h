@@ -47,6 +47,8 @@ enum Flag : uint8_t {
   kFlagLogitRows = 1 << 4,    // MatMul: only the last token row, unless RunArgs::logits_all
   kFlagGlu = 1 << 5,          // MatMul: w0 holds gate rows then up rows; dst = act(gate) * up
   kFlagArgmax = 1 << 6,       // MatMul (OutF32): also write the last row's argmax (int32) to b
+  kFlagRingStats = 1 << 7,    // Norm (RMS, whole row): the mean square is summed over the ring
+                              // of i1 devices and divided by i0 (OLMo 2's q/k norm, split heads)
 };
 
 enum class Space : uint8_t { Lmem = 0, Io = 1 };

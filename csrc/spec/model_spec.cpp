@@ -68,6 +68,8 @@ void ModelSpec::validate() const {
   require(pre_norm || !parallel_block, "a parallel block is pre-norm");
   require(!qk_norm_bias || (qk_norm && norm == NormKind::LayerNorm),
           "qk_norm_bias needs qk_norm with LayerNorm");
+  require(!qk_norm_whole || (qk_norm && norm == NormKind::RmsNorm && !qk_norm_bias),
+          "qk_norm_whole needs qk_norm with RMSNorm and no beta");
   require(weight_bits == 16 || weight_bits == 8 || weight_bits == 4,
           "weight_bits must be 16 (fp16), 8 or 4, not " + std::to_string(weight_bits));
   require(quantized() || (group_size == 0 && !quantize_lm_head),

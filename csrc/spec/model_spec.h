@@ -44,6 +44,10 @@ struct ModelSpec {
   // per-head weights [heads * head_dim] (StableLM, Cohere, Phi); qk_norm_bias: a beta too.
   bool qk_norm = false;
   bool qk_norm_bias = false;
+  // q/k norms over the whole projection (OLMo 2, OLMoE), not per head: an RMS norm whose
+  // statistics a ring sums (NORM RING_STATS). On a shard, the elements each divides by.
+  bool qk_norm_whole = false;
+  uint32_t q_norm_count = 0, k_norm_count = 0;  // 0: the local width
   float clip_qkv = 0.0f;     // > 0: q, k, v clamped to [-clip_qkv, clip_qkv] (OLMo)
   // Pre-norm blocks: whether a branch reads norm(x) (false: x itself, OLMo 2), and whether
   // its output is normed before it is added (Gemma 2/3's sandwich, OLMo 2, EXAONE 4).

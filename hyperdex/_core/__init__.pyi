@@ -222,6 +222,7 @@ class ModelSpec:
     pre_norm: bool
     qk_norm: bool
     qk_norm_bias: bool
+    qk_norm_whole: bool
     qkv_bias: bool
     quantize_lm_head: bool
     rope_style: RopeStyle
@@ -292,6 +293,12 @@ class ModelSpec:
     def intermediate_size(self, arg0: typing.SupportsInt | typing.SupportsIndex) -> None:
         ...
     @property
+    def k_norm_count(self) -> int:
+        ...
+    @k_norm_count.setter
+    def k_norm_count(self, arg0: typing.SupportsInt | typing.SupportsIndex) -> None:
+        ...
+    @property
     def layer_rope(self) -> list[int]:
         ...
     @layer_rope.setter
@@ -350,6 +357,12 @@ class ModelSpec:
         ...
     @num_layers.setter
     def num_layers(self, arg0: typing.SupportsInt | typing.SupportsIndex) -> None:
+        ...
+    @property
+    def q_norm_count(self) -> int:
+        ...
+    @q_norm_count.setter
+    def q_norm_count(self, arg0: typing.SupportsInt | typing.SupportsIndex) -> None:
         ...
     @property
     def rope_attention_factor(self) -> float:

@@ -47,6 +47,7 @@ class ModelRecord:
     lm_head_bias: bool = False
     qk_norm: bool = False
     qk_norm_bias: bool = False
+    qk_norm_whole: bool = False  # over the whole projection, not per head (OLMo 2)
     clip_qkv: Optional[float] = None
     branch_input_norm: bool = True  # pre-norm blocks: a branch reads norm(x) (else x)
     branch_output_norm: bool = False  # x += norm(branch): Gemma 2/3, EXAONE 4

@@ -55,6 +55,7 @@ _BOOLS = (
     "lm_head_bias",
     "qk_norm",
     "qk_norm_bias",
+    "qk_norm_whole",
     "branch_input_norm",
     "branch_output_norm",
     "tie_word_embeddings",

@@ -273,6 +273,25 @@ TEST(Isa, InstructionProblemsOfTheV4Fields) {
 
 // ISA v4 (same release as f0): f1 soft-caps an OUT_F32 MATMUL's fp32 results and ATTN's
 // scores; each must be finite and >= 0 (0: no cap), and a MATMUL without OUT_F32 has none.
+TEST(Isa, InstructionProblemsOfRingStats) {
+  Instruction norm;
+  norm.op = Opcode::Norm;
+  norm.sub = uint8_t(NormKind::RmsNorm);
+  norm.flags = kFlagRingStats;
+  norm.n = 64;
+  norm.i0 = 128;
+  norm.i1 = 2;
+  EXPECT_EQ(instruction_problem(norm), "");
+  norm.sub = uint8_t(NormKind::LayerNorm);
+  EXPECT_NE(instruction_problem(norm).find("only an RMS norm"), std::string::npos);
+  norm.sub = uint8_t(NormKind::RmsNorm);
+  norm.k = 16;
+  EXPECT_NE(instruction_problem(norm).find("only an RMS norm"), std::string::npos);
+  norm.k = 0;
+  norm.i0 = 0;
+  EXPECT_NE(instruction_problem(norm).find("both must be > 0"), std::string::npos);
+}
+
 TEST(Isa, InstructionProblemsOfTheSoftCaps) {
   const float nan = std::numeric_limits<float>::quiet_NaN(), inf = std::numeric_limits<float>::infinity();
   Instruction mm;

@@ -673,3 +673,40 @@ TEST(LayerGraph, BadSandwichRopeAndSoftCapSpecsAreRefused) {
     EXPECT_EQ(spec_error([&] { graph::build_graph(s, PassOptions{}); }), "");
   }
 }
+
+TEST(LayerGraph, WholeProjectionQkNormsSumOverTheRing) {
+  ModelSpec s = tiny_llama();  // 4 q heads over 2 KV heads of 16
+  s.qk_norm = true;
+  s.qk_norm_whole = true;
+  const graph::Graph one = graph::build_graph(s, PassOptions{});
+  const size_t q = step_index(one, graph::StepKind::Norm, "blk.0.attn_q_norm");
+  ASSERT_LT(q, one.steps.size());
+  EXPECT_EQ(one.steps[q].group, 0u);  // the whole projection
+  // On 4 devices each KV head is on 2: the ring counts it twice, q heads once.
+  const ModelSpec shard = shard_spec(s, 4);
+  EXPECT_EQ(shard.q_norm_count, 64u);
+  EXPECT_EQ(shard.k_norm_count, 2u * 16 * 2);
+  const MemoryPlan plan = plan_memory(shard, small_preset(), 64, 8);
+  const Programs p = generate_programs(shard, plan, PassOptions{}, 4);
+  uint32_t ring_norms = 0;
+  for (const auto& in : p.decode.code)
+    if (in.op == isa::Opcode::Norm && (in.flags & isa::kFlagRingStats)) {
+      EXPECT_EQ(in.i1, 4u);
+      EXPECT_EQ(in.i0, 64u);  // q: 4 heads x 16; k: 2 KV heads x 16, each counted twice
+      ++ring_norms;
+    }
+  EXPECT_EQ(ring_norms, 2u * s.num_layers);
+  // One device: plain whole-row norms.
+  const MemoryPlan plan1 = plan_memory(s, small_preset(), 64, 8);
+  for (const auto& in : generate_programs(s, plan1, PassOptions{}, 1).decode.code)
+    EXPECT_FALSE(in.op == isa::Opcode::Norm && (in.flags & isa::kFlagRingStats));
+  // KV heads that no device count divides evenly cannot be counted: refused.
+  ModelSpec odd = s;
+  odd.num_heads = 6;
+  odd.num_kv_heads = 3;
+  EXPECT_THROW(shard_spec(odd, 4), SpecError);
+  // Per-head gains on a LayerNorm are no ring RMS norm.
+  ModelSpec layer = s;
+  layer.norm = NormKind::LayerNorm;
+  EXPECT_THROW(graph::build_graph(layer, PassOptions{}), SpecError);
+}

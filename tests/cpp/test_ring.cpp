@@ -3,6 +3,7 @@
 // docs/isa.md; a device that fails a run must not leave its neighbours waiting.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstring>
 #include <exception>
 #include <thread>
@@ -108,6 +109,66 @@ TEST_P(RingTest, AllReduceSumsInRingOrderThenBiasFreeResidual) {
       }
   }
   EXPECT_GT(ring.link->bytes_sent(), 0u);  // the data crossed the link
+}
+
+// NORM RING_STATS (OLMo 2's q/k norm over heads split across devices): each device scales its
+// own rows by one rstd from the whole ring's sum of squares over i0 elements, exactly as one
+// device would over the joined row (sums in ring order).
+TEST_P(RingTest, NormRingStatsUsesTheRingsSumOfSquares) {
+  const uint32_t N = GetParam(), n = 8, kGamma = 40960;
+  Ring ring(N);
+  Instruction in;
+  in.op = Opcode::Norm;
+  in.sub = uint8_t(NormKind::RmsNorm);
+  in.flags = kFlagRingStats;
+  in.n = n;
+  in.i0 = N * n + 3;  // the ring's elements (here: 3 more than the rows hold, as padding does)
+  in.i1 = N;
+  in.f0 = 1e-5f;
+  in.dst = Operand{Space::Io, kDst, n};
+  in.a = Operand{Space::Io, kA, n};
+  in.w0 = HbmRegion{kGamma, 64, 1};
+  ring.load(in);
+  std::vector<uint16_t> gamma(32, 0);
+  for (uint32_t j = 0; j < n; ++j) gamma[j] = float_to_half(0.5f + 0.25f * float(j));
+  for (uint32_t d = 0; d < N; ++d) {
+    std::vector<uint16_t> a(kTokens * n);
+    for (uint32_t t = 0; t < kTokens; ++t)
+      for (uint32_t j = 0; j < n; ++j) a[t * n + j] = float_to_half(value(d, t, j));
+    ring.put(d, kA, a);
+    ring.put(d, kGamma, gamma);
+  }
+  for (auto& e : ring.run(std::vector<uint32_t>(N, kTokens))) ASSERT_FALSE(e);
+  for (uint32_t d = 0; d < N; ++d) {
+    const auto got = ring.get(d, kDst, kTokens * n);
+    for (uint32_t t = 0; t < kTokens; ++t) {
+      double ss = 0.0;
+      for (uint32_t r = 0; r < N; ++r)
+        for (uint32_t j = 0; j < n; ++j) {
+          const double v = half_to_float(float_to_half(value(r, t, j)));
+          ss += v * v;
+        }
+      const double rstd = 1.0 / std::sqrt(ss / double(in.i0) + 1e-5);
+      for (uint32_t j = 0; j < n; ++j) {
+        const double x = half_to_float(float_to_half(value(d, t, j)));
+        const double want = x * rstd * half_to_float(gamma[j]);
+        EXPECT_NEAR(half_to_float(got[t * n + j]), want, 2e-3 * std::abs(want) + 1e-4)
+            << "device " << d << " t " << t << " j " << j;
+      }
+    }
+  }
+  // The local statistics alone would be another scale: the ring's sum mattered.
+  if (N > 1) {
+    const auto got = ring.get(0, kDst, n);
+    double local = 0.0;
+    for (uint32_t j = 0; j < n; ++j) {
+      const double v = half_to_float(float_to_half(value(0, 0, j)));
+      local += v * v;
+    }
+    const double x0 = half_to_float(float_to_half(value(0, 0, 0)));
+    const double local_y = x0 / std::sqrt(local / double(n) + 1e-5) * half_to_float(gamma[0]);
+    EXPECT_GT(std::abs(half_to_float(got[0]) - local_y), 0.05 * std::abs(local_y));
+  }
 }
 
 TEST_P(RingTest, AllGatherPlacesEachPartByRank) {

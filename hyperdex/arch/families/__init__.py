@@ -19,6 +19,7 @@ from .gptj import GPTJ
 from .granite import GRANITE
 from .llama import LLAMA
 from .olmo import OLMO
+from .olmo2 import OLMO2
 from .opt import OPT
 from .phi import PHI
 from .phi3 import PHI3
@@ -44,6 +45,7 @@ ARCHITECTURES: tuple[Architecture, ...] = (
     GRANITE,
     LLAMA,
     OLMO,
+    OLMO2,
     OPT,
     PHI,
     PHI3,
