@@ -258,6 +258,7 @@ def test_quantized_estimate_streams_codes_and_scales(configs: dict[str, Path]) -
     w4 = estimate(configs["opt-1.3b"], type_device="asic", quantization="w4a16")
     w8 = estimate(configs["opt-1.3b"], type_device="asic", quantization="w8a16")
     assert w4.quantization == "w4a16" and fp16.quantization is None
+    assert "w4a16 weights" in w4.summary() and "fp16 weights" in fp16.summary()
     # The embeddings (tied LM head) stay fp16: 0.1 GB of OPT-1.3B's 2.6 GB.
     assert 0.25 < w4.weight_bytes_per_token / fp16.weight_bytes_per_token < 0.35
     assert 0.5 < w8.weight_bytes_per_token / fp16.weight_bytes_per_token < 0.6

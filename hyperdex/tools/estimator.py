@@ -123,7 +123,7 @@ class Estimate:
     def summary(self) -> str:
         lines = [
             f"{self.model} ({self.architecture}) on {self.num_device} x {self.type_device}, "
-            f"fp16, {describe(self.passes)}",
+            f"{self.quantization or 'fp16'} weights, {describe(self.passes)}",
             f"  prompt {self.prompt_len} tokens (prefill chunks of {self.prefill_chunk}), "
             f"{self.new_tokens} new tokens, max_length {self.max_length}",
             f"  decode            {self.decode_ms_per_token:10.3f} ms/token "
