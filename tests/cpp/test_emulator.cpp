@@ -4,7 +4,9 @@
 
 #include <cmath>
 #include <cstring>
+#include <functional>
 #include <limits>
+#include <numeric>
 #include <random>
 #include <string>
 
@@ -103,6 +105,77 @@ class EmuTest : public ::testing::Test {
     for (auto& r : m)
       for (auto& v : r) v = half_to_float(float_to_half(d(rng)));
     return m;
+  }
+
+  // The index of the first largest value.
+  static int32_t first_max(const std::vector<float>& row) {
+    int32_t best = 0;
+    for (size_t j = 1; j < row.size(); ++j)
+      if (row[j] > row[size_t(best)]) best = int32_t(j);
+    return best;
+  }
+  // An LM head for the OUT_F32 MATMUL tests: T tokens of k random inputs (seed, x_scale),
+  // n random weight rows (seed + 1, w_scale) and a bias (seed + 2) in tables, token ids 0..T-1,
+  // and acc, each logit's dot + bias in fp32 by the scalar kernel.
+  struct LmHead {
+    uint32_t T, k, n;
+    HbmRegion xt, wt, bt;
+    std::vector<std::vector<float>> acc;
+  };
+  LmHead lm_head(uint32_t T, uint32_t k, uint32_t n, uint32_t seed, float x_scale, float w_scale) {
+    auto x = random_rows(T, k, seed, x_scale), w = random_rows(n, k, seed + 1, w_scale);
+    auto bias = random_rows(1, n, seed + 2)[0];
+    LmHead h{T, k, n, put_rows(0, x, 128), put_rows(8192, w, 128), put_vector(16384, bias), {}};
+    std::vector<int32_t> ids(T);
+    std::iota(ids.begin(), ids.end(), 0);
+    put_ids(ids);
+    const Kernels& scalar = kernels_for(KernelLevel::Scalar);
+    h.acc.assign(T, std::vector<float>(n));
+    for (uint32_t t = 0; t < T; ++t)
+      for (uint32_t j = 0; j < n; ++j) {
+        std::vector<uint16_t> wr(k);
+        for (uint32_t i = 0; i < k; ++i) wr[i] = float_to_half(w[j][i]);
+        h.acc[t][j] = scalar.dot_f16(wr.data(), x[t].data(), k) + bias[j];
+      }
+    return h;
+  }
+  // Runs `h` as one OUT_F32 | HAS_BIAS | ARGMAX MATMUL with logit scale f0, soft cap f1 and
+  // activation act; checks every logit bit for bit against want(acc) and the fused argmax
+  // against the first maximum of the last token's wanted logits, which it returns.
+  std::vector<float> run_lm_head(const LmHead& h, float f0, float f1, ActKind act,
+                                 const std::function<float(float)>& want) {
+    const Operand X{Space::Lmem, 0, 64}, Y{Space::Io, 8192, 64}, A{Space::Io, 4096, 1};
+    Instruction mm;
+    mm.op = Opcode::MatMul;
+    mm.flags = kFlagOutF32 | kFlagHasBias | kFlagArgmax;
+    mm.sub = uint8_t(act);
+    mm.dst = Y;
+    mm.a = X;
+    mm.b = A;
+    mm.w0 = h.wt;
+    mm.w1 = h.bt;
+    mm.n = h.n;
+    mm.k = h.k;
+    mm.f0 = f0;
+    mm.f1 = f1;
+    run({embed(X, h.xt, h.k), mm}, RunArgs{0, h.T});
+    std::vector<float> last(h.n);
+    for (uint32_t t = 0; t < h.T; ++t) {
+      std::vector<float> got(h.n);
+      emu_->read(0, io_base_ + Y.offset + uint64_t(t) * Y.stride * 4, got.data(), h.n * 4);
+      for (uint32_t j = 0; j < h.n; ++j) {
+        last[j] = want(h.acc[t][j]);
+        uint32_t a, b;
+        std::memcpy(&a, &got[j], 4);
+        std::memcpy(&b, &last[j], 4);
+        EXPECT_EQ(a, b) << "f0=" << f0 << " f1=" << f1 << " act=" << int(act) << " t=" << t
+                        << " j=" << j << ": " << got[j] << " vs " << last[j];
+      }
+    }
+    int32_t arg = -1;
+    emu_->read(0, io_base_ + A.offset, &arg, 4);
+    EXPECT_EQ(arg, first_max(last)) << "f0=" << f0 << " f1=" << f1 << " act=" << int(act);
+    return last;
   }
 
   std::unique_ptr<Emulator> emu_;
@@ -366,58 +439,11 @@ TEST_F(EmuTest, NormGroupWidthMustDivideN) {
 // ISA v4: an OUT_F32 MATMUL scales its fp32 results by f0 (0 and 1: not at all) after the
 // bias and before the activation, and its fused argmax sees the scaled values.
 TEST_F(EmuTest, LogitScaleScalesTheFp32ResultsBeforeActivationAndArgmax) {
-  const uint32_t T = 2, k = 40, n = 50;
-  auto x = random_rows(T, k, 31), w = random_rows(n, k, 32, 0.3f);
-  auto bias = random_rows(1, n, 33)[0];
-  HbmRegion xt = put_rows(0, x, 128), wt = put_rows(8192, w, 128), bt = put_vector(16384, bias);
-  put_ids({0, 1});
-  const Operand X{Space::Lmem, 0, 64}, Y{Space::Io, 8192, 64}, A{Space::Io, 4096, 1};
-  const Kernels& scalar = kernels_for(KernelLevel::Scalar);
-  std::vector<std::vector<float>> acc(T, std::vector<float>(n));  // dot + bias, fp32
-  for (uint32_t t = 0; t < T; ++t)
-    for (uint32_t j = 0; j < n; ++j) {
-      std::vector<uint16_t> wr(k);
-      for (uint32_t i = 0; i < k; ++i) wr[i] = float_to_half(w[j][i]);
-      acc[t][j] = scalar.dot_f16(wr.data(), x[t].data(), k) + bias[j];
-    }
-  auto first_max = [](const std::vector<float>& row) {
-    int32_t best = 0;
-    for (size_t j = 1; j < row.size(); ++j)
-      if (row[j] > row[size_t(best)]) best = int32_t(j);
-    return best;
-  };
-  // Runs the LM head with scale f0 and activation act; checks every logit bit for bit
-  // against `want(v)` of the reference and the argmax against the reference's.
+  const LmHead head = lm_head(2, 40, 50, 31, 1.0f, 0.3f);
+  // Runs the LM head with scale f0 (no cap) and activation act; checks every logit bit for
+  // bit against `want(v, f0)` of the reference and the argmax against the reference's.
   auto check = [&](float f0, ActKind act, float (*want)(float, float)) {
-    Instruction mm;
-    mm.op = Opcode::MatMul;
-    mm.flags = kFlagOutF32 | kFlagHasBias | kFlagArgmax;
-    mm.sub = uint8_t(act);
-    mm.dst = Y;
-    mm.a = X;
-    mm.b = A;
-    mm.w0 = wt;
-    mm.w1 = bt;
-    mm.n = n;
-    mm.k = k;
-    mm.f0 = f0;
-    run({embed(X, xt, k), mm}, RunArgs{0, T});
-    std::vector<float> last(n);
-    for (uint32_t t = 0; t < T; ++t) {
-      std::vector<float> got(n);
-      emu_->read(0, io_base_ + Y.offset + uint64_t(t) * Y.stride * 4, got.data(), n * 4);
-      for (uint32_t j = 0; j < n; ++j) {
-        last[j] = want(acc[t][j], f0);
-        uint32_t a, b;
-        std::memcpy(&a, &got[j], 4);
-        std::memcpy(&b, &last[j], 4);
-        EXPECT_EQ(a, b) << "f0=" << f0 << " t=" << t << " j=" << j << ": " << got[j] << " vs " << last[j];
-      }
-    }
-    int32_t arg = -1;
-    emu_->read(0, io_base_ + A.offset, &arg, 4);
-    EXPECT_EQ(arg, first_max(last)) << "f0=" << f0;
-    return first_max(last);
+    return first_max(run_lm_head(head, f0, 0.0f, act, [&](float v) { return want(v, f0); }));
   };
   auto plain = [](float v, float) { return v; };
   auto scaled = [](float v, float s) { return v * s; };
@@ -523,26 +549,8 @@ TEST_F(EmuTest, ClipClampsToTheBound) {
 // after the bias and the f0 logit scale and before the activation; the fused argmax sees
 // the capped values. Every logit is checked bit for bit against a scalar reference.
 TEST_F(EmuTest, LogitSoftCapFollowsTheScaleAndPrecedesActivationAndArgmax) {
-  const uint32_t T = 3, k = 40, n = 50;
-  auto x = random_rows(T, k, 51, 2.0f), w = random_rows(n, k, 52, 0.5f);
-  auto bias = random_rows(1, n, 53)[0];
-  HbmRegion xt = put_rows(0, x, 128), wt = put_rows(8192, w, 128), bt = put_vector(16384, bias);
-  put_ids({0, 1, 2});
-  const Operand X{Space::Lmem, 0, 64}, Y{Space::Io, 8192, 64}, A{Space::Io, 4096, 1};
-  const Kernels& scalar = kernels_for(KernelLevel::Scalar);
-  std::vector<std::vector<float>> acc(T, std::vector<float>(n));  // dot + bias, fp32
-  for (uint32_t t = 0; t < T; ++t)
-    for (uint32_t j = 0; j < n; ++j) {
-      std::vector<uint16_t> wr(k);
-      for (uint32_t i = 0; i < k; ++i) wr[i] = float_to_half(w[j][i]);
-      acc[t][j] = scalar.dot_f16(wr.data(), x[t].data(), k) + bias[j];
-    }
-  auto first_max = [](const std::vector<float>& row) {
-    int32_t best = 0;
-    for (size_t j = 1; j < row.size(); ++j)
-      if (row[j] > row[size_t(best)]) best = int32_t(j);
-    return best;
-  };
+  const uint32_t T = 3, n = 50;
+  const LmHead head = lm_head(T, 40, n, 51, 2.0f, 0.5f);
   // The reference of docs/isa.md: bias (in acc), scale, cap, activation; all fp32.
   auto reference = [](float v, float f0, float f1, ActKind act) {
     if (f0 != 0.0f && f0 != 1.0f) v = v * f0;
@@ -553,40 +561,10 @@ TEST_F(EmuTest, LogitSoftCapFollowsTheScaleAndPrecedesActivationAndArgmax) {
   // Runs the head with (f0, f1, act); checks every logit's bits and the fused argmax, and
   // returns the last row.
   auto check = [&](float f0, float f1, ActKind act) {
-    Instruction mm;
-    mm.op = Opcode::MatMul;
-    mm.flags = kFlagOutF32 | kFlagHasBias | kFlagArgmax;
-    mm.sub = uint8_t(act);
-    mm.dst = Y;
-    mm.a = X;
-    mm.b = A;
-    mm.w0 = wt;
-    mm.w1 = bt;
-    mm.n = n;
-    mm.k = k;
-    mm.f0 = f0;
-    mm.f1 = f1;
-    run({embed(X, xt, k), mm}, RunArgs{0, T});
-    std::vector<float> last(n);
-    for (uint32_t t = 0; t < T; ++t) {
-      std::vector<float> got(n);
-      emu_->read(0, io_base_ + Y.offset + uint64_t(t) * Y.stride * 4, got.data(), n * 4);
-      for (uint32_t j = 0; j < n; ++j) {
-        last[j] = reference(acc[t][j], f0, f1, act);
-        uint32_t a, b;
-        std::memcpy(&a, &got[j], 4);
-        std::memcpy(&b, &last[j], 4);
-        EXPECT_EQ(a, b) << "f0=" << f0 << " f1=" << f1 << " t=" << t << " j=" << j << ": "
-                        << got[j] << " vs " << last[j];
-      }
-    }
-    int32_t arg = -1;
-    emu_->read(0, io_base_ + A.offset, &arg, 4);
-    EXPECT_EQ(arg, first_max(last)) << "f0=" << f0 << " f1=" << f1;
-    return last;
+    return run_lm_head(head, f0, f1, act, [&](float v) { return reference(v, f0, f1, act); });
   };
   float spread = 0.0f;  // the logits are well away from 0: a cap of 2 bends them
-  for (float v : acc[T - 1]) spread = std::max(spread, std::fabs(v));
+  for (float v : head.acc[T - 1]) spread = std::max(spread, std::fabs(v));
   ASSERT_GT(spread, 4.0f);
 
   const auto plain = check(0.0f, 0.0f, ActKind::None);

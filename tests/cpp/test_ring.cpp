@@ -73,6 +73,14 @@ struct Ring {
 
 float value(uint32_t d, uint32_t t, uint32_t j) { return 0.37f * float(d + 1) - 0.011f * float(t * 7 + j); }
 
+// Device d's kTokens rows of n inputs, value(d, t, j) in fp16.
+std::vector<uint16_t> values(uint32_t d, uint32_t n) {
+  std::vector<uint16_t> a(kTokens * n);
+  for (uint32_t t = 0; t < kTokens; ++t)
+    for (uint32_t j = 0; j < n; ++j) a[t * n + j] = float_to_half(value(d, t, j));
+  return a;
+}
+
 class RingTest : public ::testing::TestWithParam<uint32_t> {};
 
 TEST_P(RingTest, AllReduceSumsInRingOrderThenBiasFreeResidual) {
@@ -91,10 +99,7 @@ TEST_P(RingTest, AllReduceSumsInRingOrderThenBiasFreeResidual) {
   std::vector<uint16_t> res(kTokens * n);
   for (uint32_t i = 0; i < res.size(); ++i) res[i] = float_to_half(0.5f + 0.001f * float(i));
   for (uint32_t d = 0; d < N; ++d) {
-    std::vector<uint16_t> a(kTokens * n);
-    for (uint32_t t = 0; t < kTokens; ++t)
-      for (uint32_t j = 0; j < n; ++j) a[t * n + j] = float_to_half(value(d, t, j));
-    ring.put(d, kA, a);
+    ring.put(d, kA, values(d, n));
     ring.put(d, kB, res);
   }
   for (auto& e : ring.run(std::vector<uint32_t>(N, kTokens))) ASSERT_FALSE(e);
@@ -132,10 +137,7 @@ TEST_P(RingTest, NormRingStatsUsesTheRingsSumOfSquares) {
   std::vector<uint16_t> gamma(32, 0);
   for (uint32_t j = 0; j < n; ++j) gamma[j] = float_to_half(0.5f + 0.25f * float(j));
   for (uint32_t d = 0; d < N; ++d) {
-    std::vector<uint16_t> a(kTokens * n);
-    for (uint32_t t = 0; t < kTokens; ++t)
-      for (uint32_t j = 0; j < n; ++j) a[t * n + j] = float_to_half(value(d, t, j));
-    ring.put(d, kA, a);
+    ring.put(d, kA, values(d, n));
     ring.put(d, kGamma, gamma);
   }
   for (auto& e : ring.run(std::vector<uint32_t>(N, kTokens))) ASSERT_FALSE(e);
