@@ -66,8 +66,11 @@ def test_json_round_trip_and_the_spec_it_makes() -> None:
         (dict(num_layers=2**32), "'num_layers' must be an integer in"),
         (dict(gated_mlp=1), "'gated_mlp' must be true or false"),
         (dict(layer_windows=[4, -1]), "'layer_windows' must be a list of integers"),
-        (dict(clip_qkv="big"), "'clip_qkv' must be a number"),
+        (dict(clip_qkv="big"), "'clip_qkv' must be a finite number"),
         (dict(norm_eps=float("inf")), "'norm_eps' must be a finite number"),
+        # Fuzzing found these (tests/fuzz, py_compiled): integers no float holds.
+        (dict(norm_eps=10**400), "'norm_eps' must be a finite number"),
+        (dict(rope_inv_freq=[1.0, 10**400]), "'rope_inv_freq' must be a list of finite"),
         (dict(swa=True), "'swa' is none this hyperdex knows"),
     ],
 )

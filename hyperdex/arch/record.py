@@ -152,6 +152,18 @@ _OPTIONAL_FLOAT = {"clip_qkv", "attn_scale"}
 _STR = {"norm", "act", "positions"}
 
 
+def _finite(value: Any) -> Optional[float]:
+    """A JSON number as a finite float, or None (not a number, or beyond a float's range: a
+    hostile record's 5000-digit integer)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
+
+
 def _typed(name: str, value: Any, where: str, prefix: str) -> Any:
     """A JSON value as the field's type, or a ConfigError naming the field."""
 
@@ -166,11 +178,10 @@ def _typed(name: str, value: Any, where: str, prefix: str) -> Any:
     if name in _FLOAT or name in _OPTIONAL_FLOAT:
         if value is None and name in _OPTIONAL_FLOAT:
             return None
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise bad("a number")
-        if not math.isfinite(value):
+        number = _finite(value)
+        if number is None:
             raise bad("a finite number")
-        return float(value)
+        return number
     if name in _STR or name == "rope_style":
         if value is None and name == "rope_style":
             return None
@@ -184,11 +195,10 @@ def _typed(name: str, value: Any, where: str, prefix: str) -> Any:
             raise bad("a list of integers in [0, 2^32)")
         return tuple(value)
     if name in ("rope_inv_freq", "rope_local_inv_freq"):
-        if not isinstance(value, (list, tuple)) or not all(
-            isinstance(x, (int, float)) and not isinstance(x, bool) for x in value
-        ):
-            raise bad("a list of numbers")
-        return tuple(float(x) for x in value)
+        numbers = [_finite(x) for x in value] if isinstance(value, (list, tuple)) else [None]
+        if any(x is None for x in numbers):
+            raise bad("a list of finite numbers")
+        return tuple(numbers)
     if name in ("rope_parameters", "layout"):
         if not isinstance(value, Mapping):
             raise bad("an object")
