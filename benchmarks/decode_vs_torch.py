@@ -93,7 +93,7 @@ def main() -> None:
     base_d = rows[0][2]
     print(
         f"SmolLM2-135M, prompt {args.prompt_tokens} tokens, {new} new tokens, "
-        f"{args.threads} threads, {ours.device}"
+        f"{args.threads} threads, {ours.device_description}"
     )
     print(
         f"{'engine':45} {'prefill ms':>11} {'decode ms/tok':>14} {'tok/s':>8} "

@@ -72,7 +72,7 @@ def main() -> None:
     )
     tok = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, device_map={"lpu": 1})
-    print(f"[quickstart] running on: {model.device}")
+    print(f"[quickstart] running on: {model.device_description}")
 
     if tok.chat_template:
         text = tok.apply_chat_template(

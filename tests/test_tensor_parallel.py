@@ -251,7 +251,8 @@ def test_ring_session_runs_every_device_and_prefix_cache_works(
     model = AutoModelForCausalLM.from_pretrained(
         compiled["qwen2"][4], device_map={"lpu": 4}, prefix_cache_block_size=4
     )
-    assert model._session.num_devices == 4 and model.device.startswith("a ring of 4 x emulator")
+    assert model._session.num_devices == 4
+    assert model.device_description.startswith("a ring of 4 x emulator")
     first = np.asarray(model.generate(PROMPT, max_new_tokens=NEW_TOKENS, do_sample=False))
     np.testing.assert_array_equal(first, runs["qwen2"][4][1])
     other = [[7, 7, 8, 9, 10, 11, 12, 13]]

@@ -67,7 +67,7 @@ def test_simulated_board_matches_the_emulator(compiled, stub, monkeypatch):
         compiled, backend="xrt", enable_prefix_caching=False
     )
     emu = AutoModelForCausalLM.from_pretrained(compiled, backend="emu", enable_prefix_caching=False)
-    assert board.backend == "xrt" and "simulated board" in board.device
+    assert board.backend == "xrt" and "simulated board" in board.device_description
     ids = np.array([[5, 17, 3, 99, 42, 7, 1]])
     assert np.array_equal(board(ids).logits, emu(ids).logits)
     a = board.generate(ids, max_new_tokens=8, do_sample=False)
@@ -80,7 +80,7 @@ def test_noop_device_through_the_real_libxrt(compiled, stub):
     code = f"""
 from hyperdex.transformers import AutoModelForCausalLM
 m = AutoModelForCausalLM.from_pretrained({str(compiled)!r}, backend="xrt")
-print("DEVICE", m.device)
+print("DEVICE", m.device_description)
 # Nothing computes on the no-op device, so the "tokens" are whatever its memory holds (an
 # end-of-sequence id included): min_new_tokens keeps the run count fixed.
 out = m.generate([[5, 17, 3]], max_new_tokens=3, min_new_tokens=3, do_sample=False)

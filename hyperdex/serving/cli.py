@@ -248,7 +248,7 @@ def _load_and_serve(
     )
     scheme = "https" if args.ssl_certfile else "http"
     print(
-        f"hdex-serve: serving {name!r} on {model.device}; {scheme}://{args.host}:{port}/v1"
+        f"hdex-serve: serving {name!r} on {model.device_description}; {scheme}://{args.host}:{port}/v1"
         + (" (API key required)" if args.api_key else ""),
         flush=True,
     )

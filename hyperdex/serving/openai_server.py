@@ -495,7 +495,7 @@ class OpenAIServer:
             {
                 "status": "ok",
                 "model": self.name,
-                "device": self.model.device,
+                "device": self.model.device_description,
                 "queued": len(self.engine.queue),
                 "running": self.engine.running is not None,
                 "requests": {

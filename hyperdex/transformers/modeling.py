@@ -41,14 +41,53 @@ PathLike = Union[str, Path]
 @dataclass
 class CausalLMOutput:
     """What ``model(input_ids)`` returns; ``logits`` is [batch, seq, vocab] (fp32), of the
-    input's kind (torch tensor, numpy array or nested lists)."""
+    input's kind (torch tensor, numpy array or nested lists); ``loss`` with ``labels``. Like
+    transformers' ModelOutput, indexing by position skips the fields that are None."""
 
     logits: Any
+    loss: Any = None
+
+    def to_tuple(self) -> tuple[Any, ...]:
+        return tuple(v for v in (self.loss, self.logits) if v is not None)
 
     def __getitem__(self, key: Union[str, int]) -> Any:
-        if key in ("logits", 0):
-            return self.logits
+        if isinstance(key, int):
+            return self.to_tuple()[key]
+        if key == "logits" or (key == "loss" and self.loss is not None):
+            return getattr(self, key)
         raise KeyError(key)
+
+
+def causal_lm_loss(logits: np.ndarray, labels: np.ndarray) -> float:
+    """transformers' causal-LM loss: position t predicts label t + 1; labels of -100 are
+    ignored; the mean over the rest (NaN when none is left), in float64."""
+    shifted, targets = logits[:, :-1].astype(np.float64), labels[:, 1:]
+    keep = targets != -100
+    if not keep.any():
+        return float("nan")
+    rows = shifted[keep]
+    top = rows.max(axis=-1, keepdims=True)
+    log_z = top[:, 0] + np.log(np.exp(rows - top).sum(axis=-1))
+    picked = rows[np.arange(len(rows)), targets[keep]]
+    return float(np.mean(log_z - picked))
+
+
+def _labels(labels: Any, shape: tuple[int, ...], vocab: int) -> np.ndarray:
+    """Labels as an int64 array of the ids' shape: token ids or -100 (ignored)."""
+    arr = labels.detach().cpu().numpy() if hasattr(labels, "detach") else np.asarray(labels)
+    if arr.ndim == 1:
+        arr = arr[None]
+    if arr.shape != shape or not np.issubdtype(arr.dtype, np.integer):
+        raise ValueError(
+            f"labels must be integer token ids of the input's shape {list(shape)}, got "
+            f"{arr.dtype} {list(arr.shape)}"
+        )
+    bad = (arr != -100) & ((arr < 0) | (arr >= vocab))
+    if bad.any():
+        raise ValueError(
+            f"labels hold {int(arr[bad][0])}, neither a token id below {vocab} nor -100 (ignored)"
+        )
+    return arr.astype(np.int64)
 
 
 def _logits_out(logits: np.ndarray, kind: IdsKind) -> Any:
@@ -173,6 +212,7 @@ class LPUModelForCausalLM:
         self._tokenizer: Any = None
         self._owner: object = None  # the generation that holds the device's sequence
         self.generation_config = GenerationConfig.from_model_dir(folder / "ckpt")
+        self._name_or_path = str(folder)
         # The estimated board time of every call, whatever the backend (docs/cost-model.md).
         self._stats = RunProfiler(folder)
         self.last_stats: Optional[GenerationStats] = None
@@ -180,9 +220,56 @@ class LPUModelForCausalLM:
     # -- properties --------------------------------------------------------------------------
 
     @property
-    def device(self) -> str:
-        """Where the model runs, in words."""
+    def device(self) -> Any:
+        """Where the model's outputs live, as transformers reports it: ``torch.device("cpu")``
+        (the string "cpu" without torch), so ``inputs.to(model.device)`` works. The LPU
+        itself is ``device_description``."""
+        try:
+            import torch
+        except ImportError:
+            return "cpu"
+        return torch.device("cpu")
+
+    @property
+    def device_description(self) -> str:
+        """Where the model runs, in words (a board, the emulator, a ring of them)."""
         return self._session.device
+
+    @property
+    def dtype(self) -> Any:
+        """The device's activations and (unquantized) weights: float16."""
+        try:
+            import torch
+        except ImportError:
+            return np.float16
+        return torch.float16
+
+    @property
+    def name_or_path(self) -> str:
+        return self._name_or_path
+
+    def num_parameters(self, only_trainable: bool = False, exclude_embeddings: bool = False) -> int:
+        """The model's parameters, counted from its layer graph (a tied LM head once)."""
+        from ..arch.spec import canonical_tensors
+
+        total = 0
+        for name, (shape, _) in canonical_tensors(self.config.model).items():
+            if exclude_embeddings and name in ("tok_embd.weight", "pos_embd.weight"):
+                continue
+            total += int(np.prod(shape))
+        return total
+
+    def to(self, *args: Any, **kwargs: Any) -> LPUModelForCausalLM:
+        """Accepted, like ``model.to(device)`` in transformers code, but nothing moves: the
+        weights stay on the LPU (see ``device_description``)."""
+        log.info(
+            "hyperdex: model.to(...) moves nothing; the model runs on %s", self.device_description
+        )
+        return self
+
+    def eval(self) -> LPUModelForCausalLM:
+        """Accepted, like transformers' ``model.eval()``: the LPU only runs inference."""
+        return self
 
     @property
     def max_length(self) -> int:
@@ -196,16 +283,27 @@ class LPUModelForCausalLM:
     def __repr__(self) -> str:
         return (
             f"LPUModelForCausalLM({self.config.architecture}, backend={self.backend!r}, "
-            f"device={self.device!r}, folder={str(self.folder)!r})"
+            f"device={self.device_description!r}, folder={str(self.folder)!r})"
         )
 
     # -- forward -----------------------------------------------------------------------------
 
-    def __call__(self, input_ids: Any, attention_mask: Any = None, **kwargs: Any) -> CausalLMOutput:
-        """Logits for every position of every sequence: [batch, seq, vocab] fp32.
+    def __call__(
+        self,
+        input_ids: Any,
+        attention_mask: Any = None,
+        labels: Any = None,
+        return_dict: Optional[bool] = None,
+        use_cache: Optional[bool] = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Logits for every position of every sequence: [batch, seq, vocab] fp32, and with
+        ``labels`` transformers' causal-LM ``loss`` (-100 ignored). ``return_dict=False``
+        gives a tuple; ``use_cache`` is accepted (the device keeps its own KV cache).
         ``profile=True`` writes a trace of the estimated board timeline (see generate)."""
         profile = kwargs.pop("profile", None)
-        unsupported = sorted(k for k, v in kwargs.items() if v not in (None, False))
+        # `is not`, never `in`: a tensor keyword must not be compared element-wise.
+        unsupported = sorted(k for k, v in kwargs.items() if v is not None and v is not False)
         if unsupported:
             raise TypeError(
                 f"unsupported argument(s) to the forward call: {', '.join(unsupported)}"
@@ -228,7 +326,16 @@ class LPUModelForCausalLM:
                 self._stats.prompt(len(row))
                 self._stats.prefill(0, len(row), True)
             self.last_stats = self._stats.finish(self.backend)
-        return CausalLMOutput(_logits_out(out, kind))
+        loss: Any = None
+        if labels is not None:
+            value = causal_lm_loss(out, _labels(labels, ids.shape, self.vocab_size))
+            loss = np.float32(value)
+            if kind.kind == "torch":
+                import torch
+
+                loss = torch.tensor(value, dtype=torch.float32)
+        result = CausalLMOutput(_logits_out(out, kind), loss)
+        return result if return_dict is not False else result.to_tuple()
 
     forward = __call__
 
@@ -543,4 +650,6 @@ class AutoModelForCausalLM:
                 capacity_bytes=prefix_cache_bytes,
                 salt=cache_salt(folder, memory_map, mode),
             )
-        return LPUModelForCausalLM(folder, session, backend, config, cache, hybrid)
+        model = LPUModelForCausalLM(folder, session, backend, config, cache, hybrid)
+        model._name_or_path = str(model_id)
+        return model

@@ -1,0 +1,100 @@
+"""The model object behaves like a transformers model where that makes sense (issue 19,
+point 1): ``inputs.to(model.device)``, ``.to()``/``.eval()`` as no-ops, ``.dtype``,
+``.name_or_path``, ``.num_parameters()``, and a forward pass that takes ``labels`` (the loss as
+transformers computes it), ``return_dict`` and ``use_cache``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import helpers as H
+import numpy as np
+import pytest
+import torch
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Any, str]:
+    """(transformers' model, ours, the compiled folder) of one tiny Llama."""
+    root = tmp_path_factory.mktemp("habits")
+    hf = H.make_hf_model("llama", root / "hf", seed=3, std=0.1)
+    path = H.compile_model(root / "hf", root / "out", max_length=64)
+    return hf, H.load_lpu(path), path
+
+
+def test_inputs_move_to_model_device_and_come_back(pair: tuple[Any, Any, str]) -> None:
+    _, lm, _ = pair
+    assert lm.device == torch.device("cpu")
+    assert "emulator" in lm.device_description
+    ids = torch.tensor([[1, 5, 9, 2]]).to(lm.device)  # the model-card line
+    assert lm(ids).logits.device == torch.device("cpu")
+    assert lm.to("cuda") is lm and lm.eval() is lm  # accepted, nothing moves
+    assert lm.dtype == torch.float16
+    assert "emulator" in repr(lm)
+
+
+def test_name_and_parameter_count(pair: tuple[Any, Any, str]) -> None:
+    hf, lm, path = pair
+    assert lm.name_or_path == path
+    # transformers counts the tied LM head once, as the layer graph does.
+    assert lm.num_parameters() == hf.num_parameters()
+    embeddings = hf.get_input_embeddings().weight.numel()
+    assert lm.num_parameters(exclude_embeddings=True) == hf.num_parameters() - embeddings
+
+
+def test_labels_give_transformers_loss(pair: tuple[Any, Any, str]) -> None:
+    hf, lm, _ = pair
+    rng = np.random.default_rng(0)
+    ids = torch.tensor(rng.integers(0, H.VOCAB, (2, 12)))
+    labels = ids.clone()
+    labels[0, :4] = -100  # a masked prompt
+    labels[1, 7] = -100
+    with torch.no_grad():
+        ref = hf(ids, labels=labels)
+    ours = lm(ids, labels=labels, use_cache=False)
+    assert isinstance(ours.loss, torch.Tensor) and ours.loss.dtype == torch.float32
+    # The fp16 device's logits move the loss by about their own error (test_accuracy.py).
+    assert abs(float(ours.loss) - float(ref.loss)) < 5e-3, (float(ours.loss), float(ref.loss))
+    # Positional access skips absent fields, like transformers' ModelOutput.
+    assert ours[0] is ours.loss and ours[1] is ours.logits and ours["loss"] is ours.loss
+    loss, logits = lm(ids, labels=labels, return_dict=False)
+    assert torch.equal(logits, ours.logits) and float(loss) == float(ours.loss)
+    # Without labels: no loss, the logits first.
+    plain = lm(ids)
+    assert plain.loss is None and plain[0] is plain.logits
+    with pytest.raises(KeyError):
+        plain["loss"]
+    # A different label sequence gives a different loss (the loss reads the labels).
+    other = labels.clone()
+    other[0, 4:] = (other[0, 4:] + 1) % H.VOCAB
+    assert abs(float(lm(ids, labels=other).loss) - float(ours.loss)) > 1e-3
+
+
+def test_bad_labels_and_tensor_keywords_say_what_is_wrong(pair: tuple[Any, Any, str]) -> None:
+    _, lm, _ = pair
+    ids = torch.tensor([[1, 5, 9, 2]])
+    with pytest.raises(ValueError, match="-100"):
+        lm(ids, labels=torch.tensor([[1, 5, 9, H.VOCAB + 3]]))
+    with pytest.raises(ValueError, match="shape"):
+        lm(ids, labels=torch.tensor([[1, 5, 9]]))
+    # Any tensor keyword this forward does not take: a TypeError naming it, never
+    # "Boolean value of Tensor ... is ambiguous".
+    with pytest.raises(TypeError, match="position_ids"):
+        lm(ids, position_ids=torch.arange(4)[None])
+
+
+def test_all_masked_labels_give_nan_like_transformers(pair: tuple[Any, Any, str]) -> None:
+    hf, lm, _ = pair
+    ids = torch.tensor([[1, 5, 9, 2]])
+    labels = torch.full_like(ids, -100)
+    with torch.no_grad():
+        ref = hf(ids, labels=labels).loss
+    assert np.isnan(float(lm(ids, labels=labels).loss)) and np.isnan(float(ref))
+
+
+def test_numpy_input_gives_a_numpy_loss(pair: tuple[Any, Any, str], tmp_path: Path) -> None:
+    _, lm, _ = pair
+    ids = np.array([[1, 5, 9, 2, 7]])
+    out = lm(ids, labels=ids)
+    assert isinstance(out.loss, np.floating) and np.isfinite(out.loss)
