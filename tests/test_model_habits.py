@@ -98,3 +98,43 @@ def test_numpy_input_gives_a_numpy_loss(pair: tuple[Any, Any, str], tmp_path: Pa
     ids = np.array([[1, 5, 9, 2, 7]])
     out = lm(ids, labels=ids)
     assert isinstance(out.loss, np.floating) and np.isfinite(out.loss)
+
+
+def test_generate_takes_a_transformers_generation_config(pair: tuple[Any, Any, str]) -> None:
+    import transformers
+
+    _, lm, _ = pair
+    ids = torch.tensor([[1, 5, 9, 2]])
+    want = lm.generate(ids, max_new_tokens=6, do_sample=False)
+    gc = transformers.GenerationConfig(max_new_tokens=6, do_sample=False)
+    assert torch.equal(lm.generate(ids, generation_config=gc), want)
+    assert lm.generate(ids, generation_config=gc, max_new_tokens=3).shape[1] == 4 + 3
+    with pytest.raises(TypeError, match="GenerationConfig"):
+        lm.generate(ids, generation_config={"max_new_tokens": 2})
+
+
+def test_torch_manual_seed_makes_sampling_reproducible(pair: tuple[Any, Any, str]) -> None:
+    _, lm, _ = pair
+    ids = torch.tensor([[1, 5, 9, 2]])
+
+    def sample(seed: int) -> torch.Tensor:
+        torch.manual_seed(seed)
+        return lm.generate(ids, max_new_tokens=12, do_sample=True, temperature=2.0, top_k=0)
+
+    assert torch.equal(sample(7), sample(7))
+    assert not torch.equal(sample(7), sample(8))  # 12 draws at temperature 2: never all equal
+    # An explicit seed still wins over torch's generator.
+    torch.manual_seed(1)
+    a = lm.generate(ids, max_new_tokens=8, do_sample=True, seed=5)
+    torch.manual_seed(2)
+    assert torch.equal(a, lm.generate(ids, max_new_tokens=8, do_sample=True, seed=5))
+
+
+def test_generate_output_indexes_like_transformers(pair: tuple[Any, Any, str]) -> None:
+    _, lm, _ = pair
+    ids = torch.tensor([[1, 5, 9, 2]])
+    out = lm.generate(ids, max_new_tokens=3, return_dict_in_generate=True, output_logits=True)
+    assert out[0] is out.sequences and out["sequences"] is out.sequences
+    assert out[1] is out.logits and out.keys() == ["sequences", "logits"]
+    with pytest.raises(KeyError):
+        out["scores"]

@@ -58,6 +58,18 @@ class CausalLMOutput:
         raise KeyError(key)
 
 
+def _torch_seed() -> Optional[int]:
+    """A sampler seed drawn from torch's global generator when torch is in use, so that
+    ``torch.manual_seed`` / ``transformers.set_seed`` make sampling reproducible as they do in
+    transformers; None (fresh entropy) otherwise."""
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return None
+    return int(torch.randint(0, 2**31 - 1, (1,)).item())
+
+
 def causal_lm_loss(logits: np.ndarray, labels: np.ndarray) -> float:
     """transformers' causal-LM loss: position t predicts label t + 1; labels of -100 are
     ignored; the mean over the rest (NaN when none is left), in float64."""
@@ -128,6 +140,20 @@ class GenerateOutput:
     sequences: Any
     scores: Optional[tuple[Any, ...]] = None
     logits: Optional[tuple[Any, ...]] = None
+
+    def to_tuple(self) -> tuple[Any, ...]:
+        return tuple(v for v in (self.sequences, self.scores, self.logits) if v is not None)
+
+    def __getitem__(self, key: Union[str, int]) -> Any:
+        # As transformers' ModelOutput: by position over the fields that are set, or by name.
+        if isinstance(key, int):
+            return self.to_tuple()[key]
+        if key in ("sequences", "scores", "logits") and getattr(self, key) is not None:
+            return getattr(self, key)
+        raise KeyError(key)
+
+    def keys(self) -> list[str]:
+        return [k for k in ("sequences", "scores", "logits") if getattr(self, k) is not None]
 
 
 class DeviceGate:
@@ -376,6 +402,8 @@ class LPUModelForCausalLM:
         ids, kind = to_numpy_ids(input_ids, "input_ids", vocab_size=self.vocab_size)
         _check_attention_mask(attention_mask, ids.shape)
         config = self._config_for(generation_config, kwargs)
+        if config.do_sample and config.seed is None:
+            config = config.copy(seed=_torch_seed())
         if streamer is not None and ids.shape[0] != 1:
             raise ValueError("a streamer streams one sequence; pass a batch of 1")
         record = flags["output_logits"] or flags["output_scores"]
@@ -459,7 +487,19 @@ class LPUModelForCausalLM:
     ) -> GenerationConfig:
         base = generation_config if generation_config is not None else self.generation_config
         if not isinstance(base, GenerationConfig):
-            raise TypeError("generation_config must be a hyperdex GenerationConfig")
+            if not hasattr(base, "to_diff_dict"):
+                raise TypeError(
+                    "generation_config must be a hyperdex or a transformers GenerationConfig, "
+                    f"got {type(base).__name__}"
+                )
+            # transformers' GenerationConfig: what it sets apart from its defaults, over the
+            # model's own generation config (as transformers' generate merges them).
+            given = {
+                k: v
+                for k, v in base.to_diff_dict().items()
+                if not k.startswith("_") and k != "transformers_version"
+            }
+            base = self.generation_config.copy(**given)
         return base.copy(**kwargs)
 
     def _check_room(self, prompt_length: int, new_tokens: int) -> None:
