@@ -138,3 +138,12 @@ def test_generate_output_indexes_like_transformers(pair: tuple[Any, Any, str]) -
     assert out[1] is out.logits and out.keys() == ["sequences", "logits"]
     with pytest.raises(KeyError):
         out["scores"]
+
+
+def test_config_tells_the_compiled_context_and_dtype(pair: tuple[Any, Any, str]) -> None:
+    hf, lm, _ = pair
+    assert lm.config.max_position_embeddings == lm.max_length == 64
+    assert lm.config.checkpoint_max_position_embeddings == hf.config.max_position_embeddings
+    assert lm.config.dtype == lm.config.torch_dtype == "float16"
+    d = lm.config.to_dict()
+    assert d["max_position_embeddings"] == 64 and d["dtype"] == "float16"

@@ -61,6 +61,23 @@ class LPUConfig:
     def architectures(self) -> list[str]:
         return [self.architecture]
 
+    @property
+    def max_position_embeddings(self) -> int:
+        """The positions this compiled model holds (its KV cache, ``max_length``), not the
+        checkpoint's (``checkpoint_max_position_embeddings``), which the device cannot reach."""
+        return self.max_length
+
+    @property
+    def checkpoint_max_position_embeddings(self) -> int:
+        return int(self.model.max_position_embeddings)
+
+    @property
+    def dtype(self) -> str:
+        """What the device computes in: float16 (logits come back in float32)."""
+        return "float16"
+
+    torch_dtype = dtype
+
     def __getattr__(self, name: str) -> Any:
         # Only called for attributes not set above: fall back to the HF config's fields.
         hf = self.__dict__.get("_hf", {})
@@ -76,6 +93,9 @@ class LPUConfig:
             "type_device": self.type_device,
             "quantization": self.quantization,
             "quantization_config": self.quantization_config,
+            "max_position_embeddings": self.max_position_embeddings,
+            "checkpoint_max_position_embeddings": self.checkpoint_max_position_embeddings,
+            "dtype": self.dtype,
         }
 
     def __repr__(self) -> str:
