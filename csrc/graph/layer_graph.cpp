@@ -258,14 +258,7 @@ class Builder {
                   bool bias, Split split) {
     const uint32_t H = s_.hidden_size;
     if (!s_.branch_output_norm) return add_linear(name, src, H, in, bias, split);
-    matrix(name, {name + ".weight"}, H, in, split, true);
-    if (bias) vector(name + ".bias", {name + ".bias"}, H, Split::Replicated);
-    Step st = step(StepKind::ReduceLinear, name);
-    st.dst = {Buf::Y};
-    st.src = src;
-    st.n = H;
-    st.k = in;
-    add(st);
+    row_parallel(StepKind::ReduceLinear, name, {Buf::Y}, src, H, in, bias, split);
     norm(post_norm, {Buf::Y}, {Buf::Y}, H);
     Step sum = step(StepKind::Add);
     sum.dst = {Buf::X};
@@ -277,10 +270,17 @@ class Builder {
   // A row-parallel projection added to the residual stream (its bias added once).
   void add_linear(const std::string& name, Slot src, uint32_t out, uint32_t in, bool bias,
                   Split split) {
+    row_parallel(StepKind::AddLinear, name, {Buf::X}, src, out, in, bias, split);
+  }
+
+  // A row-parallel projection's weights (its bias replicated: added once, after the sum)
+  // and the step that runs it.
+  void row_parallel(StepKind kind, const std::string& name, Slot dst, Slot src, uint32_t out,
+                    uint32_t in, bool bias, Split split) {
     matrix(name, {name + ".weight"}, out, in, split, true);
     if (bias) vector(name + ".bias", {name + ".bias"}, out, Split::Replicated);
-    Step st = step(StepKind::AddLinear, name);
-    st.dst = {Buf::X};
+    Step st = step(kind, name);
+    st.dst = dst;
     st.src = src;
     st.n = out;
     st.k = in;
