@@ -715,3 +715,68 @@ def test_padded_attention_mask(lm: Any) -> None:
     assert "unpadded" in str(e.value)
     with pytest.raises(ValueError, match="attention_mask has shape"):
         lm(torch.tensor([[1, 2, 3]]), attention_mask=torch.tensor([[1, 1]]))
+
+
+@pytest.mark.parametrize(
+    "config, key",
+    [
+        (dict(architectures=["MistralForCausalLM"], sliding_window="wide"), "cannot read"),
+        (dict(architectures=["Gemma2ForCausalLM"], query_pre_attn_scalar="x"), "cannot read"),
+        (
+            dict(architectures=["FalconForCausalLM"], new_decoder_architecture=True),
+            "num_attention_heads",
+        ),
+    ],
+)
+def test_a_family_reading_a_bad_value_says_so(config: dict, key: str) -> None:
+    """A family's traits read from a hostile config.json end in a ConfigError, never a bare
+    ValueError or KeyError."""
+    from hyperdex.arch.registry import model_traits
+
+    base = dict(
+        vocab_size=50,
+        hidden_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        intermediate_size=96,
+        max_position_embeddings=64,
+    )
+    if key == "num_attention_heads":
+        base.pop("num_attention_heads")
+    with pytest.raises(ConfigError, match=key):
+        model_traits({**base, **config})
+
+
+def test_no_hostile_config_value_escapes_as_a_bare_error() -> None:
+    """Every family reads every key it knows of a config.json with each of these values put
+    in: a ConfigError or a record, never a bare ValueError/TypeError/KeyError/OverflowError
+    (a sweep over the whole table; it found float('x') in the RoPE reading, an int() of
+    GPT-J's rotary_dim and numpy's size limit for a 10^40 head_dim)."""
+    import warnings
+
+    from hyperdex.arch.registry import model_traits, supported_architectures
+
+    base = dict(
+        vocab_size=50, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, intermediate_size=96, max_position_embeddings=64, n_embd=64,
+        n_layer=2, n_head=4, n_positions=64, sliding_window=8, head_dim=16, ffn_hidden_size=96,
+        ffn_dim=96, num_layers=2, rotary_dim=8, logit_scale=0.5, clip_qkv=1.0,
+        layer_types=["sliding_attention", "full_attention"], rope_theta=1e4,
+        no_rope_layers=[1, 0], query_pre_attn_scalar=16, embedding_multiplier=2.0,
+        residual_multiplier=0.5, logits_scaling=2.0, attention_multiplier=0.1,
+        rope_local_base_freq=1e4, use_sliding_window=True, max_window_layers=1,
+        partial_rotary_factor=0.5, rotary_pct=0.5,
+        rope_scaling={"rope_type": "linear", "factor": 2.0},
+    )  # fmt: skip
+    hostile = ["x", -1, [], {}, 10**40, 1.5, True, None, float("nan")]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # numpy's overflow warnings on the way to the error
+        for arch in supported_architectures():
+            config = dict(base, architectures=[arch])
+            model_traits(config)
+            for key in base:
+                for value in hostile:
+                    try:
+                        model_traits(dict(config, **{key: value}))
+                    except ConfigError:
+                        pass

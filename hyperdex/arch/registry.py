@@ -110,6 +110,21 @@ def _close_match(name: str) -> str | None:
     return stems[close[0]] if close else None
 
 
+def _read(hf_name: str, reader: Any, config: Config) -> Any:
+    """A family's reading of its config (traits, implied KV heads): a value of the wrong type
+    or a missing key is a ConfigError naming it, not a bare ValueError or KeyError."""
+    try:
+        return reader(config)
+    except ConfigError:
+        raise
+    except KeyError as e:
+        raise ConfigError(f"{hf_name}'s config.json has no {e.args[0]!r}") from e
+    except (TypeError, ValueError, OverflowError) as e:
+        raise ConfigError(
+            f"{hf_name}'s config.json has a value hyperdex cannot read ({e}); fix the value"
+        ) from e
+
+
 def _required(config: Config, keys: tuple[str, ...], what: str) -> Any:
     value = _first(config, *keys)
     if value is None:
@@ -120,6 +135,8 @@ def _required(config: Config, keys: tuple[str, ...], what: str) -> Any:
 def _positive_int(value: Any, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ConfigError(f"config.json {what} must be a positive integer, found {value!r}")
+    if value >= 2**32:
+        raise ConfigError(f"config.json {what} is {value}, past the core's 32-bit sizes")
     return value
 
 
@@ -137,7 +154,7 @@ def model_traits(config: Config) -> tuple[str, Architecture, ModelRecord]:
     hidden = _positive_int(_required(config, arch.hidden_size, "hidden size"), "hidden size")
     heads = _positive_int(_required(config, arch.num_heads, "attention head count"), "heads")
     if arch.kv_heads_of is not None:
-        kv_heads = _positive_int(arch.kv_heads_of(config), "KV heads")
+        kv_heads = _positive_int(_read(hf_name, arch.kv_heads_of, config), "KV heads")
     else:
         kv_heads = _positive_int(_required(config, arch.num_kv_heads, "KV head count"), "KV heads")
     head_dim = config.get("head_dim") or hidden // heads
@@ -201,7 +218,7 @@ def model_traits(config: Config) -> tuple[str, Architecture, ModelRecord]:
         "tie_word_embeddings": bool(config.get("tie_word_embeddings", arch.default_tied)),
         "embed_dim": hidden,
     }
-    model.update(arch.traits(config))
+    model.update(_read(hf_name, arch.traits, config))
     windows = [int(w) for w in model["layer_windows"] or ()]
     if len(set(windows)) == 1:  # one window for every layer: the scalar says it
         model["sliding_window"], windows = windows[0], []
@@ -217,41 +234,55 @@ def model_traits(config: Config) -> tuple[str, Architecture, ModelRecord]:
     if all(t == 1 for t in layer_rope):
         layer_rope = []  # every layer rotates with the one table
     if arch.positions == "rope":
-        from .rope import inverse_frequencies, rope_parameters
-
-        params, local = rope_parameters(config)
-        if rotary_dim is None:
-            rotary_dim = int(model["head_dim"] * float(params["partial_rotary_factor"]))
-        rotary_dim = int(rotary_dim)
-        if not 0 < rotary_dim <= model["head_dim"] or rotary_dim % 2:
-            raise ConfigError(
-                f"config.json rotates {rotary_dim} dims of each head (rotary_dim / "
-                f"partial_rotary_factor); it must be even and in (0, head_dim={model['head_dim']}]"
-            )
-        inv_freq, factor = inverse_frequencies(params, rotary_dim, max_positions)
-        model.update(
-            rope_style=rope_style,
-            rope_dim=rotary_dim,
-            rope_parameters=params,
-            rope_inv_freq=[float(x) for x in inv_freq],
-            rope_attention_factor=factor,
-            layer_rope=layer_rope,
-        )
-        if 2 in layer_rope:  # the local table (Gemma 3's sliding layers)
-            if local is None:
-                raise ConfigError(f"{hf_name}'s config.json gives no local rotary parameters")
-            local_freq, local_factor = inverse_frequencies(local, rotary_dim, max_positions)
-            if local_factor != 1.0:
-                raise ConfigError(
-                    f"the local rotary parameters ({local['rope_type']}) scale cos and sin; "
-                    "hyperdex's local table has no attention factor: use default or linear"
-                )
-            model["rope_local_inv_freq"] = [float(x) for x in local_freq]
-            model["rope_parameters"] = dict(params, local=local)
+        rotary = (rotary_dim, rope_style, layer_rope)
+        _read(hf_name, lambda c: _rotary(hf_name, c, model, *rotary), config)
     # What is no field of the record is a switch of the family's renaming rules.
     fields = {f.name for f in dataclasses.fields(ModelRecord)}
     model["layout"] = {k: bool(model.pop(k)) for k in list(model) if k not in fields}
     return hf_name, arch, ModelRecord.from_dict(model, f"{hf_name}'s model record")
+
+
+def _rotary(
+    hf_name: str,
+    config: Config,
+    model: dict[str, Any],
+    rotary_dim: Any,
+    rope_style: str,
+    layer_rope: list[int],
+) -> None:
+    """The rotary fields of the record (``model``) from the config's RoPE parameters."""
+    from .rope import inverse_frequencies, rope_parameters
+
+    max_positions = int(model["max_position_embeddings"])
+    params, local = rope_parameters(config)
+    if rotary_dim is None:
+        rotary_dim = int(model["head_dim"] * float(params["partial_rotary_factor"]))
+    rotary_dim = int(rotary_dim)
+    if not 0 < rotary_dim <= model["head_dim"] or rotary_dim % 2:
+        raise ConfigError(
+            f"config.json rotates {rotary_dim} dims of each head (rotary_dim / "
+            f"partial_rotary_factor); it must be even and in (0, head_dim={model['head_dim']}]"
+        )
+    inv_freq, factor = inverse_frequencies(params, rotary_dim, max_positions)
+    model.update(
+        rope_style=rope_style,
+        rope_dim=rotary_dim,
+        rope_parameters=params,
+        rope_inv_freq=[float(x) for x in inv_freq],
+        rope_attention_factor=factor,
+        layer_rope=layer_rope,
+    )
+    if 2 in layer_rope:  # the local table (Gemma 3's sliding layers)
+        if local is None:
+            raise ConfigError(f"{hf_name}'s config.json gives no local rotary parameters")
+        local_freq, local_factor = inverse_frequencies(local, rotary_dim, max_positions)
+        if local_factor != 1.0:
+            raise ConfigError(
+                f"the local rotary parameters ({local['rope_type']}) scale cos and sin; "
+                "hyperdex's local table has no attention factor: use default or linear"
+            )
+        model["rope_local_inv_freq"] = [float(x) for x in local_freq]
+        model["rope_parameters"] = dict(params, local=local)
 
 
 def max_length_limit(model: ModelRecord) -> tuple[int, str]:
