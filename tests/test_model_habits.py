@@ -147,3 +147,35 @@ def test_config_tells_the_compiled_context_and_dtype(pair: tuple[Any, Any, str])
     assert lm.config.dtype == lm.config.torch_dtype == "float16"
     d = lm.config.to_dict()
     assert d["max_position_embeddings"] == 64 and d["dtype"] == "float16"
+
+
+def test_transformers_logits_processors_and_stopping_criteria(pair: tuple[Any, Any, str]) -> None:
+    """transformers' processor and criterion lists run on the host after hyperdex's own
+    processing, with the same tokens as transformers' generate given the same lists."""
+    import transformers
+
+    hf, lm, _ = pair
+    ids = torch.tensor([[1, 5, 9, 2, 7]])
+    plain = lm.generate(ids, max_new_tokens=8, do_sample=False)
+
+    class BanGreedy(transformers.LogitsProcessor):
+        """Forbids whatever token leads: greedy then picks the runner-up."""
+
+        def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+            scores = scores.clone()
+            scores[0, scores[0].argmax()] = -float("inf")
+            return scores
+
+    banned = lm.generate(ids, max_new_tokens=8, do_sample=False, logits_processor=[BanGreedy()])
+    assert not torch.equal(banned[:, 5:], plain[:, 5:])
+    with torch.no_grad():
+        ref = hf.generate(
+            ids,
+            max_new_tokens=8,
+            do_sample=False,
+            logits_processor=transformers.LogitsProcessorList([BanGreedy()]),
+        )
+    assert torch.equal(banned, ref)
+    # A stopping criterion ends the sequence where it says.
+    stop = transformers.StoppingCriteriaList([transformers.MaxLengthCriteria(max_length=5 + 3)])
+    assert lm.generate(ids, max_new_tokens=8, stopping_criteria=stop).shape[1] == 5 + 3

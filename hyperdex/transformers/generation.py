@@ -863,6 +863,8 @@ class GenerationSession:
         tokenizer: Any = None,
         streamer: Any = None,
         max_position_embeddings: int | None = None,
+        logits_processor: Sequence[Any] | None = None,
+        stopping_criteria: Sequence[Any] | None = None,
     ) -> None:
         prompt = np.asarray(prompt_ids)
         if prompt.ndim == 2 and prompt.shape[0] == 1:
@@ -888,6 +890,10 @@ class GenerationSession:
         self.last_scores: np.ndarray | None = None
         self.streamer = streamer
         self._streamer_ended = False
+        # transformers' LogitsProcessor / StoppingCriteria objects (host-side, torch): run
+        # after hyperdex's own processing, as transformers appends a caller's list to its own.
+        self.user_processors = list(logits_processor or [])
+        self.user_criteria = list(stopping_criteria or [])
         if streamer is not None:
             streamer.put(self._ids[None, : self.prompt_length].copy())
         if self.max_new_tokens == 0:
@@ -921,6 +927,8 @@ class GenerationSession:
         scores = self.pipeline(ids, logits)
         if np.may_share_memory(scores, logits):  # unprocessed: not the caller's buffer
             scores = scores.copy()
+        if self.user_processors:
+            scores = self._run_user_processors(ids, scores)
         self.last_scores = scores
         token = self.sampler(scores)
         self._ids[self._length] = token
@@ -928,9 +936,38 @@ class GenerationSession:
         if self.streamer is not None:
             self.streamer.put(np.array([token], dtype=np.int64))
         reason = self.stopping(self._ids[: self._length])
+        if reason is None and self.user_criteria and self._user_stop(scores):
+            reason = "stop"  # a caller's criterion, as a stop
         if reason is not None:
             self._finish(reason)
         return token
+
+    def _torch_ids(self, length: int) -> Any:
+        import torch
+
+        return torch.from_numpy(self._ids[:length].copy())[None]
+
+    def _run_user_processors(self, ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
+        import torch
+
+        input_ids = self._torch_ids(len(ids))
+        out = torch.from_numpy(np.asarray(scores, dtype=np.float32).copy())[None]
+        for processor in self.user_processors:
+            out = processor(input_ids, out)
+        result = np.asarray(out.detach().cpu().numpy(), dtype=np.float32)
+        if result.shape != (1, scores.shape[-1]):
+            raise ValueError(
+                f"a logits processor ({type(processor).__name__}) returned scores of shape "
+                f"{list(result.shape)}, not [1, {scores.shape[-1]}]"
+            )
+        return result[0]
+
+    def _user_stop(self, scores: np.ndarray) -> bool:
+        import torch
+
+        input_ids = self._torch_ids(self._length)
+        s = torch.from_numpy(np.asarray(scores, dtype=np.float32).copy())[None]
+        return any(bool(torch.as_tensor(c(input_ids, s)).any()) for c in self.user_criteria)
 
     def close(self) -> None:
         """End the streamer if generation stopped early (e.g. on an error); idempotent."""

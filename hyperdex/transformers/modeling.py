@@ -394,6 +394,8 @@ class LPUModelForCausalLM:
         tokenizer = kwargs.pop("tokenizer", None)  # transformers takes one for stop strings
         if tokenizer is not None:
             self._tokenizer = tokenizer
+        # transformers' LogitsProcessorList / StoppingCriteriaList: host-side, only when given.
+        hooks = {k: kwargs.pop(k, None) for k in ("logits_processor", "stopping_criteria")}
         flags = {}
         for name in ("return_dict_in_generate", "output_logits", "output_scores"):
             flags[name] = kwargs.pop(name, False)
@@ -413,12 +415,8 @@ class LPUModelForCausalLM:
             self._stats.begin(profile)
             for row in ids:
                 trace: list[tuple[np.ndarray, np.ndarray]] = []
-                rows.append(
-                    np.array(
-                        list(self._generate_row(row, config, streamer, trace if record else None)),
-                        dtype=np.int64,
-                    )
-                )
+                tokens = self._generate_row(row, config, streamer, trace if record else None, hooks)
+                rows.append(np.array(list(tokens), dtype=np.int64))
                 traces.append(trace)
             self.last_stats = self._stats.finish(self.backend)
         outputs = [np.concatenate([row, new]) for row, new in zip(ids, rows)]
@@ -519,6 +517,7 @@ class LPUModelForCausalLM:
         config: GenerationConfig,
         streamer: Any,
         trace: Optional[list[tuple[np.ndarray, np.ndarray]]] = None,
+        hooks: Optional[dict[str, Any]] = None,
     ) -> Iterator[int]:
         tokenizer = self._tokenizer_for(config)
         self._check_room(len(prompt), 0)
@@ -528,6 +527,7 @@ class LPUModelForCausalLM:
             tokenizer=tokenizer,
             streamer=streamer,
             max_position_embeddings=self.max_length,
+            **(hooks or {}),
         )
         try:
             self._check_room(len(prompt), session.max_new_tokens)
