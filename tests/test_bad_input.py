@@ -198,6 +198,17 @@ def test_unknown_architecture(hf_folder: Path, tmp_path: Path) -> None:
         _compile(folder, tmp_path)
 
 
+# The sizes of a tiny config.json, for the tests that read configs alone (no weights).
+TINY_CONFIG = dict(
+    vocab_size=50,
+    hidden_size=64,
+    num_hidden_layers=1,
+    num_attention_heads=4,
+    intermediate_size=96,
+    max_position_embeddings=64,
+)
+
+
 @pytest.mark.parametrize(
     "config, key",
     [
@@ -224,14 +235,7 @@ def test_a_config_value_the_graph_cannot_honour_is_refused_in_phase_0(
     """Refused from config.json alone (no weights needed), naming the key and value."""
     from hyperdex.arch.registry import model_traits
 
-    base = dict(
-        vocab_size=50,
-        hidden_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=4,
-        intermediate_size=96,
-        max_position_embeddings=64,
-    )
+    base = dict(TINY_CONFIG)
     with pytest.raises(ConfigError) as e:
         model_traits({**base, **config})
     assert key in str(e.value)
@@ -733,14 +737,7 @@ def test_a_family_reading_a_bad_value_says_so(config: dict, key: str) -> None:
     ValueError or KeyError."""
     from hyperdex.arch.registry import model_traits
 
-    base = dict(
-        vocab_size=50,
-        hidden_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=4,
-        intermediate_size=96,
-        max_position_embeddings=64,
-    )
+    base = dict(TINY_CONFIG)
     if key == "num_attention_heads":
         base.pop("num_attention_heads")
     with pytest.raises(ConfigError, match=key):
