@@ -14,11 +14,12 @@ import pytest
 from helpers import compile_model
 
 from hyperdex import _core
+from hyperdex.arch.spec import model_spec
 from hyperdex.compiled.record import load_converted
 from hyperdex.compiled.session import open_session
 from hyperdex.errors import ConfigError
 from hyperdex.presets import device_preset, load_preset
-from hyperdex.tools.lowering import memory_map_dict, model_spec
+from hyperdex.tools.lowering import memory_map_dict
 
 LINEARS = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
 

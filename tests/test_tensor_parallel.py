@@ -121,7 +121,7 @@ def test_split_then_gather_gives_back_every_tensor(
 
 
 def H_spec(config: dict[str, Any]) -> Any:
-    from hyperdex.tools.lowering import model_spec
+    from hyperdex.arch.spec import model_spec
 
     return model_spec(config)
 
@@ -286,9 +286,9 @@ def test_bad_device_counts(compiled: dict[str, dict[int, str]], tmp_path: Path, 
 
 def test_capacity_error_names_the_smallest_ring_that_fits() -> None:
     from hyperdex.arch.registry import model_traits
+    from hyperdex.arch.spec import model_spec
     from hyperdex.presets import device_preset, load_preset
     from hyperdex.tools.compiler import _check_capacity, _plan_shard
-    from hyperdex.tools.lowering import model_spec
 
     hf = {
         "architectures": ["LlamaForCausalLM"],

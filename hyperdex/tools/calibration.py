@@ -37,6 +37,7 @@ import numpy as np
 
 from .. import _core
 from ..arch.record import as_record
+from ..arch.spec import model_spec
 from ..compiled.folder import TOKENIZER_FILES
 from ..compiled.record import HYPERDEX_CONFIG_NAME, HYPERDEX_MODEL_NAME, load_converted
 from ..compiled.session import open_session
@@ -44,7 +45,7 @@ from ..errors import ConfigError
 from ..formats import ModelFile, write_model_file
 from ..formats.atomic import temp_path, write_json_atomic
 from ..presets import device_preset, load_preset
-from .lowering import memory_map_dict, model_spec
+from .lowering import memory_map_dict
 from .progress import progress_bar
 from .quantization import QuantizationConfig
 

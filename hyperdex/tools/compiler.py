@@ -36,6 +36,7 @@ from typing import Any, Optional, Union
 from .. import __version__, _core
 from ..arch.record import ModelRecord, as_record
 from ..arch.registry import max_length_limit, model_traits
+from ..arch.spec import model_spec
 from ..compiled.folder import (
     COMPILE_FORMAT,
     COMPILE_FORMAT_VERSION,
@@ -54,7 +55,7 @@ from .calibration import quantize_converted
 from .converter import AutoModelConverter, read_hf_config
 from .fetch import copy_local, download, download_config
 from .locking import compile_lock
-from .lowering import memory_map_dict, model_spec
+from .lowering import memory_map_dict
 from .passes import PassesArg, core_passes, pass_options
 from .progress import progress_bar
 from .quantization import QuantizationConfig, resolve_quantization

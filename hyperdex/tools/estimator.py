@@ -23,9 +23,9 @@ from typing import Any, Mapping, Optional, Union
 
 from .. import _core
 from ..arch.registry import max_length_limit, model_traits
+from ..arch.spec import model_spec
 from ..errors import CheckpointError, ConfigError, HyperdexError
 from ..presets import device_preset, load_preset
-from .lowering import model_spec
 from .passes import PASSES, PassesArg, core_passes, describe, pass_options
 from .quantization import resolve_quantization
 

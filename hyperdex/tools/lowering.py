@@ -1,16 +1,13 @@
 """Writes the memory plan as ``config/memory_map.json``. (The model record's bridge to the
 core's ModelSpec is ``hyperdex.arch.spec.model_spec``, a preset's
-``hyperdex.presets.device_preset``: the explorer and the runtime need them too.)"""
+``hyperdex.presets.device_preset``.)"""
 
 from __future__ import annotations
 
 from typing import Any, Optional
 
 from .. import _core
-from ..arch.spec import model_spec
 from ..compiled.folder import MEMORY_MAP_FORMAT
-
-__all__ = ["memory_map_dict", "model_spec"]
 
 
 def memory_map_dict(

@@ -117,7 +117,8 @@ class HybridPrefill:
                 cache.update(k, v, layer)
         with torch.no_grad():
             out = self.model(input_ids=ids, use_cache=True, **{self._cache_arg: cache})
-        cache = getattr(out, "cache", None) or out.past_key_values
+        # An empty cache object is falsy (no layers): test for presence, not truth.
+        cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
         n = ids.shape[1]
         rows = np.empty((2 * self.num_layers, n, self.num_kv_heads * self.head_dim), np.float16)
         for layer in range(self.num_layers):
