@@ -125,9 +125,10 @@ py::dict instruction_dict(const isa::Instruction& in) {
   auto region = [](const isa::HbmRegion& r) { return py::make_tuple(r.base, r.row_bytes, r.rows); };
   py::dict d;
   d["op"] = isa::opcode_name(in.op);
-  d["flags"] = in.flags, d["sub"] = in.sub, d["n"] = in.n, d["k"] = in.k;
-  d["i0"] = in.i0, d["i1"] = in.i1, d["f0"] = in.f0, d["f1"] = in.f1;
+  d["flags"] = in.flags, d["flags2"] = in.flags2, d["sub"] = in.sub, d["n"] = in.n, d["k"] = in.k;
+  d["i0"] = in.i0, d["i1"] = in.i1, d["i2"] = in.i2, d["f0"] = in.f0, d["f1"] = in.f1;
   d["dst"] = operand(in.dst), d["a"] = operand(in.a), d["b"] = operand(in.b);
+  d["c"] = operand(in.c);
   d["w0"] = region(in.w0), d["w1"] = region(in.w1);
   return d;
 }
@@ -205,6 +206,9 @@ PYBIND11_MODULE(_core, m) {
       .def_readwrite("final_norm", &ModelSpec::final_norm)
       .def_readwrite("act", &ModelSpec::act)
       .def_readwrite("gated_mlp", &ModelSpec::gated_mlp)
+      .def_readwrite("num_experts", &ModelSpec::num_experts)
+      .def_readwrite("experts_per_token", &ModelSpec::experts_per_token)
+      .def_readwrite("router_renormalize", &ModelSpec::router_renormalize)
       .def_readwrite("parallel_block", &ModelSpec::parallel_block)
       .def_readwrite("shared_norm", &ModelSpec::shared_norm)
       .def_readwrite("qk_norm", &ModelSpec::qk_norm)
@@ -282,6 +286,8 @@ PYBIND11_MODULE(_core, m) {
       .def_readonly("sources", &Region::sources)
       .def_readonly("bits", &Region::bits)
       .def_readonly("group_size", &Region::group)
+      .def_readonly("experts", &Region::experts)
+      .def_readonly("expert_rows", &Region::expert_rows)
       .def("bytes_per_channel", &Region::bytes_per_channel);
   py::class_<IoLayout>(m, "IoLayout")
       .def_readonly("base", &IoLayout::base)
@@ -603,6 +609,21 @@ PYBIND11_MODULE(_core, m) {
           py::arg("end"), py::arg("want_logits") = false, py::arg("logits_all") = false,
           "Executes instructions [begin, end) of the 'prefill' or 'decode' program; the token "
           "ids are what the I/O region holds. Does not move the session's position.")
+      .def_property_readonly(
+          "weight_bytes_read",
+          [](Session& s) {
+            std::vector<uint64_t> out;
+            for (uint32_t d = 0; d < s.num_devices(); ++d) {
+              auto* e = dynamic_cast<emu::Emulator*>(&s.device(d));
+              if (!e)
+                throw DeviceError("weight_bytes_read counts on the emulator; this session runs on " +
+                                  s.device(d).describe());
+              out.push_back(e->weight_bytes_read());
+            }
+            return out;
+          },
+          "Per device, the HBM bytes of weight rows the MATMULs of the last run read (an expert "
+          "MATMUL: its picked experts' rows only).")
       .def(
           "program",
           [](Session& s, const std::string& slot) {

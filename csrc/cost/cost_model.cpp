@@ -80,6 +80,7 @@ Footprint footprint(const Instruction& in, uint32_t T, uint32_t C) {
       rd_hbm(in.w1);
       wr(in.dst, in.n, elem, T);
       if (in.flags & isa::kFlagArgmax) wr(in.b, 1, 4, 1);
+      if (in.i2) rd(in.c, 2, 4, T);  // the pick
       break;
     }
     case Opcode::Rope:
@@ -118,6 +119,11 @@ Footprint footprint(const Instruction& in, uint32_t T, uint32_t C) {
     case Opcode::Prefetch:
       rd_hbm(in.w0);
       rd_hbm(in.w1);
+      if (in.i2) rd(in.c, 2, 4, T);
+      break;
+    case Opcode::TopK:
+      rd(in.a, in.n, 4, T);
+      wr(in.dst, Checked(in.k) * 2, 4, T);
       break;
     case Opcode::AllReduce:
       rd(in.a, in.n, 2, T);
@@ -150,6 +156,12 @@ bool conflict(const Footprint& earlier, const Footprint& later) {
 
 // Bytes of a striped vector region (norm gains, biases) holding n elements.
 uint64_t vector_bytes(uint64_t n) { return ceil_div(n, 32) * 64; }
+
+// The expert blocks an expert MATMUL of `rows` token rows streams at most: each row picks
+// one, so one per row and no more than there are (a decode step: exactly one). 1 otherwise.
+uint64_t streamed_blocks(const Instruction& in, uint32_t rows) {
+  return in.i2 ? std::min<uint64_t>(rows, in.i2) : 1;
+}
 
 struct Pending {
   double end_ns;
@@ -251,8 +263,12 @@ RunCost CostModel::run(const RunArgs& args) const {
     switch (in.op) {
       case Opcode::MatMul: {
         const bool glu = in.flags & isa::kFlagGlu;
-        const uint64_t weight_rows = uint64_t(in.n) * (glu ? 2 : 1);
-        const uint64_t per_channel_rows = ceil_div(weight_rows, C);
+        // An expert MATMUL (ISA v5) streams the rows of each block its rows picked; every
+        // block starts on channel 0, so each spreads over all channels.
+        const uint64_t blocks = streamed_blocks(in, rows);
+        const uint64_t block_rows = uint64_t(in.n) * (glu ? 2 : 1);
+        const uint64_t weight_rows = block_rows * blocks;
+        const uint64_t per_channel_rows = ceil_div(block_rows, C) * blocks;
         uint64_t per_channel = per_channel_rows * in.w0.row_bytes;
         const uint64_t weights = weight_rows * in.w0.row_bytes;
         // Outputs to the I/O buffer (logits) are HBM writes, all in channel 0.
@@ -277,17 +293,19 @@ RunCost CostModel::run(const RunArgs& args) const {
         use(Engine::Matrix, c.start_ns, c.end_ns);
         c.weight_bytes = weights - pf.total;
         c.hbm_bytes = c.weight_bytes + io_out + bias;
-        c.macs = weight_rows * in.k * rows;
+        // Each token row multiplies its own expert's block only.
+        c.macs = block_rows * in.k * rows;
         const double streaming = stream_ns(double(per_channel - pf.per_channel + io_out));
         c.bound = mem_end >= mac_end ? (streaming >= lat ? Bound::Memory : Bound::Latency)
                                      : Bound::Compute;
         break;
       }
       case Opcode::Prefetch: {
-        const uint64_t per_channel = ceil_div(in.w0.rows, C) * in.w0.row_bytes;
+        // n rows (an expert PREFETCH: of the picked block), else the whole region.
+        const uint64_t stream_rows = in.n ? in.n : in.w0.rows;
+        const uint64_t per_channel = ceil_div(stream_rows, C) * in.w0.row_bytes;
         const uint64_t take = std::min(per_channel, buffer_per_channel);
-        const uint64_t total =
-            std::min<uint64_t>(uint64_t(in.w0.rows) * in.w0.row_bytes, take * C);
+        const uint64_t total = std::min<uint64_t>(stream_rows * in.w0.row_bytes, take * C);
         c.start_ns = std::max(ready, engine_free[size_t(Engine::Memory)]);
         c.end_ns = c.start_ns + lat + stream_ns(double(take));
         use(Engine::Memory, c.start_ns, c.end_ns);
@@ -361,7 +379,8 @@ RunCost CostModel::run(const RunArgs& args) const {
       case Opcode::Mul:
       case Opcode::Act:
       case Opcode::Bias:
-      case Opcode::Argmax: {
+      case Opcode::Argmax:
+      case Opcode::TopK: {
         uint64_t elements = uint64_t(T) * in.n;
         uint32_t passes = 1;
         uint64_t params = 0;
@@ -380,6 +399,9 @@ RunCost CostModel::run(const RunArgs& args) const {
           params = vector_bytes(in.n);
         } else if (in.op == Opcode::Argmax) {
           elements = in.n;  // the last logits row
+        } else if (in.op == Opcode::TopK) {
+          // softmax (max, exponentials and sum, divide), then k passes picking a maximum
+          passes = 3 + in.k;
         }
         // ACT's activations (clip too) and the LM head's logit scale and soft-cap (MATMUL
         // epilogue, inside mac_pipeline_cycles) cost the same whatever they compute; so does
@@ -485,13 +507,13 @@ Floors floors(const isa::Program& program, const DevicePreset& preset, const Run
     if (!args.want_logits && (in.flags & isa::kFlagLogitRows)) continue;
     const uint32_t rows =
         (in.flags & isa::kFlagLogitRows) && !args.logits_all ? 1 : args.n_tokens;
-    const uint64_t weight_rows = uint64_t(in.n) * ((in.flags & isa::kFlagGlu) ? 2 : 1);
+    const uint64_t block_rows = uint64_t(in.n) * ((in.flags & isa::kFlagGlu) ? 2 : 1);
     // Quantized weights (ISA v3): the codes and one fp16 scale per group.
     const bool q = in.i0 == 4 || in.i0 == 8;
     const uint64_t row = q && in.i1 ? uint64_t(in.k) * in.i0 / 8 + uint64_t(in.k / in.i1) * 2
                                     : uint64_t(in.k) * 2;
-    f.weight_bytes += weight_rows * row;
-    f.macs += weight_rows * in.k * rows;
+    f.weight_bytes += block_rows * streamed_blocks(in, rows) * row;
+    f.macs += block_rows * in.k * rows;
   }
   f.bandwidth_ns = double(f.weight_bytes) / preset.hbm_bandwidth_gbps;
   const double macs_per_ns =

@@ -173,11 +173,25 @@ void validate_program(const isa::Program& p, const DevicePreset& preset,
     if (r.base % 64 != 0 || r.row_bytes % 64 != 0)
       fail(i, "names an " + what + " whose base or row_bytes is not a multiple of 64 bytes");
   };
+  const uint32_t T = p.max_tokens;
+  // An expert MATMUL (ISA v5): w0 is i2 equal blocks, each a whole number of rows per channel
+  // (so every expert starts on channel 0 and streams from all channels), and c holds each
+  // token row's (expert, weight) pick.
+  auto check_experts = [&](size_t i, const Instruction& in) {
+    const uint32_t block = isa::expert_block_rows(in);
+    if (block == 0)
+      fail(i, "has " + std::to_string(in.w0.rows) + " weight rows, not " + std::to_string(in.i2) +
+                  " equal expert blocks");
+    if (block % preset.hbm_channels != 0)
+      fail(i, "has expert blocks of " + std::to_string(block) +
+                  " rows, not a multiple of the " + std::to_string(preset.hbm_channels) +
+                  " pseudo-channels");
+    check_operand(i, "c", in.c, 2, 4, T);
+  };
   if (p.lmem_bytes > preset.lmem_bytes)
     throw CapacityError("the program needs " + std::to_string(p.lmem_bytes) +
                         " bytes of on-chip memory, the " + preset.name + " has " +
                         std::to_string(preset.lmem_bytes));
-  const uint32_t T = p.max_tokens;
   for (size_t i = 0; i < p.code.size(); ++i) {
     const Instruction& in = p.code[i];
     // Fields that mean nothing in any layout (a NORM group width that does not divide n, a
@@ -221,7 +235,12 @@ void validate_program(const isa::Program& p, const DevicePreset& preset,
             fail(i, "has an invalid quantized weight format (" + why + ")");
           check_region(i, "w0", in.w0, f.data_bytes());
         }
-        if (in.w0.rows < rows) fail(i, "has fewer weight rows than outputs");
+        if (in.i2) {
+          check_experts(i, in);
+          if (isa::expert_block_rows(in) < rows) fail(i, "has fewer rows per expert than outputs");
+        } else if (in.w0.rows < rows) {
+          fail(i, "has fewer weight rows than outputs");
+        }
         if (in.flags & isa::kFlagHasBias) {
           check_region(i, "w1", in.w1, 64);
           if (uint64_t(in.w1.rows) * 32 < rows) fail(i, "has a bias shorter than n");
@@ -231,6 +250,13 @@ void validate_program(const isa::Program& p, const DevicePreset& preset,
       case Opcode::Prefetch:
         check_region(i, "w0", in.w0, 0);
         if (!in.w1.empty()) check_region(i, "w1", in.w1, 0);
+        if (in.i2) check_experts(i, in);
+        if (uint64_t(in.n) > (in.i2 ? isa::expert_block_rows(in) : in.w0.rows))
+          fail(i, "prefetches more rows than its region (or expert block) has");
+        break;
+      case Opcode::TopK:
+        check_operand(i, "a", in.a, in.n, 4, T);
+        check_operand(i, "dst", in.dst, Checked(in.k) * 2, 4, T);
         break;
       case Opcode::AllReduce:
         check_operand(i, "dst", in.dst, in.n, 2, T);
@@ -310,6 +336,7 @@ void Emulator::attach_ring(std::shared_ptr<RingLink> link, uint32_t rank) {
 
 void Emulator::start(ProgramSlot slot, const RunArgs& run) {
   ++run_id_;  // first, so every device of a ring counts every run
+  weight_bytes_read_ = 0;
   const size_t all = std::numeric_limits<size_t>::max();
   if (!link_) return run_program(slot, run, 0, all);
   try {
@@ -327,6 +354,7 @@ void Emulator::run_range(ProgramSlot slot, const RunArgs& args, size_t begin, si
     throw DeviceError("instruction range [" + std::to_string(begin) + ", " + std::to_string(end) +
                       ") is not inside the program's " + std::to_string(len) + " instructions");
   ++run_id_;
+  weight_bytes_read_ = 0;
   run_program(slot, args, begin, end);
 }
 
@@ -397,6 +425,7 @@ void Emulator::execute(const Instruction& in, const RunArgs& run) {
     case Opcode::Prefetch: return;  // moves weights into the buffer early; no values change
     case Opcode::AllReduce:
     case Opcode::AllGather: return exec_ring(in, run);
+    case Opcode::TopK: return exec_topk(in, run);
   }
 }
 
@@ -490,13 +519,52 @@ void Emulator::exec_matmul(const Instruction& in, const RunArgs& run) {
   scratch_y_.resize(size_t(count) * ys);
   for (uint32_t t = 0; t < count; ++t)
     kern_.half_to_float_n(row16(in.a, first + t), scratch_x_.data() + t * xs, k);
-  if (in.i0 == 0 || in.i0 == 16) {
-    matmul_f16(kern_, striped(in.w0), ys, k, scratch_x_.data(), xs, count, scratch_y_.data(), ys,
-               pool_);
-  } else {  // ISA v3: the fp16 MATMUL over the dequantized weights, bit for bit
-    matmul_q(kern_, striped(in.w0), isa::QRowFormat{in.i0, in.i1, k}, ys, scratch_x_.data(), xs,
-             count, scratch_y_.data(), ys, pool_);
+  // ys weight rows of `w` times `rows` input rows; each weight row is read once.
+  auto multiply = [&](const StripedRows& w, const float* x, uint32_t rows, float* y) {
+    if (in.i0 == 0 || in.i0 == 16) {
+      matmul_f16(kern_, w, ys, k, x, xs, rows, y, ys, pool_);
+    } else {  // ISA v3: the fp16 MATMUL over the dequantized weights, bit for bit
+      matmul_q(kern_, w, isa::QRowFormat{in.i0, in.i1, k}, ys, x, xs, rows, y, ys, pool_);
+    }
+    weight_bytes_read_ += uint64_t(ys) * in.w0.row_bytes;
+  };
+  // ISA v5, an expert MATMUL: each token row's pick (c) names its expert's block of w0 and
+  // the weight ROUTE_SCALE multiplies by. The rows that picked the same expert share one
+  // stream of its block, so a decode step reads exactly the picked experts' rows.
+  std::vector<float> route(count, 1.0f);
+  if (in.i2 == 0) {
+    multiply(striped(in.w0), scratch_x_.data(), count, scratch_y_.data());
+  } else {
+    std::vector<uint32_t> expert(count);
+    for (uint32_t t = 0; t < count; ++t) {
+      const uint8_t* pick = addr(in.c) + (size_t(first) + t) * in.c.stride * 4;
+      int32_t e;
+      std::memcpy(&e, pick, 4);
+      std::memcpy(&route[t], pick + 4, 4);
+      if (e < 0 || uint32_t(e) >= in.i2)
+        throw DeviceError("an expert MATMUL's pick names expert " + std::to_string(e) + " of " +
+                          std::to_string(in.i2) + " (is operand c a TOPK's output?)");
+      expert[t] = uint32_t(e);
+    }
+    const uint32_t block = isa::expert_block_rows(in);  // a multiple of the channels
+    std::vector<float> x_e, y_e;
+    for (uint32_t e = 0; e < in.i2; ++e) {
+      std::vector<uint32_t> rows;
+      for (uint32_t t = 0; t < count; ++t)
+        if (expert[t] == e) rows.push_back(t);
+      if (rows.empty()) continue;
+      isa::HbmRegion r = in.w0;
+      r.base += uint64_t(e) * (block / preset_.hbm_channels) * r.row_bytes;
+      x_e.resize(rows.size() * xs);
+      y_e.resize(rows.size() * ys);
+      for (size_t i = 0; i < rows.size(); ++i)
+        std::copy_n(scratch_x_.data() + rows[i] * xs, xs, x_e.data() + i * xs);
+      multiply(striped(r), x_e.data(), uint32_t(rows.size()), y_e.data());
+      for (size_t i = 0; i < rows.size(); ++i)
+        std::copy_n(y_e.data() + i * ys, ys, scratch_y_.data() + size_t(rows[i]) * ys);
+    }
   }
+  const bool route_scale = in.flags2 & isa::kFlag2RouteScale;
 
   const bool glu = in.flags & isa::kFlagGlu;
   const uint32_t rows = glu ? 2 * n : n;  // gate rows, then up rows
@@ -570,6 +638,10 @@ void Emulator::exec_matmul(const Instruction& in, const RunArgs& run) {
         for (size_t j = 0; j < len; ++j) v[j] *= up[j];
         round_all(v);
       }
+      if (route_scale) {  // the expert's routing weight, after its activation (docs/isa.md)
+        for (size_t j = 0; j < len; ++j) v[j] *= route[t];
+        round_all(v);
+      }
       if (residual) {  // read before the store: dst may be the residual's own rows
         kern_.half_to_float_n(row16(in.b, first + t) + j0, res, len);
         for (size_t j = 0; j < len; ++j) v[j] += res[j];
@@ -577,6 +649,42 @@ void Emulator::exec_matmul(const Instruction& in, const RunArgs& run) {
       kern_.float_to_half_n(v, row16(in.dst, first + t) + j0, len);
     }
   });
+}
+
+void Emulator::exec_topk(const Instruction& in, const RunArgs& run) {
+  const uint32_t n = in.n, k = in.k;
+  const bool renormalize = isa::Routing(in.sub) == isa::Routing::Renormalize;
+  std::vector<float> p(n);
+  std::vector<uint32_t> picked(k);
+  for (uint32_t t = 0; t < run.n_tokens; ++t) {
+    const float* logits = reinterpret_cast<const float*>(addr(in.a)) + size_t(t) * in.a.stride;
+    // softmax in fp32: the maximum subtracted, exponentials summed in index order.
+    float mx = -std::numeric_limits<float>::infinity();
+    for (uint32_t j = 0; j < n; ++j) mx = std::max(mx, logits[j]);
+    float sum = 0.0f;
+    for (uint32_t j = 0; j < n; ++j) sum += p[j] = std::exp(logits[j] - mx);
+    for (uint32_t j = 0; j < n; ++j) p[j] /= sum;
+    // The k largest, largest first; ties to the lower index; NaN never wins over a number.
+    std::vector<bool> taken(n, false);
+    float picked_sum = 0.0f;
+    for (uint32_t i = 0; i < k; ++i) {
+      int64_t best = -1;
+      for (uint32_t j = 0; j < n; ++j)
+        if (!taken[j] && (best < 0 || p[j] > p[size_t(best)] || (std::isnan(p[size_t(best)]) &&
+                                                                  !std::isnan(p[j]))))
+          best = j;
+      taken[size_t(best)] = true;
+      picked[i] = uint32_t(best);
+      picked_sum += p[size_t(best)];
+    }
+    uint8_t* out = addr(in.dst) + size_t(t) * in.dst.stride * 4;
+    for (uint32_t i = 0; i < k; ++i) {
+      const int32_t e = int32_t(picked[i]);
+      const float w = renormalize ? p[picked[i]] / picked_sum : p[picked[i]];
+      std::memcpy(out + 8 * i, &e, 4);
+      std::memcpy(out + 8 * i + 4, &w, 4);
+    }
+  }
 }
 
 void Emulator::exec_rope(const Instruction& in, const RunArgs& run) {

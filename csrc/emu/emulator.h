@@ -54,6 +54,10 @@ class Emulator final : public Device {
   // Overwrites on-chip memory (calibration feeds a layer its inputs this way).
   void write_lmem(uint64_t offset, const void* src, size_t bytes);
 
+  // HBM bytes of weight rows the MATMULs of the last run (or range) read: an expert MATMUL
+  // counts only its picked experts' blocks (the cost model's weight_bytes for a decode step).
+  uint64_t weight_bytes_read() const { return weight_bytes_read_; }
+
   const Kernels& kernels() const { return kern_; }
   size_t num_threads() const { return pool_.size(); }
 
@@ -74,6 +78,7 @@ class Emulator final : public Device {
   void exec_attention(const isa::Instruction& in, const RunArgs& run);
   void exec_elementwise(const isa::Instruction& in, const RunArgs& run);
   void exec_argmax(const isa::Instruction& in, const RunArgs& run);
+  void exec_topk(const isa::Instruction& in, const RunArgs& run);
   void exec_ring(const isa::Instruction& in, const RunArgs& run);
   void ring_allreduce(const isa::Instruction& in, uint32_t first, uint32_t count);
   std::vector<float> ring_sum(const isa::Instruction& in, std::vector<float> partial);
@@ -101,6 +106,7 @@ class Emulator final : public Device {
   std::vector<float> scratch_x_, scratch_y_, ones_;
   std::shared_ptr<RingLink> link_;  // null: a ring of one
   uint64_t run_id_ = 0;             // numbers runs for the link (lockstep across the ring)
+  uint64_t weight_bytes_read_ = 0;
 };
 
 }  // namespace hyperdex::emu

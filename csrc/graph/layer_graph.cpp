@@ -128,10 +128,90 @@ class Builder {
       norm(b + "ffn_norm", y, x, H);
       mlp_in = y;
     }
+    if (s_.moe()) return experts(b, mlp_in);
     mlp(b, mlp_in);
     branch_out(b + "ffn_down", b + "ffn_post_norm", {Buf::F1}, s_.intermediate_size, s_.mlp_bias,
                Split::FfnColumns);
     if (!s_.pre_norm) norm(b + "ffn_norm", x, x, H);
+  }
+
+  // A mixture of experts: the router's logits, the token's k picks, then per pick the
+  // expert's gated MLP and its down projection, weighted, summed in M; M joins x once (after
+  // the ring's sum of the devices' partial sums). Each expert is a block of its own in the
+  // regions, so a pick streams only that expert's rows.
+  void experts(const std::string& b, Slot in) {
+    const uint32_t H = s_.hidden_size, ff = s_.intermediate_size, E = s_.num_experts;
+    const Slot f1{Buf::F1}, m{Buf::M};
+    matrix(b + "ffn_router", {b + "ffn_router.weight"}, E, H, Split::Replicated, false);
+    Step router = step(StepKind::Router, b + "ffn_router");
+    router.dst = {Buf::R};
+    router.src = in;
+    router.n = E;
+    router.k = H;
+    add(router);
+    Step topk = step(StepKind::TopK);
+    topk.dst = topk.src = {Buf::R};
+    topk.n = E;
+    topk.k = s_.experts_per_token;
+    topk.renormalize = s_.router_renormalize;
+    add(topk);
+
+    auto per_expert = [&](const char* what) {
+      std::vector<std::string> names;
+      for (uint32_t e = 0; e < E; ++e)
+        names.push_back(b + what + "." + std::to_string(e) + ".weight");
+      return names;
+    };
+    auto expert_matrix = [&](const std::string& name, std::vector<std::string> sources,
+                             uint32_t rows, uint32_t cols, Split split) {
+      declare({name, WeightKind::Matrix, rows, cols, std::move(sources), split, true, E});
+    };
+    if (p_.fuse_gate_up) {
+      std::vector<std::string> sources;  // each expert's gate rows then its up rows
+      const auto gates = per_expert("ffn_gate"), ups = per_expert("ffn_up");
+      for (uint32_t e = 0; e < E; ++e) {
+        sources.push_back(gates[e]);
+        sources.push_back(ups[e]);
+      }
+      expert_matrix(b + "ffn_gate_up_exps", std::move(sources), E * 2 * ff, H, Split::Replicated);
+    } else {
+      expert_matrix(b + "ffn_gate_exps", per_expert("ffn_gate"), E * ff, H, Split::FfnRows);
+      expert_matrix(b + "ffn_up_exps", per_expert("ffn_up"), E * ff, H, Split::FfnRows);
+    }
+    expert_matrix(b + "ffn_down_exps", per_expert("ffn_down"), E * H, ff, Split::FfnColumns);
+
+    for (uint32_t pick = 0; pick < s_.experts_per_token; ++pick) {
+      auto expert_step = [&](StepKind kind, const std::string& weight, Slot dst, Slot src,
+                             uint32_t n, uint32_t k, ActKind act) {
+        Step st = step(kind, weight);
+        st.dst = dst;
+        st.src = src;
+        st.n = n;
+        st.k = k;
+        st.act = act;
+        st.experts = E;
+        st.pick = pick;
+        add(st);
+      };
+      if (p_.fuse_gate_up) {
+        expert_step(StepKind::ExpertGatedMlp, b + "ffn_gate_up_exps", f1, in, ff, H, s_.act);
+      } else {
+        expert_step(StepKind::ExpertLinear, b + "ffn_gate_exps", f1, in, ff, H, s_.act);
+        expert_step(StepKind::ExpertLinear, b + "ffn_up_exps", at(f1, ff), in, ff, H,
+                    ActKind::None);
+        Step mul = step(StepKind::Mul);
+        mul.dst = f1;
+        mul.src = at(f1, ff);
+        mul.n = ff;
+        add(mul);
+      }
+      expert_step(StepKind::ExpertDown, b + "ffn_down_exps", m, f1, H, ff, ActKind::None);
+    }
+    Step sum = step(StepKind::AddReduced);
+    sum.dst = {Buf::X};
+    sum.src = m;
+    sum.n = H;
+    add(sum);
   }
 
   // The MLP up to its down projection: F1 = act(up) or act(gate) * up.
@@ -335,6 +415,11 @@ std::vector<Tensor> model_tensors(const ModelSpec& spec) {
   std::vector<Tensor> out;
   for (const Weight& w : build_graph(fp16, unfused).weights) {
     if (w.kind == WeightKind::RopeTable) continue;
+    if (w.experts) {  // one tensor per expert
+      for (const std::string& source : w.sources)
+        out.push_back(Tensor{source, {w.rows / w.experts, w.cols}, w.split, w.quantize});
+      continue;
+    }
     if (w.sources.size() != 1)
       throw SpecError("layer graph: unfused region " + w.name + " has " +
                       std::to_string(w.sources.size()) + " sources");

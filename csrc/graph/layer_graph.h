@@ -48,6 +48,9 @@ struct Weight {
   std::vector<std::string> sources;
   Split split = Split::Replicated;  // of each source (fused regions: their sources')
   bool quantize = false;            // a projection the spec's weight format applies to
+  // > 0: the experts of a mixture, rows/experts each, their sources in expert order (the
+  // memory plan gives each a block that starts on channel 0).
+  uint32_t experts = 0;
 };
 
 // A canonical tensor (hyperdex_model.bin name, docs/formats.md).
@@ -67,6 +70,8 @@ enum class Buf : uint8_t {
   A,    // attention output [heads * head_dim]
   F1,   // MLP hidden (a gated MLP: gate | up in one row)
   Z,    // OPT's projected embedding [embed_dim]
+  R,    // a mixture's router: fp32 logits [experts], then the picks (int32 expert, fp32 weight)
+  M,    // the sum of the picked experts' outputs [hidden]
 };
 // A buffer, `elems` elements into its row.
 struct Slot {
@@ -90,6 +95,13 @@ enum class StepKind : uint8_t {
   KvStore,         // this layer's K/V cache rows = k, v (`dst` = k, `src` = v)
   Attention,       // dst = attention of q = src over this layer's cache (window `n`)
   Head,            // fp32 logits of src (weight: "output" or the tied "tok_embd")
+  // A mixture of experts (R's logits and picks are fp32/int32: instgen places them).
+  Router,          // R's logits = src . W^T in fp32 (n experts, k inputs)
+  TopK,            // R's picks = the k largest of softmax(R's logits) over n experts
+  ExpertGatedMlp,  // GatedMlp with the expert `pick` chose (gate | up rows per expert)
+  ExpertLinear,    // Linear with the expert `pick` chose (an unfused gate or up projection)
+  ExpertDown,      // dst (+)= pick's weight * (src . W_e^T): pick 0 writes, later picks add
+  AddReduced,      // X += src, summed over the ring first (the experts' partial sums)
 };
 
 struct Step {
@@ -102,6 +114,9 @@ struct Step {
   uint32_t count = 0;  // Norm: the ring-wide element count its statistics divide by (0: n,
                        // statistics local); qk_norm_whole on a shard
   uint32_t layer = 0;
+  uint32_t experts = 0;       // expert steps: the mixture's expert count
+  uint32_t pick = 0;          // expert steps: which of the token's picks (0 .. k-1)
+  bool renormalize = false;   // TopK: the picks' weights divided by their sum
   ActKind act = ActKind::None;
   float value = 0.0f;  // Clip: the bound; Head: the logit scale; Attention: the soft-cap
   float cap = 0.0f;    // Head: the final logits' soft-cap

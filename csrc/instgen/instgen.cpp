@@ -30,7 +30,8 @@ Operand shifted(Operand o, uint32_t elements) {
 // The activation buffers of one token row, in on-chip memory.
 struct Buffers {
   uint32_t hidden, normed, qkv, attn, ffn, proj;  // widths (elements, rounded to 32)
-  Operand x, y, qkv_buf, a, f1, z;  // f1: a gated MLP's gate | up in one row
+  uint32_t router = 0;  // a mixture's: fp32 logits [experts], then k (int32, fp32) picks
+  Operand x, y, qkv_buf, a, f1, z, r, m;  // f1: a gated MLP's gate | up in one row
   uint64_t bytes = 0;
 
   Buffers(const ModelSpec& s, uint32_t tokens) {
@@ -49,6 +50,18 @@ struct Buffers {
     // over the fused gate/up region can write both (PassOptions::fuse_gate_up).
     f1 = take(s.gated_mlp ? 2 * ffn : ffn, tokens);
     z = proj ? take(proj, tokens) : Operand{};
+    if (s.moe()) {
+      router = round32(2 * s.num_experts + 4 * s.experts_per_token);
+      r = take(router, tokens);
+      m = take(hidden, tokens);
+    }
+  }
+
+  // R's fp32 router logits and its picks (int32 expert, fp32 weight): 4-byte elements, so
+  // their strides count 4 bytes (half R's fp16 width).
+  Operand router_logits() const { return Operand{r.space, r.offset, router / 2}; }
+  Operand picks(uint32_t experts, uint32_t pick = 0) const {
+    return Operand{r.space, r.offset + 4 * experts + 8 * pick, router / 2};
   }
 
   Operand operator[](graph::Slot slot) const {
@@ -59,6 +72,8 @@ struct Buffers {
       case graph::Buf::A: return shifted(a, slot.elems);
       case graph::Buf::F1: return shifted(f1, slot.elems);
       case graph::Buf::Z: return shifted(z, slot.elems);
+      case graph::Buf::M: return shifted(m, slot.elems);
+      case graph::Buf::R:  // fp32/int32 contents: router_logits() and picks()
       case graph::Buf::None: break;
     }
     throw SpecError("layer graph: a step reads or writes no buffer");
@@ -241,6 +256,76 @@ class Emitter {
     activation(f1, act, ff);
     binary(Opcode::Mul, f1, f1, f2, ff);
   }
+  // A mixture's router: fp32 logits of the experts (nothing rounded, so near-ties between
+  // experts stay as the model computes them), then TOPK's picks.
+  void router(const std::string& weight, Operand logits, Operand src, uint32_t experts,
+              uint32_t in_features) {
+    Instruction in = matmul(weight, experts, in_features);
+    in.flags |= isa::kFlagOutF32;
+    in.a = src;
+    in.dst = logits;
+    emit(in);
+  }
+  void topk(Operand picks, Operand logits, uint32_t experts, uint32_t k, bool renormalize) {
+    Instruction in;
+    in.op = Opcode::TopK;
+    in.sub = uint8_t(renormalize ? isa::Routing::Renormalize : isa::Routing::Softmax);
+    in.dst = picks;
+    in.a = logits;
+    in.n = experts;
+    in.k = k;
+    emit(in);
+  }
+  // An expert's gated MLP (`fused`: gate | up rows, the GLU epilogue) or one of its
+  // projections, on the expert `pick` chose.
+  void expert_linear(const std::string& weight, Operand dst, Operand src, uint32_t out,
+                     uint32_t in_features, ActKind act, bool fused, uint32_t experts,
+                     Operand pick) {
+    Instruction in = matmul(weight, out, in_features);
+    in.i2 = experts;
+    in.c = pick;
+    in.a = src;
+    in.dst = dst;
+    if (fused && !passes_.fuse_epilogue) {
+      in.n = 2 * out;  // both halves, then the epilogue as instructions (as gated() does)
+      emit(in);
+      activation(dst, act, out);
+      binary(Opcode::Mul, dst, dst, shifted(dst, out), out);
+      return;
+    }
+    if (fused) in.flags |= isa::kFlagGlu;
+    if (!fused && !passes_.fuse_epilogue) {
+      emit(in);
+      if (act != ActKind::None) activation(dst, act, out);
+      return;
+    }
+    in.sub = uint8_t(act);
+    emit(in);
+  }
+  // dst (+)= the pick's weight * (src . W_e^T). The routing weight and the sum are part of
+  // the expert MATMUL in every pass setting: the weight lives in the pick, which only the
+  // expert MATMUL reads.
+  void expert_down(const std::string& weight, Operand dst, Operand src, uint32_t out,
+                   uint32_t in_features, uint32_t experts, Operand pick, bool accumulate) {
+    Instruction in = matmul(weight, out, in_features);
+    in.i2 = experts;
+    in.c = pick;
+    in.flags2 = isa::kFlag2RouteScale;
+    in.a = src;
+    in.dst = dst;
+    if (accumulate) {
+      in.flags |= isa::kFlagHasResidual;
+      in.b = dst;
+    }
+    emit(in);
+  }
+  // x += sum (on a ring: the devices' partial sums added first, then x).
+  void add_reduced(Operand x, Operand sum, uint32_t n) {
+    if (devices_ == 1) return binary(Opcode::Add, x, x, sum, n);
+    Instruction ar = all_reduce("", x, sum, n, true);
+    ar.b = x;
+    emit(ar);
+  }
   // The LM head: fp32 logits into `logits`; its bias stays fused even without
   // fuse_epilogue (BIAS rounds to fp16, the head must not), and the argmax is
   // its epilogue with fuse_argmax, else an ARGMAX instruction.
@@ -390,10 +475,16 @@ void hoist_weight_streams(isa::Program& prog) {
       pf.i0 = in.i0;  // the weight format, for the listing and a controller's stream engine
       pf.i1 = in.i1;
       if (in.flags & isa::kFlagHasBias) pf.w1 = in.w1;
+      if (in.i2) {  // an expert's rows: the block the pick names, as many as the MATMUL reads
+        pf.i2 = in.i2;
+        pf.c = in.c;
+        pf.n = in.n * ((in.flags & isa::kFlagGlu) ? 2 : 1);
+      }
       out.insert(out.begin() + std::ptrdiff_t(last_stream), pf);
     }
     out.push_back(in);
-    if (streams_hbm(in)) last_stream = out.size();
+    // A pick is known once its TOPK ran: no expert stream moves above it.
+    if (streams_hbm(in) || in.op == Opcode::TopK) last_stream = out.size();
   }
   prog.code = std::move(out);
 }
@@ -509,6 +600,23 @@ isa::Program generate_program(const ModelSpec& s, const MemoryPlan& plan, isa::P
       case graph::StepKind::Head:
         e.head(st.weight, logits, buf[st.src], st.n, st.k, st.value, st.cap, argmax);
         break;
+      case graph::StepKind::Router:
+        e.router(st.weight, buf.router_logits(), buf[st.src], st.n, st.k);
+        break;
+      case graph::StepKind::TopK:
+        e.topk(buf.picks(st.n), buf.router_logits(), st.n, st.k, st.renormalize);
+        break;
+      case graph::StepKind::ExpertGatedMlp:
+      case graph::StepKind::ExpertLinear:
+        e.expert_linear(st.weight, buf[st.dst], buf[st.src], st.n, st.k, st.act,
+                        st.kind == graph::StepKind::ExpertGatedMlp, st.experts,
+                        buf.picks(st.experts, st.pick));
+        break;
+      case graph::StepKind::ExpertDown:
+        e.expert_down(st.weight, buf[st.dst], buf[st.src], st.n, st.k, st.experts,
+                      buf.picks(st.experts, st.pick), st.pick > 0);
+        break;
+      case graph::StepKind::AddReduced: e.add_reduced(buf[st.dst], buf[st.src], st.n); break;
     }
   }
   if (passes.reorder) hoist_weight_streams(prog);

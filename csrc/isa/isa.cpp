@@ -87,6 +87,23 @@ const char* act_name(uint8_t a) {
 // emu::validate_program's.
 std::string instruction_problem(const Instruction& in) {
   const bool known_act = in.sub <= uint8_t(ActKind::Clip);
+  // ISA v5's fields (flags2, i2, c) belong to the expert MATMUL (and its PREFETCH) only.
+  const bool expert_op = in.op == Opcode::MatMul || in.op == Opcode::Prefetch;
+  const Operand none{};
+  const bool c_used = in.c.space != none.space || in.c.offset != 0 || in.c.stride != 0;
+  if (!expert_op && (in.flags2 || in.i2 || c_used))
+    return "has flags2, i2 or operand c set, which only an expert MATMUL or PREFETCH uses "
+           "(they must be 0)";
+  if (expert_op && in.i2 == 0 && (in.flags2 || c_used))
+    return "has flags2 or operand c without i2 (the expert count of an expert MATMUL)";
+  if (in.flags2 & ~kKnownFlags2) return "has unknown flags2 bits " + std::to_string(in.flags2);
+  if (in.i2) {
+    if (in.op == Opcode::MatMul &&
+        (in.flags & (kFlagOutF32 | kFlagArgmax | kFlagLogitRows | kFlagHasBias)))
+      return "is an expert MATMUL (i2 = " + std::to_string(in.i2) +
+             " experts) with OUT_F32, ARGMAX, LOGIT_ROWS or HAS_BIAS, which it does not take";
+    if (in.op == Opcode::Prefetch && in.flags2) return "is a PREFETCH with flags2 set";
+  }
   switch (in.op) {
     case Opcode::Norm:
       // ISA v4: k = 0 normalises the whole row, else each group of k elements on its own.
@@ -133,6 +150,14 @@ std::string instruction_problem(const Instruction& in) {
       if (ActKind(in.sub) == ActKind::Clip && !(std::isfinite(in.f0) && in.f0 > 0.0f))
         return "has a clip bound f0 = " + fmt_real(in.f0) + " (it must be finite and > 0)";
       break;
+    case Opcode::TopK:
+      // ISA v5: k picks of n experts, weighted as `sub` (Routing) says.
+      if (in.sub > uint8_t(Routing::Renormalize))
+        return "has an unknown routing " + std::to_string(in.sub);
+      if (in.n == 0 || in.k == 0 || in.k > in.n)
+        return "picks k = " + std::to_string(in.k) + " of n = " + std::to_string(in.n) +
+               " experts (it must be 1 <= k <= n)";
+      break;
     default: break;
   }
   return "";
@@ -154,6 +179,7 @@ const char* opcode_name(Opcode op) {
     case Opcode::Prefetch: return "PREFETCH";
     case Opcode::AllReduce: return "ALLREDUCE";
     case Opcode::AllGather: return "ALLGATHER";
+    case Opcode::TopK: return "TOPK";
   }
   return "?";
 }
@@ -164,15 +190,18 @@ void encode(const Instruction& in, uint8_t out[kInstructionBytes]) {
   out[0] = uint8_t(in.op);
   out[1] = in.flags;
   out[2] = in.sub;
+  out[3] = in.flags2;
   put<uint32_t>(out + 4, in.n);
   put<uint32_t>(out + 8, in.k);
   put<uint32_t>(out + 12, in.i0);
   put<uint32_t>(out + 16, in.i1);
   put_f32(out + 20, in.f0);
   put_f32(out + 24, in.f1);
+  put<uint32_t>(out + 28, in.i2);
   put_operand(out + 32, in.dst);
   put_operand(out + 40, in.a);
   put_operand(out + 48, in.b);
+  put_operand(out + 56, in.c);
   put_region(out + 64, in.w0);
   put_region(out + 80, in.w1);
 }
@@ -181,12 +210,13 @@ Instruction decode(const uint8_t in[kInstructionBytes]) {
   if (!known_opcode(in[0]))
     throw FormatError("unknown opcode " + std::to_string(in[0]) + " (this hyperdex reads ISA v" +
                       std::to_string(kIsaVersion) + "; recompile the model)");
-  for (size_t i : {3, 28, 29, 30, 31, 56, 57, 58, 59, 60, 61, 62, 63})
-    if (in[i] != 0) throw FormatError("reserved instruction byte " + std::to_string(i) + " is not zero");
   Instruction o;
   o.op = Opcode(in[0]);
   o.flags = in[1];
   o.sub = in[2];
+  o.flags2 = in[3];
+  o.i2 = get<uint32_t>(in + 28);
+  o.c = get_operand(in + 56);
   o.n = get<uint32_t>(in + 4);
   o.k = get<uint32_t>(in + 8);
   o.i0 = get<uint32_t>(in + 12);
@@ -319,6 +349,8 @@ std::string disassemble(const Instruction& in, const RegionNamer* namer) {
       if (in.f1 != 0.0f) s << " softcap=" << in.f1;
       flag(kFlagLogitRows, "logit_rows");
       if (in.flags & kFlagArgmax) s << " argmax=" << fmt_operand(in.b);
+      if (in.i2) s << " experts=" << in.i2 << " pick=" << fmt_operand(in.c);
+      if (in.flags2 & kFlag2RouteScale) s << " +route_scale";
       break;
     case Opcode::Rope:
       s << (RopeStyle(in.sub) == RopeStyle::Gptj ? " gptj" : " neox") << " x=" << fmt_operand(in.dst)
@@ -357,6 +389,12 @@ std::string disassemble(const Instruction& in, const RegionNamer* namer) {
       s << " w=" << fmt_region(in.w0, namer);
       if (in.i0 && in.i0 != 16) s << " int" << in.i0 << " group=" << in.i1;
       if (!in.w1.empty()) s << " bias=" << fmt_region(in.w1, namer);
+      if (in.i2) s << " experts=" << in.i2 << " pick=" << fmt_operand(in.c);
+      break;
+    case Opcode::TopK:
+      s << (Routing(in.sub) == Routing::Renormalize ? " renormalize" : " softmax")
+        << " dst=" << fmt_operand(in.dst) << " logits=" << fmt_operand(in.a) << " n=" << in.n
+        << " k=" << in.k;
       break;
     case Opcode::AllReduce:
       s << " dst=" << fmt_operand(in.dst) << " a=" << fmt_operand(in.a) << " n=" << in.n

@@ -12,8 +12,9 @@
 namespace hyperdex::isa {
 
 // 3: quantized MATMUL weights (i0 bits, i1 group). 4: NORM by groups (k), the logit scale of
-// an OUT_F32 MATMUL (f0), the clip activation of ACT (ActKind::Clip, bound f0).
-constexpr uint32_t kIsaVersion = 4;
+// an OUT_F32 MATMUL (f0), the clip activation of ACT (ActKind::Clip, bound f0). 5: mixtures
+// of experts: TOPK, the expert MATMUL (i2 experts, operand c selects one, flags2 ROUTE_SCALE).
+constexpr uint32_t kIsaVersion = 5;
 constexpr uint32_t kProgramFormatVersion = 1;
 constexpr char kProgramMagic[8] = {'H', 'D', 'X', 'P', 'R', 'O', 'G', '\0'};
 constexpr size_t kInstructionBytes = 96;
@@ -35,8 +36,9 @@ enum class Opcode : uint8_t {
   Prefetch = 12,  // start streaming w0 (and w1) into the weight buffer; no values change
   AllReduce = 13, // dst = epilogue(sum of a over the ring's devices), chunked
   AllGather = 14, // dst[d * n ..] = a of ring device d
+  TopK = 15,      // dst[t] = the k largest of softmax(a[t]) over n experts: (expert, weight) pairs
 };
-constexpr uint8_t kMaxOpcode = 14;
+constexpr uint8_t kMaxOpcode = 15;
 
 // Instruction flags (a bit set; meaning per opcode in docs/isa.md).
 enum Flag : uint8_t {
@@ -49,6 +51,18 @@ enum Flag : uint8_t {
   kFlagArgmax = 1 << 6,       // MatMul (OutF32): also write the last row's argmax (int32) to b
   kFlagRingStats = 1 << 7,    // Norm (RMS, whole row): the mean square is summed over the ring
                               // of i1 devices and divided by i0 (OLMo 2's q/k norm, split heads)
+};
+
+// The second flag byte (ISA v5; meaning per opcode in docs/isa.md).
+enum Flag2 : uint8_t {
+  kFlag2RouteScale = 1 << 0,  // expert MatMul: the result times the routing weight c selects
+};
+constexpr uint8_t kKnownFlags2 = kFlag2RouteScale;
+
+// How TOPK weighs the experts it picks (Instruction::sub).
+enum class Routing : uint8_t {
+  Softmax = 0,      // each pick's softmax probability over all n experts
+  Renormalize = 1,  // those probabilities divided by the picks' sum (Mixtral)
 };
 
 enum class Space : uint8_t { Lmem = 0, Io = 1 };
@@ -73,7 +87,8 @@ struct HbmRegion {
 struct Instruction {
   Opcode op = Opcode::Add;
   uint8_t flags = 0;
-  uint8_t sub = 0;  // ActKind, NormKind, RopeStyle or Embed source, per opcode
+  uint8_t flags2 = 0;  // ISA v5: the second flag byte (Flag2)
+  uint8_t sub = 0;  // ActKind, NormKind, RopeStyle, Embed source or Routing, per opcode
   uint32_t n = 0;   // primary width (output features, heads, elements)
   uint32_t k = 0;   // secondary width (input features, head_dim, NORM group width)
   uint32_t i0 = 0;  // opcode-specific integers (kv heads, rope dims, position offset,
@@ -81,9 +96,17 @@ struct Instruction {
   uint32_t i1 = 0;
   float f0 = 0.0f;  // opcode-specific reals (eps, scale, logit scale, clip bound)
   float f1 = 0.0f;
-  Operand dst, a, b;
+  // ISA v5, MATMUL: i2 > 0 makes it an expert MATMUL: w0 holds i2 equal blocks of rows (one
+  // per expert) and c points at the (expert, weight) pair of a TOPK's output that picks the
+  // block, per token row (c.stride in 4-byte elements). 0 and an unused c otherwise.
+  uint32_t i2 = 0;
+  Operand dst, a, b, c;
   HbmRegion w0, w1;
 };
+// The rows of one expert's block in an expert MATMUL's w0 (0 when i2 does not divide them).
+inline uint32_t expert_block_rows(const Instruction& in) {
+  return in.i2 && in.w0.rows % in.i2 == 0 ? in.w0.rows / in.i2 : 0;
+}
 
 enum class ProgramKind : uint32_t { Prefill = 0, Decode = 1 };
 

@@ -17,20 +17,32 @@ class Planner {
  public:
   Planner(const ModelSpec& spec, MemoryPlan& plan) : spec_(spec), plan_(plan) {}
 
+  // `experts` > 0: rows are that many experts' rows, each expert padded to a block.
   void matrix(const std::string& name, std::vector<std::string> sources, uint32_t rows,
-              uint32_t cols, bool quantize = false) {
+              uint32_t cols, bool quantize = false, uint32_t experts = 0) {
+    uint32_t expert_rows = 0;
+    if (experts) {
+      expert_rows = rows / experts;
+      const uint64_t block = align_up(expert_rows, plan_.num_channels);
+      const Checked all = Checked(block) * experts;
+      if (!fits(0, all, 0xffffffffull))
+        throw CapacityError("region " + name + " has more than 2^32 rows");
+      rows = uint32_t(all.value());
+    }
     if (!quantize || !spec_.quantized()) {
       add(name, RegionKind::Matrix, uint32_t(align_up(uint64_t(cols) * 2, kRowAlignBytes)), rows,
           cols, std::move(sources));
-      return;
+    } else {
+      const isa::QRowFormat f{spec_.weight_bits, spec_.group_for(cols), cols};
+      if (const std::string why = f.check(); !why.empty())
+        throw SpecError("region " + name + ": " + why);
+      add(name, RegionKind::QMatrix, uint32_t(align_up(f.data_bytes(), kRowAlignBytes)), rows,
+          cols, std::move(sources));
+      plan_.regions.back().bits = f.bits;
+      plan_.regions.back().group = f.group;
     }
-    const isa::QRowFormat f{spec_.weight_bits, spec_.group_for(cols), cols};
-    if (const std::string why = f.check(); !why.empty())
-      throw SpecError("region " + name + ": " + why);
-    add(name, RegionKind::QMatrix, uint32_t(align_up(f.data_bytes(), kRowAlignBytes)), rows, cols,
-        std::move(sources));
-    plan_.regions.back().bits = f.bits;
-    plan_.regions.back().group = f.group;
+    plan_.regions.back().experts = experts;
+    plan_.regions.back().expert_rows = expert_rows;
   }
   void vector(const std::string& name, std::vector<std::string> sources, uint32_t len) {
     add(name, RegionKind::Vector, kVectorRowElems * 2, (len + kVectorRowElems - 1) / kVectorRowElems,
@@ -111,6 +123,7 @@ uint32_t MemoryPlan::fingerprint() const {
     s << '|' << r.name << ' ' << int(r.kind) << ' ' << r.base << ' ' << r.row_bytes << ' ' << r.rows
       << ' ' << r.cols;
     if (r.quantized()) s << " q" << r.bits << '/' << r.group;
+    if (r.experts) s << " e" << r.experts << '/' << r.expert_rows;
   }
   std::string text = s.str();
   return crc32(text.data(), text.size());
@@ -150,7 +163,9 @@ MemoryPlan plan_memory(const ModelSpec& spec, const DevicePreset& preset, uint32
   // Weights, in the order the programs stream them (the layer graph's order).
   for (const graph::Weight& w : graph::build_graph(spec, passes).weights) {
     switch (w.kind) {
-      case graph::WeightKind::Matrix: p.matrix(w.name, w.sources, w.rows, w.cols, w.quantize); break;
+      case graph::WeightKind::Matrix:
+        p.matrix(w.name, w.sources, w.rows, w.cols, w.quantize, w.experts);
+        break;
       case graph::WeightKind::Vector: p.vector(w.name, w.sources, w.rows); break;
       case graph::WeightKind::RopeTable: p.rope_table(w.name, max_length); break;
     }

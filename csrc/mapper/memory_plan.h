@@ -42,6 +42,11 @@ struct Region {
   uint32_t cols = 0;       // logical elements per row (matrix/KV) or length (vector)
   uint32_t bits = 16;      // QMatrix: code bits (4 or 8); 16 for every other kind
   uint32_t group = 0;      // QMatrix: input columns per scale (divides cols)
+  // A mixture's experts (0: none): `rows` is `experts` equal blocks, each a multiple of the
+  // channel count (an expert starts on channel 0 and streams from every channel), holding
+  // `expert_rows` rows of its sources then zero rows.
+  uint32_t experts = 0;
+  uint32_t expert_rows = 0;
   // Canonical tensors whose rows are concatenated into this region, in order.
   std::vector<std::string> sources;
 
@@ -51,6 +56,7 @@ struct Region {
   }
   isa::HbmRegion ref() const { return isa::HbmRegion{base, row_bytes, rows}; }
   bool quantized() const { return kind == RegionKind::QMatrix; }
+  uint32_t expert_block() const { return experts ? rows / experts : 0; }
   isa::QRowFormat qformat() const { return isa::QRowFormat{bits, group, cols}; }
 };
 

@@ -72,10 +72,28 @@ class RegionRows {
         parts_.push_back(part);
         rows += uint64_t(t.shape[0]);
       }
-      if (!rows.ok() || rows.value() != region.rows)
-        throw SpecError("region " + region.name + " expects " + std::to_string(region.rows) +
+      // Experts: each expert's sources fill expert_rows rows of its block (zeros after).
+      const uint64_t want = region.experts ? uint64_t(region.experts) * region.expert_rows
+                                           : uint64_t(region.rows);
+      if (!rows.ok() || rows.value() != want)
+        throw SpecError("region " + region.name + " expects " + std::to_string(want) +
                         " rows from its tensors, they have " +
                         (rows.ok() ? std::to_string(rows.value()) : std::string("over 2^64")));
+      if (region.experts) {
+        if (region.sources.size() % region.experts != 0)
+          throw SpecError("region " + region.name + " has " +
+                          std::to_string(region.sources.size()) + " sources for " +
+                          std::to_string(region.experts) + " experts");
+        const size_t per = region.sources.size() / region.experts;
+        for (size_t e = 0; e < region.experts; ++e) {
+          uint64_t n = 0;
+          for (size_t i = 0; i < per; ++i) n += parts_[e * per + i].rows;
+          if (n != region.expert_rows)
+            throw SpecError("expert " + std::to_string(e) + " of region " + region.name +
+                            " has " + std::to_string(n) + " rows, the layout expects " +
+                            std::to_string(region.expert_rows));
+        }
+      }
     } else if (region.kind == RegionKind::Vector) {
       vector_.assign(uint64_t(region.rows) * kVectorRowElems, 0);
       uint64_t at = 0;
@@ -103,7 +121,16 @@ class RegionRows {
       case RegionKind::Matrix:
       case RegionKind::QMatrix: {
         uint64_t local = r;
-        for (const auto& p : parts_) {
+        size_t first = 0, end = parts_.size();
+        if (region_.experts) {  // expert r / block's parts; past its rows, a zero pad row
+          const uint32_t block = region_.expert_block();
+          const size_t per = parts_.size() / region_.experts;
+          first = size_t(r / block) * per;
+          end = first + per;
+          local = r % block;
+        }
+        for (size_t part = first; part < end; ++part) {
+          const Part& p = parts_[part];
           if (local < p.rows) {
             if (region_.kind == RegionKind::QMatrix) {
               const isa::QRowFormat f = region_.qformat();

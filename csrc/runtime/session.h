@@ -53,6 +53,7 @@ class Session {
           uint32_t vocab_size);
 
   Device& device() { return *devices_[0]; }
+  Device& device(uint32_t rank) { return *devices_.at(rank); }
   uint32_t num_devices() const { return uint32_t(devices_.size()); }
   uint32_t position() const { return position_; }
   uint32_t max_length() const { return config_.max_length; }

@@ -33,6 +33,17 @@ void ModelSpec::validate() const {
           "num_heads (" + std::to_string(num_heads) + ") must be a multiple of num_kv_heads (" +
               std::to_string(num_kv_heads) + ")");
   require(intermediate_size > 0, "intermediate_size must be > 0");
+  if (moe()) {
+    require(experts_per_token >= 1 && experts_per_token <= num_experts,
+            "experts_per_token must be in [1, num_experts = " + std::to_string(num_experts) +
+                "], not " + std::to_string(experts_per_token));
+    require(gated_mlp && !mlp_bias, "experts are gated MLPs without biases");
+    require(!parallel_block && !branch_output_norm && pre_norm,
+            "a mixture of experts is built for sequential pre-norm blocks without output norms");
+  } else {
+    require(experts_per_token == 0 && !router_renormalize,
+            "experts_per_token and router_renormalize need num_experts > 0");
+  }
   require(norm_eps > 0.0f, "norm_eps must be > 0");
   if (positions == PositionKind::Learned)
     require(learned_pos_rows > 0, "learned positions need learned_pos_rows > 0");

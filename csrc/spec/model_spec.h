@@ -35,6 +35,15 @@ struct ModelSpec {
   ActKind act = ActKind::GeluTanh;
   bool gated_mlp = false;    // act(gate(x)) * up(x), then down
 
+  // Mixture of experts (Mixtral, Qwen3-MoE, OLMoE): with num_experts > 0 every layer's MLP is
+  // num_experts gated experts of intermediate_size each (no biases), of which a router (a
+  // linear map to num_experts logits, softmax in fp32) picks experts_per_token per token,
+  // weighted by their probabilities (divided by the chosen ones' sum with
+  // router_renormalize). On a ring each device holds its share of every expert.
+  uint32_t num_experts = 0;
+  uint32_t experts_per_token = 0;
+  bool router_renormalize = false;
+
   // Attention and MLP both read the layer's input and add to it (GPT-J, GPT-NeoX,
   // Falcon, Phi, Cohere): x += attn(norm(x)) + mlp(norm'(x)). With shared_norm the MLP
   // reads the attention's normed input (one norm per layer), else its own ffn_norm.
@@ -93,6 +102,7 @@ struct ModelSpec {
   uint32_t group_size = 0;      // input columns per scale; 0: one group per row (all inputs)
   bool quantize_lm_head = false;
 
+  bool moe() const { return num_experts > 0; }
   bool has_projection() const { return embed_dim != 0 && embed_dim != hidden_size; }
   uint32_t token_embed_dim() const { return has_projection() ? embed_dim : hidden_size; }
   uint32_t logits_size() const { return lm_head_rows ? lm_head_rows : vocab_size; }

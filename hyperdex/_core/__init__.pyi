@@ -226,6 +226,7 @@ class ModelSpec:
     qkv_bias: bool
     quantize_lm_head: bool
     rope_style: RopeStyle
+    router_renormalize: bool
     shared_norm: bool
     tie_word_embeddings: bool
     def __init__(self) -> None:
@@ -261,6 +262,12 @@ class ModelSpec:
         ...
     @embed_scale.setter
     def embed_scale(self, arg0: typing.SupportsFloat | typing.SupportsIndex) -> None:
+        ...
+    @property
+    def experts_per_token(self) -> int:
+        ...
+    @experts_per_token.setter
+    def experts_per_token(self, arg0: typing.SupportsInt | typing.SupportsIndex) -> None:
         ...
     @property
     def final_logit_softcap(self) -> float:
@@ -339,6 +346,12 @@ class ModelSpec:
         ...
     @norm_eps.setter
     def norm_eps(self, arg0: typing.SupportsFloat | typing.SupportsIndex) -> None:
+        ...
+    @property
+    def num_experts(self) -> int:
+        ...
+    @num_experts.setter
+    def num_experts(self, arg0: typing.SupportsInt | typing.SupportsIndex) -> None:
         ...
     @property
     def num_heads(self) -> int:
@@ -585,6 +598,12 @@ class Region:
         ...
     @property
     def cols(self) -> int:
+        ...
+    @property
+    def expert_rows(self) -> int:
+        ...
+    @property
+    def experts(self) -> int:
         ...
     @property
     def group_size(self) -> int:
@@ -926,6 +945,11 @@ class Session:
     @property
     def vocab_size(self) -> int:
         ...
+    @property
+    def weight_bytes_read(self) -> list[int]:
+        """
+        Per device, the HBM bytes of weight rows the MATMULs of the last run read (an expert MATMUL: its picked experts' rows only).
+        """
 def check_xclbin(path: str, preset: DevicePreset, kernel: str = 'lpu') -> None:
     ...
 def choose_max_tokens(spec: ModelSpec, preset: DevicePreset, max_length: typing.SupportsInt | typing.SupportsIndex, limit: typing.SupportsInt | typing.SupportsIndex = 128) -> int:

@@ -2,6 +2,7 @@
 // reference written from docs/isa.md, plus the run-time errors.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <functional>
@@ -81,12 +82,16 @@ class EmuTest : public ::testing::Test {
     return f;
   }
   void run(const std::vector<Instruction>& code, RunArgs args, uint32_t max_tokens = 8) {
+    load(code, max_tokens);
+    emu_->start(ProgramSlot::Prefill, args);
+  }
+  // Loads `code` (which allocates on-chip memory, so a test can fill it before the run).
+  void load(const std::vector<Instruction>& code, uint32_t max_tokens = 8) {
     Program p;
     p.max_tokens = max_tokens;
     p.lmem_bytes = 1u << 16;
     p.code = code;
     emu_->load_program(ProgramSlot::Prefill, p);
-    emu_->start(ProgramSlot::Prefill, args);
   }
   static Instruction embed(Operand dst, HbmRegion table, uint32_t width) {
     Instruction in;
@@ -716,4 +721,109 @@ TEST_F(EmuTest, SoftCapsAreChecked) {
     msg = rejection({attn});
     EXPECT_TRUE(has(msg, "instruction 0 (ATTN)") && has(msg, "score soft-cap")) << msg;
   }
+}
+
+// TOPK (ISA v5): fp32 softmax over n logits, the k largest first (ties to the lower index),
+// each weighted by its probability or by its share of the picks' (Routing::Renormalize).
+TEST_F(EmuTest, TopKPicksTheLargestSoftmaxProbabilities) {
+  const uint32_t n = 6, k = 3, stride = 8;  // logits row stride (fp32 elements)
+  const std::vector<std::vector<float>> logits = {{0.5f, 2.0f, -1.0f, 2.0f, 1.5f, 0.0f},
+                                                  {-3.0f, -1.0f, 4.0f, 0.0f, 0.25f, 3.5f}};
+  load({});
+  for (uint32_t t = 0; t < 2; ++t) emu_->write_lmem(t * stride * 4, logits[t].data(), n * 4);
+  for (const Routing routing : {Routing::Softmax, Routing::Renormalize}) {
+    Instruction in;
+    in.op = Opcode::TopK;
+    in.sub = uint8_t(routing);
+    in.a = Operand{Space::Lmem, 0, stride};
+    in.dst = Operand{Space::Lmem, 1024, 2 * k};
+    in.n = n;
+    in.k = k;
+    run({in}, RunArgs{0, 2, false, true});
+    for (uint32_t t = 0; t < 2; ++t) {
+      std::vector<double> p(n);
+      double sum = 0;
+      const double mx = *std::max_element(logits[t].begin(), logits[t].end());
+      for (uint32_t j = 0; j < n; ++j) sum += p[j] = std::exp(double(logits[t][j]) - mx);
+      std::vector<uint32_t> order(n);
+      std::iota(order.begin(), order.end(), 0u);
+      std::stable_sort(order.begin(), order.end(), [&](uint32_t a, uint32_t b) { return p[a] > p[b]; });
+      double picked = 0;
+      for (uint32_t i = 0; i < k; ++i) picked += p[order[i]] / sum;
+      std::vector<uint8_t> out(8 * k);
+      emu_->read_lmem(1024 + uint64_t(t) * 2 * k * 4, out.data(), out.size());
+      for (uint32_t i = 0; i < k; ++i) {
+        int32_t e;
+        float w;
+        std::memcpy(&e, out.data() + 8 * i, 4);
+        std::memcpy(&w, out.data() + 8 * i + 4, 4);
+        EXPECT_EQ(uint32_t(e), order[i]) << "row " << t << " pick " << i;
+        const double want = p[order[i]] / sum / (routing == Routing::Renormalize ? picked : 1.0);
+        EXPECT_NEAR(w, want, 1e-6) << "row " << t << " pick " << i;
+      }
+    }
+  }
+  // Row 0 ties experts 1 and 3: the lower index is picked first.
+  std::vector<int32_t> first(1);
+  emu_->read_lmem(1024, first.data(), 4);
+  EXPECT_EQ(first[0], 1);
+}
+
+// An expert MATMUL (ISA v5) multiplies each token row by the block of w0 its pick names,
+// scales by the pick's weight (ROUTE_SCALE) and streams each picked block once.
+TEST_F(EmuTest, ExpertMatMulUsesThePickedBlockOnly) {
+  const uint32_t E = 3, n = 6, k = 32, block = 8;  // block: n rows padded to 2 rows/channel
+  std::vector<std::vector<float>> rows(size_t(E) * block, std::vector<float>(k, 0.0f));
+  const auto w = random_rows(size_t(E) * n, k, 5, 0.3f);
+  for (uint32_t e = 0; e < E; ++e)
+    for (uint32_t r = 0; r < n; ++r) rows[e * block + r] = w[e * n + r];
+  const HbmRegion region = put_rows(0, rows, 64);
+  const auto x = random_rows(3, k, 6);
+  const Operand a{Space::Lmem, 0, k}, dst{Space::Lmem, 4096, 32}, c{Space::Lmem, 8192, 4};
+  load({});
+  for (uint32_t t = 0; t < 3; ++t) {
+    std::vector<uint16_t> h(k);
+    for (uint32_t j = 0; j < k; ++j) h[j] = float_to_half(x[t][j]);
+    emu_->write_lmem(a.offset + t * k * 2, h.data(), k * 2);
+  }
+  // Token rows 0 and 2 pick expert 2, row 1 expert 0; expert 1 is never read.
+  const std::vector<std::pair<int32_t, float>> picks = {{2, 0.75f}, {0, 0.5f}, {2, 0.25f}};
+  for (uint32_t t = 0; t < 3; ++t) {
+    emu_->write_lmem(c.offset + t * 16, &picks[t].first, 4);
+    emu_->write_lmem(c.offset + t * 16 + 4, &picks[t].second, 4);
+  }
+  Instruction in;
+  in.op = Opcode::MatMul;
+  in.dst = dst;
+  in.a = a;
+  in.c = c;
+  in.w0 = region;
+  in.n = n;
+  in.k = k;
+  in.i2 = E;
+  in.flags2 = kFlag2RouteScale;
+  run({in}, RunArgs{0, 3, false, true});
+  EXPECT_EQ(emu_->weight_bytes_read(), 2u * n * 64) << "two experts' rows, once each";
+  for (uint32_t t = 0; t < 3; ++t) {
+    const auto got = lmem_row(dst, t, n);
+    for (uint32_t r = 0; r < n; ++r) {
+      const auto& wr = w[size_t(picks[t].first) * n + r];
+      const float y = kernels_for(KernelLevel::Scalar).dot_f32(wr.data(), x[t].data(), k);
+      const float want = half_to_float(float_to_half(
+          half_to_float(float_to_half(y)) * picks[t].second));
+      EXPECT_EQ(got[r], want) << "row " << t << " output " << r;
+    }
+  }
+  // A pick outside the experts is a run-time error, not a read past the region.
+  const int32_t bad = 3;
+  emu_->write_lmem(c.offset, &bad, 4);
+  EXPECT_THROW(run({in}, RunArgs{0, 1, false, true}), DeviceError);
+  // Blocks must start on channel 0: 3 blocks of 6 rows (not a multiple of 4 channels) are refused.
+  Instruction unpadded = in;
+  unpadded.w0.rows = E * n;
+  EXPECT_NE(rejection({unpadded}).find("multiple of the 4 pseudo-channels"), std::string::npos)
+      << rejection({unpadded});
+  Instruction uneven = in;
+  uneven.w0.rows = E * block + 1;
+  EXPECT_NE(rejection({uneven}).find("equal expert blocks"), std::string::npos);
 }

@@ -30,6 +30,9 @@ Instruction random_instruction(std::mt19937& rng) {
   in.dst = Operand{Space::Io, u32(rng) & 0x7fffffffu, u32(rng)};
   in.a = Operand{Space::Lmem, u32(rng) & 0x7fffffffu, u32(rng)};
   in.b = Operand{Space::Lmem, 64, 3};
+  in.flags2 = uint8_t(rng());
+  in.i2 = u32(rng);
+  in.c = Operand{Space::Lmem, u32(rng) & 0x7fffffffu, u32(rng)};
   in.w0 = HbmRegion{uint64_t(u32(rng)) << 20, u32(rng), u32(rng)};
   in.w1 = HbmRegion{12345678901ull, 64, 7};
   return in;
@@ -41,7 +44,8 @@ bool same(const Instruction& x, const Instruction& y) {
   encode(y, b);
   return std::memcmp(a, b, kInstructionBytes) == 0 && x.op == y.op && x.n == y.n &&
          x.w0.base == y.w0.base && x.dst.space == y.dst.space && x.dst.offset == y.dst.offset &&
-         x.f0 == y.f0;
+         x.f0 == y.f0 && x.flags2 == y.flags2 && x.i2 == y.i2 && x.c.offset == y.c.offset &&
+         x.c.stride == y.c.stride;
 }
 
 Program sample_program() {
@@ -89,17 +93,89 @@ TEST(Isa, EncodingIsLittleEndianAtDocumentedOffsets) {
   EXPECT_EQ(b[71], 0x11);
 }
 
-TEST(Isa, RejectsUnknownOpcodeAndReservedBytes) {
+TEST(Isa, RejectsUnknownOpcodeAndUnusedV5Fields) {
   uint8_t b[kInstructionBytes] = {};
   b[0] = 99;
   EXPECT_THROW(decode(b), FormatError);
-  b[0] = kMaxOpcode + 1;  // the first opcode past ISA v2's
+  b[0] = kMaxOpcode + 1;  // the first opcode past ISA v5's
   EXPECT_THROW(decode(b), FormatError);
-  b[0] = uint8_t(Opcode::AllGather);
-  EXPECT_EQ(decode(b).op, Opcode::AllGather);
+  b[0] = uint8_t(Opcode::TopK);
+  EXPECT_EQ(decode(b).op, Opcode::TopK);
+  // Bytes 3, 28-31 and 56-63 are v5's flags2, i2 and c: an instruction that does not use
+  // them must leave them zero.
   b[0] = uint8_t(Opcode::Add);
-  b[57] = 1;
-  EXPECT_THROW(decode(b), FormatError);
+  for (size_t at : {3, 28, 57}) {
+    uint8_t c[kInstructionBytes] = {};
+    c[0] = uint8_t(Opcode::Add);
+    c[at] = 1;
+    EXPECT_NE(instruction_problem(decode(c)).find("only an expert MATMUL"), std::string::npos)
+        << "byte " << at;
+  }
+  EXPECT_EQ(instruction_problem(decode(b)), "");
+}
+
+TEST(Isa, EncodesTheV5FieldsAtTheirOffsets) {
+  Instruction in;
+  in.op = Opcode::MatMul;
+  in.flags2 = kFlag2RouteScale;
+  in.i2 = 0x0a0b0c0d;
+  in.c = Operand{Space::Lmem, 0x20, 6};
+  uint8_t b[kInstructionBytes];
+  encode(in, b);
+  EXPECT_EQ(b[3], kFlag2RouteScale);
+  EXPECT_EQ(b[28], 0x0d);
+  EXPECT_EQ(b[31], 0x0a);
+  EXPECT_EQ(b[56], 0x20);
+  EXPECT_EQ(b[60], 6);
+  const Instruction back = decode(b);
+  EXPECT_EQ(back.i2, in.i2);
+  EXPECT_EQ(back.flags2, in.flags2);
+  EXPECT_EQ(back.c.offset, 0x20u);
+  EXPECT_EQ(back.c.stride, 6u);
+}
+
+TEST(Isa, InstructionProblemsOfTheExpertFields) {
+  Instruction mm;
+  mm.op = Opcode::MatMul;
+  mm.n = 8;
+  mm.k = 16;
+  mm.i2 = 4;
+  mm.c = Operand{Space::Lmem, 64, 8};
+  mm.flags2 = kFlag2RouteScale;
+  EXPECT_EQ(instruction_problem(mm), "");
+  auto expect = [](Instruction in, const char* needle) {
+    const std::string why = instruction_problem(in);
+    EXPECT_NE(why.find(needle), std::string::npos) << why;
+  };
+  Instruction bad = mm;
+  bad.flags2 = 0x80;
+  expect(bad, "unknown flags2");
+  bad = mm;
+  bad.i2 = 0;
+  expect(bad, "without i2");
+  for (uint8_t f : {uint8_t(kFlagOutF32), uint8_t(kFlagArgmax), uint8_t(kFlagLogitRows),
+                    uint8_t(kFlagHasBias)}) {
+    bad = mm;
+    bad.flags |= f;
+    expect(bad, "expert MATMUL");
+  }
+  Instruction topk;
+  topk.op = Opcode::TopK;
+  topk.n = 8;
+  topk.k = 2;
+  topk.sub = uint8_t(Routing::Renormalize);
+  EXPECT_EQ(instruction_problem(topk), "");
+  bad = topk;
+  bad.k = 9;
+  expect(bad, "1 <= k <= n");
+  bad.k = 0;
+  expect(bad, "1 <= k <= n");
+  bad = topk;
+  bad.sub = 2;
+  expect(bad, "unknown routing");
+  EXPECT_NE(disassemble(topk).find("TOPK renormalize"), std::string::npos) << disassemble(topk);
+  EXPECT_NE(disassemble(mm).find(" experts=4 pick=lm[0x40]/8 +route_scale"), std::string::npos)
+      << disassemble(mm);
 }
 
 TEST(Isa, ProgramRoundTrip) {
@@ -152,12 +228,12 @@ TEST(Isa, DisassemblyNamesEveryInstruction) {
   EXPECT_NE(text.find("decode program"), std::string::npos);
 }
 
-TEST(Isa, ProgramsCarryIsaVersion4AndRefuseOthers) {
-  // v4 gave NORM k, the OUT_F32 MATMUL's f0 and ACT clip a meaning a v3 reader would ignore.
-  EXPECT_EQ(kIsaVersion, 4u);
+TEST(Isa, ProgramsCarryIsaVersion5AndRefuseOthers) {
+  // v5 gave bytes 3, 28-31 and 56-63 (flags2, i2, c) and TOPK a meaning a v4 reader refuses.
+  EXPECT_EQ(kIsaVersion, 5u);
   auto bytes = serialize(sample_program());
-  EXPECT_EQ(bytes[12], 4);
-  for (uint8_t other : {uint8_t(3), uint8_t(5)}) {
+  EXPECT_EQ(bytes[12], 5);
+  for (uint8_t other : {uint8_t(4), uint8_t(6)}) {
     auto b = bytes;
     b[12] = other;  // the version is checked before the header checksum
     try {
@@ -166,7 +242,7 @@ TEST(Isa, ProgramsCarryIsaVersion4AndRefuseOthers) {
     } catch (const FormatError& e) {
       const std::string msg = e.what();
       EXPECT_NE(msg.find("ISA v" + std::to_string(other)), std::string::npos) << msg;
-      EXPECT_NE(msg.find("reads format v1 / ISA v4"), std::string::npos) << msg;
+      EXPECT_NE(msg.find("reads format v1 / ISA v5"), std::string::npos) << msg;
       EXPECT_NE(msg.find("recompile"), std::string::npos) << msg;
     }
   }

@@ -2,7 +2,8 @@
 // programs) and run on the emulator through a Session, against a reference forward pass
 // written here from the model's definition: the sandwich norms of Gemma 2/3 (with the
 // input norms) and of OLMo 2 / EXAONE 4 (without), per-layer rotary tables (NoPE layers,
-// Gemma 3's local table) and the score and logit soft-caps.
+// Gemma 3's local table) and the score and logit soft-caps; a mixture of experts (router,
+// top-k picks, weighted experts) and the weight bytes a decode step of it streams.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -15,6 +16,7 @@
 #include <vector>
 
 #include "common/fp16.h"
+#include "cost/cost_model.h"
 #include "emu/emulator.h"
 #include "runtime/session.h"
 #include "test_compiled.h"
@@ -38,6 +40,8 @@ struct Variant {
   bool attn_cap = true;
   bool final_cap = true;
   bool layer_rope = true;    // false: every layer on the global table (NoPE ones too)
+  bool renormalize = true;   // the routing weights as the spec says (false: the opposite)
+  int top_k_delta = 0;       // experts picked per token: the spec's plus this
 };
 
 // The model of docs/architecture.md's layer graph for a gated RMSNorm Llama-shaped spec, in
@@ -68,11 +72,13 @@ class Reference {
       const auto o = attention(l, qr);
       branch(x, matvec(b + "attn_output.weight", o), b + "attn_post_norm.weight");
       const auto min = input_norm ? rms(x, norm_gain(b + "ffn_norm.weight")) : x;
-      const auto gate = matvec(b + "ffn_gate.weight", min), up = matvec(b + "ffn_up.weight", min);
-      std::vector<double> f(gate.size());
-      for (size_t j = 0; j < f.size(); ++j)
-        f[j] = round16(round16(gate[j] / (1.0 + std::exp(-gate[j]))) * up[j]);
-      branch(x, matvec(b + "ffn_down.weight", f), b + "ffn_post_norm.weight");
+      if (s_.moe()) {
+        const auto m = experts(b, min);
+        for (size_t j = 0; j < x.size(); ++j) x[j] = round16(x[j] + m[j]);
+        continue;
+      }
+      branch(x, matvec(b + "ffn_down.weight", gated_mlp(b + "ffn_gate", b + "ffn_up", min)),
+             b + "ffn_post_norm.weight");
     }
     const auto y = rms(x, w("output_norm.weight"));
     std::vector<double> logits(s_.vocab_size);
@@ -86,6 +92,48 @@ class Reference {
   }
 
  private:
+  std::vector<double> gated_mlp(const std::string& gate_name, const std::string& up_name,
+                                const std::vector<double>& in) const {
+    const auto gate = matvec(gate_name + ".weight", in), up = matvec(up_name + ".weight", in);
+    std::vector<double> f(gate.size());
+    for (size_t j = 0; j < f.size(); ++j)
+      f[j] = round16(round16(gate[j] / (1.0 + std::exp(-gate[j]))) * up[j]);
+    return f;
+  }
+  // The mixture: fp32 router logits (unrounded), softmax, the k most probable experts (ties
+  // to the lower index), each expert's output times its weight, summed in pick order.
+  std::vector<double> experts(const std::string& b, const std::vector<double>& in) const {
+    const auto R = w(b + "ffn_router.weight");
+    const uint32_t E = s_.num_experts, H = s_.hidden_size;
+    std::vector<double> p(E);
+    double mx = -1e300, sum = 0;
+    for (uint32_t e = 0; e < E; ++e) {
+      double d = 0;
+      for (uint32_t j = 0; j < H; ++j) d += R[size_t(e) * H + j] * in[j];
+      mx = std::max(mx, p[e] = d);
+    }
+    for (double& e : p) sum += (e = std::exp(e - mx));
+    for (double& e : p) e /= sum;
+    const uint32_t k = uint32_t(int(s_.experts_per_token) + v_.top_k_delta);
+    std::vector<uint32_t> order(E);
+    for (uint32_t e = 0; e < E; ++e) order[e] = e;
+    std::stable_sort(order.begin(), order.end(), [&](uint32_t a, uint32_t c) { return p[a] > p[c]; });
+    const bool renormalize = v_.renormalize ? s_.router_renormalize : !s_.router_renormalize;
+    double picked = 0;
+    for (uint32_t i = 0; i < k; ++i) picked += p[order[i]];
+    std::vector<double> m(H, 0.0);
+    for (uint32_t i = 0; i < k; ++i) {
+      const std::string e = "." + std::to_string(order[i]);
+      const auto d = matvec(b + "ffn_down" + e + ".weight",
+                            gated_mlp(b + "ffn_gate" + e, b + "ffn_up" + e, in));
+      const double weight = renormalize ? p[order[i]] / picked : p[order[i]];
+      for (uint32_t j = 0; j < H; ++j) {
+        const double scaled = round16(d[j] * weight);
+        m[j] = i == 0 ? scaled : round16(m[j] + scaled);
+      }
+    }
+    return m;
+  }
   std::vector<double> w(const std::string& name) const {
     const auto f = m_.values(name);
     return std::vector<double>(f.begin(), f.end());
@@ -199,6 +247,18 @@ ModelSpec olmo2_like() {
   s.branch_input_norm = false;
   s.branch_output_norm = true;
   s.layer_rope = {0, 1};
+  return s;
+}
+
+// A mixture of 5 experts, 2 picked per token (renormalized), on Llama's attention; each
+// expert's gate | up block (2 x 21 rows) is not a multiple of the 4 channels, so the plan pads.
+ModelSpec mixtral_like() {
+  ModelSpec s = hyperdex::testing::tiny_llama();
+  s.architecture = "MixtralForCausalLM";
+  s.intermediate_size = 21;
+  s.num_experts = 5;
+  s.experts_per_token = 2;
+  s.router_renormalize = true;
   return s;
 }
 
@@ -325,4 +385,63 @@ TEST(ModelTraits, ParamFilesHoldBothRotaryTables) {
     }
   }
   EXPECT_EQ(differ, 2u * kMaxLength);  // every row differs between the tables (factor, frequencies)
+}
+
+TEST(ModelTraits, MixtureOfExpertsRunsAsTheReference) {
+  // A larger scale spreads the router's probabilities, so the picks are clear choices.
+  for (const bool renormalize : {true, false}) {
+    ModelSpec s = mixtral_like();
+    s.router_renormalize = renormalize;
+    CompiledTiny m("traits_moe", s, kChannels, kMaxLength, kChunk, 0.4f);
+    const Region& gate_up = m.plan.find("blk.0.ffn_gate_up_exps");
+    EXPECT_EQ(gate_up.experts, 5u);
+    EXPECT_EQ(gate_up.expert_rows, 42u);
+    EXPECT_EQ(gate_up.rows, 5u * 44u) << "each expert's block padded to a multiple of 4 channels";
+    const auto got = run_on_emulator(m);
+    const double right = distance(m, got, Variant{});
+    EXPECT_LT(right, kTolerance) << "renormalize " << renormalize;
+    Variant other_weights;
+    other_weights.renormalize = false;
+    Variant one_more;
+    one_more.top_k_delta = 1;
+    Variant one_fewer;
+    one_fewer.top_k_delta = -1;
+    EXPECT_GT(distance(m, got, other_weights), 5 * kTolerance) << right;
+    EXPECT_GT(distance(m, got, one_more), 5 * kTolerance) << right;
+    EXPECT_GT(distance(m, got, one_fewer), 5 * kTolerance) << right;
+  }
+}
+
+// A decode step streams the router and the picked experts' rows only: the emulator's count of
+// weight bytes equals the cost model's, and both are the dense regions plus k of E experts.
+TEST(ModelTraits, MixtureDecodeStreamsOnlyThePickedExperts) {
+  const ModelSpec s = mixtral_like();
+  CompiledTiny m("traits_moe_bytes", s, kChannels, kMaxLength, kChunk, 0.4f);
+  Session session(std::make_unique<emu::Emulator>(m.preset, 2), m.config);
+  const auto ids = m.prompt(5);
+  std::vector<float> logits(s.vocab_size);
+  session.prefill(ids.data(), uint32_t(ids.size()), false, logits.data());
+  session.decode(7, logits.data());
+  const uint64_t read = dynamic_cast<emu::Emulator&>(session.device()).weight_bytes_read();
+
+  const isa::Program decode = isa::load_program(m.config.decode_path);
+  const cost::RunCost cost = cost::CostModel(decode, m.preset).run(RunArgs{5, 1, false, true});
+  EXPECT_EQ(read, cost.weight_bytes);
+
+  // Every matrix region once (the tied table as the LM head), but an expert region: k of its
+  // experts' rows.
+  ASSERT_TRUE(s.tie_word_embeddings);
+  uint64_t want = 0, all = 0;
+  for (const Region& r : m.plan.regions) {
+    if (r.kind != RegionKind::Matrix) continue;
+    const uint64_t rows = r.experts ? uint64_t(s.experts_per_token) * r.expert_rows : r.rows;
+    want += rows * r.row_bytes;
+    all += uint64_t(r.experts ? r.experts * r.expert_rows : r.rows) * r.row_bytes;
+  }
+  EXPECT_EQ(read, want);
+  EXPECT_EQ(all - read, 3u * 2u * (m.plan.find("blk.0.ffn_gate_up_exps").expert_rows *
+                                       m.plan.find("blk.0.ffn_gate_up_exps").row_bytes +
+                                   m.plan.find("blk.0.ffn_down_exps").expert_rows *
+                                       m.plan.find("blk.0.ffn_down_exps").row_bytes))
+      << "3 of the 5 experts of each of the 2 layers are never read";
 }
