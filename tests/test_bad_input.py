@@ -243,6 +243,79 @@ def test_a_config_value_the_graph_cannot_honour_is_refused_in_phase_0(
         assert "longrope" in str(e.value), "the message lists what is supported"
 
 
+# A tiny mixture of experts' sizes under every family's keys, for the refusals below.
+TINY_MOE = dict(
+    TINY_CONFIG,
+    num_key_value_heads=2,
+    num_local_experts=6,
+    num_experts=6,
+    num_experts_per_tok=2,
+    moe_intermediate_size=32,
+)
+_EVERY_LAYER = "hyperdex builds every layer as a mixture of experts"
+_ROUTING = "hyperdex routes each token by a softmax over its routed experts, then top-k"
+
+
+@pytest.mark.parametrize(
+    "arch, change, named, supported",
+    [
+        ("Qwen3MoeForCausalLM", dict(decoder_sparse_step=2), "decoder_sparse_step=2", _EVERY_LAYER),
+        ("Qwen3MoeForCausalLM", dict(mlp_only_layers=[0]), "mlp_only_layers=[0]", _EVERY_LAYER),
+        (
+            "Qwen3MoeForCausalLM",
+            dict(shared_expert_intermediate_size=64),
+            "shared_expert_intermediate_size=64",
+            _ROUTING,
+        ),
+        ("MixtralForCausalLM", dict(n_group=4, topk_group=2), "n_group=4", _ROUTING),
+        ("MixtralForCausalLM", dict(topk_method="noaux_tc"), "topk_method='noaux_tc'", _ROUTING),
+        ("OlmoeForCausalLM", dict(scoring_func="sigmoid"), "scoring_func='sigmoid'", _ROUTING),
+        ("OlmoeForCausalLM", dict(n_shared_experts=1), "n_shared_experts=1", _ROUTING),
+        (
+            "Qwen3MoeForCausalLM",
+            dict(routed_scaling_factor=2.5),
+            "routed_scaling_factor=2.5",
+            _ROUTING,
+        ),
+        ("MixtralForCausalLM", dict(first_k_dense_replace=1), "first_k_dense_replace=1", ""),
+        # Sizes: more experts per token than experts, none, or no expert width.
+        ("MixtralForCausalLM", dict(num_experts_per_tok=7), "num_experts_per_tok", "at most"),
+        ("Qwen3MoeForCausalLM", dict(num_experts=0), "num_experts must be a positive", ""),
+        ("Qwen3MoeForCausalLM", dict(moe_intermediate_size=None), "moe_intermediate_size", ""),
+        (
+            "MixtralForCausalLM",
+            dict(num_local_experts=None, num_experts=None),
+            "num_local_experts",
+            "expert count",
+        ),
+    ],
+)
+def test_a_mixture_hyperdex_does_not_build_is_refused_in_phase_0(
+    arch: str, change: dict, named: str, supported: str
+) -> None:
+    """Routing hyperdex does not build (shared experts, grouped top-k, another scoring, dense
+    layers among the mixtures) and impossible sizes: a ConfigError from config.json alone
+    naming the key and value, and saying what hyperdex builds."""
+    from hyperdex.arch.registry import model_traits
+
+    config = {**TINY_MOE, "architectures": [arch], **change}
+    with pytest.raises(ConfigError) as e:
+        model_traits({k: v for k, v in config.items() if v is not None})
+    assert named in str(e.value) and supported in str(e.value)
+
+
+def test_a_mixture_is_refused_before_any_work(tmp_path: Path) -> None:
+    """The refusal comes in phase 0 of compile(): a folder with a config.json and no weights
+    is enough, and nothing is written."""
+    folder = tmp_path / "qwen3_moe"
+    folder.mkdir()
+    config = dict(TINY_MOE, architectures=["Qwen3MoeForCausalLM"], mlp_only_layers=[1])
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ConfigError, match="mlp_only_layers"):
+        _compile(folder, tmp_path)
+    assert not (tmp_path / "out").exists()
+
+
 def test_tensors_that_disagree_with_the_traits_are_named(tmp_path: Path) -> None:
     """A StableLM whose config asks for per-head q/k norms its checkpoint lacks."""
     from transformers import StableLmConfig, StableLmForCausalLM
@@ -751,7 +824,7 @@ def test_no_hostile_config_value_escapes_as_a_bare_error() -> None:
     GPT-J's rotary_dim and numpy's size limit for a 10^40 head_dim)."""
     import warnings
 
-    from hyperdex.arch.registry import model_traits, supported_architectures
+    from hyperdex.arch.registry import lookup, model_traits, supported_architectures
 
     base = dict(
         vocab_size=50, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
@@ -764,12 +837,19 @@ def test_no_hostile_config_value_escapes_as_a_bare_error() -> None:
         rope_local_base_freq=1e4, use_sliding_window=True, max_window_layers=1,
         partial_rotary_factor=0.5, rotary_pct=0.5,
         rope_scaling={"rope_type": "linear", "factor": 2.0},
+        num_local_experts=6, num_experts=6, num_experts_per_tok=2, moe_intermediate_size=32,
+        norm_topk_prob=True, decoder_sparse_step=1, mlp_only_layers=[],
     )  # fmt: skip
     hostile = ["x", -1, [], {}, 10**40, 1.5, True, None, float("nan")]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # numpy's overflow warnings on the way to the error
         for arch in supported_architectures():
-            config = dict(base, architectures=[arch])
+            # Less the values the family refuses outright (a mixture's routing variants).
+            refuses = lookup({"architectures": [arch]})[1].unsupported
+            config = {
+                k: v for k, v in base.items() if not any(k == r and bad(v) for r, bad, _ in refuses)
+            }
+            config["architectures"] = [arch]
             model_traits(config)
             for key in base:
                 for value in hostile:

@@ -59,10 +59,73 @@ def test_json_round_trip_and_the_spec_it_makes() -> None:
     assert spec.rope_dim == 16 and len(spec.rope_inv_freq) == 8
 
 
+# The sizes of a mixture of experts as each family's config.json names them, and the record
+# they make: (num_experts, experts_per_token, router_renormalize, intermediate_size).
+_MOE = [
+    (
+        dict(
+            architectures=["MixtralForCausalLM"],
+            num_local_experts=6,
+            num_experts_per_tok=2,
+            norm_topk_prob=False,  # not Mixtral's: it always renormalizes
+        ),
+        (6, 2, True, 96),
+    ),
+    (
+        dict(
+            architectures=["Qwen3MoeForCausalLM"],
+            num_experts=6,
+            num_experts_per_tok=3,
+            moe_intermediate_size=80,  # each expert's; intermediate_size is the dense MLP's
+            norm_topk_prob=True,
+        ),
+        (6, 3, True, 80),
+    ),
+    (
+        dict(
+            architectures=["Qwen3MoeForCausalLM"],
+            num_local_experts=5,  # as transformers 5's save_pretrained writes it
+            num_experts_per_tok=1,
+            moe_intermediate_size=80,
+        ),
+        (5, 1, False, 80),
+    ),
+    (
+        dict(architectures=["OlmoeForCausalLM"], num_experts=6, num_experts_per_tok=2),
+        (6, 2, False, 96),
+    ),
+]
+
+
+@pytest.mark.parametrize("config, want", _MOE)
+def test_a_mixture_of_experts_record(config: dict, want: tuple) -> None:
+    _, _, record = model_traits({**_LLAMA, **config})
+    got = (
+        record.num_experts,
+        record.experts_per_token,
+        record.router_renormalize,
+        record.intermediate_size,
+    )
+    assert got == want
+    assert record.gated_mlp and not record.mlp_bias and record.act == "silu"
+    assert ModelRecord.from_dict(json.loads(json.dumps(record.to_dict()))) == record
+    spec = model_spec({"architecture": config["architectures"][0], "model": record})
+    assert (spec.num_experts, spec.experts_per_token, spec.router_renormalize) == want[:3]
+
+
+def test_a_dense_record_has_no_experts() -> None:
+    record = model_traits(_LLAMA)[2]
+    assert (record.num_experts, record.experts_per_token) == (0, 0)
+    assert not record.router_renormalize
+
+
 @pytest.mark.parametrize(
     "change, message",
     [
         (dict(head_dim="16"), "'head_dim' must be an integer in \\[1, 2\\^32\\), found '16'"),
+        (dict(num_experts=-1), "'num_experts' must be an integer in \\[0, 2\\^32\\)"),
+        (dict(experts_per_token=2.0), "'experts_per_token' must be an integer"),
+        (dict(router_renormalize="yes"), "'router_renormalize' must be true or false"),
         (dict(num_layers=2**32), "'num_layers' must be an integer in"),
         (dict(gated_mlp=1), "'gated_mlp' must be true or false"),
         (dict(layer_windows=[4, -1]), "'layer_windows' must be a list of integers"),

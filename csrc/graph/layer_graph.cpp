@@ -78,13 +78,6 @@ class Builder {
       linear(b + "attn_v", at(qkv, q + kv), attn_in, kv, H, s_.qkv_bias, Split::KvHeadRows,
              Split::KvHeadRows);
     }
-    if (s_.clip_qkv > 0.0f) {
-      Step clip = step(StepKind::Clip);
-      clip.dst = clip.src = qkv;
-      clip.n = q + 2 * kv;
-      clip.value = s_.clip_qkv;
-      add(clip);
-    }
     if (s_.qk_norm) {
       const uint32_t group = s_.qk_norm_whole ? 0 : hd;
       norm(b + "attn_q_norm", qkv, qkv, q, group, s_.qk_norm_bias, Split::QHeadRows);
@@ -92,6 +85,14 @@ class Builder {
       norm(b + "attn_k_norm", at(qkv, q), at(qkv, q), kv, group, s_.qk_norm_bias,
            Split::KvHeadRows);
       if (s_.qk_norm_whole) g_.steps.back().count = s_.k_norm_count;
+    }
+    // The clamp follows the q/k norms (OLMoE clamps the normed q and k; OLMo has no q/k norm).
+    if (s_.clip_qkv > 0.0f) {
+      Step clip = step(StepKind::Clip);
+      clip.dst = clip.src = qkv;
+      clip.n = q + 2 * kv;
+      clip.value = s_.clip_qkv;
+      add(clip);
     }
     if (const uint32_t table = s_.rope_of(l)) {
       Step rope = step(StepKind::Rope, rope_table_name(table));

@@ -74,6 +74,13 @@ class ModelRecord:
     # local table's frequencies (Gemma 3's sliding layers).
     layer_rope: tuple[int, ...] = ()
     rope_local_inv_freq: tuple[float, ...] = ()
+    # A mixture of experts in every layer (0: a dense MLP): each token's MLP is the sum of its
+    # experts_per_token best experts (softmax over all, in fp32, then top-k), weighted by
+    # their probabilities, divided by the sum of those when router_renormalize. Each expert
+    # is a gated MLP of intermediate_size.
+    num_experts: int = 0
+    experts_per_token: int = 0
+    router_renormalize: bool = False
     # Switches of the converter's renaming rules (e.g. Falcon's QKV layout): no trait of the
     # graph, so the core never sees them.
     layout: dict[str, bool] = field(default_factory=dict)
@@ -138,6 +145,8 @@ _INT = _POSITIVE | {
     "sliding_window",
     "embed_dim",
     "rope_dim",
+    "num_experts",
+    "experts_per_token",
 }
 _FLOAT = {
     "norm_eps",

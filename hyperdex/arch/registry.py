@@ -24,11 +24,13 @@ from .types import (
     CONV1D_SPLIT,
     COPY,
     FLATTEN,
+    FUSED_EXPERTS,
     GROUP_SPLIT,
     HEAD_SPLIT,
     ONES,
     ROW_SPLIT,
     SCALE_RESIDUAL,
+    STACKED_EXPERTS,
     TILE,
     TRANSPOSE,
     VECTOR_SPLIT,
@@ -47,11 +49,13 @@ __all__ = [
     "CONV1D_SPLIT",
     "COPY",
     "FLATTEN",
+    "FUSED_EXPERTS",
     "GROUP_SPLIT",
     "HEAD_SPLIT",
     "ONES",
     "ROW_SPLIT",
     "SCALE_RESIDUAL",
+    "STACKED_EXPERTS",
     "TILE",
     "TRANSPOSE",
     "VECTOR_SPLIT",
@@ -217,7 +221,12 @@ def model_traits(config: Config) -> tuple[str, Architecture, ModelRecord]:
         "logit_scale": 1.0,
         "tie_word_embeddings": bool(config.get("tie_word_embeddings", arch.default_tied)),
         "embed_dim": hidden,
+        "num_experts": 0,
+        "experts_per_token": 0,
+        "router_renormalize": False,
     }
+    if arch.num_experts:
+        model.update(_experts(config, arch))
     model.update(_read(hf_name, arch.traits, config))
     windows = [int(w) for w in model["layer_windows"] or ()]
     if len(set(windows)) == 1:  # one window for every layer: the scalar says it
@@ -240,6 +249,28 @@ def model_traits(config: Config) -> tuple[str, Architecture, ModelRecord]:
     fields = {f.name for f in dataclasses.fields(ModelRecord)}
     model["layout"] = {k: bool(model.pop(k)) for k in list(model) if k not in fields}
     return hf_name, arch, ModelRecord.from_dict(model, f"{hf_name}'s model record")
+
+
+def _experts(config: Config, arch: Architecture) -> dict[str, Any]:
+    """The sizes of a mixture of experts, each key named where it is wrong: the expert count,
+    the experts per token (at most that many), and the width of one expert (no default: a
+    dense model's factor says nothing about an expert). The checkpoint's layout of the
+    experts is a switch of the renaming rules, set by the converter from its tensors."""
+
+    def size(keys: tuple[str, ...], what: str) -> int:
+        value = _required(config, keys, what)
+        return _positive_int(value, next(k for k in keys if config.get(k) is not None))
+
+    experts = size(arch.num_experts, "expert count")
+    per_token = size(arch.experts_per_token, "count of experts per token")
+    if per_token > experts:
+        raise ConfigError(
+            f"config.json routes each token to {per_token} experts "
+            f"({'/'.join(arch.experts_per_token)}) of only {experts} "
+            f"({'/'.join(arch.num_experts)}); it must be at most the expert count"
+        )
+    size(arch.intermediate_size, "expert width")
+    return {"num_experts": experts, "experts_per_token": per_token, FUSED_EXPERTS: False}
 
 
 def _rotary(

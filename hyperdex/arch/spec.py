@@ -41,6 +41,8 @@ _INTS = (
     "learned_pos_offset",
     "sliding_window",
     "embed_dim",
+    "num_experts",
+    "experts_per_token",
 )
 _BOOLS = (
     "norm_bias",
@@ -59,6 +61,7 @@ _BOOLS = (
     "branch_input_norm",
     "branch_output_norm",
     "tie_word_embeddings",
+    "router_renormalize",
 )
 _FLOATS = ("norm_eps", "embed_scale", "logit_scale", "attn_softcap", "final_logit_softcap")
 # Record fields the core does not read: the Python side's (the rope parameters as the HF

@@ -30,12 +30,20 @@ ADD_ONE_TILE = "add_one_tile"  # both: Gemma 3's (1 + w) q/k RMSNorm shared by t
 SCALE_RESIDUAL = "scale_residual"  # times the record's residual_scale (Granite's multiplier)
 CONCAT = "concat"  # one HF tensor per head ("{h}") -> one canonical (StableLM's qk norm)
 ONES = "ones"  # no HF tensor: a parameter-free norm's gain of ones (OLMo)
+# One HF tensor for all the experts of a layer, [experts, rows, cols] -> each expert's
+# canonical tensor(s), rows split as ROW_SPLIT does (transformers' in-memory layout:
+# mlp.experts.gate_up_proj [E, 2I, H], mlp.experts.down_proj [E, H, I]).
+STACKED_EXPERTS = "stacked_experts"
+
+# The layout switch (ModelRecord.layout) of a mixture of experts saved as stacked tensors
+# rather than one tensor per expert; the converter sets it from what the checkpoint holds.
+FUSED_EXPERTS = "fused_experts"
 
 
 @dataclass(frozen=True)
 class TensorRule:
-    """One HF tensor (``{i}`` stands for the layer index, ``{h}`` for a head's) and the
-    canonical tensor(s) it becomes."""
+    """One HF tensor (``{i}`` stands for the layer index, ``{h}`` for a head's, ``{e}`` for
+    an expert's) and the canonical tensor(s) it becomes."""
 
     hf: str
     canonical: tuple[str, ...]
@@ -82,6 +90,11 @@ class Architecture:
     kv_heads_of: Optional[Callable[[Config], int]] = None
     # Example checkpoints of this family (docs/support.md).
     examples: tuple[str, ...] = ()
+    # A mixture of experts in every layer: the config keys of the expert count and of the
+    # experts each token is routed to (empty: a dense MLP). ``intermediate_size`` then names
+    # each expert's width.
+    num_experts: tuple[str, ...] = ()
+    experts_per_token: tuple[str, ...] = ()
 
 
 # Activations the LPU implements, by the names HF configs use.

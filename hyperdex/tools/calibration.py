@@ -53,8 +53,8 @@ log = logging.getLogger("hyperdex")
 
 # Canonical linear weights the device can stream quantized (docs/formats.md).
 _LAYER_LINEAR = re.compile(
-    r"^blk\.(\d+)\.(attn_q|attn_k|attn_v|attn_output|ffn_gate|ffn_up|ffn_down)\.weight$"
-)
+    r"^blk\.(\d+)\.(attn_q|attn_k|attn_v|attn_output|ffn_gate|ffn_up|ffn_down)(\.\d+)?\.weight$"
+)  # (\.\d+)?: a mixture's expert (blk.3.ffn_gate.7.weight)
 _LAYER_REGION = re.compile(r"^blk\.(\d+)\.")
 HEAD = "output.weight"
 
@@ -189,7 +189,16 @@ class _CalibrationDevice:
         if sorted(first) != list(range(num_layers)):
             raise ConfigError("the prefill program does not hold every layer; recompile")
         self.starts = [first[layer] for layer in range(num_layers)]
-        self.ends = self.starts[1:] + [last[num_layers - 1] + 1]
+        # The last layer runs up to the first instruction after it that streams weights of
+        # its own (the final norm or the head): instructions without weights after its last
+        # blk.* one (a sandwich norm's or a mixture's ADD into the residual) are still its.
+        end = last[num_layers - 1] + 1
+        while end < len(self.code) and (
+            self.code[end]["op"] == "PREFETCH"
+            or all(self.region_of(self.code[end], key) is None for key in ("w0", "w1"))
+        ):
+            end += 1
+        self.ends = self.starts[1:] + [end]
         # The residual stream entering a layer: what its first instruction reads.
         residual = {tuple(self.code[s]["a"]) for s in self.starts}
         if len(residual) != 1:
@@ -211,6 +220,13 @@ class _CalibrationDevice:
         full = np.zeros(n * int(stride), np.float16)
         full[: raw.size] = raw
         return full.reshape(n, int(stride))[:, :width]
+
+    def read_picks(self, operand: Sequence[Any], n: int) -> np.ndarray:
+        """The expert each of ``n`` token rows picked: the int32 of the (expert, weight) pair
+        an expert MATMUL's ``c`` points at (stride in 4-byte elements)."""
+        _, offset, stride = operand
+        raw = self.session.read_lmem(int(offset), ((n - 1) * int(stride) + 2) * 4)
+        return raw.view(np.int32)[:: int(stride)][:n].copy()
 
     def write_rows(self, operand: Sequence[Any], rows: np.ndarray) -> None:
         _, offset, stride = operand
@@ -242,7 +258,9 @@ class _CalibrationDevice:
         op, flags = inst["op"], int(inst["flags"])
         operands = []
         if op not in ("PREFETCH", "EMBED"):
-            operands.append(self._extent(inst["a"], 4 if op == "ARGMAX" else 2))
+            operands.append(self._extent(inst["a"], 4 if op in ("ARGMAX", "TOPK") else 2))
+        if int(inst["i2"]):  # an expert MATMUL's pick
+            operands.append(self._extent(inst["c"], 4))
         if op in ("ADD", "MUL", "KVSTORE") or (op == "MATMUL" and flags & 4):  # HAS_RESIDUAL
             operands.append(self._extent(inst["b"]))
         if op == "ROPE" or (op == "EMBED" and flags & 1):  # in place / ACCUMULATE
@@ -253,7 +271,8 @@ class _CalibrationDevice:
         op, flags = inst["op"], int(inst["flags"])
         if op in ("PREFETCH", "KVSTORE"):
             return []
-        out = [self._extent(inst["dst"], 4 if op == "MATMUL" and flags & 8 else 2)]  # OUT_F32
+        wide = op == "TOPK" or (op == "MATMUL" and flags & 8)  # picks, OUT_F32
+        out = [self._extent(inst["dst"], 4 if wide else 2)]
         if op == "MATMUL" and flags & 64:  # ARGMAX into b
             out.append(self._extent(inst["b"], 4))
         return [e for e in out if e is not None]
@@ -420,23 +439,47 @@ def _gptq_layers(
             is_head = layer == num_layers
             begin = device.ends[-1] if is_head else device.starts[layer]
             end = device.head if is_head else device.ends[layer]
-            # The MATMULs of this stage whose weights are quantized, with their sources.
-            taps: list[tuple[int, Any, list[str]]] = []
+            # The MATMULs of this stage whose weights are quantized, with their sources; the
+            # expert MATMULs of one mixture region (one per pick) form one tap.
+            taps: list[tuple[list[int], Any, list[str]]] = []
             if is_head:
-                taps.append((device.head, device.region_of(device.code[device.head]), [HEAD]))
+                taps.append(([device.head], device.region_of(device.code[device.head]), [HEAD]))
             else:
                 for i in range(begin, end):
                     inst = device.code[i]
                     region = device.region_of(inst) if inst["op"] == "MATMUL" else None
-                    if region is not None and any(s in quantized for s in region.sources):
-                        taps.append((i, region, list(region.sources)))
+                    if region is None or not any(s in quantized for s in region.sources):
+                        continue
+                    group = next((t for t in taps if t[1].base == region.base), None)
+                    if group is not None and region.experts:
+                        group[0].append(i)
+                    else:
+                        taps.append(([i], region, list(region.sources)))
             # Sequential within the layer too: every chunk runs up to a tap, the tap's Hessian
             # is summed, GPTQ quantizes it and its dequantized weights replace the fp16 ones
             # before any chunk runs on, so the next tap sees the quantized output. Between
             # taps a chunk is parked as the on-chip bytes the rest of the layer still reads.
             parked: list[Optional[list[tuple[int, np.ndarray]]]] = [None] * len(pieces)
             at = begin
-            for i, region, sources in taps:
+            for group, region, sources in taps:
+                if region.experts:
+                    live = device.live_ranges(begin, group[0], end)
+                    yield from _gptq_experts(
+                        device,
+                        model_file,
+                        qconfig,
+                        pieces,
+                        hidden,
+                        parked,
+                        live,
+                        at,
+                        group,
+                        region,
+                        stats,
+                    )
+                    at = group[0]
+                    continue
+                i = group[0]
                 live = device.live_ranges(begin, i, end)
                 acc = _core.quant.HessianAccumulator(int(device.code[i]["k"]))
                 for k, (_, pos, ids) in enumerate(pieces):
@@ -478,6 +521,75 @@ def _gptq_layers(
             bar.update(1)
     stats["layer_seconds"] = timings
     stats["calibration_seconds"] = time.perf_counter() - t0
+
+
+def _gptq_experts(
+    device: _CalibrationDevice,
+    model_file: ModelFile,
+    qconfig: QuantizationConfig,
+    pieces: list[tuple[int, int, list[int]]],
+    hidden: list[np.ndarray],
+    parked: list[Optional[list[tuple[int, np.ndarray]]]],
+    live: list[tuple[int, int]],
+    at: int,
+    taps: list[int],
+    region: Any,
+    stats: dict[str, Any],
+) -> Iterator[tuple[str, np.ndarray]]:
+    """GPTQ of a mixture's expert region, each expert on its own Hessian: the input rows of
+    the token rows that picked it, over every pick (``taps``, one expert MATMUL per pick). A
+    chunk is parked at the first pick's MATMUL, then run on through the later picks to read
+    their inputs, and later resumed from the parked state once the region is quantized. An
+    expert no calibration token picked falls back to RTN, with a warning naming it."""
+    first = taps[0]
+    width = int(device.code[first]["k"])
+    accs: dict[int, Any] = {}
+    for k, (_, pos, ids) in enumerate(pieces):
+        device.resume(parked[k], hidden[k])
+        device.run(pos, len(ids), at, first)
+        parked[k] = device.park(live)
+        cur = first
+        for i in taps:
+            device.run(pos, len(ids), cur, i)
+            cur = i
+            inst = device.code[i]
+            x = device.read_rows(inst["a"], len(ids), width)
+            picks = device.read_picks(inst["c"], len(ids))
+            for e in np.unique(picks):
+                acc = accs.get(int(e))
+                if acc is None:
+                    acc = accs[int(e)] = _core.quant.HessianAccumulator(width)
+                acc.add(np.ascontiguousarray(x[picks == e]))
+    experts = int(region.experts)
+    per = len(region.sources) // experts
+    block = int(region.rows) // experts
+    for e in range(experts):
+        sources = list(region.sources[e * per : (e + 1) * per])
+        weights = [model_file[s] for s in sources]
+        acc = accs.pop(e, None)
+        name = f"{region.name}[{e}]"
+        if acc is None:
+            log.warning(
+                "expert %d of %s: no calibration token picked it, so it is quantized with RTN "
+                "(more or longer calibration samples reach more experts)",
+                e,
+                region.name,
+            )
+            stats.setdefault("rtn_experts", []).append(name)
+            h = None
+        else:
+            h = acc.hessian()
+        del acc
+        r = _quantize_one(np.concatenate(weights), h, qconfig, name)
+        stats.setdefault("loss", {})[name] = float(r.get("loss", 0.0))
+        deq = _core.quant.dequantize(r["codes"], r["scales"], qconfig.bits, qconfig.group_size)
+        device.write_weights(region, e * block, deq)
+        row = 0
+        for src, w in zip(sources, weights):
+            rows = slice(row, row + int(w.shape[0]))
+            row = rows.stop
+            yield src, np.ascontiguousarray(r["codes"][rows])
+            yield scales_name(src), np.ascontiguousarray(r["scales"][rows])
 
 
 def quantize_converted(

@@ -8,6 +8,7 @@ canonical scheme (hyperdex/arch/registry.py) and written as float16, one tensor 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
@@ -25,11 +26,13 @@ from ..arch.registry import (
     CONCAT,
     CONV1D_SPLIT,
     FLATTEN,
+    FUSED_EXPERTS,
     GROUP_SPLIT,
     HEAD_SPLIT,
     ONES,
     ROW_SPLIT,
     SCALE_RESIDUAL,
+    STACKED_EXPERTS,
     TILE,
     TRANSPOSE,
     VECTOR_SPLIT,
@@ -59,12 +62,15 @@ PathLike = Union[str, Path]
 @dataclass(frozen=True)
 class _Planned:
     """One HF tensor, the canonical tensors it becomes and how. A CONCAT joins ``parts``
-    (one HF tensor per head, ``hf_name`` the first); ONES reads no HF tensor."""
+    (one HF tensor per head, ``hf_name`` the first); ONES reads no HF tensor; a
+    STACKED_EXPERTS tensor holds ``experts`` experts, each making its share of ``canonical``
+    (expert 0's tensors, then expert 1's, ...)."""
 
     hf_name: str
     canonical: tuple[str, ...]
     transform: str
     parts: tuple[str, ...] = ()
+    experts: int = 0
 
     def hf_names(self) -> tuple[str, ...]:
         if self.transform == ONES:
@@ -88,9 +94,14 @@ def read_hf_config(folder: Path) -> dict[str, Any]:
     return config
 
 
-def _hf_shape(transform: str, canonical: list[tuple[int, ...]], head_dim: int) -> tuple[int, ...]:
+def _hf_shape(
+    transform: str, canonical: list[tuple[int, ...]], head_dim: int, experts: int = 0
+) -> tuple[int, ...]:
     """The HF tensor shape that yields these canonical shapes under `transform` (one part's,
-    for CONCAT)."""
+    for CONCAT; ``experts`` stacked experts' for STACKED_EXPERTS)."""
+    if transform == STACKED_EXPERTS:  # [experts, one expert's rows, cols]
+        one = canonical[: len(canonical) // experts]
+        return (experts, sum(s[0] for s in one), *canonical[0][1:])
     if transform == TRANSPOSE:
         return tuple(reversed(canonical[0]))
     if transform == CONV1D_SPLIT:  # Conv1D [in, out_q + out_k + out_v]
@@ -110,7 +121,12 @@ def _apply(
     canonical: list[tuple[int, ...]],
     head_dim: int,
     residual_scale: float = 1.0,
+    experts: int = 0,
 ) -> list[np.ndarray]:
+    if transform == STACKED_EXPERTS:  # each expert's rows, cut as ROW_SPLIT cuts them
+        one = canonical[: len(canonical) // experts]
+        cuts = np.cumsum([s[0] for s in one])[:-1]
+        return [np.ascontiguousarray(p) for e in array for p in np.split(e, cuts, axis=0)]
     if transform == TRANSPOSE:
         return [np.ascontiguousarray(array.T)]
     if transform in (CONV1D_SPLIT, VECTOR_SPLIT, ROW_SPLIT):
@@ -162,6 +178,7 @@ class AutoModelConverter:
             raise CheckpointError(f"{self.folder} is not a folder")
         self.hf_config = read_hf_config(self.folder)
         self.hf_architecture, self.arch, self.model = model_traits(self.hf_config)
+        self._expert_layout()
         # What the layer graph reads: the tensors the HF rules must produce, by shape.
         self.shapes = {name: shape for name, (shape, _) in canonical_tensors(self.model).items()}
         # A GPTQ checkpoint's codes and scales are imported as they are, never re-quantized
@@ -187,20 +204,46 @@ class AutoModelConverter:
 
     # -- validation ------------------------------------------------------------------------
 
+    def _expert_layout(self) -> None:
+        """A mixture of experts comes one tensor per expert (what save_pretrained writes) or
+        stacked, as transformers holds it in memory: the record's FUSED_EXPERTS switch says
+        which this checkpoint holds, so the renaming rules of that layout apply."""
+        if FUSED_EXPERTS not in self.model.layout:
+            return
+        stacked = {
+            r.hf.replace("{i}", "0") for r in self.arch.tensors if r.transform == STACKED_EXPERTS
+        }
+        with HFCheckpoint.open(self.folder) as ckpt:
+            fused = not stacked.isdisjoint(ckpt.names())
+        layout = {**self.model.layout, FUSED_EXPERTS: fused}
+        self.model = dataclasses.replace(self.model, layout=layout)
+
     def _rules(self) -> Iterator[_Planned]:
         arch: Architecture = self.arch
+        num_experts = self.model.num_experts
         for rule in arch.tensors:
             if not rule_applies(rule, self.model):
                 continue
             layers = range(self.model.num_layers) if "{i}" in rule.canonical[0] else [""]
+            # "{e}" in the HF name: one HF tensor per expert, expanded like the layers.
+            experts = range(num_experts) if "{e}" in rule.hf else [""]
             for i in layers:
-                hf = rule.hf.replace("{i}", str(i))
-                canonical = tuple(c.replace("{i}", str(i)) for c in rule.canonical)
-                parts: tuple[str, ...] = ()
-                if rule.transform == CONCAT:  # one HF tensor per head
-                    heads = self.shapes[canonical[0]][0] // self.model.head_dim
-                    parts = tuple(hf.replace("{h}", str(h)) for h in range(heads))
-                yield _Planned(hf, canonical, rule.transform, parts)
+                at_layer = [c.replace("{i}", str(i)) for c in rule.canonical]
+                if rule.transform == STACKED_EXPERTS:  # one HF tensor for every expert
+                    canonical = tuple(
+                        c.replace("{e}", str(e)) for e in range(num_experts) for c in at_layer
+                    )
+                    hf = rule.hf.replace("{i}", str(i))
+                    yield _Planned(hf, canonical, rule.transform, experts=num_experts)
+                    continue
+                for e in experts:
+                    hf = rule.hf.replace("{i}", str(i)).replace("{e}", str(e))
+                    canonical = tuple(c.replace("{e}", str(e)) for c in at_layer)
+                    parts: tuple[str, ...] = ()
+                    if rule.transform == CONCAT:  # one HF tensor per head
+                        heads = self.shapes[canonical[0]][0] // self.model.head_dim
+                        parts = tuple(hf.replace("{h}", str(h)) for h in range(heads))
+                    yield _Planned(hf, canonical, rule.transform, parts)
 
     def _check_tensors(self) -> list[_Planned]:
         made = {c for p in self._rules() for c in p.canonical}
@@ -224,7 +267,8 @@ class AutoModelConverter:
             missing, problems = [], []
             hd = self.model.head_dim
             for p in plan:
-                want = _hf_shape(p.transform, [self.shapes[c] for c in p.canonical], hd)
+                shapes = [self.shapes[c] for c in p.canonical]
+                want = _hf_shape(p.transform, shapes, hd, p.experts)
                 for hf_name in p.hf_names():
                     name = rename.get(hf_name, hf_name)
                     if name not in present:
@@ -300,7 +344,7 @@ class AutoModelConverter:
                     f"tensor {name} has values up to {peak:.4g}, beyond fp16's {FP16_MAX}; this "
                     "model cannot run with fp16 weights"
                 )
-            parts = _apply(p.transform, data, shapes, hd, self.model.residual_scale)
+            parts = _apply(p.transform, data, shapes, hd, self.model.residual_scale, p.experts)
             for canonical, part in zip(p.canonical, parts):
                 yield canonical, part.astype(np.float16)
             bar.update(1)

@@ -18,13 +18,16 @@ from .gpt_neox import GPT_NEOX
 from .gptj import GPTJ
 from .granite import GRANITE
 from .llama import LLAMA
+from .mixtral import MIXTRAL
 from .olmo import OLMO
 from .olmo2 import OLMO2
+from .olmoe import OLMOE
 from .opt import OPT
 from .phi import PHI
 from .phi3 import PHI3
 from .qwen2 import QWEN2
 from .qwen3 import QWEN3
+from .qwen3_moe import QWEN3_MOE
 from .smollm3 import SMOLLM3
 from .stablelm import STABLELM
 from .starcoder2 import STARCODER2
@@ -44,13 +47,16 @@ ARCHITECTURES: tuple[Architecture, ...] = (
     GPT_NEOX,
     GRANITE,
     LLAMA,
+    MIXTRAL,
     OLMO,
     OLMO2,
+    OLMOE,
     OPT,
     PHI,
     PHI3,
     QWEN2,
     QWEN3,
+    QWEN3_MOE,
     SMOLLM3,
     STABLELM,
     STARCODER2,

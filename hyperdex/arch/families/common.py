@@ -3,9 +3,10 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
 
-from ..types import COPY, TensorRule
+from ..types import COPY, FUSED_EXPERTS, STACKED_EXPERTS, TensorRule
 
 # The config keys of GPT-2 and the families that kept them (GPT-J, GPTBigCode).
 GPT2_CONFIG_KEYS: dict[str, Any] = dict(
@@ -40,6 +41,70 @@ def linear_rules(
     return rules
 
 
+@dataclass(frozen=True)
+class ExpertNames:
+    """Where a Llama-named layer keeps its mixture of experts: the block's module (its router
+    is ``<block>.gate``) and each expert's gate, up and down projections under
+    ``<block>.experts.{e}``."""
+
+    block: str = "mlp"
+    gate: str = "gate_proj"
+    up: str = "up_proj"
+    down: str = "down_proj"
+
+
+def expert_rules(prefix: str, names: ExpertNames) -> tuple[TensorRule, ...]:
+    """A mixture of experts' router and experts, saved one tensor per expert (what
+    transformers' save_pretrained writes) or, with the layout switch ``fused_experts``, as
+    transformers holds them in memory: ``mlp.experts.gate_up_proj`` [E, 2I, H] (each expert's
+    gate rows, then its up rows) and ``mlp.experts.down_proj`` [E, H, I]."""
+    each, fused = "!" + FUSED_EXPERTS, FUSED_EXPERTS
+    e = f"{prefix}{names.block}.experts.{{e}}."
+    stacked = prefix + "mlp.experts."
+    return (
+        TensorRule(f"{prefix}{names.block}.gate.weight", ("blk.{i}.ffn_router.weight",), when=each),
+        TensorRule(e + names.gate + ".weight", ("blk.{i}.ffn_gate.{e}.weight",), when=each),
+        TensorRule(e + names.up + ".weight", ("blk.{i}.ffn_up.{e}.weight",), when=each),
+        TensorRule(e + names.down + ".weight", ("blk.{i}.ffn_down.{e}.weight",), when=each),
+        TensorRule(prefix + "mlp.gate.weight", ("blk.{i}.ffn_router.weight",), when=fused),
+        TensorRule(
+            stacked + "gate_up_proj",
+            ("blk.{i}.ffn_gate.{e}.weight", "blk.{i}.ffn_up.{e}.weight"),
+            STACKED_EXPERTS,
+            when=fused,
+        ),
+        TensorRule(
+            stacked + "down_proj", ("blk.{i}.ffn_down.{e}.weight",), STACKED_EXPERTS, when=fused
+        ),
+    )
+
+
+def _not(*values: Any) -> Callable[[Any], bool]:
+    return lambda v: v not in values
+
+
+_ROUTING = "hyperdex routes each token by a softmax over its routed experts, then top-k"
+_EVERY_LAYER = "hyperdex builds every layer as a mixture of experts"
+
+# Blocks that are not one mixture of routed experts, and routing other than a softmax then a
+# plain top-k: refused in phase 0 by every mixture-of-experts family (the keys of Qwen2-MoE,
+# DeepSeek V2/V3 and their relatives, should a config carry one).
+MOE_UNSUPPORTED: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
+    ("shared_expert_intermediate_size", _not(None, 0), f"a shared expert; {_ROUTING}"),
+    ("n_shared_experts", _not(None, 0), f"shared experts; {_ROUTING}"),
+    ("num_shared_experts", _not(None, 0), f"shared experts; {_ROUTING}"),
+    ("scoring_func", _not(None, "softmax"), f"another scoring function; {_ROUTING}"),
+    ("topk_method", _not(None, "greedy"), f"another top-k; {_ROUTING}"),
+    ("n_group", _not(None, 1), f"grouped top-k; {_ROUTING}"),
+    ("topk_group", _not(None, 1), f"grouped top-k; {_ROUTING}"),
+    ("routed_scaling_factor", _not(None, 1), f"scaled routing weights; {_ROUTING}"),
+    ("first_k_dense_replace", _not(None, 0), f"dense layers first; {_EVERY_LAYER}"),
+    ("moe_layer_freq", _not(None, 1), f"dense layers between mixtures; {_EVERY_LAYER}"),
+    ("decoder_sparse_step", _not(None, 1), f"dense layers between mixtures; {_EVERY_LAYER}"),
+    ("mlp_only_layers", _not(None, []), f"dense layers among the mixtures; {_EVERY_LAYER}"),
+)
+
+
 def llama_names(
     *,
     prefix: str = "model.layers.{i}.",
@@ -62,10 +127,12 @@ def llama_names(
     qk_norms: Optional[tuple[str, str]] = None,
     qk_norm_transform: str = COPY,
     out_transform: str = COPY,
+    experts: Optional[ExpertNames] = None,
 ) -> tuple[TensorRule, ...]:
     """The rules of a Llama-named decoder. Biases follow the model record's ``qkv_bias``,
     ``attn_out_bias``, ``mlp_bias``, ``norm_bias`` and ``lm_head_bias``; the MLP's own norm is
-    absent in a parallel block that shares the attention's (``shared_norm``)."""
+    absent in a parallel block that shares the attention's (``shared_norm``). With
+    ``experts`` the MLP is a mixture of experts (:func:`expert_rules`)."""
     p = prefix
     rules: tuple[TensorRule, ...] = (TensorRule(embed + ".weight", ("tok_embd.weight",)),)
     rules += norm_rules(p + attn_norm, "blk.{i}.attn_norm", norm_transform, "branch_input_norm")
@@ -84,11 +151,14 @@ def llama_names(
             rules += (
                 TensorRule(p + hf + ".weight", (f"blk.{{i}}.{c}.weight",), qk_norm_transform),
             )
-    if gate is not None:
-        rules += linear_rules(p + gate, "blk.{i}.ffn_gate", "mlp_bias")
-    if up is not None:
-        rules += linear_rules(p + up, "blk.{i}.ffn_up", "mlp_bias")
-    rules += linear_rules(p + down, "blk.{i}.ffn_down", "mlp_bias", out_transform)
+    if experts is not None:
+        rules += expert_rules(p, experts)
+    else:
+        if gate is not None:
+            rules += linear_rules(p + gate, "blk.{i}.ffn_gate", "mlp_bias")
+        if up is not None:
+            rules += linear_rules(p + up, "blk.{i}.ffn_up", "mlp_bias")
+        rules += linear_rules(p + down, "blk.{i}.ffn_down", "mlp_bias", out_transform)
     rules += norm_rules(final_norm, "output_norm", norm_transform)
     rules += (
         TensorRule(head + ".weight", ("output.weight",), when="untied"),

@@ -8,7 +8,7 @@ from .common import llama_names
 from .llama import attention_biases, llama_like
 
 
-def _traits(c: Config) -> dict:
+def qwen3_traits(c: Config) -> dict:
     layers = int(c["num_hidden_layers"])
     sliding = bool(c.get("use_sliding_window", False))
     return {
@@ -21,7 +21,7 @@ def _traits(c: Config) -> dict:
 QWEN3 = llama_like(
     "qwen3",
     ("Qwen3ForCausalLM",),
-    _traits,
+    qwen3_traits,
     tensors=llama_names(qk_norms=("self_attn.q_norm", "self_attn.k_norm"), qk_norm_transform=TILE),
     examples=("Qwen/Qwen3-0.6B", "Qwen/Qwen3-8B"),
 )
