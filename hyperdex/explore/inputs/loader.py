@@ -169,6 +169,9 @@ def model_from_hf_config(config: dict[str, Any], name: str) -> dict[str, Any]:
         "norm": record.norm,
         "positions": record.positions,
         "parallel_block": record.parallel_block,
+        # A mixture: d_ff above is each expert's width (the record's intermediate_size).
+        "num_experts": record.num_experts,
+        "experts_per_token": record.experts_per_token,
     }
     if record.has_projection:
         m["source"] += " (projection of embeddings ignored: a small matrix)"
@@ -216,6 +219,18 @@ def check_model(m: dict[str, Any], where: str) -> None:
         raise ConfigError(
             f"{where}: model {m['name']!r} is inconsistent: num_kv_heads={int(kv)} must divide "
             f"num_heads={heads} (each KV head serves a whole group of query heads)"
+        )
+    experts, per_token = int(m.get("num_experts") or 0), int(m.get("experts_per_token") or 0)
+    if (experts > 0) != (per_token > 0):
+        raise ConfigError(
+            f"{where}: model {m['name']!r} is inconsistent: num_experts={experts} and "
+            f"experts_per_token={per_token}; a mixture of experts needs both (each token uses "
+            "experts_per_token of num_experts), a dense model neither (0 or absent)"
+        )
+    if per_token > experts:
+        raise ConfigError(
+            f"{where}: model {m['name']!r} is inconsistent: experts_per_token={per_token} "
+            f"must be at most num_experts={experts}"
         )
 
 

@@ -265,7 +265,13 @@ MODEL: Schema = {
         "num_heads": Field(int, required=True, positive=True),
         "d_head": Field(int, optional=True, positive=True, doc="default d_model / num_heads"),
         "num_kv_heads": Field(int, optional=True, positive=True, doc="default num_heads"),
-        "d_ff": Field(int, optional=True, positive=True, doc="default 4 * d_model"),
+        "d_ff": Field(
+            int, optional=True, positive=True, doc="default 4 * d_model; one expert's width"
+        ),
+        # A mixture of experts in every layer's MLP (0 and 0: a dense MLP); checked together
+        # by the loader (both or neither, experts_per_token <= num_experts).
+        "num_experts": Field(int, default=0, minimum=0, doc="experts per layer, 0: dense"),
+        "experts_per_token": Field(int, default=0, minimum=0, doc="experts each token uses"),
         "gated_mlp": Field(bool, default=False),
         "activation": Field(str, default="gelu", choices=("gelu", "gelu_tanh", "relu", "silu")),
         "vocab_size": Field(int, default=50272, positive=True),

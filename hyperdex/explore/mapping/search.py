@@ -39,6 +39,8 @@ def params(c: dict[str, np.ndarray]) -> Params:
         "kv_heads": kv,
         "d_head": d_head,
         "d_ff": d_ff,
+        "experts": f("model.num_experts"),  # 0: a dense MLP
+        "top_k": f("model.experts_per_token"),
         "vocab": f("model.vocab_size"),
         "gated": c["model.gated_mlp"].astype(bool),
         "parallel": c["model.parallel_block"].astype(bool),
@@ -212,7 +214,8 @@ def reason(ev: dict[str, np.ndarray], P: Params, row: int, k: int, names: dict[s
             return f"tensor_parallel={int(g('fix_t'))} does not divide {what}"
         return f"no tensor-parallel degree up to max_chips divides {what}"
     if code == FFN:
-        return f"tensor_parallel={t} does not divide d_ff={int(g('d_ff'))}"
+        each = " (each expert's width)" if g("experts") > 0 else ""
+        return f"tensor_parallel={t} does not divide d_ff={int(g('d_ff'))}{each}"
     if code == BATCH:
         return (
             f"the fixed mapping (pipeline_parallel, micro_batches) does not fit batch="

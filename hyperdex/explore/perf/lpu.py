@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from ...errors import HyperdexError
+from ...errors import ConfigError, HyperdexError
 
 Result = Union[dict[str, Any], str]  # the estimate's figures, or why it could not be made
 
@@ -24,8 +24,8 @@ def hf_config(
     model: dict[str, Any], hf: Optional[dict[str, Any]], max_length: int
 ) -> dict[str, Any]:
     """The HF config the cost model reads: the model's own when it came from a config.json,
-    else the registry architecture that has the same shape (gated MLP: Llama; else OPT, or
-    StarCoder2 with grouped KV heads)."""
+    else the registry architecture that has the same shape (a mixture of experts: Mixtral;
+    gated MLP: Llama; else OPT, or StarCoder2 with grouped KV heads)."""
     if hf is not None:
         cfg = dict(hf)
         for key in ("max_position_embeddings", "n_positions"):
@@ -37,6 +37,12 @@ def hf_config(
     d_ff = int(model.get("d_ff") or 4 * d)
     positions = max(int(model["max_positions"]), max_length)
     act = {"gelu_tanh": "gelu_new"}.get(model["activation"], model["activation"])
+    experts = int(model.get("num_experts") or 0)
+    if experts and not model["gated_mlp"]:
+        raise ConfigError(
+            "the cost model's mixtures of experts (Mixtral, Qwen3-MoE, OLMoE) have gated "
+            "experts; a mixture needs gated_mlp: true on an LPU design"
+        )
     if model["gated_mlp"] or kv != heads:
         # Llama's keys, which StarCoder2 (a non-gated MLP with grouped KV heads) shares.
         cfg: dict[str, Any] = {
@@ -52,6 +58,14 @@ def hf_config(
         }
         if model.get("d_head"):
             cfg["head_dim"] = int(model["d_head"])
+        if experts:  # d_ff is each expert's width, Mixtral's intermediate_size
+            return dict(
+                cfg,
+                architectures=["MixtralForCausalLM"],
+                model_type="mixtral",
+                num_local_experts=experts,
+                num_experts_per_tok=int(model["experts_per_token"]),
+            )
         if model["gated_mlp"]:
             return dict(cfg, architectures=["LlamaForCausalLM"], model_type="llama")
         return dict(cfg, architectures=["Starcoder2ForCausalLM"], model_type="starcoder2")

@@ -8,6 +8,7 @@ arrays are (1, mappings), so one call prices every mapping of every design point
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional, Union
 
 import numpy as np
 
@@ -23,6 +24,9 @@ class Op:
     flops: np.ndarray  # per device
     bytes: np.ndarray  # off-chip, per device
     weight_bytes: np.ndarray  # of which weights (streamed once per step)
+    # Kernel launches per point (1 when None): a mixture's own operators are 0 for the dense
+    # points of a sweep that mixes both, so those pay no launch overhead for them.
+    launches: Optional[np.ndarray] = None
 
 
 def weight_bytes_per_element(quant: np.ndarray, group: np.ndarray) -> np.ndarray:
@@ -40,9 +44,52 @@ def kv_replicas(P: Params, t: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.maximum(1.0, np.minimum(b, t / P["kv_heads"]))
 
 
+@dataclass
+class Mixture:
+    """The points of a sweep whose MLP is a mixture of experts: ``moe`` marks them, ``E``
+    experts per layer, ``k`` of them per token (dense points carry E = 1, k = 1, so every
+    formula below stays finite for them; ``moe`` picks the dense formula there)."""
+
+    moe: np.ndarray
+    E: np.ndarray
+    k: np.ndarray
+
+
+ROUTER_BYTES = 2.0  # the router stays fp16 (quantization leaves it) on every device
+
+
+def mixture(P: Params) -> Optional[Mixture]:
+    """The sweep's mixtures, or None when every point is dense: then every operator keeps its
+    dense formula untouched (bit-identical results)."""
+    E = P.get("experts")
+    if E is None or not np.any(E > 0):
+        return None
+    moe = E > 0
+    return Mixture(moe, np.where(moe, E, 1.0), np.where(moe, P["top_k"], 1.0))
+
+
+def experts_touched(mix: Mixture, tokens: np.ndarray) -> np.ndarray:
+    """Expected distinct experts a step's ``tokens`` route to, of which the step streams the
+    weights. ASSUMPTION: uniform, independent routing (each token picks k of E experts, every
+    expert equally likely): an expert escapes a token with probability 1 - k/E, so
+    E (1 - (1 - k/E)^tokens), at most E. Batch 1 decode reads k experts, a large batch or a
+    prompt all of them. A skewed router touches fewer (by concavity the uniform one is the
+    most bytes for given k), so mid-size batches are priced on the pessimistic side."""
+    E, k = mix.E, mix.k
+    return np.minimum(E, E * (1.0 - (1.0 - k / E) ** tokens))
+
+
+def router_bytes(P: Params, mix: Optional[Mixture]) -> np.ndarray:
+    """Bytes of one layer's router ([E, d_model], fp16), 0 for a dense MLP."""
+    if mix is None:
+        return np.zeros_like(P["d"])
+    return np.where(mix.moe, P["d"] * mix.E * ROUTER_BYTES, 0.0)
+
+
 def shard(P: Params, t: np.ndarray) -> dict[str, np.ndarray]:
     """Per-device sizes under tensor parallelism (Megatron: heads and d_ff split, KV heads
-    split until there are fewer than devices)."""
+    split until there are fewer than devices; a mixture splits each expert's d_ff, as
+    hyperdex's compiler does: every device holds a slice of every expert)."""
     h_t = P["heads"] / t
     kv_t = np.ceil(P["kv_heads"] / t)
     return {
@@ -64,6 +111,14 @@ def layer_ops(
     q, kv, ff = S["q"], S["kv"], S["ff"]
     n = b * s
     zero = np.zeros_like(n * d)
+    mix = mixture(P)
+    # The MLP computes ``routed`` (token, expert) pairs and streams ``copies`` weight sets:
+    # a dense MLP n and 1, a mixture k per token and the distinct experts the step touches.
+    routed: np.ndarray = n
+    copies: Union[float, np.ndarray] = 1.0
+    if mix is not None:
+        routed = np.where(mix.moe, n * mix.k, n)
+        copies = np.where(mix.moe, experts_touched(mix, n), 1.0)
     if prefill:
         avg_ctx = (s + 1) / 2.0  # causal: token i sees i positions
         kv_read = b * s * 2 * kv * kb * np.maximum(1.0, np.ceil(s / FLASH_BLOCK))
@@ -104,14 +159,24 @@ def layer_ops(
             np.where(P["parallel"], 0.0, 2 * n * d * ab),
             zero,
         ),
-        Op("ffn_up", MATRIX, 2 * n * d * ff, d * ff * wb + n * (d + ff) * ab, d * ff * wb),
-        Op("activation", VECTOR, 8 * n * S["ff_out"], (ff + S["ff_out"]) * n * ab, zero),
+    ]
+    if mix is not None:
+        ops += router_ops(P, mix, n, d, ab)
+    ops += [
+        Op(
+            "ffn_up",
+            MATRIX,
+            2 * routed * d * ff,
+            d * ff * wb * copies + routed * (d + ff) * ab,
+            d * ff * wb * copies,
+        ),
+        Op("activation", VECTOR, 8 * routed * S["ff_out"], (ff + S["ff_out"]) * routed * ab, zero),
         Op(
             "ffn_down",
             MATRIX,
-            2 * n * S["ff_out"] * d,
-            S["ff_out"] * d * wb + n * (S["ff_out"] + d) * ab,
-            S["ff_out"] * d * wb,
+            2 * routed * S["ff_out"] * d,
+            S["ff_out"] * d * wb * copies + routed * (S["ff_out"] + d) * ab,
+            S["ff_out"] * d * wb * copies,
         ),
         Op(
             "residual_2",
@@ -122,6 +187,27 @@ def layer_ops(
         ),
     ]
     return ops
+
+
+def router_ops(P: Params, mix: Mixture, n: np.ndarray, d: np.ndarray, ab: np.ndarray) -> list[Op]:
+    """A mixture's own work, on every device in full (the router is replicated, as
+    hyperdex's compiler places it): the router's fp32 logits, then softmax and top-k over
+    them and the weighted sum of the k experts' outputs."""
+    on = mix.moe.astype(float)
+    E, k = mix.E, mix.k
+    w = router_bytes(P, mix)
+    logits = n * E * 4.0
+    return [
+        Op("router", MATRIX, on * 2 * n * d * E, w + on * (n * d * ab + logits), w, on),
+        Op(
+            "topk_combine",
+            VECTOR,
+            on * (5 * n * E + 2 * n * k * d),
+            on * (logits + n * (k + 1) * d * ab),
+            np.zeros_like(w),
+            on,
+        ),
+    ]
 
 
 def head_ops(P: Params, t: np.ndarray, b: np.ndarray, s: np.ndarray) -> list[Op]:
@@ -141,12 +227,19 @@ def head_ops(P: Params, t: np.ndarray, b: np.ndarray, s: np.ndarray) -> list[Op]
 
 
 def weights_total(P: Params) -> np.ndarray:
-    """Bytes of every weight of the model (embeddings and LM head in fp16)."""
+    """Bytes of every weight of the model (embeddings and LM head in fp16; a mixture: all E
+    experts of every layer and its fp16 router)."""
     d, dh = P["d"], P["d_head"]
     q, kv = P["heads"] * dh, P["kv_heads"] * dh
     ff = P["d_ff"] * np.where(P["gated"], 2.0, 1.0)
     per_layer = d * (q + 2 * kv) + q * d + d * ff + P["d_ff"] * d
-    return P["layers"] * per_layer * P["w_bytes"] + 2 * P["vocab"] * d * 2.0
+    mix = mixture(P)
+    if mix is None:
+        return P["layers"] * per_layer * P["w_bytes"] + 2 * P["vocab"] * d * 2.0
+    experts = d * (q + 2 * kv) + q * d + mix.E * (d * ff + P["d_ff"] * d)
+    per_layer = np.where(mix.moe, experts, per_layer)
+    routers = P["layers"] * router_bytes(P, mix)
+    return P["layers"] * per_layer * P["w_bytes"] + 2 * P["vocab"] * d * 2.0 + routers
 
 
 def kv_bytes_per_token(P: Params) -> np.ndarray:

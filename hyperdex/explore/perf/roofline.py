@@ -17,6 +17,8 @@ from .operators import (
     kv_bytes_per_token,
     kv_replicas,
     layer_ops,
+    mixture,
+    router_bytes,
     weights_total,
 )
 
@@ -35,6 +37,8 @@ def op_seconds(op: Op, P: Params, bw_bytes_s: np.ndarray) -> np.ndarray:
         # to memory.
         overhead = np.where(P["fused"], 0.0, P["kernel_s"])
         mem = np.where(P["fused"], 0.0, op.bytes / bw_bytes_s)
+    if op.launches is not None:  # an operator some points of the sweep do not have
+        overhead = overhead * op.launches
     return np.maximum(op.flops / rate, mem) + overhead
 
 
@@ -53,13 +57,19 @@ def memory_per_chip(
     P: Params, t: np.ndarray, p: np.ndarray, m: np.ndarray
 ) -> dict[str, np.ndarray]:
     """Bytes each chip holds: its share of the weights, the KV cache of the whole batch for
-    its layers at the longest context, and the prefill activations of one micro-batch."""
+    its layers at the longest context, and the prefill activations of one micro-batch. A
+    mixture's chip holds its slice of all E experts and the whole router of its layers."""
     w = weights_total(P) / (t * p)
+    mix = mixture(P)
+    if mix is not None:  # the router is replicated, not split: add the copies
+        w = w + P["layers"] * router_bytes(P, mix) * (1.0 - 1.0 / t) / p
     ctx = P["prompt"] + P["gen"]
     kv_t = np.ceil(P["kv_heads"] / t) / P["kv_heads"] / kv_replicas(P, t, P["batch"])
     kv = P["batch"] * ctx * kv_bytes_per_token(P) * kv_t / p
     b = P["batch"] / m
     ff = P["d_ff"] / t * np.where(P["gated"], 2.0, 1.0)
+    if mix is not None:  # each token's hidden activations in each of its k experts
+        ff = np.where(mix.moe, ff * mix.k, ff)
     qkv = (P["heads"] + 2 * P["kv_heads"]) * P["d_head"] / t
     tokens = np.minimum(b * P["prompt"], PREFILL_CHUNK)
     act = tokens * (P["d"] + np.maximum(qkv, ff)) * P["act_bytes"] * 2
