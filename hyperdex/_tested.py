@@ -8,6 +8,7 @@ TESTED = {
     "gguf": "0.19.0",
     "matplotlib": "3.11.2",
     "numpy": "2.4.6",
+    "prometheus-client": "0.26.0",
     "pydantic": "2.14.4",
     "pyyaml": "6.0.4",
     "safetensors": "0.8.0",

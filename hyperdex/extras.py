@@ -6,7 +6,7 @@ disassembles and runs models on the emulator, with NumPy tensors in and out. The
 
 * ``torch``: PyTorch tensors in and out, PyTorch ``.bin`` checkpoints, hybrid (GPU) prefill
 * ``gguf``: GGUF checkpoints (gguf and torch)
-* ``serve``: ``hdex-serve`` (starlette, uvicorn, pydantic)
+* ``serve``: ``hdex-serve`` (starlette, uvicorn, pydantic, prometheus_client for ``/metrics``)
 * ``explore``: ``hdex-explore`` (PyYAML for its inputs, matplotlib for its plots)
 
 A feature calls :func:`require_extra` before it does any work; a missing package is then one
@@ -25,7 +25,7 @@ from .errors import HyperdexError
 EXTRAS = {
     "torch": ("torch",),
     "gguf": ("gguf", "torch"),
-    "serve": ("starlette", "uvicorn", "pydantic"),
+    "serve": ("starlette", "uvicorn", "pydantic", "prometheus_client"),
     "explore": ("yaml", "matplotlib"),
 }
 

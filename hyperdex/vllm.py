@@ -8,7 +8,10 @@
 
 The device count comes from ``NUM_LPU_DEVICES`` (default: the compile's), hybrid prefill on
 GPUs from ``NUM_GPU_DEVICES``. Prompts run one after another (the LPU decodes one sequence at
-a time); the prefix cache makes a shared prompt prefix cost one prefill.
+a time); the prefix cache makes a shared prompt prefix cost one prefill. ``n`` > 1 runs the
+prompt n times (with a seed, choice i samples with seed + i, as vLLM seeds its children).
+Log-probabilities are vLLM's default ``raw_logprobs``: the log-softmax of the model's logits,
+before penalties, bias, temperature and top-k/top-p.
 """
 
 from __future__ import annotations
@@ -22,9 +25,15 @@ from typing import Any, Optional, Sequence, Union
 import numpy as np
 
 from .serving import device_map_from_env, load_for_serving
-from .serving.engine import Sampling, run_generation
+from .serving.engine import (
+    MAX_LOGPROBS,
+    Sampling,
+    TokenLogprob,
+    TokenTexts,
+    run_generation,
+)
 
-__all__ = ["LLM", "CompletionOutput", "RequestOutput", "SamplingParams"]
+__all__ = ["LLM", "CompletionOutput", "Logprob", "RequestOutput", "SamplingParams"]
 
 log = logging.getLogger("hyperdex")
 
@@ -50,14 +59,19 @@ _IGNORED_LLM_ARGS = {
     "load_format",
     "kv_cache_dtype",
     "compilation_config",
+    "disable_log_stats",
 }
 
 
 @dataclass
 class SamplingParams:
-    """vLLM's sampling parameters (the subset an LPU runs; the rest must keep their no-op
-    value). ``temperature=0`` is greedy; ``top_k`` 0 or -1 is off; ``seed`` None takes one from
-    the LLM's seed, so runs repeat."""
+    """vLLM's sampling parameters, with vLLM's meanings. ``temperature=0`` is greedy; ``top_k``
+    0 or -1 is off; ``min_p`` keeps tokens at least that fraction as likely as the likeliest
+    (after temperature, before top-k/top-p); ``presence_penalty`` / ``frequency_penalty``
+    lower the logits of tokens already generated; ``logit_bias`` adds to logits by token id;
+    ``logprobs`` / ``prompt_logprobs`` ask for that many top log-probabilities per generated /
+    prompt token. ``seed`` None takes one from the LLM's seed, so runs repeat; with ``n`` > 1
+    choice i samples with seed + i."""
 
     n: int = 1
     best_of: Optional[int] = None
@@ -80,21 +94,21 @@ class SamplingParams:
     skip_special_tokens: bool = True
     spaces_between_special_tokens: bool = True
     include_stop_str_in_output: bool = False
+    logit_bias: Optional[dict[int, float]] = None
 
     def __post_init__(self) -> None:
         if isinstance(self.n, bool) or not isinstance(self.n, int) or self.n < 1:
             raise ValueError(f"n must be an integer >= 1, got {self.n!r}")
         if self.best_of not in (None, self.n):
-            raise ValueError("best_of is not supported (it must equal n or be None)")
-        for name in ("presence_penalty", "frequency_penalty", "min_p"):
-            if getattr(self, name) != 0:
-                raise ValueError(f"{name} is not supported on LPU devices; leave it at 0")
-        for name in ("logprobs", "prompt_logprobs"):
-            if getattr(self, name) is not None:
-                raise ValueError(f"{name} is not supported on LPU devices; leave it at None")
+            raise ValueError(
+                "best_of is not supported (it must equal n or be None); use n for several answers"
+            )
         if not self.detokenize:
             raise ValueError("detokenize=False is not supported")
-        self._sampling(None)  # validates the rest
+        try:
+            self._sampling(None)  # validates the rest
+        except ValueError as e:
+            raise ValueError(e.args[0]) from None
 
     def _sampling(self, seed: Optional[int]) -> Sampling:
         stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
@@ -103,7 +117,11 @@ class SamplingParams:
             temperature=self.temperature,
             top_p=self.top_p,
             top_k=self.top_k,
+            min_p=self.min_p,
             repetition_penalty=self.repetition_penalty,
+            presence_penalty=self.presence_penalty,
+            frequency_penalty=self.frequency_penalty,
+            logit_bias=dict(self.logit_bias or {}),
             seed=self.seed if self.seed is not None else seed,
             stop=stop,
             stop_token_ids=list(self.stop_token_ids or []),
@@ -111,7 +129,18 @@ class SamplingParams:
             min_tokens=self.min_tokens,
             skip_special_tokens=self.skip_special_tokens,
             include_stop_str_in_output=self.include_stop_str_in_output,
+            logprobs=self.logprobs,
+            prompt_logprobs=self.prompt_logprobs,
         )
+
+
+@dataclass
+class Logprob:
+    """vLLM's Logprob: a token's log-probability, its rank (1: the likeliest) and its text."""
+
+    logprob: float
+    rank: Optional[int] = None
+    decoded_token: Optional[str] = None
 
 
 @dataclass
@@ -122,7 +151,8 @@ class CompletionOutput:
     text: str
     token_ids: list[int]
     cumulative_logprob: Optional[float] = None
-    logprobs: Optional[Any] = None
+    # per generated token: {token id: Logprob} for the chosen token, then the top `logprobs`
+    logprobs: Optional[list[dict[int, Logprob]]] = None
     finish_reason: Optional[str] = None  # "stop" or "length"
     stop_reason: Union[int, str, None] = None  # the stop string or stop token id, if any
 
@@ -142,7 +172,8 @@ class RequestOutput:
     finished: bool = True
     num_cached_tokens: int = 0
     metrics: dict[str, float] = field(default_factory=dict)
-    prompt_logprobs: Optional[Any] = None
+    # per prompt token: None for the first, then {token id: Logprob} as in CompletionOutput
+    prompt_logprobs: Optional[list[Optional[dict[int, Logprob]]]] = None
 
 
 PromptType = Union[str, dict[str, Any]]
@@ -159,6 +190,8 @@ class LLM:
         max_model_len: the context to compile for; must not exceed a compiled model's.
         enable_prefix_caching: keep KV blocks of past prompts (default True).
         tensor_parallel_size: LPU devices, when ``NUM_LPU_DEVICES`` is not set.
+        max_logprobs: the most top log-probabilities a request may ask for (vLLM's 20).
+        logprobs_mode: only vLLM's default, ``"raw_logprobs"`` (of the unprocessed logits).
         prefix, backend, num_threads, block_size: hyperdex's loading options.
     """
 
@@ -175,6 +208,8 @@ class LLM:
         num_threads: int = 0,
         block_size: int = 32,
         quantization: Optional[str] = None,
+        max_logprobs: int = MAX_LOGPROBS,
+        logprobs_mode: str = "raw_logprobs",
         **kwargs: Any,
     ) -> None:
         unknown = sorted(set(kwargs) - _IGNORED_LLM_ARGS)
@@ -182,6 +217,14 @@ class LLM:
             raise TypeError(f"LLM() got unexpected argument(s): {', '.join(unknown)}")
         if quantization is not None:
             raise ValueError("quantization is chosen at compile time; compile the model with it")
+        if logprobs_mode != "raw_logprobs":
+            raise ValueError(
+                f"logprobs_mode={logprobs_mode!r} is not supported; log-probabilities are those "
+                "of the raw logits ('raw_logprobs')"
+            )
+        if isinstance(max_logprobs, bool) or not isinstance(max_logprobs, int) or max_logprobs < 0:
+            raise ValueError(f"max_logprobs must be an integer >= 0, got {max_logprobs!r}")
+        self.max_logprobs = max_logprobs
         device_map = device_map_from_env()
         if device_map is None and tensor_parallel_size is not None:
             device_map = {"lpu": int(tensor_parallel_size)}
@@ -209,6 +252,14 @@ class LLM:
 
     def get_tokenizer(self) -> Any:
         return self.tokenizer
+
+    def beam_search(self, *args: Any, **kwargs: Any) -> Any:
+        """Refused: beam search needs several sequences decoded side by side."""
+        raise NotImplementedError(
+            "beam search is not supported: the LPU decodes one sequence at a time; use "
+            "generate() with SamplingParams(temperature=0) for greedy search, or n > 1 with "
+            "sampling for several answers"
+        )
 
     def generate(
         self,
@@ -294,6 +345,31 @@ class LLM:
             raise ValueError(f"{len(params)} sampling_params for {n} prompts")
         return params
 
+    def _check_logprobs(self, params: list[SamplingParams]) -> None:
+        for sp in params:
+            for name in ("logprobs", "prompt_logprobs"):
+                value = getattr(sp, name)
+                if value is not None and value > self.max_logprobs:
+                    raise ValueError(
+                        f"Requested {name} of {value}, which is greater than max allowed: "
+                        f"{self.max_logprobs} (LLM(max_logprobs=...))"
+                    )
+
+    def _logprob_dicts(
+        self, entries: list[Optional[TokenLogprob]], texts: TokenTexts
+    ) -> list[Optional[dict[int, Logprob]]]:
+        """vLLM's shape: per position the token's own entry first, then the top ones."""
+        out: list[Optional[dict[int, Logprob]]] = []
+        for e in entries:
+            if e is None:
+                out.append(None)
+                continue
+            step = {e.token_id: Logprob(e.logprob, e.rank, texts(e.token_id))}
+            for rank, (t, lp) in enumerate(e.top, 1):
+                step.setdefault(t, Logprob(lp, rank, texts(t)))
+            out.append(step)
+        return out
+
     def _run(
         self,
         items: list[tuple[Optional[str], list[int]]],
@@ -302,21 +378,37 @@ class LLM:
     ) -> list[RequestOutput]:
         from .tools.progress import progress_bar
 
+        self._check_logprobs(params)
+        texts = TokenTexts(self.tokenizer)
         results = []
         with progress_bar(len(items), "Processed prompts", "prompt", enabled=use_tqdm) as bar:
             for (text, ids), sp in zip(items, params):
                 start = time.monotonic()
-                outputs, cached = [], 0
+                outputs, cached, prompt_lp = [], 0, None
                 for i in range(sp.n):
-                    # a sampling request without a seed gets one from the LLM's generator
-                    seed = int(self._seeds.integers(0, 2**31)) if sp.temperature > 0 else None
-                    r = run_generation(self.model, self.tokenizer, ids, sp._sampling(seed))
-                    cached = r.cached_tokens if i == 0 else cached
+                    if sp.seed is not None:
+                        seed = sp.seed + i  # vLLM seeds child i of a request with seed + i
+                    elif sp.temperature > 0:  # none given: one from the LLM's generator
+                        seed = int(self._seeds.integers(0, 2**31))
+                    else:
+                        seed = None
+                    sampling = sp._sampling(seed).replace(seed=seed)
+                    if i > 0:  # the prompt's log-probabilities are the same for every child
+                        sampling = sampling.replace(prompt_logprobs=None)
+                    r = run_generation(self.model, self.tokenizer, ids, sampling)
+                    if i == 0:
+                        cached = r.cached_tokens
+                        if r.prompt_logprobs is not None:
+                            prompt_lp = self._logprob_dicts(r.prompt_logprobs, texts)
                     outputs.append(
                         CompletionOutput(
                             index=i,
                             text=r.text,
                             token_ids=r.token_ids,
+                            cumulative_logprob=r.cumulative_logprob,
+                            logprobs=None
+                            if r.logprobs is None
+                            else self._logprob_dicts(list(r.logprobs), texts),
                             finish_reason=r.finish_reason,
                             stop_reason=r.stop_reason,
                         )
@@ -329,6 +421,7 @@ class LLM:
                         outputs=outputs,
                         num_cached_tokens=cached,
                         metrics={"time_s": time.monotonic() - start},
+                        prompt_logprobs=prompt_lp,
                     )
                 )
                 self._next_id += 1

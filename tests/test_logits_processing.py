@@ -10,7 +10,9 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers.generation.logits_process import (
     LogitsProcessorList,
     MinNewTokensLengthLogitsProcessor,
+    MinPLogitsWarper,
     RepetitionPenaltyLogitsProcessor,
+    SequenceBiasLogitsProcessor,
     TemperatureLogitsWarper,
     TopKLogitsWarper,
     TopPLogitsWarper,
@@ -23,7 +25,10 @@ from hyperdex.transformers.generation import (
     LogitsPipeline,
     StoppingCriteria,
     TokenSampler,
+    apply_logit_bias,
     apply_min_new_tokens,
+    apply_min_p,
+    apply_presence_frequency_penalty,
     apply_repetition_penalty,
     apply_temperature,
     apply_top_k,
@@ -150,9 +155,92 @@ def test_min_new_tokens_matches_transformers(eos) -> None:
         np.testing.assert_array_equal(got, expected)
 
 
+@pytest.mark.parametrize("min_p", [0.0, 0.05, 0.3, 0.9, 1.0])
+def test_min_p_matches_transformers(min_p: float) -> None:
+    rng = np.random.default_rng(11)
+    for vocab in (7, 300, 5000):
+        scores = _random_scores(rng, (3, vocab), n_inf=vocab // 7)
+        expected = _hf(MinPLogitsWarper(min_p), scores)
+        np.testing.assert_array_equal(apply_min_p(scores, min_p), expected)
+        if min_p == 1.0:  # only the likeliest survives
+            assert (np.isfinite(expected).sum(axis=-1) == 1).all()
+
+
+def test_logit_bias_adds_by_token_id() -> None:
+    scores = np.array([1.0, 2.0, -np.inf, 0.5], dtype=np.float32)
+    got = apply_logit_bias(scores, {0: 3.0, 2: 5.0, 3: -100.0})
+    np.testing.assert_array_equal(got, [4.0, 2.0, -np.inf, -99.5])
+    np.testing.assert_array_equal(scores, [1.0, 2.0, -np.inf, 0.5])  # a new array
+    # transformers' sequence bias with one-token sequences is the same thing
+    rng = np.random.default_rng(12)
+    batch = _random_scores(rng, (2, 50))
+    bias = {3: 1.5, 17: -2.25, 49: 0.75}
+    hf = SequenceBiasLogitsProcessor(sequence_bias=[[[k], v] for k, v in bias.items()])
+    np.testing.assert_array_equal(apply_logit_bias(batch, bias), _hf(hf, batch))
+    with pytest.raises(ValueError, match="token id 4, outside the vocab"):
+        apply_logit_bias(scores, {4: 1.0})
+
+
+def test_presence_and_frequency_penalties_count_generated_tokens() -> None:
+    rng = np.random.default_rng(13)
+    scores = _random_scores(rng, (20,))
+    generated = np.array([3, 5, 3, 3, 19, 25])  # 25 is past the vocab: ignored
+    got = apply_presence_frequency_penalty(scores, generated, 0.5, 0.25)
+    expected = scores.astype(np.float64)
+    for token, count in {3: 3, 5: 1, 19: 1}.items():  # OpenAI: logit - count*f - (count>0)*p
+        expected[token] -= count * 0.25 + 0.5
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(apply_presence_frequency_penalty(scores, [], 2, 2), scores)
+
+
+def test_pipeline_applies_vllm_options_in_vllm_order() -> None:
+    """logit_bias, then penalties (repetition on prompt + output, presence/frequency on the
+    output only), then temperature, min-p, top-k, top-p: vLLM's sampler, rebuilt in torch."""
+    rng = np.random.default_rng(14)
+    prompt_len, vocab = 5, 200
+    cfg = GenerationConfig(
+        do_sample=True,
+        temperature=0.7,
+        top_k=40,
+        top_p=0.8,
+        min_p=0.1,
+        repetition_penalty=1.3,
+        presence_penalty=0.6,
+        frequency_penalty=0.4,
+        logit_bias={7: 2.0, 9: -1.5},
+        sampling_order="vllm",
+    )
+    differs = 0
+    for new in range(6):
+        ids = rng.integers(0, 20, size=prompt_len + new)  # small ids: many repeats
+        logits = _random_scores(rng, (vocab,)) * 3
+        x = torch.from_numpy(logits.copy())[None].double()
+        x[0, 7] += 2.0
+        x[0, 9] -= 1.5
+        seen = torch.zeros(vocab, dtype=torch.bool)
+        seen[torch.from_numpy(ids)] = True
+        x[0, seen] = torch.where(x[0, seen] > 0, x[0, seen] / 1.3, x[0, seen] * 1.3)
+        counts = torch.bincount(torch.from_numpy(ids[prompt_len:]), minlength=vocab).double()
+        x[0] -= 0.4 * counts + 0.6 * (counts > 0).double()
+        x = x / 0.7
+        probs = torch.softmax(x, -1)
+        x[probs < 0.1 * probs.max()] = -float("inf")
+        x = TopPLogitsWarper(0.8)(None, TopKLogitsWarper(40)(None, x))
+        got = LogitsPipeline(cfg, prompt_len)(ids, logits)
+        np.testing.assert_array_equal(np.isfinite(got), np.isfinite(x[0].numpy()))
+        finite = np.isfinite(got)
+        np.testing.assert_allclose(got[finite], x[0].numpy()[finite], rtol=1e-5, atol=1e-5)
+        transformers_order = LogitsPipeline(cfg.copy(sampling_order="transformers"), prompt_len)
+        differs += int(not np.array_equal(np.isfinite(transformers_order(ids, logits)), finite))
+    assert differs  # the order matters here: min-p before top-p keeps fewer tokens
+
+
 def _hf_processors(cfg: GenerationConfig, prompt_len: int) -> LogitsProcessorList:
     """transformers' list for cfg, in the order of generation/utils.py _get_logits_processor."""
     procs = LogitsProcessorList()
+    if cfg.logit_bias:
+        bias = [[[k], v] for k, v in cfg.logit_bias.items()]
+        procs.append(SequenceBiasLogitsProcessor(sequence_bias=bias))
     if cfg.repetition_penalty != 1.0:
         procs.append(RepetitionPenaltyLogitsProcessor(cfg.repetition_penalty))
     eos = list(cfg.eos_token_ids)
@@ -165,6 +253,8 @@ def _hf_processors(cfg: GenerationConfig, prompt_len: int) -> LogitsProcessorLis
             procs.append(TopKLogitsWarper(cfg.top_k))
         if cfg.top_p < 1.0:
             procs.append(TopPLogitsWarper(cfg.top_p))
+        if cfg.min_p is not None:
+            procs.append(MinPLogitsWarper(cfg.min_p))
     return procs
 
 
@@ -177,6 +267,8 @@ def _hf_processors(cfg: GenerationConfig, prompt_len: int) -> LogitsProcessorLis
         {"do_sample": True, "temperature": 0.6, "top_p": 0.9, "repetition_penalty": 1.1},
         {"do_sample": True, "temperature": 1.5, "top_k": 0, "top_p": 0.8},
         {"do_sample": True, "top_k": 5, "min_new_tokens": 2, "eos_token_id": 4},
+        {"do_sample": True, "top_p": 0.9, "min_p": 0.2, "logit_bias": {4: 3.0, 250: -2.0}},
+        {"do_sample": False, "min_p": 0.5, "logit_bias": {4: 30.0}},  # min_p: sampling only
         # sampling knobs set but do_sample=False: ignored, as in transformers
         {"do_sample": False, "temperature": 0.1, "top_k": 2, "top_p": 0.1},
     ],
@@ -422,6 +514,43 @@ def test_session_drives_streamer_like_generate() -> None:
     session.step(_forced(3))
     session.close()  # e.g. the device failed: the consumer still sees the end
     assert streamer.calls[-1] == ("end", None) and len(streamer.calls) == 3
+
+
+def test_put_step_gets_raw_logits_and_processed_scores_before_put() -> None:
+    calls: list = []
+
+    class Recorder(RecordingStreamer):
+        def put_step(self, token, logits, scores) -> None:
+            calls.append((token, np.array(logits), np.array(scores)))
+            self.calls.append(("step", token))
+
+    streamer = Recorder()
+    cfg = GenerationConfig(max_new_tokens=2, logit_bias={0: 5.0})
+    session = GenerationSession(cfg, np.array([1]), streamer=streamer)
+    logits = np.array([[1.0, 2.0, -1.0, 0.5]], dtype=np.float32)
+    assert session.step(logits) == 0  # the bias made 0 the likeliest
+    assert streamer.calls[1:] == [("step", 0), ("put", [0])]
+    token, raw, scores = calls[0]
+    np.testing.assert_array_equal(raw, logits[0])  # unprocessed, [vocab]
+    np.testing.assert_array_equal(scores, [6.0, 2.0, -1.0, 0.5])
+
+
+def test_vllm_options_are_validated() -> None:
+    for bad, match in [
+        ({"min_p": 1.5}, "min_p must be None or a float in"),
+        ({"presence_penalty": 2.5}, "presence_penalty must be a float in"),
+        ({"frequency_penalty": float("nan")}, "frequency_penalty must be a float in"),
+        ({"logit_bias": {1: float("inf")}}, "must be a finite number"),
+        ({"logit_bias": {-1: 1.0}}, "logit_bias key"),
+        ({"sampling_order": "torch"}, "sampling_order must be"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            GenerationConfig(**bad)
+    cfg = GenerationConfig(logit_bias={"5": 1})  # JSON keys are strings
+    assert cfg.logit_bias == {5: 1.0}
+    copy = cfg.copy(min_p=0.2)
+    copy.logit_bias[6] = 2.0
+    assert cfg.logit_bias == {5: 1.0} and copy.min_p == 0.2  # copies do not share the dict
 
 
 def test_last_scores_are_the_processed_scores() -> None:

@@ -24,70 +24,15 @@ openai = pytest.importorskip("openai")
 pytest.importorskip("uvicorn")
 pytest.importorskip("starlette")
 
+from serve_helpers import KEY, NAME  # noqa: E402
+from serve_helpers import LOGS as _LOGS  # noqa: E402
+from serve_helpers import http as _http  # noqa: E402
+from serve_helpers import serving as _serving  # noqa: E402
 from smollm2 import compiled_smollm2  # noqa: E402
 
-KEY = "test-key-123"
-NAME = "smollm2"
-START_TIMEOUT_S = 120
 
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _http(base: str, path: str, body: bytes | None = None, key: str | None = KEY, method=None):
-    """(status, parsed JSON body) of a raw request."""
-    req = urllib.request.Request(base + path, data=body, method=method)
-    if key:
-        req.add_header("Authorization", f"Bearer {key}")
-    if body is not None:
-        req.add_header("Content-Type", "application/json")
-    try:
-        with urllib.request.urlopen(req, timeout=60) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
-
-
-_LOGS: dict[str, Path] = {}  # base URL -> the server's log
-
-
-@contextlib.contextmanager
-def _serving(path: Path, log_path: Path, *args: str, scheme: str = "http", context=None):
-    """(process, base URL) of hdex-serve on a free loopback port; stopped (SIGTERM) after."""
-    port = _free_port()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HYPERDEX_PROGRESS": "0"}
-    env.pop("HDEX_API_KEY", None)
-    cmd = [sys.executable, "-m", "hyperdex.serving.cli", str(path), "--port", str(port)]
-    cmd += ["--served-model-name", NAME, "--api-key", KEY, "--log-level", "warning", *args]
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(
-            cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
-        )
-    base = f"{scheme}://127.0.0.1:{port}"
-    _LOGS[base] = log_path
-    deadline = time.monotonic() + START_TIMEOUT_S
-    try:
-        while True:
-            try:
-                with urllib.request.urlopen(base + "/health", timeout=5, context=context) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"hdex-serve did not start:\n{log_path.read_text()}")
-            time.sleep(0.2)
-        yield proc, base
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+def _health(server: str) -> dict:
+    return _http(server, "/health", key=None)[1]
 
 
 @pytest.fixture(scope="module")
@@ -111,10 +56,6 @@ def client(server):
 
 def _chat(q: str) -> list[dict[str, str]]:
     return [{"role": "user", "content": q}]
-
-
-def _health(server: str) -> dict:
-    return _http(server, "/health", key=None)[1]
 
 
 def test_models_and_health(server, client) -> None:
@@ -258,12 +199,16 @@ def test_bad_requests_get_openai_errors(server, client) -> None:
     assert status == 400 and "JSON object" in body["error"]["message"]
 
     with pytest.raises(openai.BadRequestError) as e:
-        client.chat.completions.create(model=NAME, messages=_chat("hi"), n=2)
+        client.chat.completions.create(model=NAME, messages=_chat("hi"), n=0)
     assert e.value.response.json()["error"]["param"] == "n"
-    with pytest.raises(openai.BadRequestError, match="Unrecognized request argument"):
+    # an option the device cannot honour is refused, naming it and what to use instead
+    with pytest.raises(openai.BadRequestError) as e:
         client.chat.completions.create(
-            model=NAME, messages=_chat("hi"), extra_body={"no_such_option": 1}
+            model=NAME, messages=_chat("hi"), extra_body={"use_beam_search": True}
         )
+    error = e.value.response.json()["error"]
+    assert error["param"] == "use_beam_search" and error["code"] == "unsupported_parameter"
+    assert "temperature=0" in error["message"]
     with pytest.raises(openai.BadRequestError) as e:
         client.completions.create(model=NAME, prompt="word " * 1100, max_tokens=4)
     assert e.value.response.json()["error"]["code"] == "context_length_exceeded"

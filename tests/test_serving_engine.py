@@ -7,11 +7,13 @@ from __future__ import annotations
 import threading
 import time
 
+import numpy as np
 import pytest
 
 from hyperdex.errors import ConfigError
 from hyperdex.serving import device_map_from_env
 from hyperdex.serving.engine import (
+    Delta,
     Engine,
     FairQueue,
     IncrementalDetokenizer,
@@ -20,6 +22,7 @@ from hyperdex.serving.engine import (
     Sampling,
     run_generation,
     token_budget,
+    token_logprob,
 )
 
 EOS = 256
@@ -81,6 +84,12 @@ def test_sampling_options() -> None:
     assert kw["do_sample"] and kw["top_k"] == 0 and kw["top_p"] == 0.9 and kw["seed"] == 3
     assert kw["stop"] == [4] and kw["max_new_tokens"] == 9
     assert Sampling(ignore_eos=True).generate_kwargs(1)["eos_token_id"] is None
+    vllm = Sampling(min_p=0.1, presence_penalty=0.5, logit_bias={3: -100.0}).generate_kwargs(2)
+    assert vllm["min_p"] == 0.1 and vllm["sampling_order"] == "vllm"
+    assert vllm["presence_penalty"] == 0.5 and vllm["frequency_penalty"] == 0.0
+    assert vllm["logit_bias"] == {3: -100.0}
+    greedy = Sampling(temperature=0, min_p=0.5, frequency_penalty=1.0).generate_kwargs(2)
+    assert "min_p" not in greedy and greedy["frequency_penalty"] == 1.0  # penalties: greedy too
     for bad, name in [
         (dict(max_tokens=0), "max_tokens"),
         (dict(max_tokens=-4), "max_tokens"),
@@ -94,6 +103,13 @@ def test_sampling_options() -> None:
         (dict(repetition_penalty=float("nan")), "repetition_penalty"),
         (dict(temperature=float("inf")), "temperature"),
         (dict(top_p=float("nan")), "top_p"),
+        (dict(min_p=1.5), "min_p"),
+        (dict(presence_penalty=-3), "presence_penalty"),
+        (dict(frequency_penalty=float("inf")), "frequency_penalty"),
+        (dict(logit_bias={"7": 1.0}), "logit_bias"),
+        (dict(logit_bias={7: float("nan")}), "logit_bias"),
+        (dict(logprobs=-1), "logprobs"),
+        (dict(prompt_logprobs=1.5), "prompt_logprobs"),
     ]:
         with pytest.raises(ValueError) as e:
             Sampling(**bad)
@@ -136,13 +152,40 @@ class FakeModel:
 
         self.generation_config = Config()
 
-    def generate_yield(self, ids, max_new_tokens, **kw):
+    def generate_yield(self, ids, max_new_tokens, streamer=None, **kw):
         self.started.set()
         token = ids[0][-1]
         for _ in range(max_new_tokens):
             time.sleep(self.delay)
-            token = ord("a") + (token + 1 - ord("a")) % 26
+            token = self.next_token(token)
+            if streamer is not None:  # as GenerationSession reports each step
+                streamer.put_step(token, self.logits(token), self.logits(token))
             yield token
+
+    @staticmethod
+    def next_token(token: int) -> int:
+        return ord("a") + (token + 1 - ord("a")) % 26
+
+    def logits(self, token: int) -> np.ndarray:
+        """Made-up logits in which ``token`` is the likeliest."""
+        logits = np.linspace(-3.0, 1.0, self.vocab_size, dtype=np.float32)
+        logits[token] = 4.0
+        return logits
+
+
+class ScriptModel(FakeModel):
+    """Yields ``script`` whatever the prompt."""
+
+    def __init__(self, script: list[int]) -> None:
+        super().__init__()
+        self.script = list(script)
+
+    def generate_yield(self, ids, max_new_tokens, streamer=None, **kw):
+        self._steps = iter(self.script)
+        return super().generate_yield(ids, min(max_new_tokens, len(self.script)), streamer)
+
+    def next_token(self, token: int) -> int:
+        return next(self._steps)
 
 
 def test_run_generation_budget_and_reasons() -> None:
@@ -160,6 +203,62 @@ def test_run_generation_budget_and_reasons() -> None:
         token_budget(model, 60, 5)
     with pytest.raises(PromptTooLong):
         token_budget(model, 64, None)
+
+
+def test_token_logprob_is_log_softmax_with_rank_and_top() -> None:
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(3)
+    logits = (rng.standard_normal(1000) * 3).astype(np.float32)
+    logits[[10, 20]] = logits.max() + 1  # a tie at the top: the lower id comes first
+    want = torch.log_softmax(torch.from_numpy(logits).double(), -1).numpy()
+    order = sorted(range(1000), key=lambda i: (-want[i], i))
+    for token in (10, 20, order[7], order[-1]):
+        entry = token_logprob(logits, token, 5)
+        assert abs(entry.logprob - want[token]) < 1e-9
+        assert entry.rank == int((want >= want[token]).sum())  # vLLM's rank
+        assert [t for t, _ in entry.top] == order[:5]
+        np.testing.assert_allclose([lp for _, lp in entry.top], want[order[:5]], atol=1e-9)
+    assert token_logprob(logits, 3, 0).top == []
+
+
+def test_streamed_logprobs_add_up_to_the_result() -> None:
+    """A held character's log-probabilities travel with the delta that releases its text; a
+    token without text (eos) sends them with an empty last delta."""
+    e_acute = list("é".encode())
+    model = ScriptModel([*e_acute, ord("a"), EOS])
+    deltas: list[Delta] = []
+    r = run_generation(
+        model, ByteTokenizer(), [ord("x")], Sampling(max_tokens=9, logprobs=2), deltas.append
+    )
+    assert r.text == "éa" and r.token_ids == [*e_acute, ord("a"), EOS]
+    assert [d.text for d in deltas] == ["é", "a", ""]
+    assert [len(d.logprobs) for d in deltas] == [2, 1, 1]
+    streamed = [e for d in deltas for e in d.logprobs]
+    assert streamed == r.logprobs and [e.token_id for e in streamed] == r.token_ids
+    for e in r.logprobs:
+        assert e.rank == 1 and e.top[0][0] == e.token_id
+        want = token_logprob(model.logits(e.token_id), e.token_id, 2)
+        assert e == want
+    assert r.cumulative_logprob == pytest.approx(sum(e.logprob for e in r.logprobs))
+    plain = run_generation(model, ByteTokenizer(), [ord("x")], Sampling(max_tokens=9))
+    assert plain.logprobs is None and plain.cumulative_logprob is None
+
+
+def test_engine_reports_finished_jobs_with_token_times() -> None:
+    model = FakeModel()
+    seen: list = []
+    engine = Engine(model, ByteTokenizer(), on_finish=lambda job, r: seen.append((job, r)))
+    events, done, sink = _recording_sinks("a")
+    job = Job([ord("a")], Sampling(max_tokens=4), sink("a"))
+    engine.start()
+    try:
+        assert engine.submit(job) and done["a"].wait(10)
+    finally:
+        engine.shutdown()
+    ((got_job, result),) = seen
+    assert got_job is job and result.completion_tokens == 4 and len(result.token_times) == 4
+    assert job.enqueued_at <= job.started_at <= result.token_times[0]
+    assert result.token_times == sorted(result.token_times)
 
 
 def _recording_sinks(*names: str):

@@ -6,9 +6,10 @@ is compiled first if it was not). The device count comes from ``--num-lpu`` /
 prefills in PyTorch (hybrid mode). The API key comes from ``--api-key`` or
 ``HDEX_API_KEY``; without one the server is open, so it listens on 127.0.0.1 by default.
 
-It needs the ``serve`` extra (starlette, uvicorn, pydantic; ``pip install 'hyperdex[serve]'``),
-and hybrid mode the ``torch`` extra too; what is missing is named before any work. Flags, the
-TLS files and the address are checked before the model loads too.
+It needs the ``serve`` extra (starlette, uvicorn, pydantic, prometheus_client;
+``pip install 'hyperdex[serve]'``), and hybrid mode the ``torch`` extra too; what is missing is
+named before any work. Flags, the TLS files and the address are checked before the model loads
+too. The server listens while the model loads: ``/health`` answers 503 until it is ready.
 """
 
 from __future__ import annotations
@@ -217,12 +218,19 @@ def _load_and_serve(
     sockets: list[socket.socket],
     port: int,
 ) -> int:
+    """Serves at once and loads the model on a thread meanwhile (``/health`` answers 503 until
+    it is loaded); exit 1 if loading fails."""
     import uvicorn
 
     from . import load_for_serving
     from .openai_server import create_app
 
-    try:
+    name = args.served_model_name or str(args.model)
+    scheme = "https" if args.ssl_certfile else "http"
+    failed: list[BaseException] = []
+    server: Optional[uvicorn.Server] = None
+
+    def load() -> tuple[Any, Any]:
         model, tokenizer = load_for_serving(
             args.model,
             prefix=args.prefix,
@@ -234,24 +242,29 @@ def _load_and_serve(
             prefix_cache_block_size=args.block_size,
             prefix_cache_bytes=int(args.prefix_cache_gib * (1 << 30)),
         )
-    except (HyperdexError, OSError, ValueError, TypeError) as e:
-        print(f"hdex-serve: {e}", file=sys.stderr)
-        return 1
-    name = args.served_model_name or str(args.model)
+        print(
+            f"hdex-serve: serving {name!r} on {model.device_description}; "
+            f"{scheme}://{args.host}:{port}/v1" + (" (API key required)" if args.api_key else ""),
+            flush=True,
+        )
+        return model, tokenizer
+
+    def load_failed(e: BaseException) -> None:
+        failed.append(e)
+        if server is not None:
+            server.should_exit = True  # uvicorn's main loop polls it
+
     app = create_app(
-        model,
-        tokenizer,
+        None,
+        None,
         name,
         api_key=args.api_key,
         max_queue=args.max_queue,
         max_request_bytes=args.max_request_bytes,
+        loader=load,
+        on_load_failed=load_failed,
     )
-    scheme = "https" if args.ssl_certfile else "http"
-    print(
-        f"hdex-serve: serving {name!r} on {model.device_description}; {scheme}://{args.host}:{port}/v1"
-        + (" (API key required)" if args.api_key else ""),
-        flush=True,
-    )
+    print(f"hdex-serve: loading {str(args.model)!r}; /health answers 503 until then", flush=True)
     config = uvicorn.Config(
         app,
         log_level=args.log_level,
@@ -283,6 +296,15 @@ def _load_and_serve(
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+    if failed:
+        e = failed[0]
+        if isinstance(e, (HyperdexError, OSError, ValueError, TypeError)):
+            print(f"hdex-serve: {e}", file=sys.stderr)
+        else:  # a bug: its traceback helps
+            import traceback
+
+            traceback.print_exception(type(e), e, e.__traceback__)
+        return 1
     if not server.started:
         print("hdex-serve: the server failed to start (see the log above)", file=sys.stderr)
         return 1

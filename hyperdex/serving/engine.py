@@ -1,10 +1,14 @@
 """What the OpenAI-compatible server and the vLLM-style API share: sampling options with
-OpenAI/vLLM names, incremental detokenization with stop strings, one generation run, and the
-:class:`Engine` that serves requests one at a time (a device runs one sequence at a time)
-from a fair queue on a worker thread.
+OpenAI/vLLM names, incremental detokenization with stop strings, log-probabilities, one
+generation run, and the :class:`Engine` that serves requests one at a time (a device runs one
+sequence at a time) from a fair queue on a worker thread.
 
 A generation's text is built only from the deltas it streams, so a streamed response and a
-non-streamed one are the same string by construction.
+non-streamed one are the same string by construction; so are their log-probabilities.
+
+Log-probabilities are those of the model's raw output, before any penalty, bias, temperature
+or top-k/top-p (vLLM's default ``logprobs_mode="raw_logprobs"``): the log-softmax of the logits
+the device returned for that position.
 """
 
 from __future__ import annotations
@@ -18,17 +22,28 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence
 
+import numpy as np
+
 log = logging.getLogger("hyperdex.serve")
 
 __all__ = [
+    "MAX_LOGPROBS",
+    "Delta",
     "Engine",
     "FairQueue",
     "GenerationResult",
     "IncrementalDetokenizer",
     "Job",
     "Sampling",
+    "TokenLogprob",
+    "TokenTexts",
+    "prompt_logprobs",
     "run_generation",
+    "token_logprob",
 ]
+
+# vLLM's default max_logprobs: the most top log-probabilities a request may ask for
+MAX_LOGPROBS = 20
 
 
 # --------------------------------------------------------------------------------------------
@@ -44,6 +59,11 @@ class Sampling:
     fills the model's context; ``stop`` strings end the text before them (they are not part of
     it unless ``include_stop_str_in_output``); ``stop_token_ids`` end it after the token;
     ``ignore_eos`` generates past the eos token.
+
+    vLLM's: ``min_p`` (after temperature, before top-k/top-p), ``presence_penalty`` and
+    ``frequency_penalty`` (on generated tokens), ``logit_bias`` (``{token id: bias}``, added
+    first), ``logprobs`` (that many top log-probabilities per generated token, besides the
+    chosen token's; None: none) and ``prompt_logprobs`` (the same for the prompt's tokens).
     """
 
     max_tokens: Optional[int] = 16
@@ -58,12 +78,19 @@ class Sampling:
     min_tokens: int = 0
     skip_special_tokens: bool = True
     include_stop_str_in_output: bool = False
+    min_p: float = 0.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: dict[int, float] = field(default_factory=dict)
+    logprobs: Optional[int] = None
+    prompt_logprobs: Optional[int] = None
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
             self.stop = [self.stop]
         self.stop = list(self.stop or [])
         self.stop_token_ids = list(self.stop_token_ids or [])
+        self.logit_bias = dict(self.logit_bias or {})
         self.validate()
 
     def validate(self) -> None:
@@ -102,6 +129,21 @@ class Sampling:
         for name in ("ignore_eos", "skip_special_tokens", "include_stop_str_in_output"):
             if not isinstance(getattr(self, name), bool):
                 raise bad(name, "must be true or false")
+        if not is_num(self.min_p) or not 0 <= self.min_p <= 1:
+            raise bad("min_p", f"must be a number in [0, 1] (0: off), got {self.min_p!r}")
+        for name in ("presence_penalty", "frequency_penalty"):
+            value = getattr(self, name)
+            if not is_num(value) or not -2 <= value <= 2:
+                raise bad(name, f"must be a number in [-2, 2] (0: off), got {value!r}")
+        for token, bias in self.logit_bias.items():
+            if not is_int(token) or token < 0:
+                raise bad("logit_bias", f"keys must be token ids (integers >= 0), got {token!r}")
+            if not is_num(bias) or not math.isfinite(bias):
+                raise bad("logit_bias", f"values must be finite numbers, got {bias!r}")
+        for name in ("logprobs", "prompt_logprobs"):
+            value = getattr(self, name)
+            if value is not None and (not is_int(value) or value < 0):
+                raise bad(name, f"must be an integer >= 0 (None: off), got {value!r}")
 
     def generate_kwargs(self, max_new_tokens: int) -> dict[str, Any]:
         """Keyword arguments for ``LPUModelForCausalLM.generate_yield``."""
@@ -113,12 +155,19 @@ class Sampling:
             "seed": self.seed,
             "stop": list(self.stop_token_ids),
         }
+        if self.presence_penalty or self.frequency_penalty:
+            kwargs["presence_penalty"] = float(self.presence_penalty)
+            kwargs["frequency_penalty"] = float(self.frequency_penalty)
+        if self.logit_bias:
+            kwargs["logit_bias"] = dict(self.logit_bias)
         if self.temperature > 0:
             kwargs.update(
                 temperature=float(self.temperature),
                 top_p=float(self.top_p),
                 top_k=max(self.top_k, 0),
             )
+            if self.min_p > 0:  # vLLM applies min-p before top-k/top-p
+                kwargs.update(min_p=float(self.min_p), sampling_order="vllm")
         if self.ignore_eos:
             kwargs["eos_token_id"] = None
         return kwargs
@@ -197,8 +246,99 @@ class IncrementalDetokenizer:
 
 
 # --------------------------------------------------------------------------------------------
+# Log-probabilities
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TokenLogprob:
+    """One position's log-probabilities: the token there (chosen, or the prompt's), its
+    log-probability and rank (vLLM's: how many tokens are at least as likely, itself
+    included), and the ``n`` most likely tokens as (id, log-probability), most likely first
+    (ties by id)."""
+
+    token_id: int
+    logprob: float
+    rank: int
+    top: list[tuple[int, float]]
+
+
+def token_logprob(logits: np.ndarray, token: int, n: int) -> TokenLogprob:
+    """log_softmax of ``logits`` ([vocab], in float64) at ``token``, and the top ``n``."""
+    x = np.asarray(logits, dtype=np.float64).reshape(-1)
+    peak = x.max()
+    lp = x - (peak + np.log(np.exp(x - peak).sum()))
+    value = lp[token]
+    top: list[tuple[int, float]] = []
+    if n > 0:
+        n = min(n, lp.size)
+        idx = np.argpartition(-lp, n - 1)[:n]
+        idx = idx[np.lexsort((idx, -lp[idx]))]
+        top = [(int(i), float(lp[i])) for i in idx]
+    return TokenLogprob(int(token), float(value), int(np.count_nonzero(lp >= value)), top)
+
+
+def prompt_logprobs(model: Any, prompt_ids: Sequence[int], n: int) -> list[Optional[TokenLogprob]]:
+    """vLLM's ``prompt_logprobs``: None for the first token (nothing predicts it), then each
+    token's log-probability under the logits of the position before it. One forward pass of
+    the prompt (it leaves the prompt resident, so the generation after it reuses it)."""
+    ids = np.asarray([list(prompt_ids)], dtype=np.int64)
+    logits = np.asarray(model(ids).logits)[0]
+    out: list[Optional[TokenLogprob]] = [None]
+    out += [token_logprob(logits[i - 1], int(ids[0, i]), n) for i in range(1, ids.shape[1])]
+    return out
+
+
+class TokenTexts:
+    """Each token's own text (vLLM's ``decoded_token``), cached: a piece of a character spelled
+    over several tokens reads U+FFFD."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        self._texts: dict[int, str] = {}
+
+    def __call__(self, token_id: int) -> str:
+        text = self._texts.get(token_id)
+        if text is None:
+            tok = self.tokenizer
+            text = tok.convert_tokens_to_string([tok.convert_ids_to_tokens(int(token_id))])
+            self._texts[token_id] = text
+        return text
+
+
+class _StepRecorder:
+    """A streamer for ``generate_yield`` that keeps the log-probabilities of each chosen token
+    (GenerationSession calls ``put_step`` with the raw logits of every step)."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.steps: list[TokenLogprob] = []
+
+    def put(self, value: Any) -> None:
+        pass
+
+    def end(self) -> None:
+        pass
+
+    def put_step(self, token: int, logits: np.ndarray, scores: np.ndarray) -> None:
+        self.steps.append(token_logprob(logits, token, self.n))
+
+
+# --------------------------------------------------------------------------------------------
 # One generation
 # --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Delta:
+    """Text released by a generation, with the log-probabilities of the tokens generated since
+    the previous delta (None when not requested). The last delta of a generation may have
+    empty text and carry the log-probabilities of tokens that added no text (eos, a stop)."""
+
+    text: str
+    logprobs: Optional[list[TokenLogprob]] = None
+    # only on a first delta without text, when prompt log-probabilities were asked for
+    prompt_logprobs: Optional[list[Optional[TokenLogprob]]] = None
 
 
 @dataclass
@@ -209,10 +349,17 @@ class GenerationResult:
     prompt_tokens: int
     cached_tokens: int
     stop_reason: Any = None  # the stop string or stop token id that ended it (vLLM)
+    logprobs: Optional[list[TokenLogprob]] = None  # one per token of token_ids
+    prompt_logprobs: Optional[list[Optional[TokenLogprob]]] = None  # one per prompt token
+    token_times: list[float] = field(default_factory=list)  # time.monotonic() of each token
 
     @property
     def completion_tokens(self) -> int:
         return len(self.token_ids)
+
+    @property
+    def cumulative_logprob(self) -> Optional[float]:
+        return None if self.logprobs is None else float(sum(t.logprob for t in self.logprobs))
 
 
 class PromptTooLong(ValueError):
@@ -242,10 +389,10 @@ def run_generation(
     tokenizer: Any,
     prompt_ids: Sequence[int],
     sampling: Sampling,
-    on_delta: Optional[Callable[[str], None]] = None,
+    on_delta: Optional[Callable[[Delta], None]] = None,
     cancelled: Optional[threading.Event] = None,
 ) -> GenerationResult:
-    """Generates for one prompt on ``model``, calling ``on_delta(text)`` as text is released;
+    """Generates for one prompt on ``model``, calling ``on_delta(Delta)`` as text is released;
     stops early when ``cancelled`` is set (finish_reason "cancelled")."""
     budget = token_budget(model, len(prompt_ids), sampling.max_tokens)
     detok = IncrementalDetokenizer(
@@ -253,18 +400,39 @@ def run_generation(
     )
     stop_ids = set(sampling.stop_token_ids)
     eos_ids = set() if sampling.ignore_eos else set(model.generation_config.eos_token_ids)
+    prompt_lp = None
+    if sampling.prompt_logprobs is not None:
+        prompt_lp = prompt_logprobs(model, prompt_ids, sampling.prompt_logprobs)
+        if on_delta is not None:
+            on_delta(Delta("", None, prompt_lp))
+    recorder = _StepRecorder(sampling.logprobs) if sampling.logprobs is not None else None
+    sent = 0  # recorder.steps already sent with a delta
+
+    def emit(text: str) -> None:
+        nonlocal sent
+        logprobs = None
+        if recorder is not None:
+            logprobs, sent = recorder.steps[sent:], len(recorder.steps)
+        if on_delta is not None and (text or logprobs):
+            on_delta(Delta(text, logprobs))
+
     tokens: list[int] = []
+    times: list[float] = []
     finish, stop_reason = "length", None
     cached = 0
-    stream = model.generate_yield([list(prompt_ids)], **sampling.generate_kwargs(budget))
+    kwargs = sampling.generate_kwargs(budget)
+    if recorder is not None:
+        kwargs["streamer"] = recorder
+    stream = model.generate_yield([list(prompt_ids)], **kwargs)
     try:
         for token in stream:
+            times.append(time.monotonic())
             if not tokens:
                 cached = int(model.last_cached_tokens)
             tokens.append(int(token))
             delta = detok.add(token)
-            if delta and on_delta is not None:
-                on_delta(delta)
+            if delta:
+                emit(delta)
             if detok.stopped_by is not None:
                 finish, stop_reason = "stop", detok.stopped_by
                 break
@@ -276,10 +444,18 @@ def run_generation(
                 break
     finally:
         stream.close()
-    delta = detok.finish()
-    if delta and on_delta is not None:
-        on_delta(delta)
-    return GenerationResult(detok.text, tokens, finish, len(prompt_ids), cached, stop_reason)
+    emit(detok.finish())
+    return GenerationResult(
+        detok.text,
+        tokens,
+        finish,
+        len(prompt_ids),
+        cached,
+        stop_reason,
+        logprobs=None if recorder is None else recorder.steps,
+        prompt_logprobs=prompt_lp,
+        token_times=times,
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -305,6 +481,7 @@ class Job:
         self.client = client
         self.cancelled = threading.Event()
         self.enqueued_at = time.monotonic()
+        self.started_at: Optional[float] = None  # when the worker took it
 
     def cancel(self) -> None:
         """Stops the generation at its next token, or skips it if it has not started."""
@@ -367,13 +544,22 @@ class EngineStats:
 
 
 class Engine:
-    """Serves jobs on one model, one at a time, on a worker thread."""
+    """Serves jobs on one model, one at a time, on a worker thread. ``on_finish(job, result)``
+    (the server's metrics) is called on the worker for every job that ran, before its sink
+    hears "done"."""
 
-    def __init__(self, model: Any, tokenizer: Any, max_queue: int = 256) -> None:
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        max_queue: int = 256,
+        on_finish: Optional[Callable[[Job, GenerationResult], None]] = None,
+    ) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.queue = FairQueue(max_queue)
         self.stats = EngineStats()
+        self.on_finish = on_finish
         self.running: Optional[Job] = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._work, name="hyperdex-engine", daemon=True)
@@ -409,13 +595,14 @@ class Engine:
                 job.sink("done", None)
                 continue
             self.running = job
+            job.started_at = time.monotonic()
             try:
                 result = run_generation(
                     self.model,
                     self.tokenizer,
                     job.prompt_ids,
                     job.sampling,
-                    on_delta=lambda text, job=job: job.sink("delta", text),
+                    on_delta=lambda delta, job=job: job.sink("delta", delta),
                     cancelled=job.cancelled,
                 )
             except Exception as e:  # reported to the request; the engine goes on
@@ -435,4 +622,9 @@ class Engine:
                 s.cancelled += 1
             else:
                 s.completed += 1
+            if self.on_finish is not None:
+                try:
+                    self.on_finish(job, result)
+                except Exception:  # metrics must never fail a request
+                    log.exception("recording the request's metrics failed")
             job.sink("done", result)

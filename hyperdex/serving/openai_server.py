@@ -1,17 +1,23 @@
 """An OpenAI-compatible HTTP server (Starlette on uvicorn) for one compiled model.
 
-Endpoints: ``GET /health``, ``GET /v1/models``, ``GET /v1/models/{id}``,
-``POST /v1/completions``, ``POST /v1/chat/completions``. Requests carry OpenAI's fields plus
-vLLM's extra sampling ones (``top_k``, ``repetition_penalty``, ``min_tokens``, ``ignore_eos``,
-``stop_token_ids``, ...). ``stream: true`` answers with Server-Sent Events: for chat a first
-chunk with the role, content deltas, a chunk with ``finish_reason``, a usage chunk when
+Endpoints: ``GET /health`` (503 while the model loads), ``GET /metrics`` (Prometheus, vLLM's
+names), ``GET /version``, ``POST /tokenize`` and ``POST /detokenize`` (vLLM's shapes),
+``GET /v1/models``, ``GET /v1/models/{id}``, ``POST /v1/completions``,
+``POST /v1/chat/completions``. Requests carry OpenAI's fields (``n``, ``logprobs``,
+``top_logprobs``, ``presence_penalty``, ``frequency_penalty``, ``logit_bias``, ...) plus vLLM's
+extra sampling ones (``top_k``, ``min_p``, ``repetition_penalty``, ``min_tokens``,
+``ignore_eos``, ``stop_token_ids``, ``prompt_logprobs``, ...); fields it does not know are
+ignored with a warning, as vLLM does, except those that would change the output and cannot be
+honoured (beam search, structured outputs, tools), which get a 400 naming the option.
+``stream: true`` answers with Server-Sent Events: for chat a first chunk with the role per
+choice, content deltas, a chunk with ``finish_reason``, a usage chunk when
 ``stream_options.include_usage``, then ``data: [DONE]``. Errors have OpenAI's body
 (``{"error": {"message", "type", "param", "code"}}``) and status codes.
 
-The device runs one sequence at a time: requests wait in a :class:`~.engine.FairQueue`
-(round-robin over clients: the request's ``user``, else its address) for the engine's worker
-thread. A client that disconnects cancels its request, queued or running, so the device moves
-on to the next one.
+The device runs one sequence at a time: requests (and each of the ``n`` choices of one) wait
+in a :class:`~.engine.FairQueue` (round-robin over clients: the request's ``user``, else its
+address) for the engine's worker thread. A client that disconnects cancels its request, queued
+or running, so the device moves on to the next one.
 
 Bodies are limited in size (413 past ``max_request_bytes``, checked on Content-Length and while
 reading), and parsed, validated and tokenized on a small thread pool, never on the event loop:
@@ -25,7 +31,9 @@ import contextlib
 import hmac
 import json
 import logging
+import math
 import re
+import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -38,8 +46,21 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from .. import __version__
 from ..transformers.streamers import format_sse
-from .engine import Engine, GenerationResult, Job, PromptTooLong, Sampling, token_budget
+from .engine import (
+    MAX_LOGPROBS,
+    Delta,
+    Engine,
+    GenerationResult,
+    Job,
+    PromptTooLong,
+    Sampling,
+    TokenLogprob,
+    TokenTexts,
+    token_budget,
+)
+from .metrics import CONTENT_TYPE_LATEST, ServerMetrics
 
 log = logging.getLogger("hyperdex.serve")
 
@@ -47,6 +68,8 @@ DEFAULT_MAX_REQUEST_BYTES = 4 << 20
 PREP_THREADS = 2  # parse + tokenize; bounds the memory that huge prompts take at once
 DRAIN_BYTES, DRAIN_S = 16 << 20, 5.0  # read and dropped past the limit before the 413
 _SURROGATE = re.compile("[\ud800-\udfff]")  # a lone one: valid pairs decode to one char
+LOGPROB_FLOOR = -9999.0  # vLLM's: -inf is not JSON
+LOGIT_BIAS_LIMIT = 100.0  # OpenAI's range for logit_bias values (vLLM clamps to it)
 T = TypeVar("T")
 
 
@@ -56,7 +79,8 @@ T = TypeVar("T")
 
 
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # fields no class names are kept (model_extra) so they can be refused or warned about
+    model_config = ConfigDict(extra="allow")
 
 
 class StreamOptions(_Body):
@@ -80,12 +104,15 @@ class _SamplingFields(_Body):
     user: Optional[str] = None
     # vLLM's extra sampling parameters
     top_k: Optional[int] = None
+    min_p: Optional[float] = None
     repetition_penalty: Optional[float] = None
     min_tokens: int = 0
     ignore_eos: bool = False
     stop_token_ids: Optional[list[int]] = None
     skip_special_tokens: bool = True
     include_stop_str_in_output: bool = False
+    prompt_logprobs: Optional[int] = None
+    return_tokens_as_token_ids: bool = False  # logprobs name tokens "token_id:<id>"
 
 
 class CompletionRequest(_SamplingFields):
@@ -93,8 +120,6 @@ class CompletionRequest(_SamplingFields):
     max_tokens: Optional[int] = 16  # OpenAI's default for completions
     echo: bool = False
     logprobs: Optional[int] = None
-    best_of: Optional[int] = None
-    suffix: Optional[str] = None
 
 
 class ChatMessage(BaseModel):
@@ -114,7 +139,53 @@ class ChatCompletionRequest(_SamplingFields):
     tool_choice: Optional[Any] = None
     parallel_tool_calls: Optional[bool] = None
     add_generation_prompt: bool = True
+    continue_final_message: bool = False
     chat_template_kwargs: Optional[dict[str, Any]] = None
+
+
+class TokenizeRequest(_Body):
+    """vLLM's /tokenize: a ``prompt`` (special tokens added by default) or chat ``messages``
+    (through the chat template; no special tokens added by default)."""
+
+    model: Optional[str] = None
+    prompt: Optional[str] = None
+    messages: Optional[list[ChatMessage]] = None
+    add_special_tokens: Optional[bool] = None
+    add_generation_prompt: bool = True
+    continue_final_message: bool = False
+    chat_template_kwargs: Optional[dict[str, Any]] = None
+    return_token_strs: bool = False
+
+
+class DetokenizeRequest(_Body):
+    model: Optional[str] = None
+    tokens: list[int]
+
+
+_BEAM = (
+    "beam search is not supported: the LPU decodes one sequence at a time; use temperature=0 "
+    "for greedy search, or n with sampling for several answers"
+)
+_STRUCTURED = "structured outputs are not supported yet; ask for the format in the prompt"
+_TOOLS = "tool calling is not supported; describe the tools in the prompt"
+# Fields no request class names that change the output when honoured: ignoring them would
+# answer something else than was asked, so a value other than these no-op ones is a 400.
+_REFUSED: dict[str, tuple[tuple[Any, ...], str]] = {
+    "use_beam_search": ((None, False), _BEAM),
+    "best_of": ((None, 1), "only best_of=1 is supported; use n for several answers"),
+    "length_penalty": ((None, 1.0), f"only applies to beam search; {_BEAM}"),
+    "early_stopping": ((None, False), f"only applies to beam search; {_BEAM}"),
+    "suffix": ((None, ""), "is not supported (no fill-in-the-middle); put the text in the prompt"),
+    "functions": ((None, []), _TOOLS),
+    "function_call": ((None, "none"), _TOOLS),
+    "guided_json": ((None,), _STRUCTURED),
+    "guided_regex": ((None,), _STRUCTURED),
+    "guided_choice": ((None,), _STRUCTURED),
+    "guided_grammar": ((None,), _STRUCTURED),
+    "structured_outputs": ((None,), _STRUCTURED),
+    "allowed_token_ids": ((None,), "is not supported; use logit_bias (-100 bans a token)"),
+    "bad_words": ((None, []), "is not supported; use logit_bias (-100 bans a token)"),
+}
 
 
 class ApiError(Exception):
@@ -209,8 +280,6 @@ def _check_strings(data: Any) -> None:
 def _validation_error(e: ValidationError) -> ApiError:
     err = e.errors()[0]
     param = ".".join(str(p) for p in err.get("loc", ())) or None
-    if err.get("type") == "extra_forbidden":
-        return ApiError(400, f"Unrecognized request argument supplied: {param}", param=param)
     if err.get("type") == "missing":
         return ApiError(400, f"Missing required parameter: '{param}'.", param=param)
     return ApiError(400, f"Invalid value for '{param}': {err.get('msg')}", param=param)
@@ -221,8 +290,25 @@ def _validation_error(e: ValidationError) -> ApiError:
 # --------------------------------------------------------------------------------------------
 
 
+def _check_top(param: str, value: Optional[int]) -> None:
+    """How many top log-probabilities a request may ask for: vLLM's default max_logprobs."""
+    if value is not None and not 0 <= value <= MAX_LOGPROBS:
+        raise ApiError(
+            400,
+            f"{param} must be from 0 to {MAX_LOGPROBS}, got {value}",
+            param=param,
+            code="invalid_value",
+        )
+
+
+def _clamp(logprob: float) -> float:
+    return max(logprob, LOGPROB_FLOOR)
+
+
 class OpenAIServer:
-    """The state behind the routes: the model, its tokenizer, the engine, the API key."""
+    """The state behind the routes: the model, its tokenizer, the engine, the API key, the
+    metrics. The model may come later (:meth:`attach`, from the loader thread): until then
+    ``/health`` answers 503 and the routes that need the model answer 503 ``model_loading``."""
 
     def __init__(
         self,
@@ -235,20 +321,96 @@ class OpenAIServer:
     ) -> None:
         if max_request_bytes < 1:
             raise ValueError(f"max_request_bytes must be >= 1, got {max_request_bytes}")
-        self.model = model
-        self.tokenizer = tokenizer
         self.name = served_model_name
         self.api_key = api_key or None
+        self.max_queue = int(max_queue)
         self.max_request_bytes = int(max_request_bytes)
-        self.engine = Engine(model, tokenizer, max_queue=max_queue)
+        self.model: Any = None
+        self.tokenizer: Any = None
+        self.engine: Optional[Engine] = None  # set last by attach(): the server is ready
+        self.load_error: Optional[BaseException] = None
+        self.metrics = ServerMetrics(served_model_name, self._running, self._waiting)
         self.prep = ThreadPoolExecutor(PREP_THREADS, thread_name_prefix="hyperdex-prep")
         self.loop: Optional[asyncio.AbstractEventLoop] = None  # set by the lifespan
         self.stopping = False  # jobs were cancelled for shutdown: new ones are refused
         self._shutdown_begun = False
+        self._lock = threading.Lock()  # attach() against start() and close()
+        self._started = self._closed = False
+        self.token_str: Callable[[int], str] = str  # TokenTexts(tokenizer) once loaded
+        self.created = int(time.time())
+        if model is not None:
+            self.attach(model, tokenizer)
+
+    # -- life cycle ---------------------------------------------------------------------------
+
+    def attach(self, model: Any, tokenizer: Any) -> None:
+        """Serves ``model`` from now on (once loaded)."""
         # the first call settles a fast tokenizer's padding/truncation state (a mutation);
         # made here, the prep threads only ever read it ("Already borrowed" otherwise)
         tokenizer("warm-up")
-        self.created = int(time.time())
+        engine = Engine(model, tokenizer, self.max_queue, on_finish=self.metrics.finished)
+        with self._lock:
+            if self._closed:  # shut down while loading
+                return
+            self.model, self.tokenizer = model, tokenizer
+            self.token_str = TokenTexts(tokenizer)
+            if self._started:
+                engine.start()
+            self.engine = engine
+
+    def start(
+        self,
+        loader: Optional[Callable[[], tuple[Any, Any]]] = None,
+        on_load_failed: Optional[Callable[[BaseException], None]] = None,
+    ) -> None:
+        """Starts the engine, or ``loader()`` on a thread of its own when there is no model
+        yet (the server answers meanwhile: /health with 503)."""
+        with self._lock:
+            self._started = True
+            if self.engine is not None:
+                self.engine.start()
+        if loader is not None and self.engine is None:
+
+            def load() -> None:
+                try:
+                    self.attach(*loader())
+                except BaseException as e:  # reported; the server cannot serve without it
+                    self.load_error = e
+                    if on_load_failed is None:
+                        log.exception("loading the model failed")
+                    else:
+                        on_load_failed(e)
+
+            threading.Thread(target=load, name="hyperdex-load", daemon=True).start()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            engine = self.engine
+        self.prep.shutdown(wait=False, cancel_futures=True)
+        if engine is not None:
+            engine.shutdown()
+
+    def ready(self) -> Engine:
+        """The engine, or 503 while the model loads."""
+        engine = self.engine
+        if engine is None:
+            why = "failed to load" if self.load_error is not None else "is still loading"
+            raise ApiError(
+                503,
+                f"The model {why}; retry once GET /health answers 200.",
+                type_="server_error",
+                code="model_loading",
+            )
+        return engine
+
+    def _running(self) -> int:
+        engine = self.engine
+        return int(engine is not None and engine.running is not None)
+
+    def _waiting(self) -> int:
+        engine = self.engine
+        return 0 if engine is None else len(engine.queue)
 
     # -- checks ------------------------------------------------------------------------------
 
@@ -308,49 +470,81 @@ class OpenAIServer:
         return b"".join(chunks)
 
     async def prepare(self, request: Request, build: Callable[[bytes], T]) -> T:
-        """Checks the key, reads the body, then ``build(body)`` on the prep pool: JSON parsing,
-        validation and tokenization take long for big prompts and must not stall the loop."""
+        """Checks the key and that the model is loaded, reads the body, then ``build(body)``
+        on the prep pool: JSON parsing, validation and tokenization take long for big prompts
+        and must not stall the loop."""
         self.check_key(request)
+        self.ready()
         try:
             raw = await self.read_body(request)
         except ClientDisconnect:  # gone while sending: nobody reads the answer, nothing failed
             raise ApiError(499, "client closed the request", code="client_closed") from None
         return await asyncio.get_running_loop().run_in_executor(self.prep, build, raw)
 
-    def parse(self, raw: bytes, cls: type[_SamplingFields]) -> Any:
+    def parse(self, raw: bytes, cls: type[_Body]) -> Any:
         data = _load_json(raw)
         try:
             body = cls.model_validate(data)
         except ValidationError as e:
             raise _validation_error(e) from e
-        if body.model != self.name:
+        self.check_extras(body)
+        model = getattr(body, "model", None)
+        if model is not None and model != self.name:
             raise ApiError(
                 404,
-                f"The model `{body.model}` does not exist. This server serves `{self.name}`.",
+                f"The model `{model}` does not exist. This server serves `{self.name}`.",
                 param="model",
                 code="model_not_found",
             )
         return body
 
-    def sampling(self, body: _SamplingFields, max_tokens: Optional[int]) -> Sampling:
-        if body.n != 1:
-            raise _unsupported(
-                "n", "only n=1 is supported (the LPU runs one sequence at a time); send n requests"
+    @staticmethod
+    def check_extras(body: _Body) -> None:
+        """Fields no request class names: 400 for those that would change the answer and
+        cannot be honoured (beam search, ...), a warning for the rest, as vLLM logs them."""
+        extras = dict(body.model_extra or {})
+        options = getattr(body, "stream_options", None)
+        if isinstance(options, _Body):
+            extras.update(
+                {f"stream_options.{k}": v for k, v in (options.model_extra or {}).items()}
             )
-        for name in ("presence_penalty", "frequency_penalty"):
-            if getattr(body, name) not in (None, 0, 0.0):
-                raise _unsupported(name, "is not supported; use repetition_penalty")
-        if body.logit_bias:
-            raise _unsupported("logit_bias", "is not supported")
+        for name, value in extras.items():
+            refused = _REFUSED.get(name)
+            if refused is not None and value not in refused[0]:
+                raise _unsupported(name, refused[1])
+        if extras:
+            log.warning(
+                "The following fields were present in the request but ignored: %s",
+                sorted(extras),
+            )
+
+    def sampling(
+        self,
+        body: _SamplingFields,
+        max_tokens: Optional[int],
+        logprobs: Optional[int] = None,
+        prompt_logprobs: Optional[int] = None,
+    ) -> Sampling:
+        if not 1 <= body.n <= self.max_queue:
+            raise ApiError(
+                400,
+                f"n must be from 1 to {self.max_queue} (the queue's size), got {body.n}",
+                param="n",
+                code="invalid_value",
+            )
         try:
             return Sampling(
                 max_tokens=max_tokens,
                 temperature=1.0 if body.temperature is None else body.temperature,
                 top_p=1.0 if body.top_p is None else body.top_p,
                 top_k=0 if body.top_k is None else body.top_k,
+                min_p=0.0 if body.min_p is None else body.min_p,
                 repetition_penalty=(
                     1.0 if body.repetition_penalty is None else body.repetition_penalty
                 ),
+                presence_penalty=body.presence_penalty or 0.0,
+                frequency_penalty=body.frequency_penalty or 0.0,
+                logit_bias=self.logit_bias(body.logit_bias),
                 seed=body.seed,
                 stop=body.stop or [],
                 stop_token_ids=body.stop_token_ids or [],
@@ -358,14 +552,33 @@ class OpenAIServer:
                 min_tokens=body.min_tokens,
                 skip_special_tokens=body.skip_special_tokens,
                 include_stop_str_in_output=body.include_stop_str_in_output,
+                logprobs=logprobs,
+                prompt_logprobs=prompt_logprobs,
             )
         except ValueError as e:
             param = e.args[1] if len(e.args) > 1 else None
             raise ApiError(400, str(e.args[0]), param=param, code="invalid_value") from e
 
-    def check_ids(self, ids: list[int], param: str) -> list[int]:
+    def logit_bias(self, bias: Optional[dict[str, float]]) -> dict[int, float]:
+        """OpenAI's ``logit_bias``: token ids as strings, values clamped to [-100, 100]."""
         vocab = int(self.model.vocab_size)
-        if not ids:
+        out: dict[int, float] = {}
+        for key, value in (bias or {}).items():
+            if not key.isdigit() or len(key) > 18 or int(key) >= vocab:
+                raise ApiError(
+                    400,
+                    f"logit_bias keys must be token ids in [0, {vocab}), got {key[:40]!r}",
+                    param="logit_bias",
+                    code="invalid_value",
+                )
+            if not math.isfinite(value):
+                raise ApiError(400, "logit_bias values must be finite", param="logit_bias")
+            out[int(key)] = min(LOGIT_BIAS_LIMIT, max(-LOGIT_BIAS_LIMIT, float(value)))
+        return out
+
+    def check_ids(self, ids: list[int], param: str, allow_empty: bool = False) -> list[int]:
+        vocab = int(self.model.vocab_size)
+        if not ids and not allow_empty:
             raise ApiError(400, f"{param} is empty", param=param)
         bad = [t for t in ids if not 0 <= t < vocab]
         if bad:
@@ -387,27 +600,45 @@ class OpenAIServer:
 
     # -- running jobs ------------------------------------------------------------------------
 
-    def submit(self, request: Request, body: Any, prompt_ids: list[int], sampling: Sampling):
-        """Queues one generation; returns (job, its event queue)."""
-        loop = asyncio.get_running_loop()
-        events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
-
-        def sink(kind: str, payload: Any) -> None:
-            with contextlib.suppress(RuntimeError):  # the loop is gone: nobody listens
-                loop.call_soon_threadsafe(events.put_nowait, (kind, payload))
-
+    def submit(
+        self, request: Request, body: _SamplingFields, items: list[tuple[list[int], Sampling]]
+    ) -> list[tuple[Job, asyncio.Queue[tuple[str, Any]]]]:
+        """Queues one generation per (prompt ids, sampling), all or none; returns (job, its
+        event queue) for each."""
         if self.stopping:
             raise self.not_run()
-        job = Job(prompt_ids, sampling, sink, self.client_of(request, body))
-        if not self.engine.submit(job):
-            raise ApiError(
-                429,
-                f"The server is busy: {self.engine.queue.max_jobs} requests are already "
-                "waiting for the device. Retry later.",
-                type_="server_error",
-                code="queue_full",
-            )
-        return job, events
+        engine = self.ready()
+        loop = asyncio.get_running_loop()
+        client = self.client_of(request, body)
+        jobs: list[tuple[Job, asyncio.Queue[tuple[str, Any]]]] = []
+        for ids, sampling in items:
+            events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+
+            def sink(kind: str, payload: Any, events: asyncio.Queue = events) -> None:
+                with contextlib.suppress(RuntimeError):  # the loop is gone: nobody listens
+                    loop.call_soon_threadsafe(events.put_nowait, (kind, payload))
+
+            job = Job(ids, sampling, sink, client)
+            if not engine.submit(job):
+                for queued, _ in jobs:
+                    queued.cancel()
+                raise ApiError(
+                    429,
+                    f"The server is busy: {engine.queue.max_jobs} requests are already "
+                    "waiting for the device. Retry later.",
+                    type_="server_error",
+                    code="queue_full",
+                )
+            jobs.append((job, events))
+        return jobs
+
+    @staticmethod
+    def children(sampling: Sampling, n: int) -> list[Sampling]:
+        """The ``n`` choices of a request: with a seed, choice i samples with seed + i, as vLLM
+        seeds its child requests."""
+        if sampling.seed is None:
+            return [sampling] * n
+        return [sampling.replace(seed=sampling.seed + i) for i in range(n)]
 
     async def result_of(
         self, request: Request, job: Job, events: asyncio.Queue[tuple[str, Any]]
@@ -440,6 +671,16 @@ class OpenAIServer:
             watcher.cancel()
             job.cancel()  # no-op once done
 
+    async def results_of(
+        self, request: Request, jobs: list[tuple[Job, asyncio.Queue[tuple[str, Any]]]]
+    ) -> list[GenerationResult]:
+        """Every job's result in order; on any failure the others are cancelled too."""
+        try:
+            return [await self.result_of(request, job, events) for job, events in jobs]
+        finally:
+            for job, _ in jobs:
+                job.cancel()  # no-op once done
+
     def not_run(self) -> ApiError:
         """Why a job was cancelled before it started (a client that went away reads nothing)."""
         if self.stopping:
@@ -467,37 +708,138 @@ class OpenAIServer:
 
     def cancel_everything(self) -> None:
         self.stopping = True
-        n = self.engine.cancel_all()
+        n = self.engine.cancel_all() if self.engine is not None else 0
         if n:
             log.warning("shutting down: cancelled %d request(s) still queued or running", n)
 
+    # -- response parts ----------------------------------------------------------------------
+
     @staticmethod
-    def usage(results: list[GenerationResult]) -> dict[str, Any]:
-        prompt = sum(r.prompt_tokens for r in results)
+    def usage(results: list[GenerationResult], n: int = 1) -> dict[str, Any]:
+        """OpenAI's usage; the n choices of a prompt count its tokens once."""
+        firsts = results[::n]
+        prompt = sum(r.prompt_tokens for r in firsts)
         completion = sum(r.completion_tokens for r in results)
         return {
             "prompt_tokens": prompt,
             "completion_tokens": completion,
             "total_tokens": prompt + completion,
-            "prompt_tokens_details": {"cached_tokens": sum(r.cached_tokens for r in results)},
+            "prompt_tokens_details": {"cached_tokens": sum(r.cached_tokens for r in firsts)},
         }
 
     @staticmethod
     def finish_reason(result: GenerationResult) -> str:
         return "abort" if result.finish_reason == "cancelled" else result.finish_reason
 
+    def namer(self, body: _SamplingFields) -> Callable[[int], str]:
+        """How log-probabilities name tokens: their text, or vLLM's ``token_id:<id>``."""
+        if body.return_tokens_as_token_ids:
+            return lambda token_id: f"token_id:{token_id}"
+        return self.token_str
+
+    def chat_logprobs(
+        self, entries: list[TokenLogprob], top_n: int, name: Callable[[int], str]
+    ) -> dict[str, Any]:
+        """OpenAI's chat ``logprobs``: per token its text, log-probability and UTF-8 bytes,
+        and the ``top_n`` most likely tokens at that position."""
+
+        def item(token_id: int, logprob: float) -> dict[str, Any]:
+            text = name(token_id)
+            return {
+                "token": text,
+                "logprob": _clamp(logprob),
+                "bytes": list(text.encode("utf-8", errors="replace")),
+            }
+
+        return {
+            "content": [
+                {
+                    **item(e.token_id, e.logprob),
+                    "top_logprobs": [item(t, lp) for t, lp in e.top[:top_n]],
+                }
+                for e in entries
+            ]
+        }
+
+    def completion_logprobs(
+        self,
+        ids: list[int],
+        entries: list[Optional[TokenLogprob]],
+        top_n: int,
+        offset: int,
+        name: Callable[[int], str],
+    ) -> tuple[dict[str, Any], int]:
+        """OpenAI's completions ``logprobs`` (``tokens``, ``token_logprobs``, ``top_logprobs``:
+        the chosen token and the ``top_n`` most likely, ``text_offset``) for tokens whose text
+        starts at ``offset``; also returns the offset after them. An echoed prompt's first
+        token has no log-probability (None)."""
+        tokens: list[str] = []
+        token_logprobs: list[Optional[float]] = []
+        tops: list[Optional[dict[str, float]]] = []
+        offsets: list[int] = []
+        for token_id, e in zip(ids, entries):
+            text = name(token_id)
+            tokens.append(text)
+            offsets.append(offset)
+            offset += len(text)
+            if e is None:
+                token_logprobs.append(None)
+                tops.append(None)
+                continue
+            token_logprobs.append(_clamp(e.logprob))
+            top = {text: _clamp(e.logprob)}
+            for t, lp in e.top[:top_n]:
+                top.setdefault(name(t), _clamp(lp))
+            tops.append(top)
+        out = {
+            "tokens": tokens,
+            "token_logprobs": token_logprobs,
+            "top_logprobs": tops,
+            "text_offset": offsets,
+        }
+        return out, offset
+
+    def vllm_prompt_logprobs(
+        self, entries: list[Optional[TokenLogprob]], top_n: int
+    ) -> list[Optional[dict[str, dict[str, Any]]]]:
+        """vLLM's ``prompt_logprobs``: per prompt token None (the first) or ``{token id:
+        {logprob, rank, decoded_token}}`` for the prompt's token and the ``top_n`` likeliest."""
+        out: list[Optional[dict[str, dict[str, Any]]]] = []
+        for e in entries:
+            if e is None:
+                out.append(None)
+                continue
+            step = {
+                str(e.token_id): {
+                    "logprob": _clamp(e.logprob),
+                    "rank": e.rank,
+                    "decoded_token": self.token_str(e.token_id),
+                }
+            }
+            for rank, (t, lp) in enumerate(e.top[:top_n], 1):
+                step.setdefault(
+                    str(t),
+                    {"logprob": _clamp(lp), "rank": rank, "decoded_token": self.token_str(t)},
+                )
+            out.append(step)
+        return out
+
     # -- routes ------------------------------------------------------------------------------
 
     async def health(self, request: Request) -> Response:
-        s = self.engine.stats
+        engine = self.engine
+        if engine is None:
+            status = "failed" if self.load_error is not None else "loading"
+            return JSONResponse({"status": status, "model": self.name}, status_code=503)
+        s = engine.stats
         cache = self.model.prefix_cache
         return JSONResponse(
             {
                 "status": "ok",
                 "model": self.name,
                 "device": self.model.device_description,
-                "queued": len(self.engine.queue),
-                "running": self.engine.running is not None,
+                "queued": len(engine.queue),
+                "running": engine.running is not None,
                 "requests": {
                     "completed": s.completed,
                     "cancelled": s.cancelled,
@@ -520,6 +862,12 @@ class OpenAIServer:
             }
         )
 
+    async def metrics_text(self, request: Request) -> Response:
+        return Response(self.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    async def version(self, request: Request) -> Response:
+        return JSONResponse({"version": __version__})
+
     def model_card(self) -> dict[str, Any]:
         return {
             "id": self.name,
@@ -531,10 +879,12 @@ class OpenAIServer:
 
     async def models(self, request: Request) -> Response:
         self.check_key(request)
+        self.ready()
         return JSONResponse({"object": "list", "data": [self.model_card()]})
 
     async def model_info(self, request: Request) -> Response:
         self.check_key(request)
+        self.ready()
         if request.path_params["model_id"] != self.name:
             raise ApiError(
                 404,
@@ -544,18 +894,61 @@ class OpenAIServer:
             )
         return JSONResponse(self.model_card())
 
+    # -- /tokenize, /detokenize ----------------------------------------------------------------
+
+    def prepare_tokenize(self, raw: bytes) -> dict[str, Any]:
+        body: TokenizeRequest = self.parse(raw, TokenizeRequest)
+        if (body.prompt is None) == (body.messages is None):
+            raise ApiError(400, "give either prompt or messages", param="prompt")
+        if body.prompt is not None:
+            add = True if body.add_special_tokens is None else body.add_special_tokens
+            encoded = self.tokenizer(
+                body.prompt, add_special_tokens=add, return_attention_mask=False
+            )
+            ids = [int(t) for t in encoded.input_ids]
+        else:
+            ids = self.chat_prompt(
+                body.messages or [],
+                body.add_generation_prompt,
+                body.continue_final_message,
+                body.chat_template_kwargs,
+                add_special_tokens=bool(body.add_special_tokens),
+            )
+        return {
+            "count": len(ids),
+            "max_model_len": int(self.model.max_length),
+            "tokens": ids,
+            "token_strs": self.tokenizer.convert_ids_to_tokens(ids)
+            if body.return_token_strs
+            else None,
+        }
+
+    async def tokenize(self, request: Request) -> Response:
+        return JSONResponse(await self.prepare(request, self.prepare_tokenize))
+
+    def prepare_detokenize(self, raw: bytes) -> dict[str, Any]:
+        body: DetokenizeRequest = self.parse(raw, DetokenizeRequest)
+        ids = self.check_ids(list(body.tokens), "tokens", allow_empty=True)
+        return {"prompt": self.tokenizer.decode(ids)}
+
+    async def detokenize(self, request: Request) -> Response:
+        return JSONResponse(await self.prepare(request, self.prepare_detokenize))
+
+    # -- /v1/completions -----------------------------------------------------------------------
+
     def prepare_completion(
         self, raw: bytes
     ) -> tuple[CompletionRequest, Sampling, list[tuple[str, list[int]]]]:
         """(body, sampling, [(prompt text, prompt ids)]) of a completions request (prep pool)."""
         body: CompletionRequest = self.parse(raw, CompletionRequest)
-        if body.logprobs:
-            raise _unsupported("logprobs", "is not supported")
-        if body.best_of not in (None, 1):
-            raise _unsupported("best_of", "only best_of=1 is supported")
-        if body.suffix:
-            raise _unsupported("suffix", "is not supported")
-        sampling = self.sampling(body, body.max_tokens)
+        if body.stream and body.prompt_logprobs is not None:
+            raise _unsupported("prompt_logprobs", "is not available when stream is true")
+        for name in ("logprobs", "prompt_logprobs"):
+            _check_top(name, getattr(body, name))
+        prompt_n = body.prompt_logprobs
+        if body.echo and body.logprobs is not None:  # the echoed prompt gets log-probs too
+            prompt_n = max(prompt_n or 0, body.logprobs)
+        sampling = self.sampling(body, body.max_tokens, body.logprobs, prompt_n)
         prompts: list[tuple[str, list[int]]] = []
         prompt = body.prompt
         items: list[Any] = [prompt] if isinstance(prompt, str) else list(prompt)
@@ -576,60 +969,92 @@ class OpenAIServer:
 
     async def completions(self, request: Request) -> Response:
         body, sampling, prompts = await self.prepare(request, self.prepare_completion)
-        rid = f"cmpl-{uuid.uuid4().hex}"
-        jobs = [self.submit(request, body, ids, sampling) for _, ids in prompts]
-        base = {"id": rid, "object": "text_completion", "created": int(time.time())}
-        base["model"] = self.name
+        n = body.n
+        children = self.children(sampling, n)
+        jobs = self.submit(request, body, [(ids, c) for _, ids in prompts for c in children])
+        base = {
+            "id": f"cmpl-{uuid.uuid4().hex}",
+            "object": "text_completion",
+            "created": int(time.time()),
+            "model": self.name,
+        }
+        top_n = body.logprobs
+        name = self.namer(body)
 
         if not body.stream:
-            results = []
-            for job, events in jobs:
-                results.append(await self.result_of(request, job, events))
-            choices = [
-                {
-                    "index": i,
-                    "text": (prompts[i][0] if body.echo else "") + r.text,
+            results = await self.results_of(request, jobs)
+            choices = []
+            for k, r in enumerate(results):
+                text, ids = prompts[k // n]
+                choice: dict[str, Any] = {
+                    "index": k,
+                    "text": (text if body.echo else "") + r.text,
                     "logprobs": None,
                     "finish_reason": self.finish_reason(r),
                     "stop_reason": r.stop_reason,
                 }
-                for i, r in enumerate(results)
-            ]
-            return JSONResponse({**base, "choices": choices, "usage": self.usage(results)})
+                if top_n is not None and r.logprobs is not None:
+                    all_ids, entries = r.token_ids, list(r.logprobs)
+                    if body.echo and r.prompt_logprobs is not None:
+                        all_ids, entries = ids + all_ids, r.prompt_logprobs + entries
+                    choice["logprobs"] = self.completion_logprobs(all_ids, entries, top_n, 0, name)[
+                        0
+                    ]
+                if body.prompt_logprobs is not None and r.prompt_logprobs is not None:
+                    choice["prompt_logprobs"] = self.vllm_prompt_logprobs(
+                        r.prompt_logprobs, body.prompt_logprobs
+                    )
+                choices.append(choice)
+            return JSONResponse({**base, "choices": choices, "usage": self.usage(results, n)})
 
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
 
-        def chunk(i: int, text: str, finish: Optional[str] = None) -> str:
-            data = {
-                **base,
-                "choices": [{"index": i, "text": text, "logprobs": None, "finish_reason": finish}],
-            }
+        def chunk(k: int, text: str, finish: Optional[str] = None, logprobs: Any = None) -> str:
+            choice = {"index": k, "text": text, "logprobs": logprobs, "finish_reason": finish}
+            data: dict[str, Any] = {**base, "choices": [choice]}
             if include_usage:
                 data["usage"] = None
             return format_sse(json.dumps(data))
 
         async def stream() -> AsyncIterator[str]:
-            results = []
+            results: list[GenerationResult] = []
             try:
-                for i, (_job, events) in enumerate(jobs):
-                    if body.echo:
-                        yield chunk(i, prompts[i][0])
+                for k, (_job, events) in enumerate(jobs):
+                    text, ids = prompts[k // n]
+                    offset = 0  # text_offset of the next token of this choice
+                    if body.echo and top_n is None:
+                        yield chunk(k, text)
                     async for kind, payload in _drain(events):
                         if kind == "delta":
-                            yield chunk(i, payload)
+                            delta: Delta = payload
+                            if delta.prompt_logprobs is not None:  # echo with logprobs
+                                lp, offset = self.completion_logprobs(
+                                    ids, delta.prompt_logprobs, top_n or 0, offset, name
+                                )
+                                yield chunk(k, text, logprobs=lp)
+                                continue
+                            lp = None
+                            if top_n is not None and delta.logprobs is not None:
+                                lp, offset = self.completion_logprobs(
+                                    [e.token_id for e in delta.logprobs],
+                                    list(delta.logprobs),
+                                    top_n,
+                                    offset,
+                                    name,
+                                )
+                            yield chunk(k, delta.text, logprobs=lp)
                         elif kind == "error":
                             yield _error_event(payload)
                             return
                         elif payload is not None:
                             results.append(payload)
-                            yield chunk(i, "", self.finish_reason(payload))
+                            yield chunk(k, "", self.finish_reason(payload))
                         else:  # cancelled before it started: the server is stopping
                             yield _event(self.not_run())
                             return
                 if include_usage:
-                    yield format_sse(
-                        json.dumps({**base, "choices": [], "usage": self.usage(results)})
-                    )
+                    usage = {**base, "choices": [], "usage": self.usage(results, n)}
+                    yield format_sse(json.dumps(usage))
                 yield format_sse("[DONE]")
             finally:
                 for job, _ in jobs:
@@ -637,83 +1062,126 @@ class OpenAIServer:
 
         return _sse(stream())
 
+    # -- /v1/chat/completions ------------------------------------------------------------------
+
     def prepare_chat(self, raw: bytes) -> tuple[ChatCompletionRequest, Sampling, list[int]]:
         """(body, sampling, prompt ids) of a chat request (on the prep pool)."""
         body: ChatCompletionRequest = self.parse(raw, ChatCompletionRequest)
-        if body.logprobs:
-            raise _unsupported("logprobs", "is not supported")
         if body.tools:
-            raise _unsupported("tools", "tool calling is not supported")
+            raise _unsupported("tools", _TOOLS)
         if body.response_format and body.response_format.get("type") not in (None, "text"):
-            raise _unsupported("response_format", "only {'type': 'text'} is supported")
+            raise _unsupported("response_format", f"only {{'type': 'text'}}: {_STRUCTURED}")
+        if body.top_logprobs is not None and not body.logprobs:
+            raise ApiError(
+                400, "top_logprobs needs logprobs: true", param="top_logprobs", code="invalid_value"
+            )
+        for name in ("top_logprobs", "prompt_logprobs"):
+            _check_top(name, getattr(body, name))
+        if body.stream and body.prompt_logprobs is not None:
+            raise _unsupported("prompt_logprobs", "is not available when stream is true")
         if not body.messages:
             raise ApiError(400, "messages must hold at least one message", param="messages")
         max_tokens = body.max_completion_tokens
         if max_tokens is None:
             max_tokens = body.max_tokens
-        sampling = self.sampling(body, max_tokens)
-        ids = self.chat_prompt(body)
+        logprobs = (body.top_logprobs or 0) if body.logprobs else None
+        sampling = self.sampling(body, max_tokens, logprobs, body.prompt_logprobs)
+        ids = self.chat_prompt(
+            body.messages,
+            body.add_generation_prompt,
+            body.continue_final_message,
+            body.chat_template_kwargs,
+        )
+        self.check_ids(ids, "messages")
         self.check_budget(ids, sampling, "messages")
         return body, sampling, ids
 
     async def chat_completions(self, request: Request) -> Response:
         body, sampling, ids = await self.prepare(request, self.prepare_chat)
-        job, events = self.submit(request, body, ids, sampling)
+        n = body.n
+        jobs = self.submit(request, body, [(ids, c) for c in self.children(sampling, n)])
         base = {
             "id": f"chatcmpl-{uuid.uuid4().hex}",
             "object": "chat.completion",
             "created": int(time.time()),
             "model": self.name,
         }
+        top_n = sampling.logprobs  # None: no logprobs
+        name = self.namer(body)
+
         if not body.stream:
-            r = await self.result_of(request, job, events)
-            choice = {
-                "index": 0,
-                "message": {"role": "assistant", "content": r.text},
-                "logprobs": None,
-                "finish_reason": self.finish_reason(r),
-                "stop_reason": r.stop_reason,
-            }
-            return JSONResponse({**base, "choices": [choice], "usage": self.usage([r])})
+            results = await self.results_of(request, jobs)
+            choices = [
+                {
+                    "index": k,
+                    "message": {"role": "assistant", "content": r.text},
+                    "logprobs": None
+                    if top_n is None or r.logprobs is None
+                    else self.chat_logprobs(r.logprobs, top_n, name),
+                    "finish_reason": self.finish_reason(r),
+                    "stop_reason": r.stop_reason,
+                }
+                for k, r in enumerate(results)
+            ]
+            answer = {**base, "choices": choices, "usage": self.usage(results, n)}
+            if body.prompt_logprobs is not None and results[0].prompt_logprobs is not None:
+                answer["prompt_logprobs"] = self.vllm_prompt_logprobs(
+                    results[0].prompt_logprobs, body.prompt_logprobs
+                )
+            return JSONResponse(answer)
 
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         base["object"] = "chat.completion.chunk"
 
-        def chunk(delta: dict[str, Any], finish: Optional[str] = None) -> str:
-            data = {
-                **base,
-                "choices": [
-                    {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
-                ],
-            }
+        def chunk(
+            k: int, delta: dict[str, Any], finish: Optional[str] = None, logprobs: Any = None
+        ) -> str:
+            choice = {"index": k, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
+            data: dict[str, Any] = {**base, "choices": [choice]}
             if include_usage:
                 data["usage"] = None
             return format_sse(json.dumps(data))
 
         async def stream() -> AsyncIterator[str]:
+            results: list[GenerationResult] = []
             try:
-                yield chunk({"role": "assistant", "content": ""})
-                async for kind, payload in _drain(events):
-                    if kind == "delta":
-                        yield chunk({"content": payload})
-                    elif kind == "error":
-                        yield _error_event(payload)
-                        return
-                    elif payload is not None:
-                        yield chunk({}, self.finish_reason(payload))
-                        if include_usage:
-                            usage = {**base, "choices": [], "usage": self.usage([payload])}
-                            yield format_sse(json.dumps(usage))
-                    else:  # cancelled before it started: the server is stopping
-                        yield _event(self.not_run())
-                        return
+                for k in range(len(jobs)):
+                    yield chunk(k, {"role": "assistant", "content": ""})
+                for k, (_job, events) in enumerate(jobs):
+                    async for kind, payload in _drain(events):
+                        if kind == "delta":
+                            lp = None
+                            if top_n is not None and payload.logprobs is not None:
+                                lp = self.chat_logprobs(payload.logprobs, top_n, name)
+                            yield chunk(k, {"content": payload.text}, logprobs=lp)
+                        elif kind == "error":
+                            yield _error_event(payload)
+                            return
+                        elif payload is not None:
+                            results.append(payload)
+                            yield chunk(k, {}, self.finish_reason(payload))
+                        else:  # cancelled before it started: the server is stopping
+                            yield _event(self.not_run())
+                            return
+                if include_usage:
+                    usage = {**base, "choices": [], "usage": self.usage(results, n)}
+                    yield format_sse(json.dumps(usage))
                 yield format_sse("[DONE]")
             finally:
-                job.cancel()
+                for job, _ in jobs:
+                    job.cancel()
 
         return _sse(stream())
 
-    def chat_prompt(self, body: ChatCompletionRequest) -> list[int]:
+    def chat_prompt(
+        self,
+        messages: list[ChatMessage],
+        add_generation_prompt: bool = True,
+        continue_final_message: bool = False,
+        chat_template_kwargs: Optional[dict[str, Any]] = None,
+        add_special_tokens: bool = False,
+    ) -> list[int]:
+        """The token ids of a conversation through the tokenizer's chat template."""
         tok = self.tokenizer
         if not getattr(tok, "chat_template", None):
             raise ApiError(
@@ -721,8 +1189,8 @@ class OpenAIServer:
                 "this model's tokenizer has no chat template; use /v1/completions",
                 param="messages",
             )
-        messages = []
-        for i, m in enumerate(body.messages):
+        conversation = []
+        for i, m in enumerate(messages):
             content = m.content
             if isinstance(content, list):
                 parts = []
@@ -734,18 +1202,21 @@ class OpenAIServer:
             message = {"role": m.role, "content": content or ""}
             if m.name:
                 message["name"] = m.name
-            messages.append(message)
+            conversation.append(message)
+        options = dict(chat_template_kwargs or {})
+        if continue_final_message:  # only when asked: not every template knows it
+            options["continue_final_message"] = True
         try:
             text = tok.apply_chat_template(
-                messages,
-                add_generation_prompt=body.add_generation_prompt,
+                conversation,
+                add_generation_prompt=add_generation_prompt,
                 tokenize=False,
-                **(body.chat_template_kwargs or {}),
+                **options,
             )
         except Exception as e:  # the template rejected the conversation (roles, order)
             raise ApiError(400, f"the chat template failed: {e}", param="messages") from e
-        ids = tok(text, add_special_tokens=False, return_attention_mask=False).input_ids
-        return self.check_ids(list(ids), "messages")
+        ids = tok(text, add_special_tokens=add_special_tokens, return_attention_mask=False)
+        return [int(t) for t in ids.input_ids]
 
 
 async def _drain(events: asyncio.Queue[tuple[str, Any]]) -> AsyncIterator[tuple[str, Any]]:
@@ -780,8 +1251,15 @@ def create_app(
     api_key: Optional[str] = None,
     max_queue: int = 256,
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+    loader: Optional[Callable[[], tuple[Any, Any]]] = None,
+    on_load_failed: Optional[Callable[[BaseException], None]] = None,
 ) -> Starlette:
-    """The ASGI application serving ``model`` (run it with uvicorn)."""
+    """The ASGI application serving ``model`` (run it with uvicorn). With ``model`` None,
+    ``loader()`` (returning ``(model, tokenizer)``) runs on a thread once the server starts,
+    which answers meanwhile (``/health``: 503); ``on_load_failed(exception)`` hears if it
+    fails."""
+    if model is None and loader is None:
+        raise ValueError("create_app needs a model or a loader")
     server = OpenAIServer(
         model, tokenizer, served_model_name, api_key, max_queue, max_request_bytes
     )
@@ -798,12 +1276,11 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         server.loop = asyncio.get_running_loop()
-        server.engine.start()
+        server.start(loader, on_load_failed)
         try:
             yield
         finally:
-            server.prep.shutdown(wait=False, cancel_futures=True)
-            await asyncio.get_running_loop().run_in_executor(None, server.engine.shutdown)
+            await asyncio.get_running_loop().run_in_executor(None, server.close)
 
     async def http_error(request: Request, exc: Exception) -> Response:
         status = getattr(exc, "status_code", 500)
@@ -823,6 +1300,10 @@ def create_app(
     app = Starlette(
         routes=[
             Route("/health", handle(server.health), methods=["GET"]),
+            Route("/metrics", handle(server.metrics_text), methods=["GET"]),
+            Route("/version", handle(server.version), methods=["GET"]),
+            Route("/tokenize", handle(server.tokenize), methods=["POST"]),
+            Route("/detokenize", handle(server.detokenize), methods=["POST"]),
             Route("/v1/models", handle(server.models), methods=["GET"]),
             Route("/v1/models/{model_id:path}", handle(server.model_info), methods=["GET"]),
             Route("/v1/completions", handle(server.completions), methods=["POST"]),

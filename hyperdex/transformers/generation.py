@@ -6,13 +6,17 @@ The device returns fp32 logits for the next position of one sequence (a numpy ar
 
 * :class:`GenerationConfig` -- transformers' option names and defaults, plus ``seed`` and
   ``stop``.
-* The logits pipeline, in transformers' order: :func:`apply_repetition_penalty`,
+* The logits pipeline, in transformers' order: :func:`apply_logit_bias`,
+  :func:`apply_repetition_penalty`, :func:`apply_presence_frequency_penalty` (vLLM's),
   :func:`apply_min_new_tokens`, then, only when sampling, :func:`apply_temperature`,
-  :func:`apply_top_k` and :func:`apply_top_p`. :class:`LogitsPipeline` chains them for a config.
+  :func:`apply_top_k`, :func:`apply_top_p` and :func:`apply_min_p` (``sampling_order="vllm"``
+  moves min-p before top-k). :class:`LogitsPipeline` chains them for a config.
 * Token choice: :func:`greedy_token` (first maximum, as ``torch.argmax``) or :func:`sample_token`
   (from the softmax, with a seeded ``numpy.random.Generator``); :class:`TokenSampler` picks one.
 * :class:`StoppingCriteria` -- eos ids, stop ids, stop strings and the length budget.
 * :class:`GenerationSession` -- all of the above plus a streamer, for one ``generate()`` call.
+  A streamer that also has ``put_step(token, logits, scores)`` gets every step's raw logits
+  and processed scores (log-probabilities are computed from them by the serving engine).
 
 A generate loop (the model class owns the device calls)::
 
@@ -52,7 +56,10 @@ __all__ = [
     "LogitsPipeline",
     "StoppingCriteria",
     "TokenSampler",
+    "apply_logit_bias",
     "apply_min_new_tokens",
+    "apply_min_p",
+    "apply_presence_frequency_penalty",
     "apply_repetition_penalty",
     "apply_temperature",
     "apply_top_k",
@@ -94,7 +101,6 @@ _NOOP_TRANSFORMERS_OPTIONS: dict[str, Any] = {
     "num_return_sequences": 1,
     "min_length": 0,
     "typical_p": 1.0,
-    "min_p": None,
     "top_h": None,
     "epsilon_cutoff": 0.0,
     "eta_cutoff": 0.0,
@@ -161,6 +167,8 @@ class GenerationConfig:
         top_k: keep the k highest logits (ties with the k-th are kept too); 0 disables.
         top_p: nucleus sampling, in (0, 1]; 1.0 disables.
         repetition_penalty: > 0; 1.0 disables. Applies in greedy search too.
+        min_p: when sampling, tokens whose probability (after temperature) is below
+            ``min_p`` times the top token's are removed; None or 0 disables. In [0, 1].
         eos_token_id: an id or a list of ids that end generation (kept in the output).
         pad_token_id, bos_token_id: recorded for the caller; batch-1 generation never pads.
 
@@ -174,6 +182,15 @@ class GenerationConfig:
             must overlap the last token, so text already in the prompt never matches). The
             token that completes the string is kept and the text is not trimmed. A lone str or
             int is accepted as a one-element list.
+        presence_penalty, frequency_penalty: OpenAI's and vLLM's penalties, in [-2, 2]: every
+            token already *generated* (the prompt does not count) has ``presence_penalty``
+            plus ``frequency_penalty`` times its count subtracted from its logit. Greedy
+            search too; 0 disables.
+        logit_bias: ``{token id: bias}`` added to the logits before any other processing
+            (greedy search too), as vLLM's ``logit_bias``.
+        sampling_order: ``"transformers"`` (temperature, top-k, top-p, min-p) or ``"vllm"``
+            (temperature, min-p, top-k, top-p); the two differ only when min_p and top_p are
+            both set.
 
     Hyperdex's historical defaults (top_p=0.7, top_k=1, repetition_penalty=1.2) are
     deliberately not used: the defaults are transformers'.
@@ -197,6 +214,11 @@ class GenerationConfig:
     bos_token_id: int | None = None
     seed: int | None = None
     stop: list[StopItem] = field(default_factory=list)
+    min_p: float | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: dict[int, float] | None = None
+    sampling_order: str = "transformers"
 
     def __post_init__(self) -> None:
         self.validate()
@@ -298,6 +320,26 @@ class GenerationConfig:
             self.seed = int(self.seed)
 
         self.stop = _normalize_stop(self.stop)
+
+        if self.min_p is not None:
+            if not _is_real(self.min_p) or not 0.0 <= self.min_p <= 1.0:
+                raise (TypeError if not _is_real(self.min_p) else ValueError)(
+                    f"min_p must be None or a float in [0, 1] (0 disables it), got {self.min_p!r}"
+                )
+            self.min_p = float(self.min_p)
+        for name in ("presence_penalty", "frequency_penalty"):
+            value = getattr(self, name)
+            if not _is_real(value):
+                raise TypeError(f"{name} must be a float in [-2, 2] (0 disables it), got {value!r}")
+            if not -2.0 <= value <= 2.0:
+                raise ValueError(f"{name} must be a float in [-2, 2] (0 disables it), got {value}")
+            setattr(self, name, float(value))
+        if self.logit_bias is not None:
+            self.logit_bias = _normalize_logit_bias(self.logit_bias)
+        if self.sampling_order not in ("transformers", "vllm"):
+            raise ValueError(
+                f"sampling_order must be 'transformers' or 'vllm', got {self.sampling_order!r}"
+            )
 
     # -- derived values ------------------------------------------------------------------
 
@@ -428,7 +470,15 @@ class GenerationConfig:
     def _checked_updates(self, kwargs: Mapping[str, Any]) -> dict[str, Any]:
         """Map user keywords to field updates; raise on unknown names like a typo would."""
         names = self._field_names()
-        nullable = {"max_new_tokens", "eos_token_id", "pad_token_id", "bos_token_id", "seed"}
+        nullable = {
+            "max_new_tokens",
+            "eos_token_id",
+            "pad_token_id",
+            "bos_token_id",
+            "seed",
+            "min_p",
+            "logit_bias",
+        }
         updates: dict[str, Any] = {}
         for key, value in kwargs.items():
             if key == "stop_strings":  # transformers' name for string stops, merged below
@@ -481,6 +531,7 @@ class GenerationConfig:
                 if isinstance(self.eos_token_id, list)
                 else self.eos_token_id
             ),
+            logit_bias=None if self.logit_bias is None else dict(self.logit_bias),
         )
         new.update(**kwargs)
         return new
@@ -491,6 +542,20 @@ class GenerationConfig:
         out = dataclasses.asdict(self)
         out["max_length"] = int(self.max_length)
         return out
+
+
+def _normalize_logit_bias(bias: Any) -> dict[int, float]:
+    """``{token id: finite float}``; keys may be ints or decimal strings (JSON objects)."""
+    if not isinstance(bias, Mapping):
+        raise TypeError(f"logit_bias must be a dict of token id -> bias, got {bias!r}")
+    out: dict[int, float] = {}
+    for key, value in bias.items():
+        token = int(key) if isinstance(key, str) and key.strip().isdigit() else key
+        token = _check_token_id("a logit_bias key", token)
+        if not _is_real(value) or not math.isfinite(value):
+            raise ValueError(f"logit_bias[{token}] must be a finite number, got {value!r}")
+        out[token] = float(value)
+    return out
 
 
 def _normalize_stop(stop: Any) -> list[StopItem]:
@@ -562,6 +627,45 @@ def apply_repetition_penalty(scores: np.ndarray, ids: np.ndarray, penalty: float
     return padded[:, :vocab]
 
 
+def apply_logit_bias(scores: np.ndarray, bias: Mapping[int, float]) -> np.ndarray:
+    """vLLM's ``logit_bias``: ``bias[id]`` is added to the score of each id (float32). An id
+    outside the vocab raises ValueError, as vLLM does. Returns a new array."""
+    scores = _as_scores(scores)
+    vocab = scores.shape[-1]
+    out = scores.copy()
+    if not bias:
+        return out
+    ids = np.fromiter(bias.keys(), dtype=np.int64, count=len(bias))
+    if ids.max() >= vocab or ids.min() < 0:
+        bad = int(ids[(ids >= vocab) | (ids < 0)][0])
+        raise ValueError(f"logit_bias holds token id {bad}, outside the vocab [0, {vocab})")
+    values = np.fromiter(bias.values(), dtype=np.float32, count=len(bias))
+    out[..., ids] += values
+    return out
+
+
+def apply_presence_frequency_penalty(
+    scores: np.ndarray, generated: np.ndarray, presence: float, frequency: float
+) -> np.ndarray:
+    """OpenAI's and vLLM's penalties on the *generated* tokens only (``generated``, int [k];
+    the prompt is not passed): each id seen ``c`` times loses ``frequency * c + presence``
+    (float32, as vLLM's ``logits -= f * counts; logits -= p * mask``). Ids >= vocab are
+    ignored. Returns a new array."""
+    scores = _as_scores(scores)
+    if scores.ndim != 1:
+        raise ValueError(f"scores must have shape [vocab], got {scores.shape}")
+    vocab = scores.shape[-1]
+    out = scores.copy()
+    ids = np.asarray(generated, dtype=np.int64)
+    ids = ids[(ids >= 0) & (ids < vocab)]
+    if ids.size == 0:
+        return out
+    seen, counts = np.unique(ids, return_counts=True)
+    out[seen] -= np.float32(frequency) * counts.astype(np.float32)
+    out[seen] -= np.float32(presence)
+    return out
+
+
 def apply_min_new_tokens(
     scores: np.ndarray, num_new_tokens: int, min_new_tokens: int, eos_ids: Sequence[int]
 ) -> np.ndarray:
@@ -594,6 +698,26 @@ def apply_top_k(scores: np.ndarray, top_k: int, min_tokens_to_keep: int = 1) -> 
     k = min(max(int(top_k), min_tokens_to_keep), vocab)
     kth = np.partition(scores, vocab - k, axis=-1)[..., vocab - k : vocab - k + 1]
     return np.where(scores < kth, _NEG_INF, scores)
+
+
+def apply_min_p(scores: np.ndarray, min_p: float, min_tokens_to_keep: int = 1) -> np.ndarray:
+    """transformers' MinPLogitsWarper (and vLLM's min_p): tokens whose softmax probability is
+    below ``min_p`` times the top token's become -inf; the ``min_tokens_to_keep`` most likely
+    stay. The softmax is float32, as in both."""
+    if not (_is_real(min_p) and 0.0 <= min_p <= 1.0):
+        raise ValueError(f"min_p must be a float in [0, 1], got {min_p!r}")
+    scores = _as_scores(scores)
+    peak = scores.max(axis=-1, keepdims=True)
+    with np.errstate(invalid="ignore", over="ignore"):
+        weights = np.exp(scores - peak)
+        probs = weights / weights.sum(axis=-1, keepdims=True)
+    top = probs.max(axis=-1, keepdims=True)
+    remove = probs < np.float32(min_p) * top
+    k = min(int(min_tokens_to_keep), scores.shape[-1])
+    if k > 0:
+        keep = np.argpartition(-probs, k - 1, axis=-1)[..., :k]
+        np.put_along_axis(remove, keep, False, axis=-1)
+    return np.where(remove, _NEG_INF, scores)
 
 
 # top-p sorts only the finite scores when there are at most this many (e.g. after top-k),
@@ -675,8 +799,10 @@ def _top_p_row(scores: np.ndarray, top_p: float, min_keep: int) -> np.ndarray:
 class LogitsPipeline:
     """The processors a :class:`GenerationConfig` enables, in transformers' order.
 
-    Always: repetition penalty (if != 1.0), min_new_tokens (if > 0 and there are eos/stop ids).
-    Sampling only: temperature (if != 1.0), top-k (if > 0), top-p (if < 1.0).
+    Always: logit bias (if any), repetition penalty (if != 1.0), presence/frequency penalties
+    (if != 0), min_new_tokens (if > 0 and there are eos/stop ids). Sampling only: temperature
+    (if != 1.0), top-k (if > 0), top-p (if < 1.0), min-p (if > 0; before top-k with
+    ``sampling_order="vllm"``).
 
     Call with the ids so far (prompt + generated, int [n]) and the device's logits ([vocab] or
     [1, vocab], any float dtype); returns float32 scores [vocab], never modifying the input.
@@ -705,19 +831,30 @@ class LogitsPipeline:
                 "logits contain NaN or +inf; the device produced invalid values (check the "
                 "compiled model and its weights)"
             )
+        if cfg.logit_bias:
+            scores = apply_logit_bias(scores, cfg.logit_bias)
         if cfg.repetition_penalty != 1.0:
             scores = apply_repetition_penalty(scores, ids, cfg.repetition_penalty)
+        if cfg.presence_penalty != 0.0 or cfg.frequency_penalty != 0.0:
+            scores = apply_presence_frequency_penalty(
+                scores, ids[self.prompt_length :], cfg.presence_penalty, cfg.frequency_penalty
+            )
         if cfg.min_new_tokens > 0 and self.eos_ids:
             scores = apply_min_new_tokens(
                 scores, len(ids) - self.prompt_length, cfg.min_new_tokens, self.eos_ids
             )
         if cfg.do_sample:
+            min_p = cfg.min_p or 0.0
             if cfg.temperature != 1.0:
                 scores = apply_temperature(scores, cfg.temperature)
+            if min_p > 0 and cfg.sampling_order == "vllm":
+                scores = apply_min_p(scores, min_p)
             if cfg.top_k != 0:
                 scores = apply_top_k(scores, cfg.top_k)
             if cfg.top_p < 1.0:
                 scores = apply_top_p(scores, cfg.top_p)
+            if min_p > 0 and cfg.sampling_order == "transformers":
+                scores = apply_min_p(scores, min_p)
         return scores
 
 
@@ -848,7 +985,9 @@ class GenerationSession:
         streamer: anything with ``put``/``end`` (hyperdex or transformers streamers). It gets
             the prompt ([1, n] int64) at construction, each new token ([1] int64) from
             :meth:`step`, and ``end()`` once when generation finishes or :meth:`close` is
-            called.
+            called. If it also has ``put_step(token, logits, scores)``, that gets each step's
+            chosen token, the logits as given to :meth:`step` (before any processing; the
+            caller's buffer, so copy what you keep) and the processed scores, before ``put``.
         max_position_embeddings: the model's context, caps the default 20-token budget.
 
     Use: while not ``done``: feed the device's logits for the last position to :meth:`step`,
@@ -889,6 +1028,8 @@ class GenerationSession:
         self.finish_reason: str | None = None
         self.last_scores: np.ndarray | None = None
         self.streamer = streamer
+        # the serving engine's log-probabilities come from the raw logits of each step
+        self._put_step = getattr(streamer, "put_step", None)
         self._streamer_ended = False
         # transformers' LogitsProcessor / StoppingCriteria objects (host-side, torch): run
         # after hyperdex's own processing, as transformers appends a caller's list to its own.
@@ -933,6 +1074,9 @@ class GenerationSession:
         token = self.sampler(scores)
         self._ids[self._length] = token
         self._length += 1
+        if self._put_step is not None:
+            raw = np.asarray(logits)
+            self._put_step(token, raw[0] if raw.ndim == 2 else raw, scores)
         if self.streamer is not None:
             self.streamer.put(np.array([token], dtype=np.int64))
         reason = self.stopping(self._ids[: self._length])
