@@ -66,9 +66,7 @@ def memory_map_dict(
                 ),
                 # A mixture's experts: each a block of rows / experts rows (expert_rows of
                 # its sources, then zero padding), starting on channel 0.
-                **(
-                    {"experts": r.experts, "expert_rows": r.expert_rows} if r.experts else {}
-                ),
+                **({"experts": r.experts, "expert_rows": r.expert_rows} if r.experts else {}),
             }
             for r in plan.regions
         ],
