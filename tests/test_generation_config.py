@@ -219,6 +219,26 @@ def test_from_model_dir_reads_generation_config(tmp_path: Path) -> None:
         assert getattr(cfg, name) == getattr(hf, name), name
 
 
+def test_to_diff_dict_lists_what_was_set_as_transformers_does(tmp_path: Path) -> None:
+    """transformers' pipelines read a model's generation config through ``to_diff_dict`` and
+    add their own defaults (do_sample=True, ...) for what it lacks: a value set at its default
+    must be listed, as transformers lists it."""
+    data = {**LLAMA_GENERATION_CONFIG, "do_sample": False, "top_k": 50, "max_length": 20}
+    _write(tmp_path / "generation_config.json", data)
+    ours = GenerationConfig.from_model_dir(tmp_path).to_diff_dict()
+    theirs = transformers.GenerationConfig.from_pretrained(tmp_path).to_diff_dict()
+    assert set(ours) == set(data) - {"transformers_version"}
+    assert all(ours[k] == theirs[k] for k in ours), (ours, theirs)
+    # Without a file: what differs from the defaults, the untouched max_length not among it.
+    assert GenerationConfig().to_diff_dict() == {}
+    assert GenerationConfig(top_k=5, max_length=30).to_diff_dict() == {"top_k": 5, "max_length": 30}
+    # update and copy set explicitly too, and copies keep what was set before.
+    cfg = GenerationConfig()
+    cfg.update(do_sample=False)
+    assert cfg.to_diff_dict() == {"do_sample": False}
+    assert cfg.copy(top_p=0.5).to_diff_dict() == {"do_sample": False, "top_p": 0.5}
+
+
 def test_from_model_dir_falls_back_to_config_json(tmp_path: Path) -> None:
     _write(tmp_path / "config.json", {"eos_token_id": 2, "bos_token_id": 1, "hidden_size": 8})
     cfg = GenerationConfig.from_model_dir(tmp_path)

@@ -12,6 +12,7 @@ import helpers as H
 import numpy as np
 import pytest
 import torch
+import transformers
 
 
 @pytest.fixture(scope="module")
@@ -101,8 +102,6 @@ def test_numpy_input_gives_a_numpy_loss(pair: tuple[Any, Any, str], tmp_path: Pa
 
 
 def test_generate_takes_a_transformers_generation_config(pair: tuple[Any, Any, str]) -> None:
-    import transformers
-
     _, lm, _ = pair
     ids = torch.tensor([[1, 5, 9, 2]])
     want = lm.generate(ids, max_new_tokens=6, do_sample=False)
@@ -149,22 +148,21 @@ def test_config_tells_the_compiled_context_and_dtype(pair: tuple[Any, Any, str])
     assert d["max_position_embeddings"] == 64 and d["dtype"] == "float16"
 
 
+class BanGreedy(transformers.LogitsProcessor):
+    """Forbids whatever token leads: greedy then picks the runner-up."""
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        scores = scores.clone()
+        scores[0, scores[0].argmax()] = -float("inf")
+        return scores
+
+
 def test_transformers_logits_processors_and_stopping_criteria(pair: tuple[Any, Any, str]) -> None:
     """transformers' processor and criterion lists run on the host after hyperdex's own
     processing, with the same tokens as transformers' generate given the same lists."""
-    import transformers
-
     hf, lm, _ = pair
     ids = torch.tensor([[1, 5, 9, 2, 7]])
     plain = lm.generate(ids, max_new_tokens=8, do_sample=False)
-
-    class BanGreedy(transformers.LogitsProcessor):
-        """Forbids whatever token leads: greedy then picks the runner-up."""
-
-        def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-            scores = scores.clone()
-            scores[0, scores[0].argmax()] = -float("inf")
-            return scores
 
     banned = lm.generate(ids, max_new_tokens=8, do_sample=False, logits_processor=[BanGreedy()])
     assert not torch.equal(banned[:, 5:], plain[:, 5:])
@@ -179,3 +177,17 @@ def test_transformers_logits_processors_and_stopping_criteria(pair: tuple[Any, A
     # A stopping criterion ends the sequence where it says.
     stop = transformers.StoppingCriteriaList([transformers.MaxLengthCriteria(max_length=5 + 3)])
     assert lm.generate(ids, max_new_tokens=8, stopping_criteria=stop).shape[1] == 5 + 3
+
+
+def test_generate_yield_takes_processors_and_criteria_as_generate(
+    pair: tuple[Any, Any, str],
+) -> None:
+    """The streaming generator runs transformers' lists as generate does."""
+    _, lm, _ = pair
+    ids = torch.tensor([[1, 5, 9, 2, 7]])
+    banned = lm.generate(ids, max_new_tokens=8, do_sample=False, logits_processor=[BanGreedy()])
+    streamed = lm.generate_yield(ids, max_new_tokens=8, logits_processor=[BanGreedy()])
+    assert list(streamed) == banned[0, 5:].tolist()
+    assert banned[0, 5:].tolist() != lm.generate(ids, max_new_tokens=8)[0, 5:].tolist()
+    stop = transformers.StoppingCriteriaList([transformers.MaxLengthCriteria(max_length=5 + 3)])
+    assert len(list(lm.generate_yield(ids, max_new_tokens=8, stopping_criteria=stop))) == 3

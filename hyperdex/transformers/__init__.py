@@ -1,11 +1,12 @@
 """hyperdex.transformers: run compiled models with the ``transformers`` API
-(AutoConfig, AutoTokenizer, AutoModelForCausalLM, TextStreamer)."""
+(AutoConfig, AutoTokenizer, AutoModelForCausalLM, TextStreamer, pipeline)."""
 
 from __future__ import annotations
 
 from .configuration import AutoConfig, LPUConfig
 from .generation import GenerationConfig
 from .modeling import AutoModelForCausalLM, CausalLMOutput, LPUModelForCausalLM
+from .pipelines import pipeline
 from .streamers import BaseStreamer, TextIteratorStreamer, TextStreamer
 from .tokenization import AutoTokenizer
 
@@ -20,4 +21,5 @@ __all__ = [
     "LPUModelForCausalLM",
     "TextIteratorStreamer",
     "TextStreamer",
+    "pipeline",
 ]

@@ -419,7 +419,9 @@ class GenerationConfig:
         extra_stop = data.get("stop_strings")
         if extra_stop is not None:
             kwargs["stop"] = _normalize_stop(kwargs.get("stop", [])) + _normalize_stop(extra_stop)
-        return cls(**kwargs)
+        config = cls(**kwargs)
+        config._given = frozenset(kwargs)  # set even where equal to a default: to_diff_dict
+        return config
 
     @classmethod
     def from_model_dir(cls, path: str | os.PathLike[str]) -> GenerationConfig:
@@ -520,6 +522,7 @@ class GenerationConfig:
         new = dataclasses.replace(self, **updates)  # validates
         for name in self._field_names():
             setattr(self, name, getattr(new, name))
+        self._given = getattr(self, "_given", frozenset()) | frozenset(updates)
 
     def copy(self, **kwargs: Any) -> GenerationConfig:
         """A validated copy with ``kwargs`` applied by the rules of :meth:`update`."""
@@ -533,6 +536,7 @@ class GenerationConfig:
             ),
             logit_bias=None if self.logit_bias is None else dict(self.logit_bias),
         )
+        new._given = getattr(self, "_given", frozenset())
         new.update(**kwargs)
         return new
 
@@ -541,6 +545,23 @@ class GenerationConfig:
         default ``max_length`` into an explicit 20)."""
         out = dataclasses.asdict(self)
         out["max_length"] = int(self.max_length)
+        return out
+
+    def to_diff_dict(self) -> dict[str, Any]:
+        """The options set apart from the defaults, as transformers' ``to_diff_dict`` gives
+        them (its pipelines read a model's generation config through it to decide which of
+        their own defaults apply): those that differ from :class:`GenerationConfig`'s
+        defaults, and those set explicitly by a file (:meth:`from_dict`), :meth:`update` or
+        :meth:`copy` even at a default value (``"do_sample": false`` counts as set, as in
+        transformers). ``max_length`` only once set (see the class doc)."""
+        given = getattr(self, "_given", frozenset())
+        defaults = GenerationConfig().to_dict()
+        out: dict[str, Any] = {}
+        for name, value in self.to_dict().items():
+            if name == "max_length" and self.max_length_is_default:
+                continue
+            if name in given or value != defaults[name]:
+                out[name] = value
         return out
 
 
@@ -988,6 +1009,7 @@ class GenerationSession:
             called. If it also has ``put_step(token, logits, scores)``, that gets each step's
             chosen token, the logits as given to :meth:`step` (before any processing; the
             caller's buffer, so copy what you keep) and the processed scores, before ``put``.
+            If it has ``constrain_logits(logits)``, its result replaces the logits first.
         max_position_embeddings: the model's context, caps the default 20-token budget.
 
     Use: while not ``done``: feed the device's logits for the last position to :meth:`step`,
@@ -1030,6 +1052,10 @@ class GenerationSession:
         self.streamer = streamer
         # the serving engine's log-probabilities come from the raw logits of each step
         self._put_step = getattr(streamer, "put_step", None)
+        # structured outputs (hyperdex.serving.structured): a streamer with
+        # constrain_logits(logits) -> logits masks what its grammar forbids before any other
+        # processing, as vLLM applies its grammar bitmask to the raw logits
+        self._constrain = getattr(streamer, "constrain_logits", None)
         self._streamer_ended = False
         # transformers' LogitsProcessor / StoppingCriteria objects (host-side, torch): run
         # after hyperdex's own processing, as transformers appends a caller's list to its own.
@@ -1065,6 +1091,8 @@ class GenerationSession:
                 f"generation already finished ({self.finish_reason}); start a new session"
             )
         ids = self._ids[: self._length]
+        if self._constrain is not None:
+            logits = self._constrain(logits)
         scores = self.pipeline(ids, logits)
         if np.may_share_memory(scores, logits):  # unprocessed: not the caller's buffer
             scores = scores.copy()

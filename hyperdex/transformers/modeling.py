@@ -38,6 +38,19 @@ log = logging.getLogger("hyperdex")
 PathLike = Union[str, Path]
 
 
+class _NotSupportedLogFilter(logging.Filter):
+    """Drops the error transformers' pipelines log for a model whose class name is not one of
+    theirs ("The model 'LPUModelForCausalLM' is not supported for text-generation ..."): the
+    check compares names only, and the pipeline runs this model all the same."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("The model 'LPUModelForCausalLM' is not")
+
+
+# The logger transformers creates later by this name is this same object.
+logging.getLogger("transformers.pipelines.base").addFilter(_NotSupportedLogFilter())
+
+
 @dataclass
 class CausalLMOutput:
     """What ``model(input_ids)`` returns; ``logits`` is [batch, seq, vocab] (fp32), of the
@@ -115,19 +128,58 @@ def _logits_out(logits: np.ndarray, kind: IdsKind) -> Any:
     return logits
 
 
-def _check_attention_mask(mask: Any, shape: tuple[int, ...]) -> None:
-    if mask is None:
-        return
-    array = np.asarray(mask.cpu() if hasattr(mask, "cpu") else mask)
+def _mask_array(mask: Any, shape: tuple[int, ...]) -> np.ndarray:
+    """An attention mask (torch, numpy or lists; 1 = attend, 0 = padding) as a bool array of
+    the ids' 2-D shape."""
+    array = np.asarray(mask.detach().cpu() if hasattr(mask, "detach") else mask)
     if array.ndim == 1:
         array = array[None]
     if array.shape != shape:
         raise ValueError(f"attention_mask has shape {array.shape}, input_ids has {shape}")
-    if not np.all(array == 1):
+    if array.dtype.kind not in "biuf" or not np.isin(array, (0, 1)).all():
+        raise ValueError("attention_mask must hold 1 (a token) and 0 (padding) only")
+    return array.astype(bool)
+
+
+def _check_attention_mask(mask: Any, shape: tuple[int, ...]) -> None:
+    if mask is None:
+        return
+    if not _mask_array(mask, shape).all():
         raise ValueError(
-            "attention_mask with padding (zeros) is not supported: the LPU runs one sequence "
-            "at a time, so pass each sequence unpadded (or a batch of equal-length rows)"
+            "attention_mask with padding (zeros) is not supported by the forward call: the LPU "
+            "runs one sequence at a time, so pass each sequence unpadded (or a batch of "
+            "equal-length rows); generate() takes padded batches"
         )
+
+
+def _unpadded_prompts(ids: np.ndarray, mask: Any, config: GenerationConfig) -> list[np.ndarray]:
+    """Each row's prompt without its padding. The device runs one sequence at a time, so a
+    padded position is dropped rather than masked: a row generates as it would alone.
+
+    As transformers' generate: the positions whose ``attention_mask`` is 0 are padding (left
+    padding, or anywhere); without a mask, every ``pad_token_id`` in the ids is padding,
+    unless the pad is also an eos id (then nothing is, and a batch draws transformers'
+    warning, as does a batch without a mask or a pad id)."""
+    if mask is not None:
+        keep = _mask_array(mask, ids.shape)
+    elif config.pad_token_id is not None and config.pad_token_id not in config.eos_token_ids:
+        keep = ids != config.pad_token_id
+    else:
+        keep = np.ones(ids.shape, dtype=bool)
+        if ids.shape[0] > 1 and config.eos_token_ids:
+            log.warning(
+                "hyperdex: the attention mask is not set with a batched input, and cannot be "
+                "inferred from it (%s); every token is attended. Pass the tokenizer's "
+                "attention_mask to drop padding.",
+                "no pad_token_id"
+                if config.pad_token_id is None
+                else "the pad token is an eos token",
+            )
+    prompts = [row[k] for row, k in zip(ids, keep)]
+    for b, prompt in enumerate(prompts):
+        if prompt.size == 0:
+            raise ValueError(f"row {b} of the batch is all padding: nothing to generate from")
+    return prompts
 
 
 @dataclass
@@ -217,6 +269,10 @@ class LPUModelForCausalLM:
     over and the generator raises RuntimeError when resumed.
     """
 
+    # What transformers' pipelines read of a model (text in, text out).
+    input_modalities = "text"
+    output_modalities = ("text",)
+
     def __init__(
         self,
         folder: Path,
@@ -242,6 +298,11 @@ class LPUModelForCausalLM:
         # The estimated board time of every call, whatever the backend (docs/cost-model.md).
         self._stats = RunProfiler(folder)
         self.last_stats: Optional[GenerationStats] = None
+
+    @classmethod
+    def can_generate(cls) -> bool:
+        """True, as for a transformers model with ``generate`` (pipelines ask)."""
+        return True
 
     # -- properties --------------------------------------------------------------------------
 
@@ -383,6 +444,12 @@ class LPUModelForCausalLM:
         one after another (the device runs one sequence at a time); shorter results are padded
         with ``pad_token_id`` (else the first eos id).
 
+        A left-padded batch with its ``attention_mask`` (a tokenizer's ``padding=True``) runs
+        each row without its padding, so a row gets the tokens it gets alone; the output keeps
+        the input's layout, new tokens appended, as transformers returns it. Without a mask,
+        the ``pad_token_id`` tokens are the padding, as transformers infers it (see
+        :func:`_unpadded_prompts`).
+
         Afterwards ``model.last_stats`` holds the estimated board time of what ran (the cost
         model on the compiled preset, whatever the backend); ``profile=True`` (a file or folder
         path, or the ``HYPERDEX_PROFILE`` environment variable) also writes a Chrome/Perfetto
@@ -391,19 +458,18 @@ class LPUModelForCausalLM:
         if input_ids is None:
             raise TypeError("generate() needs input_ids (token ids of the prompt)")
         profile = kwargs.pop("profile", None)
-        tokenizer = kwargs.pop("tokenizer", None)  # transformers takes one for stop strings
-        if tokenizer is not None:
-            self._tokenizer = tokenizer
-        # transformers' LogitsProcessorList / StoppingCriteriaList: host-side, only when given.
-        hooks = {k: kwargs.pop(k, None) for k in ("logits_processor", "stopping_criteria")}
+        hooks = self._pop_hooks(kwargs)
         flags = {}
         for name in ("return_dict_in_generate", "output_logits", "output_scores"):
             flags[name] = kwargs.pop(name, False)
             if not isinstance(flags[name], bool):
                 raise TypeError(f"{name} must be True or False, got {flags[name]!r}")
         ids, kind = to_numpy_ids(input_ids, "input_ids", vocab_size=self.vocab_size)
-        _check_attention_mask(attention_mask, ids.shape)
         config = self._config_for(generation_config, kwargs)
+        prompts = _unpadded_prompts(ids, attention_mask, config)
+        if config.max_new_tokens is None and not config.max_length_is_default:
+            # transformers counts a padded batch's whole width against max_length
+            config = config.copy(max_new_tokens=config.max_new_tokens_for(ids.shape[1]))
         if config.do_sample and config.seed is None:
             config = config.copy(seed=_torch_seed())
         if streamer is not None and ids.shape[0] != 1:
@@ -413,9 +479,11 @@ class LPUModelForCausalLM:
         rows = []
         with self._gate.hold():  # all rows and their stats in one turn
             self._stats.begin(profile)
-            for row in ids:
+            for prompt in prompts:
                 trace: list[tuple[np.ndarray, np.ndarray]] = []
-                tokens = self._generate_row(row, config, streamer, trace if record else None, hooks)
+                tokens = self._generate_row(
+                    prompt, config, streamer, trace if record else None, hooks
+                )
                 rows.append(np.array(list(tokens), dtype=np.int64))
                 traces.append(trace)
             self.last_stats = self._stats.finish(self.backend)
@@ -457,28 +525,46 @@ class LPUModelForCausalLM:
         input_ids: Any,
         generation_config: Optional[GenerationConfig] = None,
         streamer: Any = None,
+        attention_mask: Any = None,
         **kwargs: Any,
     ) -> Iterator[int]:
         """Yields each new token id as soon as the device produces it (batch 1); sets
-        ``last_stats`` when it ends (``profile`` as for generate).
+        ``last_stats`` when it ends. Takes generate's options (``profile``, ``tokenizer``,
+        ``logits_processor``, ``stopping_criteria``); the positions an ``attention_mask`` marks
+        0 are dropped, but without one no token is taken for padding.
 
         The generator holds the device from its first step until it is exhausted, closed or
         garbage-collected: other threads' calls on this model wait until then. A call from
         this same thread meanwhile (another generator's first step included) takes the device
         over, and this generator raises RuntimeError at its next step."""
         profile = kwargs.pop("profile", None)
+        hooks = self._pop_hooks(kwargs)
         ids, _ = to_numpy_ids(input_ids, "input_ids", vocab_size=self.vocab_size)
         if ids.shape[0] != 1:
             raise ValueError("generate_yield() takes one sequence (batch 1)")
         config = self._config_for(generation_config, kwargs)
+        # Only a mask marks padding here: the serving engine streams prompts through this
+        # call, and a prompt's tokens are never dropped for equalling pad_token_id.
+        prompt = (
+            ids[0] if attention_mask is None else _unpadded_prompts(ids, attention_mask, config)[0]
+        )
         token = self._gate.acquire()
         try:
             self._stats.begin(profile)
-            yield from self._generate_row(ids[0], config, streamer)
+            yield from self._generate_row(prompt, config, streamer, None, hooks)
         finally:
             # taken over: the stats (and the device) are someone else's now
             if self._gate.release(token):
                 self.last_stats = self._stats.finish(self.backend)
+
+    def _pop_hooks(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """Takes generate's host-side options out of ``kwargs``: transformers'
+        LogitsProcessorList / StoppingCriteriaList (run only when given), and a tokenizer
+        (transformers takes one for stop strings), kept for later calls."""
+        tokenizer = kwargs.pop("tokenizer", None)
+        if tokenizer is not None:
+            self._tokenizer = tokenizer
+        return {k: kwargs.pop(k, None) for k in ("logits_processor", "stopping_criteria")}
 
     def _config_for(
         self, generation_config: Optional[GenerationConfig], kwargs: dict[str, Any]
