@@ -1071,6 +1071,27 @@ class GenerationSession:
         return self.finish_reason is not None
 
     @property
+    def needs_logits(self) -> bool:
+        """Whether choosing a token needs the logits on the host. Not for greedy decoding with
+        no processor that changes the scores and nobody who reads them (log-probabilities, a
+        grammar, a caller's processors or criteria): then the device's own argmax (the first
+        maximum, as :func:`greedy_token`) is the token, and :meth:`step_token` takes it
+        without the logits crossing to Python."""
+        cfg = self.config
+        return bool(
+            cfg.do_sample
+            or cfg.logit_bias
+            or cfg.repetition_penalty != 1.0
+            or cfg.presence_penalty != 0.0
+            or cfg.frequency_penalty != 0.0
+            or (cfg.min_new_tokens > 0 and self.pipeline.eos_ids)
+            or self.user_processors
+            or self.user_criteria
+            or self._put_step is not None
+            or self._constrain is not None
+        )
+
+    @property
     def output_ids(self) -> np.ndarray:
         """Prompt + generated tokens, int64 [n] (a copy)."""
         return self._ids[: self._length].copy()
@@ -1100,19 +1121,40 @@ class GenerationSession:
             scores = self._run_user_processors(ids, scores)
         self.last_scores = scores
         token = self.sampler(scores)
-        self._ids[self._length] = token
-        self._length += 1
         if self._put_step is not None:
             raw = np.asarray(logits)
             self._put_step(token, raw[0] if raw.ndim == 2 else raw, scores)
+        self._accept(token)
+        if not self.done and self.user_criteria and self._user_stop(scores):
+            self._finish("stop")  # a caller's criterion, as a stop
+        return token
+
+    def step_token(self, token: int) -> int:
+        """Record, stream and check the next token as :meth:`step` does, where the device chose
+        it (its argmax) because nothing needs the logits (:attr:`needs_logits` is false);
+        :attr:`last_scores` is then None."""
+        if self.done:
+            raise RuntimeError(
+                f"generation already finished ({self.finish_reason}); start a new session"
+            )
+        if self.needs_logits:
+            raise RuntimeError(
+                "this generation processes or reads the logits; pass them to step() instead"
+            )
+        self.last_scores = None
+        token = int(token)
+        self._accept(token)
+        return token
+
+    def _accept(self, token: int) -> None:
+        """Appends the chosen token, streams it and checks the stopping criteria."""
+        self._ids[self._length] = token
+        self._length += 1
         if self.streamer is not None:
             self.streamer.put(np.array([token], dtype=np.int64))
         reason = self.stopping(self._ids[: self._length])
-        if reason is None and self.user_criteria and self._user_stop(scores):
-            reason = "stop"  # a caller's criterion, as a stop
         if reason is not None:
             self._finish(reason)
-        return token
 
     def _torch_ids(self, length: int) -> Any:
         import torch

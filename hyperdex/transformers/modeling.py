@@ -626,8 +626,15 @@ class LPUModelForCausalLM:
             with self._lock:
                 self._owner = owner
                 logits = self._prefill_prompt(prompt)
+            # Greedy decoding that nothing on the host processes or reads takes the device's
+            # argmax: one call per step and no logits copied to Python (issue 18).
+            on_device = trace is None and not session.needs_logits
+            argmax = 0
             while True:
-                token = session.step(logits)
+                if logits is None:
+                    token = session.step_token(argmax)
+                else:
+                    token = session.step(logits)
                 if trace is not None:
                     trace.append((logits.copy(), session.last_scores))
                 self._stats.token()
@@ -643,7 +650,7 @@ class LPUModelForCausalLM:
                         )
                     position = self._session.position
                     try:
-                        _, logits = self._session.decode(int(token), True)
+                        argmax, logits = self._session.decode(int(token), not on_device)
                     except BaseException:
                         self._kv.sync()
                         raise
