@@ -6,6 +6,7 @@ Written by ``python3 scripts/deps.py lock`` from constraints.txt; do not edit.
 TESTED = {
     "filelock": "4.3.2",
     "gguf": "0.19.0",
+    "llguidance": "1.9.1",
     "matplotlib": "3.11.2",
     "numpy": "2.4.6",
     "prometheus-client": "0.26.0",

@@ -6,7 +6,8 @@ disassembles and runs models on the emulator, with NumPy tensors in and out. The
 
 * ``torch``: PyTorch tensors in and out, PyTorch ``.bin`` checkpoints, hybrid (GPU) prefill
 * ``gguf``: GGUF checkpoints (gguf and torch)
-* ``serve``: ``hdex-serve`` (starlette, uvicorn, pydantic, prometheus_client for ``/metrics``)
+* ``serve``: ``hdex-serve`` (starlette, uvicorn, pydantic, prometheus_client for ``/metrics``,
+  llguidance for structured outputs and tool calls: needed by those requests only)
 * ``explore``: ``hdex-explore`` (PyYAML for its inputs, matplotlib for its plots)
 
 A feature calls :func:`require_extra` before it does any work; a missing package is then one

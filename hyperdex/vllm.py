@@ -11,7 +11,10 @@ GPUs from ``NUM_GPU_DEVICES``. Prompts run one after another (the LPU decodes on
 a time); the prefix cache makes a shared prompt prefix cost one prefill. ``n`` > 1 runs the
 prompt n times (with a seed, choice i samples with seed + i, as vLLM seeds its children).
 Log-probabilities are vLLM's default ``raw_logprobs``: the log-softmax of the model's logits,
-before penalties, bias, temperature and top-k/top-p.
+before penalties, bias, temperature and top-k/top-p. Structured outputs:
+``SamplingParams(structured_outputs=StructuredOutputsParams(json=schema))`` (or ``regex``,
+``choice``, ``grammar``, ``json_object``; vLLM's older ``guided_decoding=GuidedDecodingParams(...)``
+too); ``LLM.chat(messages, tools=[...])`` renders the tools through the chat template.
 """
 
 from __future__ import annotations
@@ -32,8 +35,23 @@ from .serving.engine import (
     TokenTexts,
     run_generation,
 )
+from .serving.structured import (
+    Grammar,
+    GrammarCompiler,
+    GuidedDecodingParams,
+    StructuredOutputsParams,
+)
+from .serving.tool_calls import parse_tools, template_handles_tools, template_messages
 
-__all__ = ["LLM", "CompletionOutput", "Logprob", "RequestOutput", "SamplingParams"]
+__all__ = [
+    "LLM",
+    "CompletionOutput",
+    "GuidedDecodingParams",
+    "Logprob",
+    "RequestOutput",
+    "SamplingParams",
+    "StructuredOutputsParams",
+]
 
 log = logging.getLogger("hyperdex")
 
@@ -71,7 +89,8 @@ class SamplingParams:
     lower the logits of tokens already generated; ``logit_bias`` adds to logits by token id;
     ``logprobs`` / ``prompt_logprobs`` ask for that many top log-probabilities per generated /
     prompt token. ``seed`` None takes one from the LLM's seed, so runs repeat; with ``n`` > 1
-    choice i samples with seed + i."""
+    choice i samples with seed + i. ``structured_outputs`` constrains the output (a JSON
+    schema, a regex, a choice, a grammar); ``guided_decoding`` is its older name."""
 
     n: int = 1
     best_of: Optional[int] = None
@@ -95,6 +114,8 @@ class SamplingParams:
     spaces_between_special_tokens: bool = True
     include_stop_str_in_output: bool = False
     logit_bias: Optional[dict[int, float]] = None
+    structured_outputs: Optional[StructuredOutputsParams] = None
+    guided_decoding: Optional[GuidedDecodingParams] = None
 
     def __post_init__(self) -> None:
         if isinstance(self.n, bool) or not isinstance(self.n, int) or self.n < 1:
@@ -105,6 +126,12 @@ class SamplingParams:
             )
         if not self.detokenize:
             raise ValueError("detokenize=False is not supported")
+        for name in ("structured_outputs", "guided_decoding"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, StructuredOutputsParams):
+                raise TypeError(f"{name} must be a StructuredOutputsParams, got {value!r}")
+        if self.structured_outputs is not None and self.guided_decoding is not None:
+            raise ValueError("give structured_outputs or guided_decoding (its old name), not both")
         try:
             self._sampling(None)  # validates the rest
         except ValueError as e:
@@ -249,6 +276,7 @@ class LLM:
             )
         self._seeds = np.random.default_rng(seed)
         self._next_id = 0
+        self._grammars = GrammarCompiler.for_model(self.model, self.tokenizer)
 
     def get_tokenizer(self) -> Any:
         return self.tokenizer
@@ -286,22 +314,29 @@ class LLM:
         add_generation_prompt: bool = True,
         continue_final_message: bool = False,
         chat_template_kwargs: Optional[dict[str, Any]] = None,
+        tools: Optional[list[dict[str, Any]]] = None,
         **kwargs: Any,
     ) -> list[RequestOutput]:
         """Generates a reply to each conversation (a list of ``{"role", "content"}``, or a
-        list of such lists), through the tokenizer's chat template."""
-        if kwargs.get("tools"):
-            raise ValueError("tool calling is not supported")
+        list of such lists), through the tokenizer's chat template. ``tools`` (OpenAI's
+        shape) go to the template, or into the system message when the template ignores
+        them (hyperdex.serving.tool_calls); the reply's text holds any ``<tool_call>``."""
         conversations = messages if messages and isinstance(messages[0], list) else [messages]
+        tool_list = parse_tools(tools) if tools else []
+        native = template_handles_tools(self.tokenizer) if chat_template is None else True
         items = []
         for conv in conversations:
+            conv, template_tools = template_messages(list(conv), tool_list, native)
+            options = dict(chat_template_kwargs or {})
+            if template_tools:
+                options["tools"] = template_tools
             text = self.tokenizer.apply_chat_template(
                 conv,
                 chat_template=chat_template,
                 add_generation_prompt=add_generation_prompt,
                 continue_final_message=continue_final_message,
                 tokenize=False,
-                **(chat_template_kwargs or {}),
+                **options,
             )
             ids = list(self.tokenizer(text, add_special_tokens=False).input_ids)
             items.append((text, ids))
@@ -380,6 +415,11 @@ class LLM:
 
         self._check_logprobs(params)
         texts = TokenTexts(self.tokenizer)
+        grammars: dict[int, Grammar] = {}  # one compile per SamplingParams
+        for sp in params:
+            spec = sp.structured_outputs or sp.guided_decoding
+            if spec is not None and id(sp) not in grammars:
+                grammars[id(sp)] = self._grammars.compile(spec)
         results = []
         with progress_bar(len(items), "Processed prompts", "prompt", enabled=use_tqdm) as bar:
             for (text, ids), sp in zip(items, params):
@@ -392,10 +432,12 @@ class LLM:
                         seed = int(self._seeds.integers(0, 2**31))
                     else:
                         seed = None
-                    sampling = sp._sampling(seed).replace(seed=seed)
+                    sampling = sp._sampling(seed).replace(seed=seed, grammar=grammars.get(id(sp)))
                     if i > 0:  # the prompt's log-probabilities are the same for every child
                         sampling = sampling.replace(prompt_logprobs=None)
-                    r = run_generation(self.model, self.tokenizer, ids, sampling)
+                    r = run_generation(
+                        self.model, self.tokenizer, ids, sampling, grammars=self._grammars
+                    )
                     if i == 0:
                         cached = r.cached_tokens
                         if r.prompt_logprobs is not None:

@@ -24,6 +24,8 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
+from .structured import Grammar, GrammarCompiler, GrammarMatcher
+
 log = logging.getLogger("hyperdex.serve")
 
 __all__ = [
@@ -64,6 +66,8 @@ class Sampling:
     ``frequency_penalty`` (on generated tokens), ``logit_bias`` (``{token id: bias}``, added
     first), ``logprobs`` (that many top log-probabilities per generated token, besides the
     chosen token's; None: none) and ``prompt_logprobs`` (the same for the prompt's tokens).
+    ``grammar``: structured outputs, the output is constrained to it (compiled by the model's
+    :class:`~.structured.GrammarCompiler`).
     """
 
     max_tokens: Optional[int] = 16
@@ -84,6 +88,7 @@ class Sampling:
     logit_bias: dict[int, float] = field(default_factory=dict)
     logprobs: Optional[int] = None
     prompt_logprobs: Optional[int] = None
+    grammar: Optional[Grammar] = None
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -144,6 +149,14 @@ class Sampling:
             value = getattr(self, name)
             if value is not None and (not is_int(value) or value < 0):
                 raise bad(name, f"must be an integer >= 0 (None: off), got {value!r}")
+        if self.grammar is not None and self.min_tokens > 0:
+            # The grammar may end the output before min_tokens, whose eos mask would then
+            # forbid every token the grammar allows.
+            raise bad(
+                "min_tokens",
+                "cannot be combined with a structured output or tool calls (the grammar may "
+                "end the output sooner); drop min_tokens",
+            )
 
     def generate_kwargs(self, max_new_tokens: int) -> dict[str, Any]:
         """Keyword arguments for ``LPUModelForCausalLM.generate_yield``."""
@@ -306,22 +319,32 @@ class TokenTexts:
         return text
 
 
-class _StepRecorder:
-    """A streamer for ``generate_yield`` that keeps the log-probabilities of each chosen token
-    (GenerationSession calls ``put_step`` with the raw logits of every step)."""
+class _StepHooks:
+    """What :func:`run_generation` hands ``generate_yield`` as its streamer. ``put`` and
+    ``end`` do nothing; GenerationSession looks up ``put_step`` (it gets each step's logits:
+    the log-probabilities of each chosen token are kept in :attr:`steps`) and
+    ``constrain_logits`` (structured outputs: a grammar masks the logits), so each is there
+    only when asked for, and a request that asks for neither costs nothing per step."""
 
-    def __init__(self, n: int) -> None:
-        self.n = n
+    def __init__(self, logprobs: Optional[int], constraint: Optional[GrammarMatcher]) -> None:
         self.steps: list[TokenLogprob] = []
+        self.put_step: Optional[Callable[[int, np.ndarray, np.ndarray], None]] = None
+        self.constrain_logits: Optional[Callable[[np.ndarray], np.ndarray]] = None
+        if logprobs is not None:
+            n = logprobs
+
+            def put_step(token: int, logits: np.ndarray, scores: np.ndarray) -> None:
+                self.steps.append(token_logprob(logits, token, n))
+
+            self.put_step = put_step
+        if constraint is not None:
+            self.constrain_logits = constraint.constrain_logits
 
     def put(self, value: Any) -> None:
         pass
 
     def end(self) -> None:
         pass
-
-    def put_step(self, token: int, logits: np.ndarray, scores: np.ndarray) -> None:
-        self.steps.append(token_logprob(logits, token, self.n))
 
 
 # --------------------------------------------------------------------------------------------
@@ -391,10 +414,17 @@ def run_generation(
     sampling: Sampling,
     on_delta: Optional[Callable[[Delta], None]] = None,
     cancelled: Optional[threading.Event] = None,
+    grammars: Optional[GrammarCompiler] = None,
 ) -> GenerationResult:
     """Generates for one prompt on ``model``, calling ``on_delta(Delta)`` as text is released;
-    stops early when ``cancelled`` is set (finish_reason "cancelled")."""
+    stops early when ``cancelled`` is set (finish_reason "cancelled"). A ``sampling.grammar``
+    needs the model's ``grammars``; generation stops once the grammar is complete."""
     budget = token_budget(model, len(prompt_ids), sampling.max_tokens)
+    constraint = None
+    if sampling.grammar is not None:
+        if grammars is None:
+            raise ValueError("a constrained generation needs the model's GrammarCompiler")
+        constraint = grammars.matcher(sampling.grammar)
     detok = IncrementalDetokenizer(
         tokenizer, sampling.stop, sampling.skip_special_tokens, sampling.include_stop_str_in_output
     )
@@ -405,7 +435,10 @@ def run_generation(
         prompt_lp = prompt_logprobs(model, prompt_ids, sampling.prompt_logprobs)
         if on_delta is not None:
             on_delta(Delta("", None, prompt_lp))
-    recorder = _StepRecorder(sampling.logprobs) if sampling.logprobs is not None else None
+    hooks = None
+    if sampling.logprobs is not None or constraint is not None:
+        hooks = _StepHooks(sampling.logprobs, constraint)
+    recorder = hooks if sampling.logprobs is not None else None
     sent = 0  # recorder.steps already sent with a delta
 
     def emit(text: str) -> None:
@@ -421,8 +454,8 @@ def run_generation(
     finish, stop_reason = "length", None
     cached = 0
     kwargs = sampling.generate_kwargs(budget)
-    if recorder is not None:
-        kwargs["streamer"] = recorder
+    if hooks is not None:
+        kwargs["streamer"] = hooks
     stream = model.generate_yield([list(prompt_ids)], **kwargs)
     try:
         for token in stream:
@@ -430,6 +463,8 @@ def run_generation(
             if not tokens:
                 cached = int(model.last_cached_tokens)
             tokens.append(int(token))
+            if constraint is not None:
+                constraint.accept(token)
             delta = detok.add(token)
             if delta:
                 emit(delta)
@@ -438,6 +473,9 @@ def run_generation(
                 break
             if token in stop_ids or token in eos_ids:
                 finish, stop_reason = "stop", (int(token) if token in stop_ids else None)
+                break
+            if constraint is not None and constraint.done:  # ended by the grammar's eos token
+                finish = "stop"
                 break
             if cancelled is not None and cancelled.is_set():
                 finish = "cancelled"
@@ -554,9 +592,11 @@ class Engine:
         tokenizer: Any,
         max_queue: int = 256,
         on_finish: Optional[Callable[[Job, GenerationResult], None]] = None,
+        grammars: Optional[GrammarCompiler] = None,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
+        self.grammars = grammars
         self.queue = FairQueue(max_queue)
         self.stats = EngineStats()
         self.on_finish = on_finish
@@ -604,6 +644,7 @@ class Engine:
                     job.sampling,
                     on_delta=lambda delta, job=job: job.sink("delta", delta),
                     cancelled=job.cancelled,
+                    grammars=self.grammars,
                 )
             except Exception as e:  # reported to the request; the engine goes on
                 self.running = None

@@ -8,7 +8,10 @@ names), ``GET /version``, ``POST /tokenize`` and ``POST /detokenize`` (vLLM's sh
 extra sampling ones (``top_k``, ``min_p``, ``repetition_penalty``, ``min_tokens``,
 ``ignore_eos``, ``stop_token_ids``, ``prompt_logprobs``, ...); fields it does not know are
 ignored with a warning, as vLLM does, except those that would change the output and cannot be
-honoured (beam search, structured outputs, tools), which get a 400 naming the option.
+honoured (beam search, ...), which get a 400 naming the option. Structured outputs
+(``response_format``, vLLM's ``structured_outputs`` and ``guided_*``) and tool calls (``tools``,
+``tool_choice``, the legacy ``functions``) constrain the output with a grammar
+(:mod:`.structured`, :mod:`.tool_calls`).
 ``stream: true`` answers with Server-Sent Events: for chat a first chunk with the role per
 choice, content deltas, a chunk with ``finish_reason``, a usage chunk when
 ``stream_options.include_usage``, then ``data: [DONE]``. Errors have OpenAI's body
@@ -37,6 +40,7 @@ import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, AsyncIterator, Callable, Optional, TypeVar, Union
 
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -47,6 +51,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from .. import __version__
+from ..extras import MissingExtraError
 from ..transformers.streamers import format_sse
 from .engine import (
     MAX_LOGPROBS,
@@ -61,6 +66,21 @@ from .engine import (
     token_budget,
 )
 from .metrics import CONTENT_TYPE_LATEST, ServerMetrics
+from .structured import Grammar, GrammarCompiler, StructuredOutputError, StructuredOutputsParams
+from .tool_calls import (
+    CLOSE,
+    OPEN,
+    Tool,
+    ToolCall,
+    ToolCallStream,
+    ToolError,
+    parse_tool_calls,
+    parse_tool_choice,
+    parse_tools,
+    template_handles_tools,
+    template_messages,
+    tool_call_grammar,
+)
 
 log = logging.getLogger("hyperdex.serve")
 
@@ -113,6 +133,15 @@ class _SamplingFields(_Body):
     include_stop_str_in_output: bool = False
     prompt_logprobs: Optional[int] = None
     return_tokens_as_token_ids: bool = False  # logprobs name tokens "token_id:<id>"
+    # structured outputs: OpenAI's, vLLM's, and vLLM's older fields (one of them at most)
+    response_format: Optional[dict[str, Any]] = None
+    structured_outputs: Optional[dict[str, Any]] = None
+    guided_json: Optional[Union[str, dict[str, Any]]] = None
+    guided_regex: Optional[str] = None
+    guided_choice: Optional[list[str]] = None
+    guided_grammar: Optional[str] = None
+    guided_whitespace_pattern: Optional[str] = None
+    guided_decoding_backend: Optional[str] = None  # accepted: the backend is llguidance
 
 
 class CompletionRequest(_SamplingFields):
@@ -127,6 +156,8 @@ class ChatMessage(BaseModel):
     role: str
     content: Optional[Union[str, list[dict[str, Any]]]] = None
     name: Optional[str] = None
+    tool_calls: Optional[list[dict[str, Any]]] = None
+    tool_call_id: Optional[str] = None
 
 
 class ChatCompletionRequest(_SamplingFields):
@@ -134,10 +165,11 @@ class ChatCompletionRequest(_SamplingFields):
     max_completion_tokens: Optional[int] = None
     logprobs: Optional[bool] = None
     top_logprobs: Optional[int] = None
-    response_format: Optional[dict[str, Any]] = None
     tools: Optional[list[Any]] = None
     tool_choice: Optional[Any] = None
     parallel_tool_calls: Optional[bool] = None
+    functions: Optional[list[Any]] = None  # OpenAI's legacy tools
+    function_call: Optional[Any] = None  # ... and tool_choice
     add_generation_prompt: bool = True
     continue_final_message: bool = False
     chat_template_kwargs: Optional[dict[str, Any]] = None
@@ -150,6 +182,7 @@ class TokenizeRequest(_Body):
     model: Optional[str] = None
     prompt: Optional[str] = None
     messages: Optional[list[ChatMessage]] = None
+    tools: Optional[list[Any]] = None
     add_special_tokens: Optional[bool] = None
     add_generation_prompt: bool = True
     continue_final_message: bool = False
@@ -166,8 +199,6 @@ _BEAM = (
     "beam search is not supported: the LPU decodes one sequence at a time; use temperature=0 "
     "for greedy search, or n with sampling for several answers"
 )
-_STRUCTURED = "structured outputs are not supported yet; ask for the format in the prompt"
-_TOOLS = "tool calling is not supported; describe the tools in the prompt"
 # Fields no request class names that change the output when honoured: ignoring them would
 # answer something else than was asked, so a value other than these no-op ones is a 400.
 _REFUSED: dict[str, tuple[tuple[Any, ...], str]] = {
@@ -176,16 +207,33 @@ _REFUSED: dict[str, tuple[tuple[Any, ...], str]] = {
     "length_penalty": ((None, 1.0), f"only applies to beam search; {_BEAM}"),
     "early_stopping": ((None, False), f"only applies to beam search; {_BEAM}"),
     "suffix": ((None, ""), "is not supported (no fill-in-the-middle); put the text in the prompt"),
-    "functions": ((None, []), _TOOLS),
-    "function_call": ((None, "none"), _TOOLS),
-    "guided_json": ((None,), _STRUCTURED),
-    "guided_regex": ((None,), _STRUCTURED),
-    "guided_choice": ((None,), _STRUCTURED),
-    "guided_grammar": ((None,), _STRUCTURED),
-    "structured_outputs": ((None,), _STRUCTURED),
     "allowed_token_ids": ((None,), "is not supported; use logit_bias (-100 bans a token)"),
     "bad_words": ((None, []), "is not supported; use logit_bias (-100 bans a token)"),
 }
+
+
+@dataclass
+class _ToolPlan:
+    """How a chat request's answer is read for tool calls (tool_choice other than "none")."""
+
+    tools: list[Tool]
+    legacy: bool  # functions / function_call: answered with message.function_call
+
+    def message_fields(self, calls: list[ToolCall]) -> dict[str, Any]:
+        if self.legacy:
+            return {"function_call": {"name": calls[0].name, "arguments": calls[0].arguments}}
+        return {"tool_calls": [c.as_openai() for c in calls]}
+
+    def stream_fields(self, calls: list[ToolCall]) -> dict[str, Any]:
+        """The delta that carries the calls, as the openai client joins them."""
+        if self.legacy:
+            return self.message_fields(calls)
+        return {"tool_calls": [{"index": i, **c.as_openai()} for i, c in enumerate(calls)]}
+
+    def finish_reason(self, reason: str, calls: list[ToolCall]) -> str:
+        if calls and reason == "stop":
+            return "function_call" if self.legacy else "tool_calls"
+        return reason
 
 
 class ApiError(Exception):
@@ -224,6 +272,16 @@ class ApiError(Exception):
 
 def _unsupported(param: str, why: str) -> ApiError:
     return ApiError(400, f"{param}: {why}", param=param, code="unsupported_parameter")
+
+
+def _with_grammar(sampling: Sampling, grammar: Optional[Grammar]) -> Sampling:
+    """``sampling`` constrained by ``grammar``; an option that cannot go with a grammar
+    (min_tokens) is a 400 naming it."""
+    try:
+        return sampling.replace(grammar=grammar)
+    except ValueError as e:
+        param = e.args[1] if len(e.args) > 1 else None
+        raise ApiError(400, str(e.args[0]), param=param, code="invalid_value") from e
 
 
 def _reject_constant(name: str) -> Any:
@@ -327,6 +385,7 @@ class OpenAIServer:
         self.max_request_bytes = int(max_request_bytes)
         self.model: Any = None
         self.tokenizer: Any = None
+        self.grammars: Optional[GrammarCompiler] = None
         self.engine: Optional[Engine] = None  # set last by attach(): the server is ready
         self.load_error: Optional[BaseException] = None
         self.metrics = ServerMetrics(served_model_name, self._running, self._waiting)
@@ -348,11 +407,14 @@ class OpenAIServer:
         # the first call settles a fast tokenizer's padding/truncation state (a mutation);
         # made here, the prep threads only ever read it ("Already borrowed" otherwise)
         tokenizer("warm-up")
-        engine = Engine(model, tokenizer, self.max_queue, on_finish=self.metrics.finished)
+        grammars = GrammarCompiler.for_model(model, tokenizer)
+        engine = Engine(
+            model, tokenizer, self.max_queue, on_finish=self.metrics.finished, grammars=grammars
+        )
         with self._lock:
             if self._closed:  # shut down while loading
                 return
-            self.model, self.tokenizer = model, tokenizer
+            self.model, self.tokenizer, self.grammars = model, tokenizer, grammars
             self.token_str = TokenTexts(tokenizer)
             if self._started:
                 engine.start()
@@ -592,6 +654,121 @@ class OpenAIServer:
             token_budget(self.model, len(prompt_ids), sampling.max_tokens)
         except PromptTooLong as e:
             raise ApiError(400, str(e), param=param, code="context_length_exceeded") from e
+
+    # -- structured outputs and tools --------------------------------------------------------
+
+    def structured_spec(
+        self, body: _SamplingFields
+    ) -> Optional[tuple[StructuredOutputsParams, str]]:
+        """The request's structured-output constraint and the field it came from, or None:
+        ``response_format`` (OpenAI's), ``structured_outputs`` (vLLM's) or ``guided_*`` (vLLM's
+        older names); one of them at most."""
+        found: list[tuple[StructuredOutputsParams, str]] = []
+        try:
+            rf = body.response_format
+            kind = None if rf is None else rf.get("type")
+            if kind == "json_object":
+                found.append((StructuredOutputsParams(json_object=True), "response_format"))
+            elif kind == "json_schema":
+                spec = rf.get("json_schema") if rf is not None else None
+                if not isinstance(spec, dict):
+                    raise StructuredOutputError(
+                        "response_format.json_schema must be an object {name, schema, strict}",
+                        "response_format.json_schema",
+                    )
+                schema = spec.get("schema")
+                found.append(
+                    (
+                        StructuredOutputsParams(json_object=True)
+                        if schema is None
+                        else StructuredOutputsParams(json=schema),
+                        "response_format.json_schema.schema",
+                    )
+                )
+            elif kind not in (None, "text"):
+                raise StructuredOutputError(
+                    f"response_format.type must be 'text', 'json_object' or 'json_schema', "
+                    f"got {json.dumps(kind)[:60]}",
+                    "response_format.type",
+                )
+            if body.structured_outputs is not None:
+                param = "structured_outputs"
+                spec = StructuredOutputsParams.from_dict(body.structured_outputs, param)
+                found.append((spec, param))
+            for kind in ("json", "regex", "choice", "grammar"):
+                value = getattr(body, f"guided_{kind}")
+                if value is not None:
+                    spec = StructuredOutputsParams(
+                        **{kind: value}, whitespace_pattern=body.guided_whitespace_pattern
+                    )
+                    found.append((spec, f"guided_{kind}"))
+        except StructuredOutputError as e:
+            raise ApiError(400, str(e), param=e.param, code="invalid_value") from e
+        if len(found) > 1:
+            raise ApiError(
+                400,
+                f"give one structured output constraint, not {' and '.join(p for _, p in found)}",
+                param=found[1][1],
+                code="invalid_value",
+            )
+        return found[0] if found else None
+
+    def compile(self, build: Callable[[GrammarCompiler], Grammar]) -> Grammar:
+        """``build(compiler)``; 400 naming the field when the grammar engine refuses it."""
+        assert self.grammars is not None  # ready() came first
+        try:
+            return build(self.grammars)
+        except StructuredOutputError as e:
+            raise ApiError(400, str(e), param=e.param, code="invalid_value") from e
+        except MissingExtraError as e:
+            raise _unsupported("structured_outputs", str(e)) from e
+
+    def structured_grammar(self, body: _SamplingFields) -> Optional[Grammar]:
+        found = self.structured_spec(body)
+        if found is None:
+            return None
+        spec, param = found
+        return self.compile(lambda g: g.compile(spec, param))
+
+    def tool_setup(
+        self, body: ChatCompletionRequest
+    ) -> tuple[list[Tool], Optional[_ToolPlan], Optional[Grammar]]:
+        """(tools for the template, how to read the answer, the output's grammar) of a chat
+        request: tools / tool_choice, or the legacy functions / function_call."""
+        legacy = body.functions is not None
+        if legacy and body.tools is not None:
+            raise ApiError(400, "give tools or functions, not both", param="functions")
+        given = body.functions if legacy else body.tools
+        param, choice_param = ("functions", "function_call") if legacy else ("tools", "tool_choice")
+        try:
+            tools = [] if given is None else parse_tools(given, param, legacy=legacy)
+            choice = parse_tool_choice(
+                body.function_call if legacy else body.tool_choice, tools, choice_param
+            )
+        except ToolError as e:
+            raise ApiError(400, str(e), param=e.param, code="invalid_value") from e
+        grammar = self.structured_grammar(body)
+        if choice.mode == "none":
+            return tools, None, grammar
+        if choice.mode != "auto" and grammar is not None:
+            raise ApiError(
+                400,
+                f"{choice_param} {choice.mode} constrains the output to tool calls; it cannot "
+                "be combined with another structured output",
+                param=choice_param,
+                code="invalid_value",
+            )
+        for i, tool in enumerate(tools):  # each schema's own fault, named
+            where = f"{param}.{i}.parameters" if legacy else f"{param}.{i}.function.parameters"
+            spec = StructuredOutputsParams(json=tool.parameters)
+            self.compile(lambda g, spec=spec, where=where: g.compile(spec, where))
+        if grammar is None:  # auto: a response_format wins over the lazy tool grammar
+            parallel = body.parallel_tool_calls is not False and not legacy
+            assert self.grammars is not None
+            tags = self.grammars.special_tokens((OPEN, CLOSE))
+            lark = tool_call_grammar(tools, choice, parallel, tags)
+            grammar = self.compile(lambda g: g.compile_lark(lark, "tool-call grammar", param))
+        return tools, _ToolPlan(tools, legacy), grammar
 
     def client_of(self, request: Request, body: _SamplingFields) -> str:
         if body.user:
@@ -907,12 +1084,17 @@ class OpenAIServer:
             )
             ids = [int(t) for t in encoded.input_ids]
         else:
+            try:
+                tools = parse_tools(body.tools) if body.tools is not None else []
+            except ToolError as e:
+                raise ApiError(400, str(e), param=e.param, code="invalid_value") from e
             ids = self.chat_prompt(
                 body.messages or [],
                 body.add_generation_prompt,
                 body.continue_final_message,
                 body.chat_template_kwargs,
                 add_special_tokens=bool(body.add_special_tokens),
+                tools=tools,
             )
         return {
             "count": len(ids),
@@ -949,6 +1131,7 @@ class OpenAIServer:
         if body.echo and body.logprobs is not None:  # the echoed prompt gets log-probs too
             prompt_n = max(prompt_n or 0, body.logprobs)
         sampling = self.sampling(body, body.max_tokens, body.logprobs, prompt_n)
+        sampling = _with_grammar(sampling, self.structured_grammar(body))
         prompts: list[tuple[str, list[int]]] = []
         prompt = body.prompt
         items: list[Any] = [prompt] if isinstance(prompt, str) else list(prompt)
@@ -1064,13 +1247,12 @@ class OpenAIServer:
 
     # -- /v1/chat/completions ------------------------------------------------------------------
 
-    def prepare_chat(self, raw: bytes) -> tuple[ChatCompletionRequest, Sampling, list[int]]:
-        """(body, sampling, prompt ids) of a chat request (on the prep pool)."""
+    def prepare_chat(
+        self, raw: bytes
+    ) -> tuple[ChatCompletionRequest, Sampling, list[int], Optional[_ToolPlan]]:
+        """(body, sampling, prompt ids, how to read tool calls) of a chat request (on the prep
+        pool)."""
         body: ChatCompletionRequest = self.parse(raw, ChatCompletionRequest)
-        if body.tools:
-            raise _unsupported("tools", _TOOLS)
-        if body.response_format and body.response_format.get("type") not in (None, "text"):
-            raise _unsupported("response_format", f"only {{'type': 'text'}}: {_STRUCTURED}")
         if body.top_logprobs is not None and not body.logprobs:
             raise ApiError(
                 400, "top_logprobs needs logprobs: true", param="top_logprobs", code="invalid_value"
@@ -1086,18 +1268,21 @@ class OpenAIServer:
             max_tokens = body.max_tokens
         logprobs = (body.top_logprobs or 0) if body.logprobs else None
         sampling = self.sampling(body, max_tokens, logprobs, body.prompt_logprobs)
+        tools, plan, grammar = self.tool_setup(body)
+        sampling = _with_grammar(sampling, grammar)
         ids = self.chat_prompt(
             body.messages,
             body.add_generation_prompt,
             body.continue_final_message,
             body.chat_template_kwargs,
+            tools=tools,
         )
         self.check_ids(ids, "messages")
         self.check_budget(ids, sampling, "messages")
-        return body, sampling, ids
+        return body, sampling, ids, plan
 
     async def chat_completions(self, request: Request) -> Response:
-        body, sampling, ids = await self.prepare(request, self.prepare_chat)
+        body, sampling, ids, plan = await self.prepare(request, self.prepare_chat)
         n = body.n
         jobs = self.submit(request, body, [(ids, c) for c in self.children(sampling, n)])
         base = {
@@ -1111,18 +1296,26 @@ class OpenAIServer:
 
         if not body.stream:
             results = await self.results_of(request, jobs)
-            choices = [
-                {
-                    "index": k,
-                    "message": {"role": "assistant", "content": r.text},
-                    "logprobs": None
-                    if top_n is None or r.logprobs is None
-                    else self.chat_logprobs(r.logprobs, top_n, name),
-                    "finish_reason": self.finish_reason(r),
-                    "stop_reason": r.stop_reason,
-                }
-                for k, r in enumerate(results)
-            ]
+            choices = []
+            for k, r in enumerate(results):
+                message: dict[str, Any] = {"role": "assistant", "content": r.text}
+                finish = self.finish_reason(r)
+                if plan is not None:
+                    message["content"], calls = parse_tool_calls(r.text, plan.tools)
+                    if calls:
+                        message.update(plan.message_fields(calls))
+                    finish = plan.finish_reason(finish, calls)
+                choices.append(
+                    {
+                        "index": k,
+                        "message": message,
+                        "logprobs": None
+                        if top_n is None or r.logprobs is None
+                        else self.chat_logprobs(r.logprobs, top_n, name),
+                        "finish_reason": finish,
+                        "stop_reason": r.stop_reason,
+                    }
+                )
             answer = {**base, "choices": choices, "usage": self.usage(results, n)}
             if body.prompt_logprobs is not None and results[0].prompt_logprobs is not None:
                 answer["prompt_logprobs"] = self.vllm_prompt_logprobs(
@@ -1148,18 +1341,30 @@ class OpenAIServer:
                 for k in range(len(jobs)):
                     yield chunk(k, {"role": "assistant", "content": ""})
                 for k, (_job, events) in enumerate(jobs):
+                    # with tools, text that may be a call waits (the calls come at the end)
+                    calls = None if plan is None else ToolCallStream(plan.tools)
                     async for kind, payload in _drain(events):
                         if kind == "delta":
                             lp = None
                             if top_n is not None and payload.logprobs is not None:
                                 lp = self.chat_logprobs(payload.logprobs, top_n, name)
-                            yield chunk(k, {"content": payload.text}, logprobs=lp)
+                            text = payload.text if calls is None else calls.feed(payload.text)
+                            if text or lp is not None or calls is None:
+                                yield chunk(k, {"content": text}, logprobs=lp)
                         elif kind == "error":
                             yield _error_event(payload)
                             return
                         elif payload is not None:
                             results.append(payload)
-                            yield chunk(k, {}, self.finish_reason(payload))
+                            finish = self.finish_reason(payload)
+                            if plan is not None and calls is not None:
+                                rest, found = calls.finish()
+                                if rest:
+                                    yield chunk(k, {"content": rest})
+                                if found:
+                                    yield chunk(k, plan.stream_fields(found))
+                                finish = plan.finish_reason(finish, found)
+                            yield chunk(k, {}, finish)
                         else:  # cancelled before it started: the server is stopping
                             yield _event(self.not_run())
                             return
@@ -1180,8 +1385,10 @@ class OpenAIServer:
         continue_final_message: bool = False,
         chat_template_kwargs: Optional[dict[str, Any]] = None,
         add_special_tokens: bool = False,
+        tools: Optional[list[Tool]] = None,
     ) -> list[int]:
-        """The token ids of a conversation through the tokenizer's chat template."""
+        """The token ids of a conversation through the tokenizer's chat template, with the
+        ``tools`` (the template's way, or described in the system message)."""
         tok = self.tokenizer
         if not getattr(tok, "chat_template", None):
             raise ApiError(
@@ -1199,11 +1406,23 @@ class OpenAIServer:
                         raise _unsupported(f"messages.{i}.content", "only text parts are supported")
                     parts.append(part["text"])
                 content = "".join(parts)
-            message = {"role": m.role, "content": content or ""}
+            message: dict[str, Any] = {"role": m.role, "content": content or ""}
             if m.name:
                 message["name"] = m.name
+            if m.tool_calls:
+                message["tool_calls"] = m.tool_calls
+            if m.tool_call_id is not None:
+                message["tool_call_id"] = m.tool_call_id
             conversation.append(message)
+        try:
+            conversation, template_tools = template_messages(
+                conversation, tools or [], template_handles_tools(tok)
+            )
+        except ToolError as e:
+            raise ApiError(400, str(e), param=e.param, code="invalid_value") from e
         options = dict(chat_template_kwargs or {})
+        if template_tools:
+            options["tools"] = template_tools
         if continue_final_message:  # only when asked: not every template knows it
             options["continue_final_message"] = True
         try:
