@@ -12,6 +12,7 @@ TESTED = {
     "prometheus-client": "0.26.0",
     "pydantic": "2.14.4",
     "pyyaml": "6.0.4",
+    "ray": "2.60.0",
     "safetensors": "0.8.0",
     "starlette": "1.10.0",
     "torch": "2.13.0+cpu",

