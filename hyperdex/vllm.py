@@ -469,3 +469,27 @@ class LLM:
                 self._next_id += 1
                 bar.update(1)
         return results
+
+
+# -- upstream vLLM, where it is installed ------------------------------------------------------
+# With vLLM and hyperdex's platform plugin installed (pip install 'hyperdex[vllm]'), this module
+# is a thin shim over vLLM's own LLM and SamplingParams, which run on the LPU through the plugin
+# (docs/serving.md, "vLLM"); HYPERDEX_VLLM_ENGINE=hyperdex keeps hyperdex's engine above.
+# GuidedDecodingParams has no upstream counterpart in vLLM 0.32: it stays hyperdex's.
+from .vllm_plugin.upstream import upstream_llm_args, upstream_vllm  # noqa: E402
+
+_upstream = upstream_vllm()
+if _upstream is not None:
+    from vllm.logprobs import Logprob  # type: ignore[no-redef]  # noqa: E402, F811
+    from vllm.sampling_params import StructuredOutputsParams  # type: ignore[no-redef]  # noqa
+
+    SamplingParams = _upstream.SamplingParams  # type: ignore[misc]  # noqa: F811
+    RequestOutput = _upstream.RequestOutput  # type: ignore[misc]  # noqa: F811
+    CompletionOutput = _upstream.CompletionOutput  # type: ignore[misc]  # noqa: F811
+
+    class LLM(_upstream.LLM):  # type: ignore[no-redef]  # noqa: F811
+        """vLLM's LLM on the LPU; a compiled folder is accepted as the model (its ckpt/ is
+        given to vLLM as the config, tokenizer and generation config)."""
+
+        def __init__(self, model: str, **kwargs: Any) -> None:
+            super().__init__(**upstream_llm_args(model, kwargs))
