@@ -133,10 +133,15 @@ def test_generate_output_indexes_like_transformers(pair: tuple[Any, Any, str]) -
     _, lm, _ = pair
     ids = torch.tensor([[1, 5, 9, 2]])
     out = lm.generate(ids, max_new_tokens=3, return_dict_in_generate=True, output_logits=True)
+    assert isinstance(out, transformers.utils.ModelOutput)  # what transformers code checks
     assert out[0] is out.sequences and out["sequences"] is out.sequences
-    assert out[1] is out.logits and out.keys() == ["sequences", "logits"]
+    assert out[1] is out.logits and list(out.keys()) == ["sequences", "logits"]
     with pytest.raises(KeyError):
         out["scores"]
+    fwd = lm(ids, labels=ids)
+    assert isinstance(fwd, transformers.utils.ModelOutput)
+    assert fwd[0] is fwd.loss and fwd[1] is fwd.logits  # transformers' order: loss first
+    assert lm(ids)[0] is lm(ids).logits or torch.equal(lm(ids)[0], lm(ids).logits)
 
 
 def test_config_tells_the_compiled_context_and_dtype(pair: tuple[Any, Any, str]) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Iterator, Optional, Union
 
 import numpy as np
+from transformers.utils import ModelOutput
 
 from ..compiled.folder import (
     COMPILE_INFO_NAME,
@@ -52,23 +53,14 @@ logging.getLogger("transformers.pipelines.base").addFilter(_NotSupportedLogFilte
 
 
 @dataclass
-class CausalLMOutput:
-    """What ``model(input_ids)`` returns; ``logits`` is [batch, seq, vocab] (fp32), of the
-    input's kind (torch tensor, numpy array or nested lists); ``loss`` with ``labels``. Like
-    transformers' ModelOutput, indexing by position skips the fields that are None."""
+class CausalLMOutput(ModelOutput):
+    """What ``model(input_ids)`` returns, a transformers ``ModelOutput`` (as its
+    ``CausalLMOutput``): ``logits`` is [batch, seq, vocab] (fp32), of the input's kind (torch
+    tensor, numpy array or nested lists); ``loss`` with ``labels``. Indexing by position or
+    name skips the fields that are None, as transformers does."""
 
-    logits: Any
     loss: Any = None
-
-    def to_tuple(self) -> tuple[Any, ...]:
-        return tuple(v for v in (self.loss, self.logits) if v is not None)
-
-    def __getitem__(self, key: Union[str, int]) -> Any:
-        if isinstance(key, int):
-            return self.to_tuple()[key]
-        if key == "logits" or (key == "loss" and self.loss is not None):
-            return getattr(self, key)
-        raise KeyError(key)
+    logits: Any = None
 
 
 def _torch_seed() -> Optional[int]:
@@ -183,29 +175,16 @@ def _unpadded_prompts(ids: np.ndarray, mask: Any, config: GenerationConfig) -> l
 
 
 @dataclass
-class GenerateOutput:
-    """``generate(..., return_dict_in_generate=True)``: like transformers'
-    GenerateDecoderOnlyOutput. ``logits`` (with ``output_logits=True``) and ``scores`` (with
-    ``output_scores=True``, after repetition penalty, temperature, top-k/top-p) hold one
-    [batch, vocab] fp32 entry per generated token."""
+class GenerateOutput(ModelOutput):
+    """``generate(..., return_dict_in_generate=True)``: a transformers ``ModelOutput`` with the
+    fields of its GenerateDecoderOnlyOutput that the device gives. ``logits`` (with
+    ``output_logits=True``) and ``scores`` (with ``output_scores=True``, after repetition
+    penalty, temperature, top-k/top-p) hold one [batch, vocab] fp32 entry per generated
+    token."""
 
-    sequences: Any
+    sequences: Any = None
     scores: Optional[tuple[Any, ...]] = None
     logits: Optional[tuple[Any, ...]] = None
-
-    def to_tuple(self) -> tuple[Any, ...]:
-        return tuple(v for v in (self.sequences, self.scores, self.logits) if v is not None)
-
-    def __getitem__(self, key: Union[str, int]) -> Any:
-        # As transformers' ModelOutput: by position over the fields that are set, or by name.
-        if isinstance(key, int):
-            return self.to_tuple()[key]
-        if key in ("sequences", "scores", "logits") and getattr(self, key) is not None:
-            return getattr(self, key)
-        raise KeyError(key)
-
-    def keys(self) -> list[str]:
-        return [k for k in ("sequences", "scores", "logits") if getattr(self, k) is not None]
 
 
 class DeviceGate:
@@ -421,7 +400,7 @@ class LPUModelForCausalLM:
                 import torch
 
                 loss = torch.tensor(value, dtype=torch.float32)
-        result = CausalLMOutput(_logits_out(out, kind), loss)
+        result = CausalLMOutput(loss=loss, logits=_logits_out(out, kind))
         return result if return_dict is not False else result.to_tuple()
 
     forward = __call__
