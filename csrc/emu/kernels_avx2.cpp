@@ -221,37 +221,75 @@ HX_AVX2 void tile_toks(size_t ntok, const float* wb, size_t wrow, const float* x
 }
 
 // ---- quantized rows (isa/qmatrix.h) ---------------------------------------
-// Each code becomes its exact fp16 value as the scalar level computes it:
-// float(q - z) * scale is exact in fp32 (also its sign of zero, which
-// q * s - z * s would lose), vcvtps2ph rounds it once to nearest even,
-// vcvtph2ps widens it back exactly.
+// Each code becomes its exact fp16 value w' = fp16(float(q - z) * scale) as the
+// scalar level computes it, in the two exact ways kernels_avx512.cpp describes:
+// Veltkamp's split (round_split) when the group's scale keeps every w' finite
+// (|scale| < 512 for int8, < 8192 for int4; int8's fma form also needs scale > 0),
+// else vcvtps2ph + vcvtph2ps (round_half).
 
-HX_AVX2 inline float scale_of(const uint8_t* row, const isa::QRowFormat& f, uint32_t g) {
-  uint16_t h;
-  std::memcpy(&h, row + f.scale_offset(g), 2);
-  return half_to_float(h);
-}
+constexpr float kSplitLimit4 = 8192.0f, kSplitLimit8 = 512.0f;
 
-// Codes of elements i .. i+15 of a group (lo = 0..7, hi = 8..15) as int32 lanes.
-HX_AVX2 inline void load_codes(const uint8_t* codes, uint32_t bits, size_t i, __m256i& lo,
-                               __m256i& hi) {
-  if (bits == 8) {
-    lo = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(codes + i)));
-    hi = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(codes + i + 8)));
-    return;
-  }
-  const __m128i b = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(codes + i / 2));
-  const __m128i m = _mm_set1_epi8(0x0F);
-  // Element 2j is byte j's low nibble, 2j+1 its high one.
-  const __m128i nib =
-      _mm_unpacklo_epi8(_mm_and_si128(b, m), _mm_and_si128(_mm_srli_epi16(b, 4), m));
-  lo = _mm256_cvtepu8_epi32(nib);
-  hi = _mm256_cvtepu8_epi32(_mm_unpackhi_epi64(nib, nib));
-}
-
-HX_AVX2 inline __m256 dequant(__m256i q, __m256i z, __m256 s) {
-  const __m256 v = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(q, z)), s);
+HX_AVX2 inline __m256 round_half(__m256 v) {
   return _mm256_cvtph_ps(_mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+}
+
+HX_AVX2 inline __m256 round_split(__m256 v) {
+  __m256 t = _mm256_mul_ps(v, _mm256_set1_ps(8193.0f));
+  __asm__("" : "+x"(t));  // no fusing of t's product into the subtractions (-ffp-contract)
+  return _mm256_sub_ps(t, _mm256_sub_ps(t, v));
+}
+
+HX_AVX2 inline bool split_ok(uint32_t bits, float s) {
+  return bits == 4 ? std::fabs(s) < kSplitLimit4 : s > 0.0f && s < kSplitLimit8;
+}
+
+// The 16 widened scales of the chunk whose scale line is at `line`.
+HX_AVX2 inline void load_scales(const uint8_t* row, uint64_t line, float* out) {
+  const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + line));
+  _mm256_storeu_ps(out, _mm256_cvtph_ps(_mm256_castsi256_si128(h)));
+  _mm256_storeu_ps(out + 8, _mm256_cvtph_ps(_mm256_extracti128_si256(h, 1)));
+}
+
+// An int4 group's 16 values: lo for codes 0-7, hi for codes 8-15.
+struct Q4Table {
+  __m256 lo, hi;
+};
+
+alignas(32) constexpr float kQ4MinusZ[16] = {-8, -7, -6, -5, -4, -3, -2, -1,
+                                             0,  1,  2,  3,  4,  5,  6,  7};
+
+HX_AVX2 inline Q4Table q4_table(float s, bool split) {
+  const __m256 sv = _mm256_set1_ps(s);
+  const __m256 lo = _mm256_mul_ps(_mm256_load_ps(kQ4MinusZ), sv);
+  const __m256 hi = _mm256_mul_ps(_mm256_load_ps(kQ4MinusZ + 8), sv);
+  if (split) return {round_split(lo), round_split(hi)};
+  return {round_half(lo), round_half(hi)};
+}
+
+// Lane p shifts the broadcast dword by 4p: nibble p, elements in order.
+alignas(32) constexpr int32_t kNibbleShift[8] = {0, 4, 8, 12, 16, 20, 24, 28};
+
+// The values of the 8 int4 codes in the 4 bytes at p: vpermps reads an index's low
+// 3 bits, so both halves of the table are looked up and bit 3 (moved to the sign,
+// which vblendvps reads) picks one.
+HX_AVX2 inline __m256 q4_values(const uint8_t* p, __m256i shift, const Q4Table& t) {
+  int32_t d;
+  std::memcpy(&d, p, 4);
+  const __m256i q = _mm256_srlv_epi32(_mm256_set1_epi32(d), shift);
+  return _mm256_blendv_ps(_mm256_permutevar8x32_ps(t.lo, q), _mm256_permutevar8x32_ps(t.hi, q),
+                          _mm256_castsi256_ps(_mm256_slli_epi32(q, 28)));
+}
+
+// The values of the 8 int8 codes at p: split (s in (0, 512), c = -128 * s) ...
+HX_AVX2 inline __m256 q8_split(const uint8_t* p, __m256 s, __m256 c) {
+  const __m256i q = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
+  return round_split(_mm256_fmadd_ps(_mm256_cvtepi32_ps(q), s, c));
+}
+// ... or for any scale.
+HX_AVX2 inline __m256 q8_any(const uint8_t* p, __m256 s) {
+  const __m256i q = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
+  const __m256 d = _mm256_cvtepi32_ps(_mm256_sub_epi32(q, _mm256_set1_epi32(128)));
+  return round_half(_mm256_mul_ps(d, s));
 }
 
 HX_AVX2 void dequant_row(const isa::QRowFormat& f, const uint8_t* row, float* out) {
@@ -259,40 +297,121 @@ HX_AVX2 void dequant_row(const isa::QRowFormat& f, const uint8_t* row, float* ou
     kernels_for(KernelLevel::Scalar).dequant_row(f, row, out);
     return;
   }
-  const __m256i z = _mm256_set1_epi32(int32_t(f.zero_point()));
-  for (uint32_t g = 0; g < f.groups(); ++g) {
-    const __m256 s = _mm256_set1_ps(scale_of(row, f, g));
-    const uint8_t* codes = row + f.codes_offset(g);
-    float* o = out + size_t(g) * f.group;
-    for (uint32_t i = 0; i < f.group_len(g); i += 16) {
-      __m256i lo, hi;
-      load_codes(codes, f.bits, i, lo, hi);
-      _mm256_storeu_ps(o + i, dequant(lo, z, s));
-      _mm256_storeu_ps(o + i + 8, dequant(hi, z, s));
+  const __m256i shift = _mm256_load_si256(reinterpret_cast<const __m256i*>(kNibbleShift));
+  const uint32_t groups = f.groups();
+  float scales[16];
+  for (uint32_t g0 = 0; g0 < groups; g0 += isa::kQGroupsPerChunk) {
+    const uint64_t line = f.chunk_offset(g0 / isa::kQGroupsPerChunk);
+    load_scales(row, line, scales);
+    const uint32_t ng = std::min(isa::kQGroupsPerChunk, groups - g0);
+    for (uint32_t j = 0; j < ng; ++j) {
+      const uint8_t* codes = row + line + isa::kQScaleLineBytes + j * f.group_code_bytes();
+      float* o = out + size_t(g0 + j) * f.group;
+      const bool split = split_ok(f.bits, scales[j]);
+      if (f.bits == 4) {
+        const Q4Table t = q4_table(scales[j], split);
+        for (uint32_t i = 0; i < f.group_len(g0 + j); i += 8)
+          _mm256_storeu_ps(o + i, q4_values(codes + i / 2, shift, t));
+      } else {
+        const __m256 s = _mm256_set1_ps(scales[j]), c = _mm256_set1_ps(-128.0f * scales[j]);
+        for (uint32_t i = 0; i < f.group_len(g0 + j); i += 8)
+          _mm256_storeu_ps(o + i, split ? q8_split(codes + i, s, c) : q8_any(codes + i, s));
+      }
     }
   }
 }
 
-constexpr int kDotQRows = 2;  // rows x (lo, hi) accumulators; dequantizing needs the rest
+constexpr int kDotQRows = 2;  // rows x (lo, hi) accumulators; the tables need the rest
+// As kernels_avx512.cpp: prefetch each row's stream this far ahead.
+constexpr uint64_t kPrefetchAhead = 1024;
+
+HX_AVX2 inline void prefetch_ahead(const uint8_t* p) {
+  _mm_prefetch(reinterpret_cast<const char*>(reinterpret_cast<uintptr_t>(p) + kPrefetchAhead),
+               _MM_HINT_T0);
+}
+
+// The chunk's widened scales of R rows; true for group j when every row's scale
+// takes the split.
+template <int R>
+HX_AVX2 inline uint32_t chunk_scales(const uint8_t* const* rows, uint64_t line, uint32_t bits,
+                                     uint32_t ng, float (&scales)[R][16]) {
+  uint32_t split = 0;
+  for (int r = 0; r < R; ++r) load_scales(rows[r], line, scales[r]);
+  for (uint32_t j = 0; j < ng; ++j) {
+    bool all = true;
+    for (int r = 0; r < R; ++r) all = all && split_ok(bits, scales[r][j]);
+    split |= uint32_t(all) << j;
+  }
+  return split;
+}
 
 template <int R>
-HX_AVX2 void dot_q_rows(const isa::QRowFormat& f, const uint8_t* const* rows, const float* x,
-                        float* out) {
+HX_AVX2 void dot_q4_rows(const isa::QRowFormat& f, const uint8_t* const* rows, const float* x,
+                         float* out) {
+  const __m256i shift = _mm256_load_si256(reinterpret_cast<const __m256i*>(kNibbleShift));
   __m256 lo[R], hi[R];
   for (int r = 0; r < R; ++r) lo[r] = hi[r] = _mm256_setzero_ps();
-  const __m256i z = _mm256_set1_epi32(int32_t(f.zero_point()));
-  for (uint32_t g = 0; g < f.groups(); ++g) {
-    __m256 s[R];
-    for (int r = 0; r < R; ++r) s[r] = _mm256_set1_ps(scale_of(rows[r], f, g));
-    const uint64_t at = f.codes_offset(g);
-    const float* xg = x + size_t(g) * f.group;
-    for (uint32_t i = 0; i < f.group_len(g); i += 16) {
-      const __m256 xlo = _mm256_loadu_ps(xg + i), xhi = _mm256_loadu_ps(xg + i + 8);
+  const uint32_t groups = f.groups();
+  float scales[R][16];
+  for (uint32_t g0 = 0; g0 < groups; g0 += isa::kQGroupsPerChunk) {
+    const uint64_t line = f.chunk_offset(g0 / isa::kQGroupsPerChunk);
+    const uint32_t ng = std::min(isa::kQGroupsPerChunk, groups - g0);
+    const uint32_t split = chunk_scales<R>(rows, line, 4, ng, scales);
+    for (uint32_t j = 0; j < ng; ++j) {
+      const uint64_t at = line + isa::kQScaleLineBytes + j * f.group_code_bytes();
+      Q4Table t[R];
+      for (int r = 0; r < R; ++r) t[r] = q4_table(scales[r][j], (split >> j) & 1);
+      const float* xg = x + size_t(g0 + j) * f.group;
+      for (uint32_t i = 0; i < f.group_len(g0 + j); i += 16) {
+        if (i % 128 == 0)  // once per 64 bytes of codes
+          for (int r = 0; r < R; ++r) prefetch_ahead(rows[r] + at + i / 2);
+        const __m256 xlo = _mm256_loadu_ps(xg + i), xhi = _mm256_loadu_ps(xg + i + 8);
+        for (int r = 0; r < R; ++r) {
+          const uint8_t* p = rows[r] + at + i / 2;
+          lo[r] = _mm256_fmadd_ps(q4_values(p, shift, t[r]), xlo, lo[r]);
+          hi[r] = _mm256_fmadd_ps(q4_values(p + 4, shift, t[r]), xhi, hi[r]);
+        }
+      }
+    }
+  }
+  for (int r = 0; r < R; ++r) out[r] = reduce(lo[r], hi[r]);
+}
+
+template <int R>
+HX_AVX2 void dot_q8_rows(const isa::QRowFormat& f, const uint8_t* const* rows, const float* x,
+                         float* out) {
+  __m256 lo[R], hi[R];
+  for (int r = 0; r < R; ++r) lo[r] = hi[r] = _mm256_setzero_ps();
+  const uint32_t groups = f.groups();
+  float scales[R][16];
+  for (uint32_t g0 = 0; g0 < groups; g0 += isa::kQGroupsPerChunk) {
+    const uint64_t line = f.chunk_offset(g0 / isa::kQGroupsPerChunk);
+    const uint32_t ng = std::min(isa::kQGroupsPerChunk, groups - g0);
+    const uint32_t split = chunk_scales<R>(rows, line, 8, ng, scales);
+    for (uint32_t j = 0; j < ng; ++j) {
+      const uint64_t at = line + isa::kQScaleLineBytes + j * f.group_code_bytes();
+      __m256 s[R], c[R];
       for (int r = 0; r < R; ++r) {
-        __m256i qlo, qhi;
-        load_codes(rows[r] + at, f.bits, i, qlo, qhi);
-        lo[r] = _mm256_fmadd_ps(dequant(qlo, z, s[r]), xlo, lo[r]);
-        hi[r] = _mm256_fmadd_ps(dequant(qhi, z, s[r]), xhi, hi[r]);
+        s[r] = _mm256_set1_ps(scales[r][j]);
+        c[r] = _mm256_set1_ps(-128.0f * scales[r][j]);
+      }
+      const float* xg = x + size_t(g0 + j) * f.group;
+      const uint32_t len = f.group_len(g0 + j);
+      const bool fast = (split >> j) & 1;
+      for (uint32_t i = 0; i < len; i += 16) {
+        if (i % 64 == 0)
+          for (int r = 0; r < R; ++r) prefetch_ahead(rows[r] + at + i);
+        const __m256 xlo = _mm256_loadu_ps(xg + i), xhi = _mm256_loadu_ps(xg + i + 8);
+        for (int r = 0; r < R; ++r) {
+          const uint8_t* p = rows[r] + at + i;
+          if (fast) {
+            lo[r] = _mm256_fmadd_ps(q8_split(p, s[r], c[r]), xlo, lo[r]);
+            hi[r] = _mm256_fmadd_ps(q8_split(p + 8, s[r], c[r]), xhi, hi[r]);
+          } else {
+            lo[r] = _mm256_fmadd_ps(q8_any(p, s[r]), xlo, lo[r]);
+            hi[r] = _mm256_fmadd_ps(q8_any(p + 8, s[r]), xhi, hi[r]);
+          }
+        }
       }
     }
   }
@@ -313,10 +432,11 @@ HX_AVX2 void avx2_dot_q_rows(const isa::QRowFormat& f, const uint8_t* const* row
                              const float* x, float* out) {
   static_assert(kDotQRows == 2, "update the cases");
   for (size_t r = 0; r < nrows; r += kDotQRows) {
-    if (nrows - r >= 2) {
-      dot_q_rows<2>(f, rows + r, x, out + r);
+    const bool two = nrows - r >= 2;
+    if (f.bits == 4) {
+      two ? dot_q4_rows<2>(f, rows + r, x, out + r) : dot_q4_rows<1>(f, rows + r, x, out + r);
     } else {
-      dot_q_rows<1>(f, rows + r, x, out + r);
+      two ? dot_q8_rows<2>(f, rows + r, x, out + r) : dot_q8_rows<1>(f, rows + r, x, out + r);
     }
   }
 }

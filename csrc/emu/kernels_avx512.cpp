@@ -181,23 +181,63 @@ HX_AVX512 void tile_toks(size_t ntok, const float* wb, size_t wrow, const float*
 }
 
 // ---- quantized rows (isa/qmatrix.h) ---------------------------------------
-// A group's dequantized values are exact fp16, computed as the scalar level
-// does: float(q - z) * scale is exact in fp32 (also its sign of zero, which
-// q * s - z * s would lose), vcvtps2ph rounds it once (to nearest even, as
-// float_to_half), vcvtph2ps widens it back exactly.
+// A code's value w' = fp16(float(q - z) * scale) is computed as the scalar level
+// does: the product is exact in fp32 (so is its sign of zero, which q * s - z * s
+// would lose), then it is rounded once to fp16's precision, to nearest even. Two
+// exact ways to round:
+//  - round_half: vcvtps2ph then vcvtph2ps, right for every scale, but slow on some
+//    cores (on Zen 4 it costs more than the rest of an int8 block's work);
+//  - round_split: Veltkamp's split t = v * (2^13 + 1), w = t - (t - v), three cheap
+//    operations. It rounds to 11 significant bits, ties to even, which is fp16's
+//    rounding whenever the result is finite: |scale| < 512 for int8, < 8192 for int4
+//    (checked for every finite scale and every code; products that land among fp16's
+//    subnormals are exact multiples of 2^-24 already).
+// A group whose scale is outside the range (or NaN) takes round_half.
 
 // q - z for the 16 int4 codes: the table index is the code.
 alignas(64) constexpr float kQ4MinusZ[16] = {-8, -7, -6, -5, -4, -3, -2, -1,
                                              0,  1,  2,  3,  4,  5,  6,  7};
+constexpr float kSplitLimit4 = 8192.0f, kSplitLimit8 = 512.0f;
 
 HX_AVX512 inline __m512 round_half(__m512 v) {
   return _mm512_cvtph_ps(_mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
 }
 
-// float(q - 128) of 16 int8 codes at p.
-HX_AVX512 inline __m512 q8_minus_z(const uint8_t* p) {
+HX_AVX512 inline __m512 round_split(__m512 v) {
+  __m512 t = _mm512_mul_ps(v, _mm512_set1_ps(8193.0f));
+  // Opaque to the optimiser: with -ffp-contract=fast GCC would otherwise fuse t's
+  // product into both subtractions, and the split would no longer round.
+  __asm__("" : "+v"(t));
+  return _mm512_sub_ps(t, _mm512_sub_ps(t, v));
+}
+
+// Bit j set: scale j of the 16 in `s` takes round_split.
+HX_AVX512 inline __mmask16 split_ok4(__m512 s) {
+  return _mm512_cmp_ps_mask(_mm512_abs_ps(s), _mm512_set1_ps(kSplitLimit4), _CMP_LT_OQ);
+}
+// int8 also forms (q - 128) * s as fma(q, s, -128 * s), exact and of the right sign
+// of zero only for s > 0.
+HX_AVX512 inline __mmask16 split_ok8(__m512 s) {
+  return _mm512_cmp_ps_mask(s, _mm512_setzero_ps(), _CMP_GT_OQ) &
+         _mm512_cmp_ps_mask(s, _mm512_set1_ps(kSplitLimit8), _CMP_LT_OQ);
+}
+
+// The 16 values of an int4 group of scale s, indexed by code.
+HX_AVX512 inline __m512 q4_table(float s, bool split) {
+  const __m512 v = _mm512_mul_ps(_mm512_load_ps(kQ4MinusZ), _mm512_set1_ps(s));
+  return split ? round_split(v) : round_half(v);
+}
+
+// The values of 16 int8 codes at p: split, with s in (0, 512) and c = -128 * s ...
+HX_AVX512 inline __m512 q8_split(const uint8_t* p, __m512 s, __m512 c) {
   const __m512i q = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-  return _mm512_cvtepi32_ps(_mm512_sub_epi32(q, _mm512_set1_epi32(128)));
+  return round_split(_mm512_fmadd_ps(_mm512_cvtepi32_ps(q), s, c));
+}
+// ... or for any scale.
+HX_AVX512 inline __m512 q8_any(const uint8_t* p, __m512 s) {
+  const __m512i q = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  const __m512 d = _mm512_cvtepi32_ps(_mm512_sub_epi32(q, _mm512_set1_epi32(128)));
+  return round_half(_mm512_mul_ps(d, s));
 }
 
 HX_AVX512 inline uint64_t load_u64(const uint8_t* p) {
@@ -212,6 +252,11 @@ alignas(64) constexpr int32_t kSpreadDword[16] = {0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 
 alignas(64) constexpr int32_t kSpreadShift[16] = {0, 4, 8, 12, 16, 20, 24, 28,
                                                   0, 4, 8, 12, 16, 20, 24, 28};
 
+// The widened scales of a chunk (scale line at `line`): rows x 16.
+HX_AVX512 inline __m512 load_scales(const uint8_t* row, uint64_t line) {
+  return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + line)));
+}
+
 HX_AVX512 void dequant_row(const isa::QRowFormat& f, const uint8_t* row, float* out) {
   const uint32_t groups = f.groups();
   if (f.group % 16 != 0 || f.cols % 16 != 0) {  // groups straddle vectors: the scalar loop
@@ -219,27 +264,28 @@ HX_AVX512 void dequant_row(const isa::QRowFormat& f, const uint8_t* row, float* 
     return;
   }
   const __m512i spread = _mm512_load_si512(kSpreadDword), shift = _mm512_load_si512(kSpreadShift);
-  const __m512 qz = _mm512_load_ps(kQ4MinusZ);
   alignas(64) float scales[16];
   for (uint32_t g0 = 0; g0 < groups; g0 += isa::kQGroupsPerChunk) {
     const uint64_t line = f.chunk_offset(g0 / isa::kQGroupsPerChunk);
-    _mm512_store_ps(scales, _mm512_cvtph_ps(_mm256_loadu_si256(
-                                reinterpret_cast<const __m256i*>(row + line))));
+    const __m512 sv = load_scales(row, line);
+    _mm512_store_ps(scales, sv);
+    const __mmask16 split = f.bits == 4 ? split_ok4(sv) : split_ok8(sv);
     const uint32_t ng = std::min(isa::kQGroupsPerChunk, groups - g0);
     for (uint32_t j = 0; j < ng; ++j) {
       const uint8_t* codes = row + line + isa::kQScaleLineBytes + j * f.group_code_bytes();
       float* o = out + size_t(g0 + j) * f.group;
+      const bool fast = (split >> j) & 1;
       if (f.bits == 4) {
-        const __m512 table = round_half(_mm512_mul_ps(qz, _mm512_set1_ps(scales[j])));
+        const __m512 table = q4_table(scales[j], fast);
         for (uint32_t i = 0; i < f.group_len(g0 + j); i += 16) {
           const __m512i q = _mm512_permutexvar_epi32(
               spread, _mm512_set1_epi64(int64_t(load_u64(codes + i / 2))));
           _mm512_storeu_ps(o + i, _mm512_permutexvar_ps(_mm512_srlv_epi32(q, shift), table));
         }
       } else {
-        const __m512 s = _mm512_set1_ps(scales[j]);
+        const __m512 s = _mm512_set1_ps(scales[j]), c = _mm512_set1_ps(-128.0f * scales[j]);
         for (uint32_t i = 0; i < f.group_len(g0 + j); i += 16)
-          _mm512_storeu_ps(o + i, round_half(_mm512_mul_ps(q8_minus_z(codes + i), s)));
+          _mm512_storeu_ps(o + i, fast ? q8_split(codes + i, s, c) : q8_any(codes + i, s));
       }
     }
   }
@@ -256,42 +302,74 @@ alignas(64) constexpr int32_t kSigmaInverse[16] = {0, 2, 4, 6, 8, 10, 12, 14,
 alignas(64) constexpr int32_t kSigmaShift[16] = {0, 0, 4, 4, 8, 8, 12, 12,
                                                  16, 16, 20, 20, 24, 24, 28, 28};
 
+// Rows per decode kernel call: each row's codes are a stream of its own (the driver
+// hands over rows from independent runs), and their fmas are independent chains.
 constexpr int kDotQRows = 8;
+// Software prefetch distance in each row's stream (into the next row of its run, which
+// follows in memory, near a row's end). The hardware prefetchers follow the streams
+// well on their own; this keeps a few more lines in flight when both cores stream.
+constexpr uint64_t kPrefetchAhead = 1024;
 
-// The 16 scales of the chunk whose scale line is at `line` in each row, widened.
+// Prefetches the line kPrefetchAhead bytes past p: integer arithmetic, since that
+// may lie past the row's buffer (a prefetch never faults).
+HX_AVX512 inline void prefetch_ahead(const uint8_t* p) {
+  _mm_prefetch(reinterpret_cast<const char*>(reinterpret_cast<uintptr_t>(p) + kPrefetchAhead),
+               _MM_HINT_T0);
+}
+
+// Prefetches the lines ahead of a group's codes (`bytes` from c[r]) in each row: the
+// first line always (a group smaller than a line asks again for the same one, which
+// costs little), any further ones when a group spans several lines.
 template <int R>
-HX_AVX512 inline void chunk_scales(const uint8_t* const* rows, uint64_t line,
-                                   float (&scales)[R][16]) {
-  for (int r = 0; r < R; ++r)
-    _mm512_store_ps(scales[r], _mm512_cvtph_ps(_mm256_loadu_si256(
-                                   reinterpret_cast<const __m256i*>(rows[r] + line))));
+HX_AVX512 inline void prefetch_group(const uint8_t* const (&c)[R], uint64_t bytes) {
+  for (int r = 0; r < R; ++r) prefetch_ahead(c[r]);
+  for (uint64_t o = 64; o < bytes; o += 64)
+    for (int r = 0; r < R; ++r) prefetch_ahead(c[r] + o);
+}
+
+// The chunk's scales of R rows, widened to scales[r][16]; returns the groups whose
+// scales take the split in every row.
+template <int R>
+HX_AVX512 inline __mmask16 chunk_scales(const uint8_t* const* rows, uint64_t line, uint32_t bits,
+                                        float (&scales)[R][16]) {
+  __mmask16 split = 0xFFFF;
+  for (int r = 0; r < R; ++r) {
+    const __m512 s = load_scales(rows[r], line);
+    _mm512_store_ps(scales[r], s);
+    split &= bits == 4 ? split_ok4(s) : split_ok8(s);
+  }
+  return split;
 }
 
 template <int R>
 HX_AVX512 void dot_q4_rows(const isa::QRowFormat& f, const uint8_t* const* rows, const float* xp,
                            float* out) {
   const __m512i shift = _mm512_load_si512(kSigmaShift);
-  const __m512 qz = _mm512_load_ps(kQ4MinusZ);
   __m512 acc[R];
   for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps();
   const uint32_t groups = f.groups();
+  const uint64_t gbytes = f.group_code_bytes();
   alignas(64) float scales[R][16];
   for (uint32_t g0 = 0; g0 < groups; g0 += isa::kQGroupsPerChunk) {
     const uint64_t line = f.chunk_offset(g0 / isa::kQGroupsPerChunk);
-    chunk_scales<R>(rows, line, scales);
+    const __mmask16 split = chunk_scales<R>(rows, line, 4, scales);
     const uint32_t ng = std::min(isa::kQGroupsPerChunk, groups - g0);
     const uint64_t codes = line + isa::kQScaleLineBytes;
     for (uint32_t j = 0; j < ng; ++j) {
+      const uint64_t at = codes + uint64_t(j) * gbytes;
+      const bool fast = (split >> j) & 1;
       __m512 table[R];  // the group's 16 values, indexed by code
-      for (int r = 0; r < R; ++r)
-        table[r] = round_half(_mm512_mul_ps(qz, _mm512_set1_ps(scales[r][j])));
-      const uint64_t at = codes + uint64_t(j) * (f.group / 2);
+      for (int r = 0; r < R; ++r) table[r] = q4_table(scales[r][j], fast);
+      const uint8_t* c[R];  // the group's codes in each row
+      for (int r = 0; r < R; ++r) c[r] = rows[r] + at;
+      prefetch_group<R>(c, gbytes);
       const float* xg = xp + size_t(g0 + j) * f.group;
-      for (uint32_t i = 0; i < f.group_len(g0 + j); i += 16) {
-        const __m512 xv = _mm512_load_ps(xg + i);
+      const uint64_t end = f.group_len(g0 + j) / 2;
+      for (uint64_t o = 0; o < end; o += 8, xg += 16) {  // o: bytes into the group's codes
+        const __m512 xv = _mm512_load_ps(xg);
         for (int r = 0; r < R; ++r) {
-          const __m512i q = _mm512_srlv_epi32(
-              _mm512_set1_epi64(int64_t(load_u64(rows[r] + at + i / 2))), shift);
+          const __m512i q =
+              _mm512_srlv_epi32(_mm512_set1_epi64(int64_t(load_u64(c[r] + o))), shift);
           acc[r] = _mm512_fmadd_ps(_mm512_permutexvar_ps(q, table[r]), xv, acc[r]);
         }
       }
@@ -307,22 +385,34 @@ HX_AVX512 void dot_q8_rows(const isa::QRowFormat& f, const uint8_t* const* rows,
   __m512 acc[R];
   for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps();
   const uint32_t groups = f.groups();
+  const uint64_t gbytes = f.group_code_bytes();
   alignas(64) float scales[R][16];
   for (uint32_t g0 = 0; g0 < groups; g0 += isa::kQGroupsPerChunk) {
     const uint64_t line = f.chunk_offset(g0 / isa::kQGroupsPerChunk);
-    chunk_scales<R>(rows, line, scales);
+    const __mmask16 split = chunk_scales<R>(rows, line, 8, scales);
     const uint32_t ng = std::min(isa::kQGroupsPerChunk, groups - g0);
     const uint64_t codes = line + isa::kQScaleLineBytes;
     for (uint32_t j = 0; j < ng; ++j) {
+      const uint64_t at = codes + uint64_t(j) * gbytes;
       __m512 s[R];
       for (int r = 0; r < R; ++r) s[r] = _mm512_set1_ps(scales[r][j]);
-      const uint64_t at = codes + uint64_t(j) * f.group;
+      const uint8_t* q[R];  // the group's codes in each row
+      for (int r = 0; r < R; ++r) q[r] = rows[r] + at;
+      prefetch_group<R>(q, gbytes);
       const float* xg = x + size_t(g0 + j) * f.group;
-      for (uint32_t i = 0; i < f.group_len(g0 + j); i += 16) {
-        const __m512 xv = _mm512_loadu_ps(xg + i);
-        for (int r = 0; r < R; ++r) {
-          const __m512 w = round_half(_mm512_mul_ps(q8_minus_z(rows[r] + at + i), s[r]));
-          acc[r] = _mm512_fmadd_ps(w, xv, acc[r]);
+      const uint32_t len = f.group_len(g0 + j);
+      if ((split >> j) & 1) {
+        __m512 c[R];
+        for (int r = 0; r < R; ++r) c[r] = _mm512_set1_ps(-128.0f * scales[r][j]);
+        for (uint32_t i = 0; i < len; i += 16) {
+          const __m512 xv = _mm512_loadu_ps(xg + i);
+          for (int r = 0; r < R; ++r)
+            acc[r] = _mm512_fmadd_ps(q8_split(q[r] + i, s[r], c[r]), xv, acc[r]);
+        }
+      } else {
+        for (uint32_t i = 0; i < len; i += 16) {
+          const __m512 xv = _mm512_loadu_ps(xg + i);
+          for (int r = 0; r < R; ++r) acc[r] = _mm512_fmadd_ps(q8_any(q[r] + i, s[r]), xv, acc[r]);
         }
       }
     }

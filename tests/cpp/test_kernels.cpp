@@ -13,11 +13,13 @@
 #include "common/fp16.h"
 #include "common/thread_pool.h"
 #include "emu/kernels.h"
+#include "isa/qmatrix.h"
 #include "test_util.h"
 
 namespace {
 
 namespace emu = hyperdex::emu;
+namespace isa = hyperdex::isa;
 using emu::KernelLevel;
 using emu::Kernels;
 
@@ -349,6 +351,248 @@ TEST(Matmul, ManyRowsAndOddShapes) {
   for (const auto& c : cases) {
     check_matmul(c, rng);
     if (HasFatalFailure()) return;
+  }
+}
+
+// ---- quantized rows: matmul_q and dequant_row --------------------------------
+// Every level against the definition (docs/isa.md, "Quantized weights"): the scalar
+// fp16 MAC tree over isa::dequantize_qrow's exact fp16 values.
+
+constexpr KernelLevel kAllLevels[] = {KernelLevel::Scalar, KernelLevel::Avx2, KernelLevel::Avx512};
+
+TEST(QKernels, DequantRowGivesEveryScaleAndCodeItsExactValue) {
+  // Every fp16 bit pattern as a scale (both zeros, subnormals, the scales whose
+  // values overflow to inf, infs, NaNs) with every code: one group per scale.
+  for (const uint32_t wbits : {4u, 8u}) {
+    const uint32_t codes_per_group = 1u << wbits;
+    const isa::QRowFormat f{wbits, codes_per_group, codes_per_group * isa::kQGroupsPerChunk};
+    std::vector<uint8_t> codes(f.cols);
+    for (uint32_t i = 0; i < f.cols; ++i) codes[i] = uint8_t(i % codes_per_group);
+    std::vector<uint8_t> row(f.data_bytes());
+    std::vector<uint16_t> want(f.cols);
+    std::vector<float> got(f.cols);
+    for (uint32_t first = 0; first < 0x10000; first += isa::kQGroupsPerChunk) {
+      uint16_t scales[isa::kQGroupsPerChunk];
+      for (uint32_t j = 0; j < isa::kQGroupsPerChunk; ++j) scales[j] = uint16_t(first + j);
+      isa::pack_qrow(f, codes.data(), scales, row.data());
+      isa::dequantize_qrow(f, row.data(), want.data());
+      for (KernelLevel level : kAllLevels) {
+        if (!emu::cpu_supports(level)) continue;
+        const Kernels& kern = emu::kernels_for(level);
+        kern.dequant_row(f, row.data(), got.data());
+        for (uint32_t i = 0; i < f.cols; ++i) {
+          ASSERT_EQ(bits(got[i]), bits(hyperdex::half_to_float(want[i])))
+              << kern.name << " int" << f.bits << " scale 0x" << std::hex << scales[i / f.group]
+              << std::dec << " code " << uint32_t(codes[i]);
+        }
+      }
+    }
+  }
+}
+
+// Scales of every kind the kernels treat differently.
+enum class Scales {
+  Usual,       // positive, over a wide range of magnitudes
+  Large,       // half of them past the range of the fast rounding (int4: 8192, int8: 512)
+  SignsZeros,  // some zeros of both signs, negative ones and fp16 subnormals
+};
+
+// n scales of the kind, and the codes that go with them: with Large, codes within
+// z -+ 7 (int4) or z -+ 64 (int8), so that every |q - z| * scale stays below fp16's
+// 65504 (an inf would make NaNs, whose bits are no business of these tests).
+struct ScaleMix {
+  uint32_t codes_lo, codes_hi;
+  std::vector<uint16_t> scales;
+};
+
+ScaleMix scale_mix(std::mt19937& rng, uint32_t bits, size_t n, Scales kind) {
+  const uint32_t z = 1u << (bits - 1);
+  ScaleMix out{0, 2 * z - 1, std::vector<uint16_t>(n)};
+  std::uniform_real_distribution<float> mant(1.0f, 2.0f);
+  std::uniform_int_distribution<int> exp(-20, bits == 4 ? 9 : 5), pick(0, 9);
+  if (kind == Scales::Large) {
+    out.codes_lo = bits == 4 ? 1 : z - 64;
+    out.codes_hi = bits == 4 ? 15 : z + 63;
+  }
+  for (auto& s : out.scales) {
+    float v = std::ldexp(mant(rng), exp(rng));
+    if (kind == Scales::Large && pick(rng) < 5)
+      v = bits == 4 ? 8192.0f + 1000.0f * (mant(rng) - 1.0f) : 512.0f + 500.0f * (mant(rng) - 1.0f);
+    if (kind == Scales::SignsZeros) {
+      switch (pick(rng)) {
+        case 0: v = 0.0f; break;
+        case 1: v = -0.0f; break;
+        case 2: v = -v; break;
+        case 3: v = std::ldexp(mant(rng), -20); break;  // an fp16 subnormal
+        default: break;
+      }
+    }
+    s = hyperdex::float_to_half(v);
+  }
+  return out;
+}
+
+// m quantized rows of format f, striped as the emulator lays out a QMatrix region.
+class StripedQRows {
+ public:
+  StripedQRows(const isa::QRowFormat& f, const std::vector<uint8_t>& codes,
+               const std::vector<uint16_t>& scales, size_t m, uint32_t channels)
+      : buf_((f.data_bytes() + 63) / 64 * 64, 128, m, channels) {
+    for (size_t r = 0; r < m; ++r)
+      isa::pack_qrow(f, codes.data() + r * f.cols, scales.data() + r * f.groups(), buf_.row(r));
+  }
+  const emu::StripedRows& rows() const { return buf_.rows(); }
+
+ private:
+  hyperdex::testing::StripedBuffer buf_;
+};
+
+// matmul_q of every level, layout and pool size against the definition, bit for bit.
+void check_matmul_q(const isa::QRowFormat& f, size_t m, size_t n, Scales kind, std::mt19937& rng) {
+  ASSERT_EQ(f.check(), "");
+  const size_t k = f.cols, x_stride = k + 3, y_stride = m + 2;
+  const ScaleMix sm = scale_mix(rng, f.bits, m * f.groups(), kind);
+  std::uniform_int_distribution<uint32_t> code(sm.codes_lo, sm.codes_hi);
+  std::vector<uint8_t> codes(m * k);
+  for (auto& c : codes) c = uint8_t(code(rng));
+  std::vector<uint16_t> deq(m * k);
+  std::vector<uint8_t> row(f.data_bytes());
+  for (size_t r = 0; r < m; ++r) {
+    isa::pack_qrow(f, codes.data() + r * k, sm.scales.data() + r * f.groups(), row.data());
+    isa::dequantize_qrow(f, row.data(), deq.data() + r * k);
+  }
+  std::vector<float> x(n * x_stride, NAN);  // NaN between tokens must never reach a result
+  for (size_t t = 0; t < n; ++t) {
+    // Activations of fp16 magnitude, so that the dots stay finite.
+    std::normal_distribution<float> normal(0.0f, 1.0f);
+    for (size_t i = 0; i < k; ++i)
+      x[t * x_stride + i] = hyperdex::half_to_float(hyperdex::float_to_half(normal(rng)));
+  }
+  x.resize((n - 1) * x_stride + k);  // the last token ends the buffer
+  std::vector<float> want(n * y_stride);
+  for (size_t t = 0; t < n; ++t)
+    for (size_t r = 0; r < m; ++r)
+      want[t * y_stride + r] = scalar().dot_f16(deq.data() + r * k, x.data() + t * x_stride, k);
+  constexpr uint32_t kSentinel = 0x7fc0beef;  // y between rows must stay untouched
+  for (KernelLevel level : kAllLevels) {
+    if (!emu::cpu_supports(level)) continue;
+    const Kernels& kern = emu::kernels_for(level);
+    for (uint32_t channels : {1u, 3u, 32u}) {
+      const StripedQRows rows(f, codes, sm.scales, m, channels);
+      for (size_t threads : {1, 2}) {
+        hyperdex::ThreadPool pool(threads);
+        std::vector<uint32_t> y(n * y_stride, kSentinel);
+        emu::matmul_q(kern, rows.rows(), f, m, x.data(), x_stride, n,
+                      reinterpret_cast<float*>(y.data()), y_stride, pool);
+        for (size_t t = 0; t < n; ++t)
+          for (size_t i = 0; i < y_stride; ++i) {
+            const uint32_t expect = i < m ? bits(want[t * y_stride + i]) : kSentinel;
+            ASSERT_EQ(y[t * y_stride + i], expect)
+                << kern.name << " int" << f.bits << " g=" << f.group << " k=" << k << " m=" << m
+                << " n=" << n << " scales " << int(kind) << " channels=" << channels
+                << " threads=" << threads << " token " << t << " row " << i;
+          }
+      }
+    }
+  }
+}
+
+TEST(QKernels, MatmulBitIdenticalAtEveryLevelForOddShapes) {
+  std::mt19937 rng(11);
+  // k a multiple of the group and of 16; a last short group (k % group != 0, still
+  // a multiple of 16); more than one chunk of 16 groups, the last one partial; k
+  // not a multiple of 16 (the kernels' generic path); groups not a multiple of 16.
+  const isa::QRowFormat formats[] = {
+      {4, 128, 4096}, {8, 128, 4096}, {4, 128, 576}, {8, 128, 576}, {4, 32, 4128},
+      {8, 64, 2112},  {4, 16, 272},   {8, 16, 16},   {4, 128, 16},  {8, 128, 1536},
+      {4, 128, 40},   {8, 32, 100},   {4, 8, 40},    {8, 24, 72},   {4, 2, 6},
+  };
+  for (const auto& f : formats) {
+    // Rows: fewer than, not a multiple of, and many times the kernels' row blocks.
+    for (const size_t m : {1, 7, 13, 97}) {
+      if (m * f.cols > 200000 && m > 13) continue;
+      for (Scales kind : {Scales::Usual, Scales::Large, Scales::SignsZeros}) {
+        check_matmul_q(f, m, 1, kind, rng);
+        if (HasFatalFailure()) return;
+      }
+    }
+    check_matmul_q(f, 9, 3, Scales::SignsZeros, rng);  // prefill
+    if (HasFatalFailure()) return;
+  }
+}
+
+TEST(QKernels, RowsAreNotReadPastTheirData) {
+  // Each row alone in a buffer of exactly its data bytes (no padding to 64), so that
+  // AddressSanitizer sees any read past it.
+  std::mt19937 rng(12);
+  for (const isa::QRowFormat f : {isa::QRowFormat{4, 128, 576}, isa::QRowFormat{8, 128, 576},
+                                  isa::QRowFormat{4, 32, 80}, isa::QRowFormat{8, 16, 48},
+                                  isa::QRowFormat{4, 128, 1040}}) {
+    const size_t m = 5;
+    std::vector<std::vector<uint8_t>> bufs(m, std::vector<uint8_t>(f.data_bytes()));
+    std::vector<uint8_t*> channels;
+    std::vector<float> want(m);
+    const auto x = random_floats(rng, f.cols);
+    for (size_t r = 0; r < m; ++r) {
+      const ScaleMix sm = scale_mix(rng, f.bits, f.groups(), Scales::Usual);
+      std::vector<uint8_t> codes(f.cols);
+      for (auto& c : codes) c = uint8_t(rng() % (1u << f.bits));
+      isa::pack_qrow(f, codes.data(), sm.scales.data(), bufs[r].data());
+      std::vector<uint16_t> deq(f.cols);
+      isa::dequantize_qrow(f, bufs[r].data(), deq.data());
+      want[r] = scalar().dot_f16(deq.data(), x.data(), f.cols);
+      channels.push_back(bufs[r].data());
+    }
+    emu::StripedRows rows;
+    rows.channels = channels.data();
+    rows.num_channels = uint32_t(m);
+    rows.row_bytes = f.data_bytes();
+    for (KernelLevel level : kAllLevels) {
+      if (!emu::cpu_supports(level)) continue;
+      hyperdex::ThreadPool pool(1);
+      std::vector<float> y(m);
+      emu::matmul_q(emu::kernels_for(level), rows, f, m, x.data(), f.cols, 1, y.data(), m, pool);
+      for (size_t r = 0; r < m; ++r)
+        ASSERT_EQ(bits(y[r]), bits(want[r])) << emu::kernels_for(level).name << " row " << r;
+    }
+  }
+}
+
+TEST(QKernels, ForcedScalarLevelRunsTheQuantizedMatmul) {
+  // What a CPU without AVX2 runs: HYPERDEX_KERNELS=scalar makes best_kernels() the
+  // scalar level (checked in a fresh process, as best_kernels() caches its choice),
+  // and its quantized MATMUL gives the definition's bits.
+  std::mt19937 rng(13);
+  for (const isa::QRowFormat f : {isa::QRowFormat{4, 128, 576}, isa::QRowFormat{8, 64, 1536}}) {
+    const size_t m = 21;
+    const ScaleMix sm = scale_mix(rng, f.bits, m * f.groups(), Scales::SignsZeros);
+    std::vector<uint8_t> codes(m * f.cols);
+    for (auto& c : codes) c = uint8_t(rng() % (1u << f.bits));
+    const StripedQRows rows(f, codes, sm.scales, m, 4);
+    std::vector<float> want(m);
+    const auto x = random_floats(rng, f.cols);
+    std::vector<uint16_t> deq(f.cols);
+    std::vector<uint8_t> row(f.data_bytes());
+    for (size_t r = 0; r < m; ++r) {
+      isa::pack_qrow(f, codes.data() + r * f.cols, sm.scales.data() + r * f.groups(), row.data());
+      isa::dequantize_qrow(f, row.data(), deq.data());
+      want[r] = scalar().dot_f16(deq.data(), x.data(), f.cols);
+    }
+    GTEST_FLAG_SET(death_test_style, "threadsafe");
+    EXPECT_EXIT(
+        {
+          setenv("HYPERDEX_KERNELS", "scalar", 1);
+          const Kernels& kern = emu::best_kernels();
+          if (std::string(kern.name) != "scalar") std::exit(2);
+          hyperdex::ThreadPool pool(2);
+          std::vector<float> y(m);
+          emu::matmul_q(kern, rows.rows(), f, m, x.data(), f.cols, 1, y.data(), m, pool);
+          for (size_t r = 0; r < m; ++r)
+            if (bits(y[r]) != bits(want[r])) std::exit(3);
+          std::exit(0);
+        },
+        testing::ExitedWithCode(0), "")
+        << "int" << f.bits;
   }
 }
 
