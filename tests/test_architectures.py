@@ -1124,7 +1124,12 @@ def test_routing_is_clear_of_fp16_noise(zoo: Callable[[str], Case], name: str) -
 @pytest.mark.parametrize("name", list(CASES))
 def test_greedy_tokens_match_transformers(zoo: Callable[[str], Case], name: str) -> None:
     c = zoo(name)
-    ours = np.asarray(c.lm().generate(c.ids, do_sample=False, max_new_tokens=NEW_TOKENS))
+    # The mask a tokenizer gives: without one, a prompt token equal to pad_token_id would be
+    # taken for padding (as transformers' generate infers it), unlike the reference's forward.
+    mask = torch.ones_like(c.ids)
+    ours = np.asarray(
+        c.lm().generate(c.ids, attention_mask=mask, do_sample=False, max_new_tokens=NEW_TOKENS)
+    )
     assert_greedy_like_transformers(c, ours, name)
 
 
@@ -1204,7 +1209,8 @@ def test_hybrid_decodes_like_the_lpu(zoo: Callable[[str], Case], name: str) -> N
     c = zoo(name)
     hybrid = AutoModelForCausalLM.from_pretrained(c.path(), device_map={"gpu": 1, "lpu": 1})
     assert hybrid.hybrid is not None
-    got = np.asarray(hybrid.generate(c.ids, max_new_tokens=8, do_sample=False))
+    mask = torch.ones_like(c.ids)  # as in test_greedy_tokens_match_transformers
+    got = np.asarray(hybrid.generate(c.ids, attention_mask=mask, max_new_tokens=8, do_sample=False))
     assert_greedy_like_transformers(c, got, f"{name} hybrid")
 
 

@@ -90,4 +90,5 @@ class RayRunner:
                     i = futures.pop(ref)
                     results[i] = ray.get(ref)
                     bar.update(sum(b - a for a, b in groups[i]))
+                    bar.refresh()  # each finished task shows, the last one too (few tasks)
         return [r for group in results for r in (group or [])]
