@@ -504,12 +504,7 @@ def _gptq_layers(
                         r["codes"], r["scales"], qconfig.bits, qconfig.group_size
                     )
                     device.write_weights(region, 0, deq)
-                row = 0
-                for src, w in zip(sources, weights):
-                    rows = slice(row, row + int(w.shape[0]))
-                    row = rows.stop
-                    yield src, np.ascontiguousarray(r["codes"][rows])
-                    yield scales_name(src), np.ascontiguousarray(r["scales"][rows])
+                yield from _split_result(sources, weights, r)
             # The stream the next layer sees comes from the quantized layer.
             if not is_head and layer + 1 < stages:
                 for k, (_, pos, ids) in enumerate(pieces):
@@ -584,12 +579,20 @@ def _gptq_experts(
         stats.setdefault("loss", {})[name] = float(r.get("loss", 0.0))
         deq = _core.quant.dequantize(r["codes"], r["scales"], qconfig.bits, qconfig.group_size)
         device.write_weights(region, e * block, deq)
-        row = 0
-        for src, w in zip(sources, weights):
-            rows = slice(row, row + int(w.shape[0]))
-            row = rows.stop
-            yield src, np.ascontiguousarray(r["codes"][rows])
-            yield scales_name(src), np.ascontiguousarray(r["scales"][rows])
+        yield from _split_result(sources, weights, r)
+
+
+def _split_result(
+    sources: list[str], weights: list[np.ndarray], r: dict[str, Any]
+) -> Iterator[tuple[str, np.ndarray]]:
+    """One GPTQ call's codes and scales cut back into its source tensors (quantized together
+    because they share an input and so a Hessian), each source's rows in turn."""
+    row = 0
+    for src, w in zip(sources, weights):
+        rows = slice(row, row + int(w.shape[0]))
+        row = rows.stop
+        yield src, np.ascontiguousarray(r["codes"][rows])
+        yield scales_name(src), np.ascontiguousarray(r["scales"][rows])
 
 
 def quantize_converted(
