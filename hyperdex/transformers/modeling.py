@@ -4,14 +4,16 @@ the ``transformers`` calling conventions: ``model(input_ids).logits`` and ``gene
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
 import logging
+import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional, Union
 
 import numpy as np
-from transformers.utils import ModelOutput
 
 from ..compiled.folder import (
     COMPILE_INFO_NAME,
@@ -52,15 +54,51 @@ class _NotSupportedLogFilter(logging.Filter):
 logging.getLogger("transformers.pipelines.base").addFilter(_NotSupportedLogFilter())
 
 
+class _Output:
+    """Indexing as transformers' ModelOutput: by position over the fields that are set, or by
+    name (a field that is None is no key)."""
+
+    def keys(self) -> list[str]:
+        return [f.name for f in dataclasses.fields(self) if getattr(self, f.name) is not None]
+
+    def to_tuple(self) -> tuple[Any, ...]:
+        return tuple(getattr(self, k) for k in self.keys())
+
+    def __getitem__(self, key: Union[str, int]) -> Any:
+        if isinstance(key, int):
+            return self.to_tuple()[key]
+        if key in self.keys():
+            return getattr(self, key)
+        raise KeyError(key)
+
+
 @dataclass
-class CausalLMOutput(ModelOutput):
-    """What ``model(input_ids)`` returns, a transformers ``ModelOutput`` (as its
-    ``CausalLMOutput``): ``logits`` is [batch, seq, vocab] (fp32), of the input's kind (torch
-    tensor, numpy array or nested lists); ``loss`` with ``labels``. Indexing by position or
-    name skips the fields that are None, as transformers does."""
+class CausalLMOutput(_Output):
+    """What ``model(input_ids)`` returns, with the fields of transformers' ``CausalLMOutput``
+    that the device gives: ``logits`` is [batch, seq, vocab] (fp32), of the input's kind
+    (torch tensor, numpy array or nested lists); ``loss`` with ``labels``. Where torch is in
+    use it is a transformers ``ModelOutput`` too (:func:`_model_output`)."""
 
     loss: Any = None
     logits: Any = None
+
+
+@functools.cache
+def _with_model_output(cls: type) -> type:
+    """``cls`` as a dataclass on transformers' ModelOutput as well (same fields)."""
+    from transformers.utils import ModelOutput
+
+    fields = [(f.name, Any, dataclasses.field(default=None)) for f in dataclasses.fields(cls)]
+    return dataclasses.make_dataclass(cls.__name__, fields, bases=(ModelOutput, cls))
+
+
+def _model_output(cls: type, **values: Any) -> Any:
+    """An output of ``cls``; where torch is loaded, one that is a transformers ``ModelOutput``
+    as well (what transformers' own code checks for). Not otherwise: importing transformers'
+    ModelOutput imports torch, which NumPy users need not load."""
+    if "torch" in sys.modules:
+        return _with_model_output(cls)(**values)
+    return cls(**values)
 
 
 def _torch_seed() -> Optional[int]:
@@ -175,12 +213,12 @@ def _unpadded_prompts(ids: np.ndarray, mask: Any, config: GenerationConfig) -> l
 
 
 @dataclass
-class GenerateOutput(ModelOutput):
-    """``generate(..., return_dict_in_generate=True)``: a transformers ``ModelOutput`` with the
-    fields of its GenerateDecoderOnlyOutput that the device gives. ``logits`` (with
-    ``output_logits=True``) and ``scores`` (with ``output_scores=True``, after repetition
-    penalty, temperature, top-k/top-p) hold one [batch, vocab] fp32 entry per generated
-    token."""
+class GenerateOutput(_Output):
+    """``generate(..., return_dict_in_generate=True)``: the fields of transformers'
+    GenerateDecoderOnlyOutput that the device gives (a transformers ``ModelOutput`` too where
+    torch is in use). ``logits`` (with ``output_logits=True``) and ``scores`` (with
+    ``output_scores=True``, after repetition penalty, temperature, top-k/top-p) hold one
+    [batch, vocab] fp32 entry per generated token."""
 
     sequences: Any = None
     scores: Optional[tuple[Any, ...]] = None
@@ -400,7 +438,7 @@ class LPUModelForCausalLM:
                 import torch
 
                 loss = torch.tensor(value, dtype=torch.float32)
-        result = CausalLMOutput(loss=loss, logits=_logits_out(out, kind))
+        result = _model_output(CausalLMOutput, loss=loss, logits=_logits_out(out, kind))
         return result if return_dict is not False else result.to_tuple()
 
     forward = __call__
@@ -493,7 +531,8 @@ class LPUModelForCausalLM:
                 )
             return tuple(out)
 
-        return GenerateOutput(
+        return _model_output(
+            GenerateOutput,
             sequences=sequences,
             scores=stacked(1) if flags["output_scores"] else None,
             logits=stacked(0) if flags["output_logits"] else None,
