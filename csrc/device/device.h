@@ -58,6 +58,16 @@ class Device {
   virtual void allocate(const DeviceLayout& layout) = 0;
   virtual void write(uint32_t channel, uint64_t offset, const void* src, size_t bytes) = 0;
   virtual void read(uint32_t channel, uint64_t offset, void* dst, size_t bytes) = 0;
+  // Optional: makes [offset, offset + bytes) of `channel` show the contents of the file
+  // at `path` (exactly `bytes` long) without copying them, as if written there: the
+  // emulator maps the file copy-on-write (emu/emulator.h). Returns false where the backend
+  // cannot (this default: a board, a recording device) or this file or place does not
+  // allow it; the range's contents are then unspecified and the caller writes the bytes
+  // (and reports what is wrong with the file). The caller checks the bytes' CRC itself.
+  virtual bool map_file(uint32_t /*channel*/, uint64_t /*offset*/, const std::string& /*path*/,
+                        uint64_t /*bytes*/) {
+    return false;
+  }
   // Checks the program against the allocation (operands and regions in bounds)
   // and keeps it in `slot`.
   virtual void load_program(ProgramSlot slot, const isa::Program& program) = 0;

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <new>
 #include <sstream>
 
 #include "common/bounds.h"
@@ -90,8 +91,15 @@ void Emulator::allocate(const DeviceLayout& layout) {
   check_layout(layout, preset_, "the device");
   hbm_.clear();
   channel_ptrs_.clear();
+  file_backed_bytes_ = 0;
   for (uint64_t b : layout.channel_bytes) {
-    hbm_.push_back(alloc_zeroed(b));
+    try {
+      hbm_.emplace_back(b);
+    } catch (const std::bad_alloc&) {
+      hbm_.clear();
+      channel_ptrs_.clear();
+      throw DeviceError("emulator: cannot allocate " + std::to_string(b) + " bytes");
+    }
     channel_ptrs_.push_back(hbm_.back().get());
   }
   layout_ = layout;
@@ -120,6 +128,23 @@ void Emulator::read(uint32_t channel, uint64_t offset, void* dst, size_t bytes) 
   if (channel >= hbm_.size() || !fits(offset, bytes, layout_.channel_bytes[channel]))
     throw DeviceError(outside_channel("read", channel, offset, bytes, layout_));
   std::memcpy(dst, hbm_[channel].get() + offset, bytes);
+}
+
+bool Emulator::map_file(uint32_t channel, uint64_t offset, const std::string& path, uint64_t bytes) {
+  if (channel >= hbm_.size() || !fits(offset, bytes, layout_.channel_bytes[channel]))
+    throw DeviceError(outside_channel("map of a file", channel, offset, bytes, layout_));
+  try {
+    if (!hbm_[channel].map_file(offset, path, bytes)) return false;
+  } catch (const std::bad_alloc&) {
+    // A hole in the channel: nothing may use this allocation any more.
+    hbm_.clear();
+    channel_ptrs_.clear();
+    programs_ = {};
+    throw DeviceError("emulator: cannot restore the memory of pseudo-channel " +
+                      std::to_string(channel) + " after a failed mapping of " + path);
+  }
+  file_backed_bytes_ += bytes;
+  return true;
 }
 
 // Every operand and region must stay inside what was allocated, for the

@@ -6,7 +6,9 @@
 #include <array>
 #include <cstdlib>
 #include <memory>
+#include <vector>
 
+#include "common/file_io.h"
 #include "common/thread_pool.h"
 #include "device/device.h"
 #include "emu/kernels.h"
@@ -32,6 +34,14 @@ class Emulator final : public Device {
   void allocate(const DeviceLayout& layout) override;
   void write(uint32_t channel, uint64_t offset, const void* src, size_t bytes) override;
   void read(uint32_t channel, uint64_t offset, void* dst, size_t bytes) override;
+  // Maps the file copy-on-write over the channel's memory (MappedMemory::map_file): the
+  // weights then live once in the page cache, shared, instead of once more in this
+  // process, and a program that wrote into them changes only its private copy. Needs
+  // `offset` on a page boundary (the weight segment starts each channel at 0).
+  bool map_file(uint32_t channel, uint64_t offset, const std::string& path,
+                uint64_t bytes) override;
+  // Bytes of HBM that map_file backed with files since the last allocate.
+  uint64_t file_backed_bytes() const { return file_backed_bytes_; }
   void load_program(ProgramSlot slot, const isa::Program& program) override;
   // Runs the whole program before returning (the emulator is synchronous); the
   // run timeout and the interrupt check are polled between instructions.
@@ -98,7 +108,10 @@ class Emulator final : public Device {
   const Kernels& kern_;
   ThreadPool pool_;
   DeviceLayout layout_;
-  std::vector<Buffer> hbm_;
+  // Per pseudo-channel an anonymous mapping: pages the runs never touch (KV cache rows
+  // past the sequence) cost no memory; the weight segment is mapped from its param file.
+  std::vector<MappedMemory> hbm_;
+  uint64_t file_backed_bytes_ = 0;
   std::vector<uint8_t*> channel_ptrs_;
   Buffer lmem_;
   uint64_t lmem_bytes_ = 0;

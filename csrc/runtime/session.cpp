@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <exception>
 #include <limits>
@@ -17,8 +18,35 @@ namespace {
 
 const char* kRecompile = "; recompile the model (AutoCompiler().compile(...), fast_compile=False)";
 
-// Streams a param file to the device in pieces, checking its size and CRC.
-void load_param_file(Device& dev, uint32_t channel, const ParamFile& pf, uint64_t expected_bytes) {
+// Whether param files may be mapped (Device::map_file) rather than copied: yes unless
+// HYPERDEX_MMAP=0 (the copy path, for comparisons and as a way out).
+bool mapping_allowed() {
+  const char* v = std::getenv("HYPERDEX_MMAP");
+  return !(v && std::strcmp(v, "0") == 0);
+}
+
+// Puts a param file in place on the device, checking its size and CRC-32: mapped where
+// the device can (the emulator: the file's pages, copy-on-write), else streamed in pieces.
+void load_param_file(Device& dev, uint32_t channel, const ParamFile& pf, uint64_t expected_bytes,
+                     bool try_map) {
+  // map_file checks the size (and declines a missing file or one of another size, which
+  // the copy below then reports); the CRC is taken over the mapped bytes themselves. A
+  // file truncated or rewritten in place later, while mapped, is not checked again
+  // (MappedMemory::map_file).
+  if (try_map && dev.map_file(channel, 0, pf.path, expected_bytes)) {
+    std::vector<uint8_t> buf(size_t(1) << 20);
+    uint32_t crc = 0;
+    for (uint64_t offset = 0; offset < expected_bytes;) {
+      const size_t n = size_t(std::min<uint64_t>(buf.size(), expected_bytes - offset));
+      dev.read(channel, offset, buf.data(), n);
+      crc = crc32(buf.data(), n, crc);
+      offset += n;
+    }
+    if (crc != pf.crc32)
+      throw FormatError("parameter file " + pf.path + " is corrupt (CRC-32 mismatch)" +
+                        kRecompile);
+    return;
+  }
   std::unique_ptr<std::FILE, int (*)(std::FILE*)> f(std::fopen(pf.path.c_str(), "rb"), &std::fclose);
   if (!f) throw FormatError("missing parameter file " + pf.path + kRecompile);
   std::vector<uint8_t> buf(8u << 20);
@@ -144,8 +172,9 @@ void Session::load(Device& device, const SessionConfig& config) {
   check_session_config(config, device.num_channels());
   check_io_buffers(config, std::max<uint32_t>({prefill.max_tokens, decode.max_tokens, 1}));
   device.allocate(config.layout);
+  const bool try_map = mapping_allowed();
   for (uint32_t c = 0; c < config.params.size(); ++c)
-    load_param_file(device, c, config.params[c], config.weights_bytes);
+    load_param_file(device, c, config.params[c], config.weights_bytes, try_map);
   for (const isa::Program* p : {&prefill, &decode})
     if (p->plan_fingerprint != config.plan_fingerprint)
       throw FormatError("the programs in inst/ were made for another memory plan than config/" +
