@@ -599,6 +599,7 @@ void Emulator::exec_matmul(const Instruction& in, const RunArgs& run) {
     gather_vector(in.w1, rows, bias.data());
   }
   const ActKind act = ActKind(in.sub);
+  const uint16_t* act16 = (in.flags & isa::kFlagOutF32) ? nullptr : act_table(act);
   if (in.flags & isa::kFlagOutF32) {
     // The LM head: fp32 out, nothing rounded (docs/isa.md). ISA v4: f0 scales the results
     // before the activation (Cohere's logit_scale); 0 and 1 leave them as they are; then f1
@@ -649,7 +650,11 @@ void Emulator::exec_matmul(const Instruction& in, const RunArgs& run) {
         for (size_t j = 0; j < len; ++j) v[j] += bias[j0 + j];
         round_all(v);
       }
-      if (act != ActKind::None) {
+      if (act16) {  // v holds fp16 values: look their activations up
+        kern_.float_to_half_n(v, h, len);
+        for (size_t j = 0; j < len; ++j) h[j] = act16[h[j]];
+        kern_.half_to_float_n(h, v, len);
+      } else if (act != ActKind::None) {
         for (size_t j = 0; j < len; ++j) v[j] = activate(act, v[j]);
         round_all(v);
       }
@@ -754,20 +759,23 @@ void Emulator::exec_attention(const Instruction& in, const RunArgs& run) {
   const float scale = in.f0, softcap = in.f1;
   pool_.parallel_for(0, size_t(run.n_tokens) * heads, 1, [&](size_t lo, size_t hi) {
     std::vector<float> q(hd), acc(hd), scores;
+    std::vector<const uint16_t*> rows;  // the positions' key (then value) slices
     for (size_t task = lo; task < hi; ++task) {
       const uint32_t t = uint32_t(task / heads), h = uint32_t(task % heads);
       const uint64_t pos = uint64_t(run.start_pos) + t;
       if (pos >= in.w0.rows) throw DeviceError("attention past the KV cache (max_length)");
       const uint64_t first = in.i1 && pos + 1 > in.i1 ? pos + 1 - in.i1 : 0;
-      const size_t kv_off = size_t(h / group) * hd;
+      const size_t kv_off = size_t(h / group) * hd, len = size_t(pos - first + 1);
       kern_.half_to_float_n(row16(in.a, t) + size_t(h) * hd, q.data(), hd);
-      scores.resize(size_t(pos - first + 1));
+      rows.resize(len);
+      scores.resize(len);
+      for (size_t j = 0; j < len; ++j)
+        rows[j] = reinterpret_cast<const uint16_t*>(kc.row(first + j)) + kv_off;
+      dot_f16_many(kern_, rows.data(), len, hd, q.data(), scores.data());
       float best = -std::numeric_limits<float>::infinity();
-      for (uint64_t j = first; j <= pos; ++j) {
-        const uint16_t* key = reinterpret_cast<const uint16_t*>(kc.row(j)) + kv_off;
-        float s = kern_.dot_f16(key, q.data(), hd) * scale;
+      for (float& s : scores) {
+        s *= scale;
         if (softcap > 0.0f) s = softcap * std::tanh(s / softcap);
-        scores[j - first] = s;
         best = std::max(best, s);
       }
       float sum = 0.0f;
@@ -775,11 +783,11 @@ void Emulator::exec_attention(const Instruction& in, const RunArgs& run) {
         s = std::exp(s - best);
         sum += s;
       }
+      for (float& s : scores) s /= sum;  // each position's weight
+      for (size_t j = 0; j < len; ++j)
+        rows[j] = reinterpret_cast<const uint16_t*>(vc.row(first + j)) + kv_off;
       std::fill(acc.begin(), acc.end(), 0.0f);
-      for (uint64_t j = first; j <= pos; ++j) {
-        const uint16_t* val = reinterpret_cast<const uint16_t*>(vc.row(j)) + kv_off;
-        kern_.axpy_f16(scores[j - first] / sum, val, acc.data(), hd);
-      }
+      axpy_f16_many(kern_, scores.data(), rows.data(), len, acc.data(), hd);
       kern_.float_to_half_n(acc.data(), row16(in.dst, t) + size_t(h) * hd, hd);
     }
   });
@@ -792,9 +800,14 @@ void Emulator::exec_elementwise(const Instruction& in, const RunArgs& run) {
     gather_vector(in.w1, in.n, bias.data());
   }
   const ActKind act = ActKind(in.sub);
+  const uint16_t* act16 = in.op == Opcode::Act ? act_table(act) : nullptr;
   pool_.parallel_for(0, size_t(run.n_tokens) * in.n, 4096, [&](size_t lo, size_t hi) {
     for (size_t i = lo; i < hi; ++i) {
       const uint32_t t = uint32_t(i / in.n), j = uint32_t(i % in.n);
+      if (act16) {
+        row16(in.dst, t)[j] = act16[row16(in.a, t)[j]];
+        continue;
+      }
       const float a = half_to_float(row16(in.a, t)[j]);
       float v = 0.0f;
       switch (in.op) {
@@ -807,6 +820,17 @@ void Emulator::exec_elementwise(const Instruction& in, const RunArgs& run) {
       row16(in.dst, t)[j] = float_to_half(v);
     }
   });
+}
+
+const uint16_t* Emulator::act_table(ActKind act) {
+  if (act != ActKind::Gelu && act != ActKind::GeluTanh && act != ActKind::Silu) return nullptr;
+  std::vector<uint16_t>& table = act_tables_[size_t(act)];
+  if (table.empty()) {
+    table.resize(size_t{1} << 16);
+    for (uint32_t h = 0; h < table.size(); ++h)
+      table[h] = float_to_half(activate(act, half_to_float(uint16_t(h))));
+  }
+  return table.data();
 }
 
 void Emulator::exec_argmax(const Instruction& in, const RunArgs& run) {

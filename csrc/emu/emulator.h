@@ -103,6 +103,10 @@ class Emulator final : public Device {
   }
   // A striped fp16 vector (norm gamma, bias) widened to fp32.
   void gather_vector(const isa::HbmRegion& r, uint32_t n, float* out);
+  // For the activations that call libm (GELU, tanh-GELU, SiLU): the fp16 result of the
+  // activation of every fp16 input, built on first use; null for the others. A lookup per
+  // element instead of an exp or erf, and the same bits, since inputs and outputs are fp16.
+  const uint16_t* act_table(ActKind act);
 
   DevicePreset preset_;
   const Kernels& kern_;
@@ -120,6 +124,7 @@ class Emulator final : public Device {
   std::shared_ptr<RingLink> link_;  // null: a ring of one
   uint64_t run_id_ = 0;             // numbers runs for the link (lockstep across the ring)
   uint64_t weight_bytes_read_ = 0;
+  std::array<std::vector<uint16_t>, 8> act_tables_;  // by ActKind, see act_table
 };
 
 }  // namespace hyperdex::emu

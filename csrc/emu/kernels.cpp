@@ -48,6 +48,9 @@ void avx512_dot_f16_rows(const uint16_t* const* rows, size_t nrows, size_t k, co
                          float* out);
 void avx512_tile_f32(const float* wb, size_t wrow, size_t nrows, const float* x, size_t x_stride,
                      size_t ntok, size_t k, float* out);
+//   avx512_axpy_f16_rows: nrows axpy_f16(a[j], v[j], acc, n) calls in j order.
+void avx512_axpy_f16_rows(const float* a, const uint16_t* const* v, size_t nrows, float* acc,
+                          size_t n);
 bool avx512_q_fast(const isa::QRowFormat& f);
 // x in the lane order avx512_dot_q_rows uses for f (xp: f.cols floats, 64-byte aligned).
 const float* avx512_prep_q_x(const isa::QRowFormat& f, const float* x, float* xp);
@@ -179,6 +182,9 @@ struct MatmulMicro {
   const float* (*prep_q_x)(const isa::QRowFormat& f, const float* x, float* xp);  // null: x
   void (*dot_q_rows)(const isa::QRowFormat& f, const uint8_t* const* rows, size_t nrows,
                      const float* x, float* out);
+  // axpy_f16 over several rows in order (null: one kern.axpy_f16 call per row).
+  void (*axpy_f16_rows)(const float* a, const uint16_t* const* v, size_t nrows, float* acc,
+                        size_t n);
 };
 
 constexpr size_t kMaxDotRows = 8;
@@ -203,7 +209,7 @@ constexpr MatmulMicro kGenericMicro{
         }
       }
     },
-    nullptr, nullptr, nullptr};
+    nullptr, nullptr, nullptr, nullptr};
 
 #ifdef HYPERDEX_X86
 constexpr MatmulMicro kAvx2Micro{
@@ -215,7 +221,7 @@ constexpr MatmulMicro kAvx2Micro{
        size_t x_stride, size_t ntok, size_t k, float* out) {
       detail::avx2_tile_f32(wb, wrow, nrows, x, x_stride, ntok, k, out);
     },
-    detail::avx2_q_fast, nullptr, detail::avx2_dot_q_rows};
+    detail::avx2_q_fast, nullptr, detail::avx2_dot_q_rows, nullptr};
 constexpr MatmulMicro kAvx512Micro{
     8,
     [](const Kernels&, const uint16_t* const* rows, size_t nrows, size_t k, const float* x,
@@ -225,7 +231,8 @@ constexpr MatmulMicro kAvx512Micro{
        size_t x_stride, size_t ntok, size_t k, float* out) {
       detail::avx512_tile_f32(wb, wrow, nrows, x, x_stride, ntok, k, out);
     },
-    detail::avx512_q_fast, detail::avx512_prep_q_x, detail::avx512_dot_q_rows};
+    detail::avx512_q_fast, detail::avx512_prep_q_x, detail::avx512_dot_q_rows,
+    detail::avx512_axpy_f16_rows};
 #endif
 
 const MatmulMicro& micro_for([[maybe_unused]] const Kernels& kern) {
@@ -393,6 +400,21 @@ const Kernels& best_kernels() {
   // every instruction would be wasted work.
   static const Kernels& best = pick_best();
   return best;
+}
+
+void dot_f16_many(const Kernels& kern, const uint16_t* const* rows, size_t nrows, size_t k,
+                  const float* x, float* out) {
+  const MatmulMicro& micro = micro_for(kern);
+  const size_t step = std::min(micro.dot_rows, kMaxDotRows);
+  for (size_t i = 0; i < nrows; i += step)
+    micro.dot_f16_rows(kern, rows + i, std::min(step, nrows - i), k, x, out + i);
+}
+
+void axpy_f16_many(const Kernels& kern, const float* a, const uint16_t* const* v, size_t nrows,
+                   float* acc, size_t n) {
+  const MatmulMicro& micro = micro_for(kern);
+  if (micro.axpy_f16_rows) return micro.axpy_f16_rows(a, v, nrows, acc, n);
+  for (size_t j = 0; j < nrows; ++j) kern.axpy_f16(a[j], v[j], acc, n);
 }
 
 void matmul_f16(const Kernels& kern, const StripedRows& w, size_t m, size_t k, const float* x,

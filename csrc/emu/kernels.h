@@ -57,6 +57,14 @@ const Kernels& best_kernels();
 const Kernels& kernels_for(KernelLevel level);
 bool cpu_supports(KernelLevel level);
 
+// Attention's building blocks, bit for bit the per-row calls they replace:
+// out[i] = kern.dot_f16(rows[i], x, k) for i < nrows, several rows per pass ...
+void dot_f16_many(const Kernels& kern, const uint16_t* const* rows, size_t nrows, size_t k,
+                  const float* x, float* out);
+// ... and kern.axpy_f16(a[j], v[j], acc, n) for j < nrows in order, acc held in registers.
+void axpy_f16_many(const Kernels& kern, const float* a, const uint16_t* const* v, size_t nrows,
+                   float* acc, size_t n);
+
 // Matrix engine, fp16 weights: for t < n and r < m,
 //   y[t * y_stride + r] = dot(w.row(r)[0:k] as fp16, x[t * x_stride + 0 : k])
 // in MAC-tree order. Rows are split across the pool's threads; each weight row

@@ -41,6 +41,44 @@ HX_AVX512 inline float reduce(__m512 acc) {
   return _mm_cvtss_f32(_mm_add_ss(s2, _mm_movehdup_ps(s2)));
 }
 
+// reduce() of N accumulators at once (N <= 16), out[i] = reduce(a[i]): the same
+// additions of the same pairs, so the same bits, but the trees of 16 accumulators
+// share 15 vector additions (and 30 shuffles) where one by one they took 4 each.
+// Stage by stage, two vectors' halves (then quarters, pairs, lanes) are brought
+// side by side and added; after the last stage lane 4b + m holds tree b + 4m.
+template <int N>
+HX_AVX512 inline void reduce_many(const __m512 (&a)[N], float* out) {
+  static_assert(N >= 1 && N <= 16, "16 trees at most");
+  constexpr int N1 = (N + 1) / 2, N2 = (N1 + 1) / 2, N3 = (N2 + 1) / 2;
+  const __m512 zero = _mm512_setzero_ps();
+  __m512 b[N1], c[N2], e[N3];
+  // s8: blocks 0-1 + 2-3 of trees 2i (lanes 0-7) and 2i + 1 (lanes 8-15).
+  for (int i = 0; i < N1; ++i) {
+    const __m512 x = a[2 * i], y = 2 * i + 1 < N ? a[2 * i + 1] : zero;
+    b[i] = _mm512_add_ps(_mm512_shuffle_f32x4(x, y, _MM_SHUFFLE(1, 0, 1, 0)),
+                         _mm512_shuffle_f32x4(x, y, _MM_SHUFFLE(3, 2, 3, 2)));
+  }
+  // s4: block q of c[i] is tree 4i + q.
+  for (int i = 0; i < N2; ++i) {
+    const __m512 x = b[2 * i], y = 2 * i + 1 < N1 ? b[2 * i + 1] : zero;
+    c[i] = _mm512_add_ps(_mm512_shuffle_f32x4(x, y, _MM_SHUFFLE(2, 0, 2, 0)),
+                         _mm512_shuffle_f32x4(x, y, _MM_SHUFFLE(3, 1, 3, 1)));
+  }
+  // s2: block q of e[i] holds trees 8i + q (lanes 0-1) and 8i + 4 + q (lanes 2-3).
+  for (int i = 0; i < N3; ++i) {
+    const __m512d x = _mm512_castps_pd(c[2 * i]);
+    const __m512d y = _mm512_castps_pd(2 * i + 1 < N2 ? c[2 * i + 1] : zero);
+    e[i] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(x, y)),
+                         _mm512_castpd_ps(_mm512_unpackhi_pd(x, y)));
+  }
+  const __m512 e1 = N3 > 1 ? e[N3 - 1] : zero;
+  const __m512 r = _mm512_add_ps(_mm512_shuffle_ps(e[0], e1, _MM_SHUFFLE(2, 0, 2, 0)),
+                                 _mm512_shuffle_ps(e[0], e1, _MM_SHUFFLE(3, 1, 3, 1)));
+  alignas(64) float lanes[16];
+  _mm512_store_ps(lanes, r);
+  for (int i = 0; i < N; ++i) out[i] = lanes[4 * (i % 4) + i / 4];
+}
+
 HX_AVX512 inline __m512 load_h(const uint16_t* p) {
   return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
 }
@@ -108,6 +146,20 @@ HX_AVX512 void axpy_f16(float a, const uint16_t* v, float* acc, size_t n) {
   }
 }
 
+// acc[off + i] = fma(a[j], widen(v[j][off + i]), acc[off + i]) for j < nrows in
+// order, i < 16 V: axpy_f16 row after row, with that slice of acc in registers.
+template <int V>
+HX_AVX512 void axpy_rows(const float* a, const uint16_t* const* v, size_t nrows, float* acc,
+                         size_t off) {
+  __m512 r[V];
+  for (int q = 0; q < V; ++q) r[q] = _mm512_loadu_ps(acc + off + 16 * q);
+  for (size_t j = 0; j < nrows; ++j) {
+    const __m512 va = _mm512_set1_ps(a[j]);
+    for (int q = 0; q < V; ++q) r[q] = _mm512_fmadd_ps(va, load_h(v[j] + off + 16 * q), r[q]);
+  }
+  for (int q = 0; q < V; ++q) _mm512_storeu_ps(acc + off + 16 * q, r[q]);
+}
+
 // ---- matmul_f16 building blocks -------------------------------------------
 // Every (row, token) result is still one MAC tree in the order of kernels.h;
 // these only interleave several independent trees, so that the fma latency is
@@ -133,7 +185,7 @@ HX_AVX512 void dot_rows(const uint16_t* const* rows, size_t k, const float* x, f
       acc[r] = _mm512_fmadd_ps(load_h_tail(rows[r] + full, k - full), xv, acc[r]);
     }
   }
-  for (int r = 0; r < R; ++r) out[r] = reduce(acc[r]);
+  reduce_many(acc, out);
 }
 
 // out[r * out_stride + t] = dot(wb[r * wrow :][0:k], x[t * x_stride :][0:k])
@@ -162,8 +214,19 @@ HX_AVX512 void tile(const float* wb, size_t wrow, const float* x, size_t x_strid
       for (int r = 0; r < R; ++r) acc[r][t] = _mm512_fmadd_ps(wv[r], xv, acc[r][t]);
     }
   }
+  // The R x T trees, 16 at a time.
+  constexpr int N = R * T, N0 = N < 16 ? N : 16;
+  __m512 first[N0];
+  float sums[N];
+  for (int i = 0; i < N0; ++i) first[i] = acc[i / T][i % T];
+  reduce_many(first, sums);
+  if constexpr (N > 16) {
+    __m512 rest[N - 16];
+    for (int i = 16; i < N; ++i) rest[i - 16] = acc[i / T][i % T];
+    reduce_many(rest, sums + 16);
+  }
   for (int r = 0; r < R; ++r)
-    for (int t = 0; t < T; ++t) out[r * out_stride + t] = reduce(acc[r][t]);
+    for (int t = 0; t < T; ++t) out[r * out_stride + t] = sums[r * T + t];
 }
 
 template <int R>
@@ -376,7 +439,8 @@ HX_AVX512 void dot_q4_rows(const isa::QRowFormat& f, const uint8_t* const* rows,
     }
   }
   const __m512i inverse = _mm512_load_si512(kSigmaInverse);
-  for (int r = 0; r < R; ++r) out[r] = reduce(_mm512_permutexvar_ps(inverse, acc[r]));
+  for (int r = 0; r < R; ++r) acc[r] = _mm512_permutexvar_ps(inverse, acc[r]);
+  reduce_many(acc, out);
 }
 
 template <int R>
@@ -417,7 +481,7 @@ HX_AVX512 void dot_q8_rows(const isa::QRowFormat& f, const uint8_t* const* rows,
       }
     }
   }
-  for (int r = 0; r < R; ++r) out[r] = reduce(acc[r]);
+  reduce_many(acc, out);
 }
 
 }  // namespace
@@ -488,6 +552,17 @@ HX_AVX512 void avx512_dot_f16_rows(const uint16_t* const* rows, size_t nrows, si
       default: dot_rows<8>(rr, k, x, o); break;
     }
   }
+}
+
+HX_AVX512 void avx512_axpy_f16_rows(const float* a, const uint16_t* const* v, size_t nrows,
+                                    float* acc, size_t n) {
+  size_t off = 0;
+  for (; off + 128 <= n; off += 128) axpy_rows<8>(a, v, nrows, acc, off);
+  if (off + 64 <= n) axpy_rows<4>(a, v, nrows, acc, off), off += 64;
+  if (off + 32 <= n) axpy_rows<2>(a, v, nrows, acc, off), off += 32;
+  if (off + 16 <= n) axpy_rows<1>(a, v, nrows, acc, off), off += 16;
+  if (off < n)
+    for (size_t j = 0; j < nrows; ++j) axpy_f16(a[j], v[j] + off, acc + off, n - off);
 }
 
 HX_AVX512 void avx512_tile_f32(const float* wb, size_t wrow, size_t nrows, const float* x,

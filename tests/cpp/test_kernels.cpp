@@ -268,6 +268,31 @@ TEST_P(SimdLevel, AxpyBitIdentical) {
   }
 }
 
+TEST_P(SimdLevel, AttentionBlocksEqualTheScalarCallsRowByRow) {
+  // dot_f16_many and axpy_f16_many against one scalar call per row: every row count
+  // around the kernels' blocks of 8, widths around their register blocks of 16-128.
+  std::mt19937 rng(6);
+  for (size_t n : {1, 15, 16, 17, 48, 64, 100, 128, 130, 192, 256, 300}) {
+    for (size_t nrows = 0; nrows <= 20; ++nrows) {
+      std::vector<std::vector<uint16_t>> store;
+      std::vector<const uint16_t*> rows;
+      for (size_t j = 0; j < nrows; ++j) store.push_back(random_halves(rng, n + j % 3));
+      for (size_t j = 0; j < nrows; ++j) rows.push_back(store[j].data() + j % 3);
+      const auto x = random_floats(rng, n), a = random_floats(rng, nrows);
+      std::vector<float> got(nrows), want(nrows);
+      emu::dot_f16_many(kern(), rows.data(), nrows, n, x.data(), got.data());
+      for (size_t j = 0; j < nrows; ++j) want[j] = scalar().dot_f16(rows[j], x.data(), n);
+      ASSERT_TRUE(nrows == 0 || std::memcmp(got.data(), want.data(), nrows * sizeof(float)) == 0)
+          << n << " " << nrows;
+      const auto acc0 = random_floats(rng, n);
+      auto acc = acc0, ref = acc0;
+      emu::axpy_f16_many(kern(), a.data(), rows.data(), nrows, acc.data(), n);
+      for (size_t j = 0; j < nrows; ++j) scalar().axpy_f16(a[j], rows[j], ref.data(), n);
+      ASSERT_EQ(std::memcmp(acc.data(), ref.data(), n * sizeof(float)), 0) << n << " " << nrows;
+    }
+  }
+}
+
 // ---- matmul_f16 ------------------------------------------------------------
 
 // A weight matrix striped over pseudo-channels the way the emulator lays it
