@@ -25,6 +25,17 @@ constexpr auto kSpinTime = std::chrono::microseconds(50);
 // not hold everybody up, but not so many that the per-chunk overhead shows.
 constexpr size_t kChunksPerThread = 4;
 
+// A shared machine: when another process takes a core, the worker on it runs in
+// time slices of a few milliseconds, and a call whose last chunk it holds waits for
+// its next slice: far longer than the call's own work (llama.cpp's spinning threads
+// collapse that way). Such a straggler wait (longer than the caller's own share of
+// the work and than kStragglerFloor) scores kSlowScore, a normal call takes one off;
+// at kSoloScore the pool runs calls on the caller alone for kSoloTime (about the
+// one-thread speed), then tries its workers again.
+constexpr auto kStragglerFloor = std::chrono::microseconds(200);
+constexpr int kSlowScore = 4, kSoloScore = 12;
+constexpr auto kSoloTime = std::chrono::milliseconds(250);
+
 inline void cpu_relax() {
 #if defined(__x86_64__) || defined(__i386__)
   _mm_pause();
@@ -68,6 +79,10 @@ struct ThreadPool::State {
   std::atomic<size_t> next_chunk{0};
   std::atomic<size_t> done_chunks{0};
   std::atomic<bool> failed{false};
+
+  // Straggler accounting (under call_mu): see kSoloScore.
+  int slow_score = 0;
+  std::chrono::steady_clock::time_point solo_until{};
 
   void run_chunks() {
     const size_t base = len / num_chunks, extra = len % num_chunks;
@@ -158,6 +173,12 @@ void ThreadPool::parallel_for(size_t begin, size_t end, size_t grain,
   const size_t num_chunks = std::min(len / grain, s.size * kChunksPerThread);
 
   std::lock_guard<std::mutex> call_lk(s.call_mu);
+  using Clock = std::chrono::steady_clock;
+  const auto started = Clock::now();
+  if (started < s.solo_until) {
+    fn(begin, end);  // a shared machine: the caller alone (see kSoloScore)
+    return;
+  }
   {
     std::unique_lock<std::mutex> lk(s.mu);
     // A worker that joined the previous job late may still be looking at its
@@ -178,9 +199,20 @@ void ThreadPool::parallel_for(size_t begin, size_t end, size_t grain,
   s.run_chunks();
 
   const auto all_done = [&] { return s.done_chunks.load(std::memory_order_acquire) == num_chunks; };
+  const auto own_done = Clock::now();
   if (!spin_until(all_done)) {
     std::unique_lock<std::mutex> lk(s.mu);
     s.done_cv.wait(lk, all_done);
+  }
+  const auto waited = Clock::now() - own_done;
+  if (waited > kStragglerFloor && waited > own_done - started) {
+    s.slow_score += kSlowScore;
+    if (s.slow_score >= kSoloScore) {
+      s.slow_score = 0;
+      s.solo_until = Clock::now() + kSoloTime;
+    }
+  } else if (s.slow_score > 0) {
+    --s.slow_score;
   }
   if (s.failed.load(std::memory_order_relaxed)) {  // set before its chunk was counted done
     std::exception_ptr error;

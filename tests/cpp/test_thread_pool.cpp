@@ -75,6 +75,42 @@ TEST(ThreadPool, UsesSeveralThreadsOnLargeRanges) {
   EXPECT_EQ(std::unique(ids.begin(), ids.end()) - ids.begin(), 2);
 }
 
+// A worker that keeps the caller waiting far past the caller's own work (as one whose
+// core another process holds) sends the pool to the caller alone for a while; then the
+// workers are used again.
+TEST(ThreadPool, StragglingWorkersAreLeftOutForAWhile) {
+  ThreadPool pool(2);
+  const auto caller = std::this_thread::get_id();
+  std::atomic<int> on_workers{0};
+  auto straggle = [&](size_t, size_t) {
+    if (std::this_thread::get_id() != caller) {
+      on_workers.fetch_add(1);
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+  };
+  int calls = 0;
+  // Each call the worker joins keeps the caller waiting ~10 ms for ~0 of its own.
+  for (; calls < 50; ++calls) {
+    const int before = on_workers.load();
+    pool.parallel_for(0, 64, 1, straggle);
+    if (on_workers.load() == before) break;  // the worker was left out
+  }
+  EXPECT_LT(calls, 10) << "the pool never stopped waiting for its straggler";
+  on_workers = 0;
+  for (int i = 0; i < 20; ++i) pool.parallel_for(0, 64, 1, straggle);
+  EXPECT_EQ(on_workers.load(), 0) << "within the solo time, the caller runs every chunk";
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  std::mutex mu;
+  std::vector<std::thread::id> ids;
+  pool.parallel_for(0, 8, 1, [&](size_t, size_t) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    std::lock_guard<std::mutex> lk(mu);
+    ids.push_back(std::this_thread::get_id());
+  });
+  std::sort(ids.begin(), ids.end());
+  EXPECT_EQ(std::unique(ids.begin(), ids.end()) - ids.begin(), 2) << "workers used again after";
+}
+
 TEST(ThreadPool, SmallRangesRunInlineOnTheCaller) {
   ThreadPool pool(4);
   std::thread::id seen;
