@@ -34,7 +34,7 @@ from .prefix_cache import (
     PrefixCache,
     cache_salt,
 )
-from .profiling import GenerationStats, RunProfiler
+from .profiling import GenerationStats, PendingStats, RunProfiler
 from .tensor_io import IdsKind, from_numpy_ids, to_numpy_ids
 
 log = logging.getLogger("hyperdex")
@@ -314,7 +314,13 @@ class LPUModelForCausalLM:
         self._name_or_path = str(folder)
         # The estimated board time of every call, whatever the backend (docs/cost-model.md).
         self._stats = RunProfiler(folder)
-        self.last_stats: Optional[GenerationStats] = None
+        self._last_stats: Optional[PendingStats] = None
+
+    @property
+    def last_stats(self) -> Optional[GenerationStats]:
+        """The estimated board time of the last generate / forward call (the cost model on the
+        compiled folder's preset), priced when first read; None before any call."""
+        return None if self._last_stats is None else self._last_stats.get()
 
     @classmethod
     def can_generate(cls) -> bool:
@@ -429,7 +435,7 @@ class LPUModelForCausalLM:
                 self._kv.append(row)
                 self._stats.prompt(len(row))
                 self._stats.prefill(0, len(row), True)
-            self.last_stats = self._stats.finish(self.backend)
+            self._last_stats = self._stats.finish(self.backend)
         loss: Any = None
         if labels is not None:
             value = causal_lm_loss(out, _labels(labels, ids.shape, self.vocab_size))
@@ -503,7 +509,7 @@ class LPUModelForCausalLM:
                 )
                 rows.append(np.array(list(tokens), dtype=np.int64))
                 traces.append(trace)
-            self.last_stats = self._stats.finish(self.backend)
+            self._last_stats = self._stats.finish(self.backend)
         outputs = [np.concatenate([row, new]) for row, new in zip(ids, rows)]
         width = max(len(o) for o in outputs)
         pad = config.pad_token_id
@@ -573,7 +579,7 @@ class LPUModelForCausalLM:
         finally:
             # taken over: the stats (and the device) are someone else's now
             if self._gate.release(token):
-                self.last_stats = self._stats.finish(self.backend)
+                self._last_stats = self._stats.finish(self.backend)
 
     def _pop_hooks(self, kwargs: dict[str, Any]) -> dict[str, Any]:
         """Takes generate's host-side options out of ``kwargs``: transformers'
