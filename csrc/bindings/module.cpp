@@ -24,6 +24,7 @@
 #include "isa/isa.h"
 #include "mapper/memory_plan.h"
 #include "mapper/param_writer.h"
+#include "runtime/sampler.h"
 #include "runtime/session.h"
 #include "spec/model_spec.h"
 #include "spec/passes.h"
@@ -168,6 +169,9 @@ PYBIND11_MODULE(_core, m) {
       raise_as("DeviceError", e.what());
     } catch (const Interrupted&) {
       PyErr_SetString(PyExc_KeyboardInterrupt, "");
+    } catch (const InvalidLogits& e) {
+      // as the host pipeline reports broken logits (LogitsPipeline)
+      PyErr_SetString(PyExc_FloatingPointError, e.what());
     }
   });
 
@@ -555,6 +559,23 @@ PYBIND11_MODULE(_core, m) {
           },
           py::arg("id"), py::arg("want_logits") = true,
           "Appends one token; returns (argmax, fp32 logits [vocab] or None).")
+      .def(
+          "decode_sample",
+          [](Session& s, int32_t id, double temperature, int32_t top_k, double top_p, double min_p,
+             bool min_p_first, double u) {
+            const SamplingParams params{temperature, top_k, top_p, min_p, min_p_first};
+            check_sampling(params, u);  // before the run: bad knobs leave the sequence alone
+            py::gil_scoped_release release;
+            // the logits stay here; one buffer per thread, reused step after step
+            thread_local std::vector<float> logits;
+            logits.resize(s.vocab_size());
+            s.decode(id, logits.data());
+            return sample_logits(logits.data(), uint32_t(logits.size()), params, u);
+          },
+          py::arg("id"), py::arg("temperature"), py::arg("top_k"), py::arg("top_p"),
+          py::arg("min_p"), py::arg("min_p_first"), py::arg("u"),
+          "Appends one token and samples the next from the logits in C++ (sample_logits), "
+          "which never reach Python; returns the token.")
       .def_property_readonly("kv_shape", [](Session& s) {
         return py::make_tuple(s.kv_region_count(), s.kv_cols());
       }, "(KV regions, fp16 values per position): read_kv gives [regions, n, cols].")
@@ -681,6 +702,24 @@ PYBIND11_MODULE(_core, m) {
     return hyperdex::crc32(info.ptr, size_t(info.size * info.itemsize), crc);
   }, py::arg("data"), py::arg("crc") = 0);
   m.def("kernel_level", [] { return std::string(emu::best_kernels().name); });
+  m.def(
+      "sample_logits",
+      [](py::array_t<float, py::array::c_style | py::array::forcecast> logits, double temperature,
+         int32_t top_k, double top_p, double min_p, bool min_p_first, double u) {
+        if (logits.ndim() != 1)
+          throw py::value_error("logits must have shape [vocab], got " + std::to_string(logits.ndim()) +
+                                " dimensions");
+        const SamplingParams params{temperature, top_k, top_p, min_p, min_p_first};
+        const float* data = logits.data();
+        const uint32_t vocab = uint32_t(logits.size());
+        py::gil_scoped_release release;
+        return sample_logits(data, vocab, params, u);
+      },
+      py::arg("logits"), py::arg("temperature"), py::arg("top_k"), py::arg("top_p"), py::arg("min_p"),
+      py::arg("min_p_first"), py::arg("u"),
+      "The token Session.decode_sample draws from fp32 logits [vocab] with the uniform draw u in "
+      "[0, 1): the sampling pipeline (temperature, min-p, top-k, top-p; min_p_first is vLLM's "
+      "order) and sample_token of hyperdex.transformers.generation, in C++.");
 
   // The XRT board backend (docs/xrt.md).
   m.attr("HAS_XRT") = board::xrt_built();

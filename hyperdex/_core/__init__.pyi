@@ -9,7 +9,7 @@ import typing
 import typing_extensions
 from . import cost
 from . import quant
-__all__: list[str] = ['ActKind', 'DeviceLayout', 'DevicePreset', 'GraphTensor', 'HAS_XRT', 'ISA_VERSION', 'IoLayout', 'MemoryPlan', 'ModelSpec', 'NormKind', 'PLAN_FORMAT_VERSION', 'PROGRAM_FORMAT_VERSION', 'ParamFile', 'PassOptions', 'PositionKind', 'Program', 'ProgramKind', 'Region', 'RegionKind', 'RopeStyle', 'Session', 'SessionConfig', 'XRT_KERNEL_ABI_VERSION', 'check_xclbin', 'choose_max_tokens', 'cost', 'crc32', 'generate_programs', 'kernel_level', 'lmem_bytes_per_token', 'load_program', 'model_tensors', 'param_file_name', 'plan_memory', 'program_from_bytes', 'quant', 'rope_table_row', 'shard_spec', 'write_params', 'write_stub_xclbin', 'xclbin_info', 'xrt_boards', 'xrt_library_dir', 'xrt_missing_message', 'xrt_version']
+__all__: list[str] = ['ActKind', 'DeviceLayout', 'DevicePreset', 'GraphTensor', 'HAS_XRT', 'ISA_VERSION', 'IoLayout', 'MemoryPlan', 'ModelSpec', 'NormKind', 'PLAN_FORMAT_VERSION', 'PROGRAM_FORMAT_VERSION', 'ParamFile', 'PassOptions', 'PositionKind', 'Program', 'ProgramKind', 'Region', 'RegionKind', 'RopeStyle', 'Session', 'SessionConfig', 'XRT_KERNEL_ABI_VERSION', 'check_xclbin', 'choose_max_tokens', 'cost', 'crc32', 'generate_programs', 'kernel_level', 'lmem_bytes_per_token', 'load_program', 'model_tensors', 'param_file_name', 'plan_memory', 'program_from_bytes', 'quant', 'rope_table_row', 'sample_logits', 'shard_spec', 'write_params', 'write_stub_xclbin', 'xclbin_info', 'xrt_boards', 'xrt_library_dir', 'xrt_missing_message', 'xrt_version']
 class NormKind:
     """
     Members:
@@ -882,6 +882,10 @@ class Session:
         """
         Appends one token; returns (argmax, fp32 logits [vocab] or None).
         """
+    def decode_sample(self, id: typing.SupportsInt | typing.SupportsIndex, temperature: typing.SupportsFloat | typing.SupportsIndex, top_k: typing.SupportsInt | typing.SupportsIndex, top_p: typing.SupportsFloat | typing.SupportsIndex, min_p: typing.SupportsFloat | typing.SupportsIndex, min_p_first: bool, u: typing.SupportsFloat | typing.SupportsIndex) -> int:
+        """
+        Appends one token and samples the next from the logits in C++ (sample_logits), which never reach Python; returns the token.
+        """
     def prefill(self, ids: typing.Annotated[numpy.typing.ArrayLike, numpy.int32], logits_all: bool = False) -> tuple[int, numpy.typing.NDArray[numpy.float32]]:
         """
         Appends tokens; returns (argmax of the last row, fp32 logits [rows, vocab]).
@@ -976,6 +980,10 @@ def program_from_bytes(arg0: bytes) -> Program:
     ...
 def rope_table_row(spec: ModelSpec, position: typing.SupportsInt | typing.SupportsIndex, table: typing.SupportsInt | typing.SupportsIndex = 1) -> list[float]:
     ...
+def sample_logits(logits: typing.Annotated[numpy.typing.ArrayLike, numpy.float32], temperature: typing.SupportsFloat | typing.SupportsIndex, top_k: typing.SupportsInt | typing.SupportsIndex, top_p: typing.SupportsFloat | typing.SupportsIndex, min_p: typing.SupportsFloat | typing.SupportsIndex, min_p_first: bool, u: typing.SupportsFloat | typing.SupportsIndex) -> int:
+    """
+    The token Session.decode_sample draws from fp32 logits [vocab] with the uniform draw u in [0, 1): the sampling pipeline (temperature, min-p, top-k, top-p; min_p_first is vLLM's order) and sample_token of hyperdex.transformers.generation, in C++.
+    """
 def shard_spec(spec: ModelSpec, devices: typing.SupportsInt | typing.SupportsIndex) -> ModelSpec:
     """
     One device's share of the model on a ring of `devices` (tensor parallelism).

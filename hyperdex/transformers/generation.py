@@ -17,6 +17,10 @@ The device returns fp32 logits for the next position of one sequence (a numpy ar
 * :class:`GenerationSession` -- all of the above plus a streamer, for one ``generate()`` call.
   A streamer that also has ``put_step(token, logits, scores)`` gets every step's raw logits
   and processed scores (log-probabilities are computed from them by the serving engine).
+  When nothing needs the logits in Python (``needs_logits`` false), the token is chosen next
+  to the device instead and handed to ``step_token``: the device's argmax, or when sampling
+  the C++ twin of the sampling branch and :func:`sample_token` (csrc/runtime/sampler.cpp),
+  fed by ``sampling_args``.
 
 A generate loop (the model class owns the device calls)::
 
@@ -723,14 +727,20 @@ def apply_top_k(scores: np.ndarray, top_k: int, min_tokens_to_keep: int = 1) -> 
 
 def apply_min_p(scores: np.ndarray, min_p: float, min_tokens_to_keep: int = 1) -> np.ndarray:
     """transformers' MinPLogitsWarper (and vLLM's min_p): tokens whose softmax probability is
-    below ``min_p`` times the top token's become -inf; the ``min_tokens_to_keep`` most likely
-    stay. The softmax is float32, as in both."""
+    below ``float32(min_p)`` times the top token's become -inf; the ``min_tokens_to_keep`` most
+    likely stay.
+
+    Both compute the softmax in float32; here it is float64, which the C++ sampler
+    (csrc/runtime/sampler.cpp) reproduces: numpy's float32 ``exp`` is its own SIMD code and
+    differs from the C library's in the last bit, enough to put a token that sits at the cut on
+    the other side. A float32 softmax decides differently only for such tokens, where numpy's
+    and torch's float32 results already disagree."""
     if not (_is_real(min_p) and 0.0 <= min_p <= 1.0):
         raise ValueError(f"min_p must be a float in [0, 1], got {min_p!r}")
     scores = _as_scores(scores)
     peak = scores.max(axis=-1, keepdims=True)
     with np.errstate(invalid="ignore", over="ignore"):
-        weights = np.exp(scores - peak)
+        weights = np.exp(scores.astype(np.float64) - peak)
         probs = weights / weights.sum(axis=-1, keepdims=True)
     top = probs.max(axis=-1, keepdims=True)
     remove = probs < np.float32(min_p) * top
@@ -1072,15 +1082,16 @@ class GenerationSession:
 
     @property
     def needs_logits(self) -> bool:
-        """Whether choosing a token needs the logits on the host. Not for greedy decoding with
-        no processor that changes the scores and nobody who reads them (log-probabilities, a
-        grammar, a caller's processors or criteria): then the device's own argmax (the first
-        maximum, as :func:`greedy_token`) is the token, and :meth:`step_token` takes it
-        without the logits crossing to Python."""
+        """Whether choosing a token needs the logits on the host: whether anything but the
+        sampling warpers (temperature, top-k, top-p, min-p) changes the scores or anybody
+        reads them (log-probabilities, a grammar, a caller's processors or criteria). If not,
+        the token is chosen next to the device and :meth:`step_token` takes it without the
+        logits crossing to Python: greedy decoding takes the device's own argmax (the first
+        maximum, as :func:`greedy_token`), sampling the C++ sampler's draw
+        (:attr:`device_sampling`)."""
         cfg = self.config
         return bool(
-            cfg.do_sample
-            or cfg.logit_bias
+            cfg.logit_bias
             or cfg.repetition_penalty != 1.0
             or cfg.presence_penalty != 0.0
             or cfg.frequency_penalty != 0.0
@@ -1089,6 +1100,34 @@ class GenerationSession:
             or self.user_criteria
             or self._put_step is not None
             or self._constrain is not None
+        )
+
+    @property
+    def device_sampling(self) -> bool:
+        """Whether this generation samples and :attr:`needs_logits` is false: each decode step
+        is then ``Session.decode_sample(token, *self.sampling_args())``, which runs the device
+        and samples its logits in C++ (csrc/runtime/sampler.cpp, the same arithmetic as the
+        pipeline and :func:`sample_token`), and the token goes to :meth:`step_token`."""
+        return self.config.do_sample and not self.needs_logits
+
+    def sampling_args(self) -> tuple[float, int, float, float, bool, float]:
+        """What the C++ sampler takes for the next token: ``(temperature, top_k, top_p, min_p,
+        min_p_first, u)``, with ``u`` drawn here from the session's generator. Call it once
+        per token it samples: that is the one draw :func:`sample_token` makes, so a seeded
+        generation gives the same tokens on either side."""
+        if not self.device_sampling:
+            raise RuntimeError(
+                "sampling_args() is for sampling with nothing else on the host "
+                "(device_sampling); this generation passes its logits to step()"
+            )
+        cfg = self.config
+        return (
+            cfg.temperature,
+            min(cfg.top_k, _TOKEN_ID_LIMIT - 1),  # int32; k is capped at the vocab anyway
+            cfg.top_p,
+            cfg.min_p or 0.0,
+            cfg.sampling_order == "vllm",
+            float(self.sampler.rng.random()),
         )
 
     @property
@@ -1130,9 +1169,10 @@ class GenerationSession:
         return token
 
     def step_token(self, token: int) -> int:
-        """Record, stream and check the next token as :meth:`step` does, where the device chose
-        it (its argmax) because nothing needs the logits (:attr:`needs_logits` is false);
-        :attr:`last_scores` is then None."""
+        """Record, stream and check the next token as :meth:`step` does, where it was chosen
+        next to the device because nothing needs the logits (:attr:`needs_logits` is false):
+        the device's argmax when greedy, the C++ sampler's draw with :meth:`sampling_args`
+        when sampling. :attr:`last_scores` is then None."""
         if self.done:
             raise RuntimeError(
                 f"generation already finished ({self.finish_reason}); start a new session"

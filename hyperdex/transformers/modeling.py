@@ -650,13 +650,15 @@ class LPUModelForCausalLM:
             with self._lock:
                 self._owner = owner
                 logits = self._prefill_prompt(prompt)
-            # Greedy decoding that nothing on the host processes or reads takes the device's
-            # argmax: one call per step and no logits copied to Python (issue 18).
+            # When nothing on the host processes or reads the logits, the token is chosen next
+            # to the device: greedy takes its argmax, sampling the C++ sampler's draw on the
+            # logits it leaves in C++. One call per step, no logits copied to Python (issue 18).
             on_device = trace is None and not session.needs_logits
-            argmax = 0
+            sampled = on_device and session.device_sampling
+            chosen = 0
             while True:
                 if logits is None:
-                    token = session.step_token(argmax)
+                    token = session.step_token(chosen)
                 else:
                     token = session.step(logits)
                 if trace is not None:
@@ -674,7 +676,12 @@ class LPUModelForCausalLM:
                         )
                     position = self._session.position
                     try:
-                        argmax, logits = self._session.decode(int(token), not on_device)
+                        if sampled:
+                            args = session.sampling_args()
+                            chosen = self._session.decode_sample(int(token), *args)
+                            logits = None
+                        else:
+                            chosen, logits = self._session.decode(int(token), not on_device)
                     except BaseException:
                         self._kv.sync()
                         raise
