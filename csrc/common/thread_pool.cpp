@@ -7,8 +7,16 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cmath>
 #include <cstdint>
 #include <exception>
+#include <fstream>
+#include <string>
+
+#if defined(__linux__)
+#include <sys/resource.h>
+#include <unistd.h>
+#endif
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
@@ -25,16 +33,64 @@ constexpr auto kSpinTime = std::chrono::microseconds(50);
 // not hold everybody up, but not so many that the per-chunk overhead shows.
 constexpr size_t kChunksPerThread = 4;
 
-// A shared machine: when another process takes a core, the worker on it runs in
-// time slices of a few milliseconds, and a call whose last chunk it holds waits for
-// its next slice: far longer than the call's own work (llama.cpp's spinning threads
-// collapse that way). Such a straggler wait (longer than the caller's own share of
-// the work and than kStragglerFloor) scores kSlowScore, a normal call takes one off;
-// at kSoloScore the pool runs calls on the caller alone for kSoloTime (about the
-// one-thread speed), then tries its workers again.
-constexpr auto kStragglerFloor = std::chrono::microseconds(200);
-constexpr int kSlowScore = 4, kSoloScore = 12;
-constexpr auto kSoloTime = std::chrono::milliseconds(250);
+using Clock = std::chrono::steady_clock;
+
+// A shared machine: when another process keeps a core busy, a thread of ours on that
+// core runs in time slices of milliseconds, and every call waits for its chunk while the
+// other threads spin (llama.cpp's spinning threads collapse that way: one core busy
+// elsewhere, and two threads decode slower than one). So a call uses only as many
+// threads as there are cores the other processes leave free, measured every
+// kLoadInterval: the CPU time all cores spent busy (/proc/stat) less this process's own.
+constexpr auto kLoadInterval = std::chrono::milliseconds(100);
+
+// The cores other processes keep busy (Linux; elsewhere 0: all threads are used).
+class LoadProbe {
+ public:
+  // Refreshed at most every kLoadInterval; the last figure otherwise.
+  double others(Clock::time_point now) {
+#if defined(__linux__)
+    if (primed_ && now - last_ < kLoadInterval) return others_;
+    double busy = 0.0, self = 0.0;
+    if (!read(busy, self)) return others_;
+    if (primed_) {
+      const double wall = std::chrono::duration<double>(now - last_).count();
+      others_ = std::max(0.0, (busy - busy_ - (self - self_)) / wall);
+    }
+    primed_ = true;
+    last_ = now;
+    busy_ = busy;
+    self_ = self;
+#else
+    (void)now;
+#endif
+    return others_;
+  }
+
+ private:
+#if defined(__linux__)
+  // CPU-seconds all cores spent busy since boot, and this process's user + system time.
+  static bool read(double& busy, double& self) {
+    std::ifstream stat("/proc/stat");
+    std::string cpu;
+    double v[8] = {};
+    if (!(stat >> cpu) || cpu != "cpu") return false;
+    for (double& x : v)
+      if (!(stat >> x)) return false;
+    const double ticks = double(sysconf(_SC_CLK_TCK));
+    if (ticks <= 0) return false;
+    busy = (v[0] + v[1] + v[2] + v[5] + v[6] + v[7]) / ticks;  // less idle and iowait
+    rusage ru{};
+    if (getrusage(RUSAGE_SELF, &ru) != 0) return false;
+    self = double(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
+           1e-6 * double(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec);
+    return true;
+  }
+  bool primed_ = false;
+  Clock::time_point last_{};
+  double busy_ = 0.0, self_ = 0.0;
+#endif
+  double others_ = 0.0;
+};
 
 inline void cpu_relax() {
 #if defined(__x86_64__) || defined(__i386__)
@@ -79,10 +135,20 @@ struct ThreadPool::State {
   std::atomic<size_t> next_chunk{0};
   std::atomic<size_t> done_chunks{0};
   std::atomic<bool> failed{false};
+  size_t participants = 1;  // threads on the current job: the caller, workers 1..n-1
 
-  // Straggler accounting (under call_mu): see kSoloScore.
-  int slow_score = 0;
-  std::chrono::steady_clock::time_point solo_until{};
+  // Under call_mu: the machine's load, and the cores it leaves us (see kLoadInterval).
+  LoadProbe load;
+  size_t cores = 1;
+
+  // Threads a call starts with now: all of them, less one per core other processes
+  // keep busy, beyond those the machine has to spare.
+  size_t threads_to_use(Clock::time_point now) {
+    const double others = load.others(now);
+    const long spare = long(cores) - long(size);  // cores none of our threads need
+    const long taken = long(std::lround(others)) - std::max(0L, spare);
+    return size_t(std::clamp<long>(long(size) - std::max(0L, taken), 1, long(size)));
+  }
 
   void run_chunks() {
     const size_t base = len / num_chunks, extra = len % num_chunks;
@@ -118,10 +184,12 @@ struct ThreadPool::State {
     for (auto& t : workers) t.join();
   }
 
-  void worker_loop() {
+  void worker_loop(size_t index) {  // index: 1..size-1 (the caller is 0)
     uint64_t seen = 0;
+    bool left_out = false;  // by the last job: sleep at once, leave the core to others
     for (;;) {
-      spin_until([&] { return generation.load(std::memory_order_acquire) != seen; });
+      if (!left_out)
+        spin_until([&] { return generation.load(std::memory_order_acquire) != seen; });
       {
         std::unique_lock<std::mutex> lk(mu);
         work_cv.wait(lk, [&] {
@@ -129,6 +197,8 @@ struct ThreadPool::State {
         });
         if (stop) return;
         seen = generation.load(std::memory_order_relaxed);
+        left_out = index >= participants;
+        if (left_out) continue;
         ++active;
       }
       run_chunks();
@@ -143,11 +213,12 @@ struct ThreadPool::State {
 ThreadPool::ThreadPool(size_t num_threads) : state_(std::make_unique<State>()) {
   if (num_threads == 0) num_threads = std::max<size_t>(1, std::thread::hardware_concurrency());
   state_->size = num_threads;
+  state_->cores = std::max<size_t>(1, std::thread::hardware_concurrency());
   state_->workers.reserve(num_threads - 1);
   // The caller of parallel_for is the num_threads-th thread.
   try {
     for (size_t i = 1; i < num_threads; ++i) {
-      state_->workers.emplace_back([s = state_.get()] { s->worker_loop(); });
+      state_->workers.emplace_back([s = state_.get(), i] { s->worker_loop(i); });
     }
   } catch (...) {
     state_->stop_workers();  // joinable std::threads must not be destroyed
@@ -169,16 +240,14 @@ void ThreadPool::parallel_for(size_t begin, size_t end, size_t grain,
     fn(begin, end);  // not worth waking anybody
     return;
   }
-  // Every chunk gets at least `grain` elements since num_chunks <= len / grain.
-  const size_t num_chunks = std::min(len / grain, s.size * kChunksPerThread);
-
   std::lock_guard<std::mutex> call_lk(s.call_mu);
-  using Clock = std::chrono::steady_clock;
-  const auto started = Clock::now();
-  if (started < s.solo_until) {
-    fn(begin, end);  // a shared machine: the caller alone (see kSoloScore)
+  const size_t threads = s.threads_to_use(Clock::now());
+  if (threads == 1) {
+    fn(begin, end);  // the other processes leave one core: ours alone, no waiting
     return;
   }
+  // Every chunk gets at least `grain` elements since num_chunks <= len / grain.
+  const size_t num_chunks = std::min(len / grain, threads * kChunksPerThread);
   {
     std::unique_lock<std::mutex> lk(s.mu);
     // A worker that joined the previous job late may still be looking at its
@@ -188,6 +257,7 @@ void ThreadPool::parallel_for(size_t begin, size_t end, size_t grain,
     s.begin = begin;
     s.len = len;
     s.num_chunks = num_chunks;
+    s.participants = threads;
     s.next_chunk.store(0, std::memory_order_relaxed);
     s.done_chunks.store(0, std::memory_order_relaxed);
     s.failed.store(false, std::memory_order_relaxed);
@@ -199,20 +269,9 @@ void ThreadPool::parallel_for(size_t begin, size_t end, size_t grain,
   s.run_chunks();
 
   const auto all_done = [&] { return s.done_chunks.load(std::memory_order_acquire) == num_chunks; };
-  const auto own_done = Clock::now();
   if (!spin_until(all_done)) {
     std::unique_lock<std::mutex> lk(s.mu);
     s.done_cv.wait(lk, all_done);
-  }
-  const auto waited = Clock::now() - own_done;
-  if (waited > kStragglerFloor && waited > own_done - started) {
-    s.slow_score += kSlowScore;
-    if (s.slow_score >= kSoloScore) {
-      s.slow_score = 0;
-      s.solo_until = Clock::now() + kSoloTime;
-    }
-  } else if (s.slow_score > 0) {
-    --s.slow_score;
   }
   if (s.failed.load(std::memory_order_relaxed)) {  // set before its chunk was counted done
     std::exception_ptr error;

@@ -25,8 +25,7 @@ class ThreadPool {
   // least `grain` long (except the last), on the pool's threads and the calling
   // thread; returns when all are done. The first exception thrown by fn is
   // rethrown here. Not reentrant: fn must not call parallel_for on this pool.
-  // Where workers keep the caller waiting far past its own share (another process
-  // holds their core), calls run on the caller alone for a while (thread_pool.cpp).
+  // A call uses fewer threads while other processes keep cores busy (thread_pool.cpp).
   void parallel_for(size_t begin, size_t end, size_t grain,
                     const std::function<void(size_t, size_t)>& fn);
 
