@@ -721,15 +721,17 @@ void Emulator::exec_rope(const Instruction& in, const RunArgs& run) {
   StripedRows table = striped(in.w0);
   const uint32_t half = in.i0 / 2;
   const bool neox = RopeStyle(in.sub) == RopeStyle::Neox;
-  for (uint32_t t = 0; t < run.n_tokens; ++t) {
-    const uint64_t pos = uint64_t(run.start_pos) + t;
-    if (pos >= in.w0.rows)
-      throw DeviceError("position " + std::to_string(pos) + " is past the rotary table's " +
-                        std::to_string(in.w0.rows) + " rows (max_length)");
-    const float* cs = reinterpret_cast<const float*>(table.row(pos));
-    uint16_t* row = row16(in.dst, t);
-    for (uint32_t h = 0; h < in.n; ++h) {
-      uint16_t* x = row + size_t(h) * in.k;
+  if (run.n_tokens > 0 && uint64_t(run.start_pos) + run.n_tokens > in.w0.rows) {
+    const uint64_t first_past = std::max<uint64_t>(run.start_pos, in.w0.rows);
+    throw DeviceError("position " + std::to_string(first_past) + " is past the rotary table's " +
+                      std::to_string(in.w0.rows) + " rows (max_length)");
+  }
+  // Every (token, head) on its own: prefill's rotations spread over the pool.
+  pool_.parallel_for(0, size_t(run.n_tokens) * in.n, 64, [&](size_t lo, size_t hi) {
+    for (size_t task = lo; task < hi; ++task) {
+      const uint32_t t = uint32_t(task / in.n), h = uint32_t(task % in.n);
+      const float* cs = reinterpret_cast<const float*>(table.row(uint64_t(run.start_pos) + t));
+      uint16_t* x = row16(in.dst, t) + size_t(h) * in.k;
       for (uint32_t i = 0; i < half; ++i) {
         const size_t i1 = neox ? i : 2 * i, i2 = neox ? i + half : 2 * i + 1;
         const float c = cs[2 * i], s = cs[2 * i + 1];
@@ -738,7 +740,7 @@ void Emulator::exec_rope(const Instruction& in, const RunArgs& run) {
         x[i2] = float_to_half(x2 * c + x1 * s);
       }
     }
-  }
+  });
 }
 
 void Emulator::exec_kv_store(const Instruction& in, const RunArgs& run) {
@@ -757,6 +759,13 @@ void Emulator::exec_attention(const Instruction& in, const RunArgs& run) {
   StripedRows kc = striped(in.w0), vc = striped(in.w1);
   const uint32_t heads = in.n, hd = in.k, group = in.n / in.i0;
   const float scale = in.f0, softcap = in.f1;
+  // Each position's K and V rows, found once (a division each) for all heads and tokens.
+  const uint64_t positions = std::min<uint64_t>(uint64_t(run.start_pos) + run.n_tokens, in.w0.rows);
+  std::vector<const uint16_t*> k_rows(positions), v_rows(positions);
+  for (uint64_t j = 0; j < positions; ++j) {
+    k_rows[j] = reinterpret_cast<const uint16_t*>(kc.row(j));
+    v_rows[j] = reinterpret_cast<const uint16_t*>(vc.row(j));
+  }
   pool_.parallel_for(0, size_t(run.n_tokens) * heads, 1, [&](size_t lo, size_t hi) {
     std::vector<float> q(hd), acc(hd), scores;
     std::vector<const uint16_t*> rows;  // the positions' key (then value) slices
@@ -769,8 +778,7 @@ void Emulator::exec_attention(const Instruction& in, const RunArgs& run) {
       kern_.half_to_float_n(row16(in.a, t) + size_t(h) * hd, q.data(), hd);
       rows.resize(len);
       scores.resize(len);
-      for (size_t j = 0; j < len; ++j)
-        rows[j] = reinterpret_cast<const uint16_t*>(kc.row(first + j)) + kv_off;
+      for (size_t j = 0; j < len; ++j) rows[j] = k_rows[first + j] + kv_off;
       dot_f16_many(kern_, rows.data(), len, hd, q.data(), scores.data());
       float best = -std::numeric_limits<float>::infinity();
       for (float& s : scores) {
@@ -784,8 +792,7 @@ void Emulator::exec_attention(const Instruction& in, const RunArgs& run) {
         sum += s;
       }
       for (float& s : scores) s /= sum;  // each position's weight
-      for (size_t j = 0; j < len; ++j)
-        rows[j] = reinterpret_cast<const uint16_t*>(vc.row(first + j)) + kv_off;
+      for (size_t j = 0; j < len; ++j) rows[j] = v_rows[first + j] + kv_off;
       std::fill(acc.begin(), acc.end(), 0.0f);
       axpy_f16_many(kern_, scores.data(), rows.data(), len, acc.data(), hd);
       kern_.float_to_half_n(acc.data(), row16(in.dst, t) + size_t(h) * hd, hd);

@@ -31,8 +31,12 @@ struct QRowFormat {
   uint32_t zero_point() const { return 1u << (bits - 1); }
   // In 64 bits: cols + group - 1 may not fit 32 (the results do).
   uint32_t groups() const { return uint32_t((uint64_t(cols) + group - 1) / group); }
-  // Input columns of group g: `group`, except a shorter last group.
-  uint32_t group_len(uint32_t g) const { return g + 1 < groups() ? group : cols - g * group; }
+  // Input columns of group g < groups(): `group`, except a shorter last group. No
+  // division: the kernels ask for it in their inner loops.
+  uint32_t group_len(uint32_t g) const {
+    const uint64_t left = uint64_t(cols) - uint64_t(g) * group;
+    return uint32_t(left < group ? left : group);
+  }
   uint32_t chunks() const {
     return uint32_t((uint64_t(groups()) + kQGroupsPerChunk - 1) / kQGroupsPerChunk);
   }
