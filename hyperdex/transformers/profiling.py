@@ -7,6 +7,7 @@ of those runs: one process per device, one track per engine.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import os
@@ -14,7 +15,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 log = logging.getLogger("hyperdex")
 ProfileArg = Union[None, bool, str, "os.PathLike[str]"]
@@ -141,13 +142,15 @@ class RunProfiler:
     def finish(self, backend: str) -> PendingStats:
         """The call's stats, priced when first read (now, when a trace is to be written)."""
         pending = PendingStats(
-            self,
-            backend,
-            self._runs,
-            self._prompt_tokens,
-            self._new_tokens,
-            time.perf_counter() - self._t0,
-            self._trace,
+            functools.partial(
+                self.price,
+                backend,
+                self._runs,
+                self._prompt_tokens,
+                self._new_tokens,
+                time.perf_counter() - self._t0,
+                self._trace,
+            )
         )
         self._runs = []
         if self._trace is not None:
@@ -215,21 +218,13 @@ class RunProfiler:
 class PendingStats:
     """One call's runs, priced into :class:`GenerationStats` on the first :meth:`get`."""
 
-    def __init__(
-        self,
-        profiler: RunProfiler,
-        backend: str,
-        runs: list[tuple[int, int, bool]],
-        prompt_tokens: int,
-        new_tokens: int,
-        wall_s: float,
-        trace_to: Optional[Path],
-    ) -> None:
-        self._args = (backend, runs, prompt_tokens, new_tokens, wall_s, trace_to)
-        self._profiler = profiler
+    def __init__(self, price: Callable[[], GenerationStats]) -> None:
+        self._price: Optional[Callable[[], GenerationStats]] = price
         self._stats: Optional[GenerationStats] = None
 
     def get(self) -> GenerationStats:
         if self._stats is None:
-            self._stats = self._profiler.price(*self._args)
+            assert self._price is not None
+            self._stats = self._price()
+            self._price = None  # the runs are no longer needed
         return self._stats
