@@ -606,9 +606,14 @@ void Emulator::exec_matmul(const Instruction& in, const RunArgs& run) {
     // soft-caps them, cap * tanh(v / cap) (Gemma 2's final_logit_softcapping).
     const bool scaled = in.f0 != 0.0f && in.f0 != 1.0f;
     const float cap = in.f1;
+    const bool as_is = bias.empty() && !scaled && cap == 0.0f && act == ActKind::None;
     for (uint32_t t = 0; t < count; ++t) {
       float* dst = reinterpret_cast<float*>(addr(in.dst)) + size_t(t) * in.dst.stride;
       const float* y = scratch_y_.data() + size_t(t) * n;
+      if (as_is) {  // most LM heads: the dot products are the logits
+        std::copy_n(y, n, dst);
+        continue;
+      }
       for (uint32_t j = 0; j < n; ++j) {
         float v = y[j];
         if (!bias.empty()) v += bias[j];

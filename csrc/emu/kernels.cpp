@@ -160,12 +160,21 @@ const Kernels& pick_best() {
 
 // 64-byte aligned per-thread scratch of at least `floats` floats, for widened
 // weight rows. Per thread, so pool threads never share it; it only grows.
-float* row_scratch(size_t floats) {
-  thread_local std::vector<float> buf;
+float* aligned_floats(std::vector<float>& buf, size_t floats) {
   const size_t need = floats + 64 / sizeof(float);
   if (buf.size() < need) buf.resize(need);
   const auto p = reinterpret_cast<uintptr_t>(buf.data());
   return reinterpret_cast<float*>((p + 63) & ~static_cast<uintptr_t>(63));
+}
+float* row_scratch(size_t floats) {
+  thread_local std::vector<float> buf;
+  return aligned_floats(buf, floats);
+}
+// The same for a matmul's results in memory order, held by the calling thread (which
+// also runs tasks, so it needs a buffer apart from its row_scratch).
+float* ordered_scratch(size_t floats) {
+  thread_local std::vector<float> buf;
+  return aligned_floats(buf, floats);
 }
 
 // A level's matmul building blocks (see detail:: above for their contracts).
@@ -268,7 +277,19 @@ class MemoryOrder {
       c.offset = 0;
     }
   }
-  size_t row(const Cursor& c) const { return c.offset * channels_ + c.channel; }
+  // y[row] = ym[pos] for every position: results computed in memory order put in
+  // row order (channel c holds rows c, c + channels, c + 2 channels, ...).
+  // Row by row, so the writes are sequential (the reads come from a stream per channel).
+  void to_rows(const float* ym, float* y) const {
+    // Channel c < big_ starts at c * (q_ + 1), the others at big_ * (q_ + 1) + (c - big_) * q_.
+    const float* big_rows = ym;
+    const float* rest = ym + big_;
+    for (size_t o = 0; o < q_; ++o, y += channels_) {
+      for (size_t c = 0; c < big_; ++c) y[c] = big_rows[c * (q_ + 1) + o];
+      for (size_t c = big_; c < channels_; ++c) y[c] = rest[c * q_ + o];
+    }
+    for (size_t c = 0; c < big_; ++c) y[c] = big_rows[c * (q_ + 1) + q_];  // their last rows
+  }
   const uint8_t* bytes(const Cursor& c) const {
     return w_.channels[c.channel] + w_.base + c.offset * w_.row_bytes;
   }
@@ -283,18 +304,20 @@ class MemoryOrder {
 
 // n == 1, positions [p0, p1): split into `streams` equal runs walked side by
 // side, so that each dot_rows(ptrs, nrows, out) call covers independent rows
-// (hiding the fma latency) while each run stays a sequential stream.
+// (hiding the fma latency) while each run stays a sequential stream. Results go
+// to ym[position] (memory order).
 template <class DotRows>
-void decode_positions(const MemoryOrder& order, size_t streams, size_t p0, size_t p1, float* y,
+void decode_positions(const MemoryOrder& order, size_t streams, size_t p0, size_t p1, float* ym,
                       DotRows&& dot_rows) {
   streams = std::min(streams, kMaxDotRows);
   const size_t len = (p1 - p0) / streams, extra = (p1 - p0) % streams;
   MemoryOrder::Cursor cur[kMaxDotRows];
+  size_t start[kMaxDotRows];
   for (size_t j = 0; j < streams; ++j) {
-    if (len > 0 || j < extra) cur[j] = order.at(p0 + j * len + std::min(j, extra));
+    start[j] = p0 + j * len + std::min(j, extra);
+    if (len > 0 || j < extra) cur[j] = order.at(start[j]);
   }
   const uint8_t* ptrs[kMaxDotRows];
-  size_t rows[kMaxDotRows];
   float out[kMaxDotRows];
   // len full steps, then one more for the `extra` runs that are one longer.
   for (size_t step = 0; step <= len; ++step) {
@@ -302,27 +325,26 @@ void decode_positions(const MemoryOrder& order, size_t streams, size_t p0, size_
     if (nrows == 0) break;
     for (size_t j = 0; j < nrows; ++j) {
       ptrs[j] = order.bytes(cur[j]);
-      rows[j] = order.row(cur[j]);
       order.next(cur[j]);
     }
     dot_rows(ptrs, nrows, out);
-    for (size_t j = 0; j < nrows; ++j) y[rows[j]] = out[j];
+    for (size_t j = 0; j < nrows; ++j) ym[start[j] + step] = out[j];
   }
 }
 
 // n > 1, positions [p0, p1): widen a few rows once (widen(row bytes, out):
-// k floats), then run them against every token in register tiles.
+// k floats), then run them against every token in register tiles. Token t's
+// results go to ym[t * m + position] (memory order).
 template <class Widen>
 void prefill_positions(const MatmulMicro& micro, const Kernels& kern, const MemoryOrder& order,
                        size_t p0, size_t p1, size_t k, const float* x, size_t x_stride, size_t n,
-                       float* y, size_t y_stride, Widen&& widen) {
+                       float* ym, size_t m, Widen&& widen) {
   const size_t tr = std::min(micro.tile_rows, kMaxTileRows);
   const size_t tt = std::min(micro.tile_toks, kMaxTileToks);
   const size_t wrow = (k + kLanes - 1) / kLanes * kLanes;
   // A block of rows is widened at once and every token tile sweeps all of it, so
   // the tile's activations stay in L1 while the block's rows stream past them.
   float* wb = row_scratch(kPrefillRowBlock * wrow);
-  size_t rows[kPrefillRowBlock];
   float out[kMaxTileRows * kMaxTileToks];
   MemoryOrder::Cursor cur = order.at(p0);
   for (size_t p = p0; p < p1; p += kPrefillRowBlock) {
@@ -331,7 +353,6 @@ void prefill_positions(const MatmulMicro& micro, const Kernels& kern, const Memo
       float* dst = wb + i * wrow;
       widen(order.bytes(cur), dst);
       std::fill(dst + k, dst + wrow, 0.0f);
-      rows[i] = order.row(cur);
       order.next(cur);
     }
     for (size_t t = 0; t < n; t += tt) {
@@ -342,7 +363,7 @@ void prefill_positions(const MatmulMicro& micro, const Kernels& kern, const Memo
                        out);
         for (size_t i = 0; i < nrows; ++i)
           for (size_t j = 0; j < ntok; ++j)
-            y[(t + j) * y_stride + rows[r0 + i]] = out[i * ntok + j];
+            ym[(t + j) * m + p + r0 + i] = out[i * ntok + j];
       }
     }
   }
@@ -353,6 +374,34 @@ void prefill_positions(const MatmulMicro& micro, const Kernels& kern, const Memo
 size_t matmul_grain(size_t k, size_t n) {
   if (n > 1) return kPrefillRowBlock;
   return std::max<size_t>(1, (size_t{64} << 10) / std::max<size_t>(2 * k + k / 4, 1));
+}
+
+// Results held in memory order at a time (4 MiB), unless that is under 64 tokens.
+constexpr size_t kOrderedFloats = size_t{1} << 20;
+constexpr size_t kOrderedMinTokens = 64;
+
+// Runs fill(p0, p1, t0, nt, ym) over the positions on the pool for tokens [t0, t0 + nt),
+// each task writing its results to ym in memory order (token t0 + t's at ym[t * m +
+// position]), then puts them in row order in y. Writing y directly would have the cores
+// write the same cache lines: neighbouring rows belong to neighbouring channels, which
+// different tasks stream. Many tokens of a wide matrix (all the logits of a prompt) go
+// a slice of tokens at a time, so the scratch stays small.
+template <class Fill>
+void fill_in_row_order(const MemoryOrder& order, size_t m, size_t n, size_t grain, float* y,
+                       size_t y_stride, ThreadPool& pool, Fill&& fill) {
+  const size_t slice = std::min(n, std::max(kOrderedFloats / m, kOrderedMinTokens));
+  float* ym = ordered_scratch(m * slice);
+  for (size_t t0 = 0; t0 < n; t0 += slice) {
+    const size_t nt = std::min(slice, n - t0);
+    pool.parallel_for(0, m, grain, [&](size_t p0, size_t p1) { fill(p0, p1, t0, nt, ym); });
+    if (nt == 1) {
+      order.to_rows(ym, y + t0 * y_stride);
+      continue;
+    }
+    pool.parallel_for(0, nt, 1, [&](size_t a, size_t b) {
+      for (size_t t = a; t < b; ++t) order.to_rows(ym + t * m, y + (t0 + t) * y_stride);
+    });
+  }
 }
 
 }  // namespace
@@ -425,9 +474,9 @@ void matmul_f16(const Kernels& kern, const StripedRows& w, size_t m, size_t k, c
   const size_t grain = matmul_grain(k, n);
   // The pool splits positions in memory order, so each task streams whole
   // stretches of a few channels.
-  pool.parallel_for(0, m, grain, [&](size_t p0, size_t p1) {
+  const auto fill = [&](size_t p0, size_t p1, size_t t0, size_t nt, float* ym) {
     if (n == 1) {
-      decode_positions(order, micro.dot_rows, p0, p1, y,
+      decode_positions(order, micro.dot_rows, p0, p1, ym,
                        [&](const uint8_t* const* ptrs, size_t nrows, float* out) {
                          const uint16_t* rows[kMaxDotRows];
                          for (size_t j = 0; j < nrows; ++j)
@@ -435,12 +484,13 @@ void matmul_f16(const Kernels& kern, const StripedRows& w, size_t m, size_t k, c
                          micro.dot_f16_rows(kern, rows, nrows, k, x, out);
                        });
     } else {
-      prefill_positions(micro, kern, order, p0, p1, k, x, x_stride, n, y, y_stride,
+      prefill_positions(micro, kern, order, p0, p1, k, x + t0 * x_stride, x_stride, nt, ym, m,
                         [&](const uint8_t* row, float* dst) {
                           kern.half_to_float_n(reinterpret_cast<const uint16_t*>(row), dst, k);
                         });
     }
-  });
+  };
+  fill_in_row_order(order, m, n, grain, y, y_stride, pool, fill);
 }
 
 void matmul_q(const Kernels& kern, const StripedRows& w, const isa::QRowFormat& f, size_t m,
@@ -464,11 +514,12 @@ void matmul_q(const Kernels& kern, const StripedRows& w, const isa::QRowFormat& 
     const auto p = reinterpret_cast<uintptr_t>(prepared.data());
     xq = micro.prep_q_x(f, x, reinterpret_cast<float*>((p + 63) & ~uintptr_t(63)));
   }
-  pool.parallel_for(0, m, grain, [&](size_t p0, size_t p1) {
+  const auto fill = [&](size_t p0, size_t p1, size_t t0, size_t nt, float* ym) {
     if (n > 1) {
-      prefill_positions(micro, kern, order, p0, p1, k, x, x_stride, n, y, y_stride, widen);
+      prefill_positions(micro, kern, order, p0, p1, k, x + t0 * x_stride, x_stride, nt, ym, m,
+                        widen);
     } else if (fast) {
-      decode_positions(order, micro.dot_rows, p0, p1, y,
+      decode_positions(order, micro.dot_rows, p0, p1, ym,
                        [&](const uint8_t* const* ptrs, size_t nrows, float* out) {
                          micro.dot_q_rows(f, ptrs, nrows, xq, out);
                        });
@@ -476,12 +527,13 @@ void matmul_q(const Kernels& kern, const StripedRows& w, const isa::QRowFormat& 
       // Formats without a fused kernel: widen each row, then the fp32 MAC tree
       // (dot_f32 over the exact widened values is dot_f16 over the fp16 values).
       float* buf = row_scratch(k);
-      decode_positions(order, 1, p0, p1, y, [&](const uint8_t* const* ptrs, size_t, float* out) {
+      decode_positions(order, 1, p0, p1, ym, [&](const uint8_t* const* ptrs, size_t, float* out) {
         widen(ptrs[0], buf);
         out[0] = kern.dot_f32(buf, x, k);
       });
     }
-  });
+  };
+  fill_in_row_order(order, m, n, grain, y, y_stride, pool, fill);
 }
 
 }  // namespace hyperdex::emu

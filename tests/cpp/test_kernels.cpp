@@ -372,7 +372,10 @@ TEST(Matmul, EqualsDotF16ForEveryLevelLayoutAndPoolSize) {
 TEST(Matmul, ManyRowsAndOddShapes) {
   std::mt19937 rng(7);
   const MatmulCase cases[] = {{5000, 17, 1}, {5000, 1, 2}, {1, 1, 1},    {3, 33, 5},
-                              {9, 100, 6},   {13, 31, 13}, {2000, 48, 3}, {70, 1000, 1}};
+                              {9, 100, 6},   {13, 31, 13}, {2000, 48, 3}, {70, 1000, 1},
+                              // more results than the driver holds in memory order at a
+                              // time (1 Mi floats): two slices of tokens, 64 and 3
+                              {17000, 9, 67}};
   for (const auto& c : cases) {
     check_matmul(c, rng);
     if (HasFatalFailure()) return;
