@@ -158,14 +158,14 @@ const Kernels& pick_best() {
 
 // ---- matmul_f16 driver ---------------------------------------------------------
 
-// 64-byte aligned per-thread scratch of at least `floats` floats, for widened
-// weight rows. Per thread, so pool threads never share it; it only grows.
+// A 64-byte aligned start in buf with at least `floats` floats after it (buf only grows).
 float* aligned_floats(std::vector<float>& buf, size_t floats) {
   const size_t need = floats + 64 / sizeof(float);
   if (buf.size() < need) buf.resize(need);
   const auto p = reinterpret_cast<uintptr_t>(buf.data());
   return reinterpret_cast<float*>((p + 63) & ~static_cast<uintptr_t>(63));
 }
+// Scratch for widened weight rows. Per thread, so pool threads never share it.
 float* row_scratch(size_t floats) {
   thread_local std::vector<float> buf;
   return aligned_floats(buf, floats);
