@@ -731,19 +731,23 @@ void Emulator::exec_rope(const Instruction& in, const RunArgs& run) {
     throw DeviceError("position " + std::to_string(first_past) + " is past the rotary table's " +
                       std::to_string(in.w0.rows) + " rows (max_length)");
   }
-  // Every (token, head) on its own: prefill's rotations spread over the pool.
+  // Every (token, head) on its own: prefill's rotations spread over the pool. The rotated
+  // dims are widened and rounded by the SIMD conversions (the same bits as the scalar ones).
   pool_.parallel_for(0, size_t(run.n_tokens) * in.n, 64, [&](size_t lo, size_t hi) {
+    std::vector<float> in_f(in.i0), out_f(in.i0);
     for (size_t task = lo; task < hi; ++task) {
       const uint32_t t = uint32_t(task / in.n), h = uint32_t(task % in.n);
       const float* cs = reinterpret_cast<const float*>(table.row(uint64_t(run.start_pos) + t));
       uint16_t* x = row16(in.dst, t) + size_t(h) * in.k;
+      kern_.half_to_float_n(x, in_f.data(), in.i0);
       for (uint32_t i = 0; i < half; ++i) {
         const size_t i1 = neox ? i : 2 * i, i2 = neox ? i + half : 2 * i + 1;
         const float c = cs[2 * i], s = cs[2 * i + 1];
-        const float x1 = half_to_float(x[i1]), x2 = half_to_float(x[i2]);
-        x[i1] = float_to_half(x1 * c - x2 * s);
-        x[i2] = float_to_half(x2 * c + x1 * s);
+        const float x1 = in_f[i1], x2 = in_f[i2];
+        out_f[i1] = x1 * c - x2 * s;
+        out_f[i2] = x2 * c + x1 * s;
       }
+      kern_.float_to_half_n(out_f.data(), x, in.i0);
     }
   });
 }

@@ -281,6 +281,59 @@ TEST_F(EmuTest, RmsNormMatchesReference) {
   }
 }
 
+// ROPE against docs/isa.md computed here with the scalar conversions, bit for bit: both
+// styles, a partial rotation (the dims past i0 stay as they are), rows from start_pos on.
+TEST_F(EmuTest, RopeRotatesAsTheIsaSays) {
+  const uint32_t heads = 3, k = 16, rot = 12, tokens = 3, start = 5, positions = 12;
+  const uint32_t table_bytes = 64;  // rot / 2 (cos, sin) fp32 pairs, padded
+  std::mt19937 rng(11);
+  std::uniform_real_distribution<float> angle(-3.2f, 3.2f);
+  std::vector<std::vector<float>> table(positions, std::vector<float>(table_bytes / 4, 0.0f));
+  for (auto& row : table)
+    for (uint32_t i = 0; i < rot / 2; ++i) {
+      const float a = angle(rng);
+      row[2 * i] = std::cos(a);
+      row[2 * i + 1] = std::sin(a);
+    }
+  const uint64_t table_base = 8192;
+  for (uint32_t r = 0; r < positions; ++r)
+    emu_->write(r % kChannels, table_base + (r / kChannels) * table_bytes, table[r].data(),
+                table_bytes);
+  for (RopeStyle style : {RopeStyle::Neox, RopeStyle::Gptj}) {
+    auto x = random_rows(tokens, heads * k, 12 + uint32_t(style), 4.0f);
+    put_rows(0, x, 128);
+    put_ids({0, 1, 2});
+    Operand X{Space::Lmem, 0, 64};
+    Instruction rope;
+    rope.op = Opcode::Rope;
+    rope.sub = uint8_t(style);
+    rope.dst = X;
+    rope.n = heads;
+    rope.k = k;
+    rope.i0 = rot;
+    rope.w0 = HbmRegion{table_base, table_bytes, positions};
+    run({embed(X, HbmRegion{0, 128, tokens}, heads * k), rope}, RunArgs{start, tokens});
+    for (uint32_t t = 0; t < tokens; ++t) {
+      const auto got = lmem_bits(X, t, heads * k);
+      const std::vector<float>& cs = table[start + t];
+      for (uint32_t h = 0; h < heads; ++h) {
+        std::vector<uint16_t> want(k);
+        for (uint32_t d = 0; d < k; ++d) want[d] = float_to_half(x[t][h * k + d]);
+        for (uint32_t i = 0; i < rot / 2; ++i) {
+          const uint32_t i1 = style == RopeStyle::Neox ? i : 2 * i;
+          const uint32_t i2 = style == RopeStyle::Neox ? i + rot / 2 : 2 * i + 1;
+          const float x1 = x[t][h * k + i1], x2 = x[t][h * k + i2];
+          want[i1] = float_to_half(x1 * cs[2 * i] - x2 * cs[2 * i + 1]);
+          want[i2] = float_to_half(x2 * cs[2 * i] + x1 * cs[2 * i + 1]);
+        }
+        for (uint32_t d = 0; d < k; ++d)
+          ASSERT_EQ(got[h * k + d], want[d]) << "style " << int(style) << " token " << t
+                                             << " head " << h << " dim " << d;
+      }
+    }
+  }
+}
+
 TEST_F(EmuTest, AttentionIsCausalWithGroupedKv) {
   const uint32_t T = 5, heads = 4, kv = 2, hd = 16;
   auto q = random_rows(T, heads * hd, 7), k = random_rows(T, kv * hd, 8), v = random_rows(T, kv * hd, 9);
