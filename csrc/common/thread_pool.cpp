@@ -152,9 +152,10 @@ struct ThreadPool::State {
 
   void run_chunks() {
     const size_t base = len / num_chunks, extra = len % num_chunks;
+    size_t ran = 0;  // counted once at the end: each count moves the line between cores
     for (;;) {
       const size_t i = next_chunk.fetch_add(1, std::memory_order_relaxed);
-      if (i >= num_chunks) return;
+      if (i >= num_chunks) break;
       // Chunk i: base elements, plus one for the first `extra` chunks.
       const size_t lo = begin + i * base + std::min(i, extra);
       const size_t hi = lo + base + (i < extra ? 1 : 0);
@@ -167,11 +168,12 @@ struct ThreadPool::State {
           failed.store(true, std::memory_order_relaxed);
         }
       }
-      if (done_chunks.fetch_add(1, std::memory_order_acq_rel) + 1 == num_chunks) {
-        // Taking the lock orders this wake-up after the caller's predicate check.
-        { std::lock_guard<std::mutex> lk(mu); }
-        done_cv.notify_all();
-      }
+      ++ran;
+    }
+    if (ran > 0 && done_chunks.fetch_add(ran, std::memory_order_acq_rel) + ran == num_chunks) {
+      // Taking the lock orders this wake-up after the caller's predicate check.
+      { std::lock_guard<std::mutex> lk(mu); }
+      done_cv.notify_all();
     }
   }
 
